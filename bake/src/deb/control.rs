@@ -1,0 +1,102 @@
+//! The text members of a .deb: the control paragraph, `md5sums`, `conffiles`, and the
+//! copyright and changelog Debian policy expects under `/usr/share/doc/<name>/`.
+
+use std::collections::BTreeMap;
+
+use super::{archive, md5_hex, DataFile, PackageDefinition};
+
+/// The `control` file: fields in the order dpkg writes them.
+pub(crate) fn control_paragraph(
+    definition: &PackageDefinition,
+    files: &BTreeMap<String, DataFile>,
+) -> String {
+    let mut text = format!(
+        "Package: {}\nVersion: {}\nArchitecture: {}\nMaintainer: {}\nInstalled-Size: {}\n",
+        definition.name,
+        definition.version,
+        definition.architecture,
+        definition.maintainer,
+        installed_size_kib(files),
+    );
+    if !definition.depends.is_empty() {
+        text.push_str(&format!("Depends: {}\n", definition.depends.join(", ")));
+    }
+    text.push_str("Section: misc\nPriority: optional\n");
+    text.push_str(&format!("Description: {}\n", definition.description.trim()));
+    for line in definition.long_description.trim_end().lines() {
+        if line.trim().is_empty() {
+            text.push_str(" .\n");
+        } else {
+            text.push_str(&format!(" {}\n", line.trim_end()));
+        }
+    }
+    text
+}
+
+/// `md5sums` of every regular file except conffiles (dpkg tracks those separately).
+pub(crate) fn md5sums(
+    definition: &PackageDefinition,
+    files: &BTreeMap<String, DataFile>,
+) -> String {
+    files
+        .iter()
+        .filter(|(path, _)| {
+            !definition
+                .conffiles
+                .iter()
+                .any(|c| c.trim_start_matches('/') == path.as_str())
+        })
+        .map(|(path, file)| format!("{}  {path}\n", md5_hex(&file.contents)))
+        .collect()
+}
+
+pub(crate) fn conffiles(definition: &PackageDefinition) -> String {
+    definition
+        .conffiles
+        .iter()
+        .map(|c| format!("{c}\n"))
+        .collect()
+}
+
+/// The copyright file and changelog policy requires, for definitions that do not ship their own.
+pub(crate) fn default_docs(definition: &PackageDefinition) -> Vec<(String, Vec<u8>)> {
+    let doc_dir = format!("/usr/share/doc/{}", definition.name);
+    let copyright = format!(
+        "{name} was packaged by Slipway from its source repository.\n\n\
+         Copyright and licence terms are those stated in that repository.\n\
+         Maintainer: {maintainer}\n",
+        name = definition.name,
+        maintainer = definition.maintainer,
+    );
+    // Policy 12.7: native versions (no revision) ship changelog.gz, others changelog.Debian.gz.
+    let changelog_name = if definition.version.contains('-') {
+        "changelog.Debian.gz"
+    } else {
+        "changelog.gz"
+    };
+    let date = chrono::DateTime::from_timestamp(definition.source_date_epoch as i64, 0)
+        .unwrap_or_default()
+        .to_rfc2822();
+    let changelog = format!(
+        "{name} ({version}) stable; urgency=medium\n\n  * Release {version}, built by Slipway.\n\n -- {maintainer}  {date}\n",
+        name = definition.name,
+        version = definition.version,
+        maintainer = definition.maintainer,
+    );
+    vec![
+        (format!("{doc_dir}/copyright"), copyright.into_bytes()),
+        (
+            format!("{doc_dir}/{changelog_name}"),
+            archive::gzip(changelog.as_bytes()),
+        ),
+    ]
+}
+
+/// dpkg-gencontrol's rule: each file rounded up to a KiB, plus one KiB per directory.
+fn installed_size_kib(files: &BTreeMap<String, DataFile>) -> u64 {
+    let file_kib: u64 = files
+        .values()
+        .map(|f| (f.contents.len() as u64).div_ceil(1024))
+        .sum();
+    file_kib + archive::directories(files).len() as u64
+}
