@@ -1,0 +1,382 @@
+//! [`DockerEngine`]: the [`Engine`] over dockerd's API through bollard.
+
+mod archive;
+mod convert;
+mod lines;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, LogsOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, UploadToContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures::{stream, StreamExt, TryStreamExt};
+
+use crate::engine::{
+    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputLine, OutputLines, OutputStream,
+    VolumeMount,
+};
+
+pub use convert::container_body;
+pub use lines::LineSplitter;
+
+/// The image of the stopped helper container that receives the workspace archive. It never
+/// runs, so any local image works; this one exists wherever Slipway was bootstrapped.
+pub const DEFAULT_HELPER_IMAGE: &str = "slipway/debian:bookworm";
+
+/// A container engine backed by dockerd.
+#[derive(Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    helper_image: String,
+}
+
+impl DockerEngine {
+    /// Connects to `docker_host` (`unix:///path` or `tcp://host:port`), or when `None` to
+    /// `DOCKER_HOST` or the local socket, and negotiates the API version with the daemon.
+    pub async fn connect(docker_host: Option<&str>) -> Result<DockerEngine, EngineError> {
+        let docker = match docker_host {
+            None => Docker::connect_with_defaults(),
+            Some(host) if host.starts_with("unix://") => {
+                Docker::connect_with_unix(host, 120, bollard::API_DEFAULT_VERSION)
+            }
+            Some(host) => Docker::connect_with_http(host, 120, bollard::API_DEFAULT_VERSION),
+        }
+        .map_err(|e| EngineError::failed("connect", e))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| EngineError::failed("negotiate API version", e))?;
+        Ok(DockerEngine {
+            docker,
+            helper_image: DEFAULT_HELPER_IMAGE.to_owned(),
+        })
+    }
+
+    /// Uses another local image for the workspace copy helper.
+    pub fn with_helper_image(mut self, image: impl Into<String>) -> DockerEngine {
+        self.helper_image = image.into();
+        self
+    }
+
+    async fn create(&self, config: &ContainerConfig) -> Result<(), EngineError> {
+        let options = CreateContainerOptions {
+            name: Some(config.name.clone()),
+            ..Default::default()
+        };
+        match self
+            .docker
+            .create_container(Some(options), convert::container_body(config))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if status(&error) == Some(404) => Err(EngineError::ImageMissing {
+                image: config.image.clone(),
+            }),
+            Err(error) => Err(failed(&format!("create container {}", config.name), error)),
+        }
+    }
+}
+
+fn status(error: &DockerError) -> Option<u16> {
+    match error {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn failed(operation: &str, error: DockerError) -> EngineError {
+    EngineError::failed(operation, error)
+}
+
+/// Removal of something already gone is success: teardown must be idempotent.
+fn absent_is_ok(operation: &str, result: Result<(), DockerError>) -> Result<(), EngineError> {
+    match result {
+        Err(error) if status(&error) != Some(404) => Err(failed(operation, error)),
+        _ => Ok(()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for DockerEngine {
+    async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), EngineError> {
+        self.docker
+            .create_network(convert::network_request(name, labels))
+            .await
+            .map(drop)
+            .map_err(|e| failed(&format!("create network {name}"), e))
+    }
+
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), EngineError> {
+        self.docker
+            .create_volume(convert::volume_request(name, labels))
+            .await
+            .map(drop)
+            .map_err(|e| failed(&format!("create volume {name}"), e))
+    }
+
+    async fn copy_into_volume(
+        &self,
+        volume: &str,
+        source: &Path,
+        labels: &Labels,
+    ) -> Result<(), EngineError> {
+        let operation = format!("copy {} into volume {volume}", source.display());
+        let source = source.to_owned();
+        let archive = tokio::task::spawn_blocking(move || archive::tar_directory(&source))
+            .await
+            .map_err(|e| EngineError::failed(&operation, e))?
+            .map_err(|e| EngineError::failed(&operation, e))?;
+        let helper = ContainerConfig {
+            name: format!("{volume}-copy"),
+            image: self.helper_image.clone(),
+            env: Default::default(),
+            entrypoint: None,
+            cmd: Some(vec!["true".to_owned()]),
+            workdir: None,
+            network: None,
+            mount: Some(VolumeMount {
+                volume: volume.to_owned(),
+                target: "/workspace".to_owned(),
+            }),
+            labels: labels.clone(),
+        };
+        self.create(&helper).await?;
+        let options = UploadToContainerOptions {
+            path: "/workspace".to_owned(),
+            ..Default::default()
+        };
+        let uploaded = self
+            .docker
+            .upload_to_container(
+                &helper.name,
+                Some(options),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(|e| failed(&operation, e));
+        let removed = self.remove_container(&helper.name).await;
+        uploaded.and(removed)
+    }
+
+    async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError> {
+        self.create(config).await?;
+        let started = self
+            .docker
+            .start_container(
+                &config.name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await;
+        if let Err(error) = started {
+            self.remove_container(&config.name).await?;
+            return Err(failed(&format!("start container {}", config.name), error));
+        }
+        Ok(())
+    }
+
+    async fn follow_output(&self, container: &str) -> Result<OutputLines, EngineError> {
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let operation = format!("read output of {container}");
+        let frames = self
+            .docker
+            .logs(container, Some(options))
+            .map(Some)
+            .chain(stream::once(async { None }));
+        let lines = frames
+            .scan(LineSplitter::default(), move |splitter, frame| {
+                let lines: Vec<Result<OutputLine, EngineError>> = match frame {
+                    Some(Ok(frame)) => split_frame(splitter, frame).into_iter().map(Ok).collect(),
+                    Some(Err(error)) => vec![Err(EngineError::failed(&operation, error))],
+                    None => splitter.finish().into_iter().map(Ok).collect(),
+                };
+                futures::future::ready(Some(stream::iter(lines)))
+            })
+            .flatten();
+        Ok(lines.boxed())
+    }
+
+    async fn recent_output(
+        &self,
+        container: &str,
+        lines: usize,
+    ) -> Result<Vec<OutputLine>, EngineError> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let frames: Vec<LogOutput> = self
+            .docker
+            .logs(container, Some(options))
+            .try_collect()
+            .await
+            .map_err(|e| failed(&format!("read output of {container}"), e))?;
+        let mut splitter = LineSplitter::default();
+        let mut output: Vec<OutputLine> = frames
+            .into_iter()
+            .flat_map(|frame| split_frame(&mut splitter, frame))
+            .collect();
+        output.extend(splitter.finish());
+        Ok(output)
+    }
+
+    async fn wait_exit(&self, container: &str) -> Result<i64, EngineError> {
+        let options = WaitContainerOptions {
+            condition: "not-running".to_owned(),
+        };
+        let mut waits = self.docker.wait_container(container, Some(options));
+        match waits.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(error)) => Err(failed(&format!("wait for {container}"), error)),
+            None => Err(EngineError::failed(
+                format!("wait for {container}"),
+                "the engine closed the wait without an exit code",
+            )),
+        }
+    }
+
+    async fn exec(&self, container: &str, command: &[String]) -> Result<i64, EngineError> {
+        let operation = format!("exec in {container}");
+        let options = CreateExecOptions {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(container, options)
+            .await
+            .map_err(|e| failed(&operation, e))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| failed(&operation, e))?;
+        if let StartExecResults::Attached { mut output, .. } = started {
+            while let Some(frame) = output.next().await {
+                frame.map_err(|e| failed(&operation, e))?;
+            }
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| failed(&operation, e))?;
+        inspected
+            .exit_code
+            .ok_or_else(|| EngineError::failed(&operation, "the command reported no exit code"))
+    }
+
+    async fn tcp_ready(
+        &self,
+        container: &str,
+        network: &str,
+        port: u16,
+    ) -> Result<bool, EngineError> {
+        let operation = format!("inspect {container}");
+        let inspected = self
+            .docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| failed(&operation, e))?;
+        let state = inspected.state.unwrap_or_default();
+        if state.running != Some(true) {
+            let code = state.exit_code.unwrap_or_default();
+            return Err(EngineError::failed(
+                operation,
+                format!("the container is not running (exit code {code})"),
+            ));
+        }
+        let address = inspected
+            .network_settings
+            .and_then(|settings| settings.networks)
+            .and_then(|mut networks| networks.remove(network))
+            .and_then(|endpoint| endpoint.ip_address)
+            .and_then(|ip| ip.parse::<IpAddr>().ok());
+        let Some(ip) = address else {
+            return Ok(false);
+        };
+        let connect = tokio::net::TcpStream::connect(SocketAddr::new(ip, port));
+        Ok(matches!(
+            tokio::time::timeout(Duration::from_secs(1), connect).await,
+            Ok(Ok(_))
+        ))
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        let removed = self.docker.remove_container(container, Some(options)).await;
+        absent_is_ok(&format!("remove container {container}"), removed)
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        let removed = self.docker.remove_network(name).await;
+        absent_is_ok(&format!("remove network {name}"), removed)
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        let removed = self
+            .docker
+            .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
+            .await;
+        absent_is_ok(&format!("remove volume {name}"), removed)
+    }
+
+    async fn list_labelled(&self, label: &str) -> Result<Leftovers, EngineError> {
+        let operation = format!("list objects labelled {label}");
+        let containers = self
+            .docker
+            .list_containers(Some(convert::list_containers_options(label)))
+            .await
+            .map_err(|e| failed(&operation, e))?;
+        let networks = self
+            .docker
+            .list_networks(Some(convert::list_networks_options(label)))
+            .await
+            .map_err(|e| failed(&operation, e))?;
+        let volumes = self
+            .docker
+            .list_volumes(Some(convert::list_volumes_options(label)))
+            .await
+            .map_err(|e| failed(&operation, e))?;
+        Ok(Leftovers {
+            containers: containers.into_iter().filter_map(|c| c.id).collect(),
+            networks: networks.into_iter().filter_map(|n| n.name).collect(),
+            volumes: volumes
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.name)
+                .collect(),
+        })
+    }
+}
+
+fn split_frame(splitter: &mut LineSplitter, frame: LogOutput) -> Vec<OutputLine> {
+    match frame {
+        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+            splitter.push(OutputStream::Stdout, &message)
+        }
+        LogOutput::StdErr { message } => splitter.push(OutputStream::Stderr, &message),
+        LogOutput::StdIn { .. } => Vec::new(),
+    }
+}

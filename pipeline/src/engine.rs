@@ -1,0 +1,170 @@
+//! The container engine seam: what the runtime asks of Docker (or of a fake in tests).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+/// Labels put on every object a build creates.
+pub type Labels = BTreeMap<String, String>;
+
+/// A container to create and start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// The container's name, unique per build; every other call refers to it by this name.
+    pub name: String,
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    /// Replaces the image's entrypoint when set.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's command when set.
+    pub cmd: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    /// The network to join; `None` leaves the container without a network.
+    pub network: Option<NetworkAttachment>,
+    pub mount: Option<VolumeMount>,
+    pub labels: Labels,
+}
+
+/// A network a container joins, and the host name other containers on it use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkAttachment {
+    pub network: String,
+    pub alias: String,
+}
+
+/// A named volume mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub target: String,
+}
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of a container's output, without its trailing newline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLine {
+    pub stream: OutputStream,
+    pub text: String,
+}
+
+/// A container's output, line by line, ending when the container stops.
+pub type OutputLines = BoxStream<'static, Result<OutputLine, EngineError>>;
+
+/// Objects carrying a label, found by [`Engine::list_labelled`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.networks.is_empty() && self.volumes.is_empty()
+    }
+}
+
+/// Errors of the engine, grouped by what the caller does about them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The user names an image that is not on this machine; nothing will fetch it.
+    #[error("image `{image}` is not present on the container engine (no registry pull is attempted: build or load the image on this machine first)")]
+    ImageMissing { image: String },
+    /// The engine could not be reached or refused an operation.
+    #[error("container engine: {operation}: {message}")]
+    Failed { operation: String, message: String },
+}
+
+impl EngineError {
+    pub fn failed(operation: impl Into<String>, message: impl ToString) -> EngineError {
+        EngineError::Failed {
+            operation: operation.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A container engine, as the runtime drives it for one build.
+///
+/// Lifecycle, in call order for one build:
+/// 1. `create_network`, then `create_volume` (setup). Both carry the build's labels.
+/// 2. `start_container` for each service; `tcp_ready` / `exec` probe them, repeatedly,
+///    until ready; `recent_output` may be read to explain a service that never got ready.
+/// 3. `copy_into_volume` once, before any step starts.
+/// 4. For each step in turn: `start_container`, `follow_output` and `wait_exit` (these two run
+///    concurrently for the same container), and `remove_container` to kill a step that ran
+///    out of time or was cancelled.
+/// 5. Teardown: `remove_container` for every container of the plan, then `remove_network`,
+///    then `remove_volume`.
+///
+/// Containers of one build run concurrently (services next to steps); different builds use
+/// different names and may call the same engine concurrently, so implementations hold no
+/// per-build state.
+///
+/// Duties: teardown is idempotent and safe after a failed or partial setup; removing an
+/// object that does not exist succeeds. `start_container` never pulls: a missing image is
+/// [`EngineError::ImageMissing`]. Everything created carries the labels given, so
+/// `list_labelled` finds what a crashed server left behind.
+#[async_trait::async_trait]
+pub trait Engine: Send + Sync {
+    /// Creates a bridge network on which containers reach each other by alias.
+    async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), EngineError>;
+
+    /// Creates an empty named volume.
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), EngineError>;
+
+    /// Copies the contents of the host directory `source` to the root of `volume`.
+    async fn copy_into_volume(
+        &self,
+        volume: &str,
+        source: &Path,
+        labels: &Labels,
+    ) -> Result<(), EngineError>;
+
+    /// Creates and starts a container; the image must already be present.
+    async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError>;
+
+    /// The container's stdout and stderr from its start, following until it stops.
+    async fn follow_output(&self, container: &str) -> Result<OutputLines, EngineError>;
+
+    /// The last `lines` lines the container wrote.
+    async fn recent_output(
+        &self,
+        container: &str,
+        lines: usize,
+    ) -> Result<Vec<OutputLine>, EngineError>;
+
+    /// Waits until the container stops and returns its exit code.
+    async fn wait_exit(&self, container: &str) -> Result<i64, EngineError>;
+
+    /// Runs `command` inside the running container and returns its exit code.
+    async fn exec(&self, container: &str, command: &[String]) -> Result<i64, EngineError>;
+
+    /// Whether the container accepts a TCP connection on `port` at its address on `network`.
+    /// A container that has stopped is an error, not "not yet".
+    async fn tcp_ready(
+        &self,
+        container: &str,
+        network: &str,
+        port: u16,
+    ) -> Result<bool, EngineError>;
+
+    /// Kills (if running) and removes the container and its anonymous volumes.
+    async fn remove_container(&self, container: &str) -> Result<(), EngineError>;
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
+
+    async fn remove_volume(&self, name: &str) -> Result<(), EngineError>;
+
+    /// Containers (running or not), networks and volumes carrying `label` (`key=value`).
+    async fn list_labelled(&self, label: &str) -> Result<Leftovers, EngineError>;
+}

@@ -1,0 +1,174 @@
+//! Runs one step's container: the shell script, output forwarding, step timeout and cancel.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::output::{CapDecision, LogCap, Masker};
+use super::{Build, Halt, LogLine, StepResult, StepStatus};
+use crate::engine::{ContainerConfig, EngineError, NetworkAttachment, OutputLines, VolumeMount};
+use crate::plan::{Plan, StepPlan};
+
+/// Runs `step` and returns its result, plus the reason the build must stop if it must.
+#[tracing::instrument(skip_all, fields(build = %build.plan.build.build_id, step = %step.name), err)]
+pub(super) async fn run_step(
+    build: &Build<'_>,
+    step: &StepPlan,
+) -> Result<(StepResult, Option<Halt>), EngineError> {
+    build.observer.step_started(&step.name);
+    let started = Instant::now();
+    let engine = build.engine;
+    engine
+        .start_container(&step_container(build.plan, step, build.secrets))
+        .await?;
+    let output = engine.follow_output(&step.container).await?;
+    let exited = async {
+        let (code, ()) = tokio::join!(
+            engine.wait_exit(&step.container),
+            forward_output(build, step, output)
+        );
+        code
+    };
+    let step_timeout = step.timeout_seconds.map(Duration::from_secs);
+    let ended = tokio::select! {
+        biased;
+        halt = build.stop.interrupted() => Ended::Interrupted(halt),
+        _ = sleep_or_forever(step_timeout) => Ended::StepTimedOut,
+        code = exited => Ended::Exited(code?),
+    };
+    let duration = started.elapsed();
+    let (status, exit_code, reason, halt) = match ended {
+        Ended::Exited(0) => (StepStatus::Passed, Some(0), None, None),
+        Ended::Exited(code) => (StepStatus::Failed, Some(code), None, None),
+        Ended::StepTimedOut => {
+            let seconds = step_timeout.unwrap_or_default().as_secs();
+            let reason = format!("timed out after {seconds}s");
+            (StepStatus::TimedOut, None, Some(reason), None)
+        }
+        Ended::Interrupted(Halt::BuildTimedOut) => {
+            let reason = "the build timed out".to_owned();
+            (
+                StepStatus::TimedOut,
+                None,
+                Some(reason),
+                Some(Halt::BuildTimedOut),
+            )
+        }
+        Ended::Interrupted(halt) => {
+            let reason = "the build was cancelled".to_owned();
+            (StepStatus::Cancelled, None, Some(reason), Some(halt))
+        }
+    };
+    if exit_code.is_none() {
+        engine.remove_container(&step.container).await?;
+    }
+    let result = StepResult {
+        status,
+        exit_code,
+        duration,
+        reason,
+    };
+    Ok((result, halt))
+}
+
+enum Ended {
+    Exited(i64),
+    StepTimedOut,
+    Interrupted(Halt),
+}
+
+async fn sleep_or_forever(timeout: Option<Duration>) {
+    match timeout {
+        Some(timeout) => tokio::time::sleep(timeout).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Masks, caps and forwards every line; keeps draining after the cap so the step never blocks.
+async fn forward_output(build: &Build<'_>, step: &StepPlan, mut output: OutputLines) {
+    let masker = Masker::new(build.secrets);
+    let mut cap = LogCap::new(build.options.log_cap_bytes_per_step);
+    while let Some(line) = output.next().await {
+        let line = match line {
+            Ok(line) => line,
+            Err(error) => {
+                tracing::warn!(step = %step.name, %error, "Reading step output failed.");
+                return;
+            }
+        };
+        let text = match cap.admit(line.text.len()) {
+            CapDecision::Forward => masker.mask(&line.text),
+            CapDecision::Cut(notice) => notice,
+            CapDecision::Drop => continue,
+        };
+        let line = LogLine {
+            at: chrono::Utc::now(),
+            stream: line.stream,
+            text,
+        };
+        build.observer.log_line(&step.name, &line);
+    }
+}
+
+/// The container of a step: `sh -e -c` of its commands, each echoed as `+ command` first.
+pub fn step_container(
+    plan: &Plan,
+    step: &StepPlan,
+    secrets: &std::collections::HashMap<String, String>,
+) -> ContainerConfig {
+    let mut env: BTreeMap<String, String> = step.env.clone();
+    for name in &step.secrets {
+        if let Some(value) = secrets.get(name) {
+            env.insert(name.clone(), value.clone());
+        }
+    }
+    ContainerConfig {
+        name: step.container.clone(),
+        image: step.image.clone(),
+        env,
+        entrypoint: Some(vec!["/bin/sh".to_owned(), "-e".to_owned(), "-c".to_owned()]),
+        cmd: Some(vec![script(&step.commands)]),
+        workdir: Some(plan.workdir.clone()),
+        network: Some(NetworkAttachment {
+            network: plan.network.clone(),
+            alias: step.name.clone(),
+        }),
+        mount: Some(VolumeMount {
+            volume: plan.volume.clone(),
+            target: plan.workdir.clone(),
+        }),
+        labels: plan.labels.clone(),
+    }
+}
+
+/// The shell script of a step: each command is echoed (`+ command`) and then run.
+pub fn script(commands: &[String]) -> String {
+    let mut script = String::new();
+    for command in commands {
+        script.push_str(&format!(
+            "echo {}\n{command}\n",
+            shell_quote(&format!("+ {command}"))
+        ));
+    }
+    script
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::script;
+
+    #[test]
+    fn script_echoes_each_command_before_running_it() {
+        let commands = vec!["make test".to_owned(), "echo 'it''s'".to_owned()];
+        assert_eq!(
+            script(&commands),
+            "echo '+ make test'\nmake test\necho '+ echo '\\''it'\\'''\\''s'\\'''\necho 'it''s'\n"
+        );
+    }
+}

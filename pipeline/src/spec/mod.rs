@@ -1,0 +1,188 @@
+//! The `.slipway.yml` file: typed structs, parsing, and validation with line/column errors.
+
+mod locate;
+mod validate;
+mod values;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use values::{
+    is_dns_label, AccountName, FileMode, InstallPath, Name, PackageName, ScalarText, SpecDuration,
+    VariableName, WorkspacePath,
+};
+
+/// A user error in `.slipway.yml`, located at the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line} column {column}: {message}")]
+pub struct SpecError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// A parsed and validated `.slipway.yml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    pub steps: Vec<StepSpec>,
+    pub package: Option<PackageSpec>,
+    pub timeout: Option<SpecDuration>,
+}
+
+/// A sidecar container, reachable by its name from every step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: Name,
+    pub image: String,
+    #[serde(default)]
+    pub environment: BTreeMap<VariableName, ScalarText>,
+    pub ready: Option<ReadySpec>,
+}
+
+/// How to tell that a service accepts work: exactly one of `tcp` or `command`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadySpec {
+    pub tcp: Option<u16>,
+    pub command: Option<String>,
+    pub timeout: Option<SpecDuration>,
+}
+
+/// One step: shell commands run in order in one container.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: Name,
+    pub image: String,
+    pub commands: Vec<String>,
+    #[serde(default)]
+    pub environment: BTreeMap<VariableName, ScalarText>,
+    #[serde(default)]
+    pub secrets: Vec<VariableName>,
+    pub timeout: Option<SpecDuration>,
+    #[serde(default)]
+    pub when: WhenSpec,
+}
+
+/// Conditions under which a step runs; an absent list places no condition.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhenSpec {
+    pub branch: Option<Vec<String>>,
+    pub event: Option<Vec<Event>>,
+    pub status: Option<Vec<StatusCondition>>,
+}
+
+/// What started a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Push,
+    PullRequest,
+    Tag,
+    Manual,
+}
+
+/// The build's state a step may require: `success` (nothing failed so far) or `failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusCondition {
+    Success,
+    Failure,
+}
+
+/// What goes into the .deb, consumed by the packaging stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageSpec {
+    pub name: PackageName,
+    pub architecture: Architecture,
+    pub maintainer: String,
+    pub description: String,
+    #[serde(default)]
+    pub depends: Vec<String>,
+    pub files: Vec<PackageFile>,
+    #[serde(default)]
+    pub conffiles: Vec<InstallPath>,
+    pub systemd_unit: Option<WorkspacePath>,
+    #[serde(default)]
+    pub scripts: MaintainerScripts,
+}
+
+/// Debian architectures a package may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    All,
+    Amd64,
+    Arm64,
+    Armhf,
+    I386,
+    Ppc64el,
+    S390x,
+    Riscv64,
+}
+
+/// One file copied from the workspace into the package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageFile {
+    pub src: WorkspacePath,
+    pub dest: InstallPath,
+    #[serde(default)]
+    pub mode: FileMode,
+    #[serde(default = "AccountName::root")]
+    pub owner: AccountName,
+    #[serde(default = "AccountName::root")]
+    pub group: AccountName,
+}
+
+/// Maintainer scripts, each a file in the workspace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintainerScripts {
+    pub preinst: Option<WorkspacePath>,
+    pub postinst: Option<WorkspacePath>,
+    pub prerm: Option<WorkspacePath>,
+    pub postrm: Option<WorkspacePath>,
+}
+
+/// Parses and validates the text of a `.slipway.yml`.
+pub fn parse(text: &str) -> Result<Spec, SpecError> {
+    let spec: Spec = serde_yaml::from_str(text).map_err(|error| from_yaml_error(&error))?;
+    validate::check(&spec).map_err(|problem| {
+        let (line, column) = locate::locate(text, &problem.path).unwrap_or((1, 1));
+        SpecError {
+            line,
+            column,
+            message: format!(
+                "{}: {}",
+                locate::display_path(&problem.path),
+                problem.message
+            ),
+        }
+    })?;
+    Ok(spec)
+}
+
+fn from_yaml_error(error: &serde_yaml::Error) -> SpecError {
+    let (line, column) = error
+        .location()
+        .map(|location| (location.line(), location.column()))
+        .unwrap_or((1, 1));
+    let text = error.to_string();
+    let message = match text.rfind(" at line ") {
+        Some(cut) => text[..cut].to_owned(),
+        None => text,
+    };
+    SpecError {
+        line,
+        column,
+        message,
+    }
+}
