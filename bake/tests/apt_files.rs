@@ -253,3 +253,32 @@ fn concurrent_publishers_in_two_handles_lose_nothing_and_reopening_keeps_the_cat
         Path::new(".stable-9")
     );
 }
+
+#[test]
+fn a_generation_left_unfinished_by_a_crash_is_redone_and_never_served() {
+    let (data, workspace) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let repository = signed_repository(data.path());
+    let dists = repository.root().join("dists");
+    // What a publish that died before its swap leaves: a half-written next generation.
+    std::fs::create_dir_all(dists.join(".stable-2/main/binary-amd64")).unwrap();
+    std::fs::write(
+        dists.join(".stable-2/main/binary-amd64/Packages"),
+        "Package: half-written\n",
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read_link(dists.join("stable")).unwrap(),
+        Path::new(".stable-1")
+    );
+
+    let (path, info) = build_into(
+        workspace.path(),
+        &tiny_definition(workspace.path(), "echo", "1.0"),
+    );
+    assert_eq!(repository.publish(&path, &info).unwrap().generation, 2);
+    let packages = read(dists.join("stable/main/binary-amd64/Packages"));
+    assert!(
+        packages.starts_with("Package: echo\n") && !packages.contains("half-written"),
+        "{packages}"
+    );
+}

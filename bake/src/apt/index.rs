@@ -44,7 +44,8 @@ pub(crate) fn package_indexes(catalogue: &Catalogue) -> Vec<IndexFile> {
         let dir = format!("{COMPONENT}/binary-{architecture}");
         files.push(IndexFile::new(
             format!("{dir}/Packages.gz"),
-            gzip(packages.as_bytes()),
+            // The index is rewritten on every publish: favour speed over the last few percent.
+            gzip(packages.as_bytes(), flate2::Compression::fast()),
         ));
         files.push(IndexFile::new(
             format!("{dir}/Packages"),

@@ -30,7 +30,7 @@ pub struct PublishRecord {
     pub package: PackageInfo,
     /// Relative to the repository root, e.g. `pool/main/h/hello/hello_1_amd64.deb`.
     pub pool_path: String,
-    /// The `dists/stable` generation that first listed the package.
+    /// The `dists/stable` generation live when the publish returned (it lists the package).
     pub generation: u64,
     /// False when this exact file had already been published (a retried publish).
     pub newly_published: bool,
@@ -59,13 +59,13 @@ impl AptRepository {
             signer,
             publish_mutex: Mutex::new(()),
         };
-        let key = repository.signer.public_key_binary()?;
-        let key_path = repository.key_path();
-        if fs::read(&key_path).ok().as_ref() != Some(&key) {
-            write_atomically(&key_path, &key)?;
-        }
         {
             let _guard = repository.lock()?;
+            let key = repository.signer.public_key_binary()?;
+            let key_path = repository.key_path();
+            if fs::read(&key_path).ok().as_ref() != Some(&key) {
+                write_atomically(&key_path, &key)?;
+            }
             if Dists::new(root).current().is_none() {
                 repository.republish(&Catalogue::load(root)?)?;
             }
@@ -118,8 +118,11 @@ impl AptRepository {
                     md5,
                     pool_path: pool_path.clone(),
                 });
+                // Index first, catalogue second: a package in the catalogue is always in the
+                // live index, so a retried publish that finds it there may return at once.
+                let generation = self.republish(&catalogue)?;
                 catalogue.save(&self.root)?;
-                (self.republish(&catalogue)?, true)
+                (generation, true)
             }
         };
         tracing::info!(generation, newly_published, "published package");
@@ -136,8 +139,13 @@ impl AptRepository {
     fn republish(&self, catalogue: &Catalogue) -> Result<u64> {
         let indexes = index::package_indexes(catalogue);
         let release = index::release(catalogue, &indexes, chrono::Utc::now());
-        let in_release = self.signer.clearsign(release.as_bytes())?;
-        let release_gpg = self.signer.detach_sign(release.as_bytes())?;
+        // Two gpg processes at once: signing dominates the time of a publish.
+        let (in_release, release_gpg) = std::thread::scope(|scope| {
+            let detached = scope.spawn(|| self.signer.detach_sign(release.as_bytes()));
+            let inline = self.signer.clearsign(release.as_bytes());
+            (inline, detached.join().expect("signing thread panicked"))
+        });
+        let (in_release, release_gpg) = (in_release?, release_gpg?);
         Dists::new(&self.root).publish(&indexes, &release, &in_release, &release_gpg)
     }
 

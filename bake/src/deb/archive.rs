@@ -12,11 +12,9 @@ use super::validate::WorkspaceRoot;
 use super::{control, DataFile, PackageDefinition};
 use crate::error::Result;
 
-/// Maximum gzip compression with no file name and a zero timestamp (`gzip -9n`).
-pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), Compression::best());
+/// Gzip with no file name and a zero timestamp (`gzip -n`); packages use `Compression::best()`.
+pub(crate) fn gzip(bytes: &[u8], level: Compression) -> Vec<u8> {
+    let mut encoder = GzBuilder::new().mtime(0).write(Vec::new(), level);
     encoder
         .write_all(bytes)
         .expect("writing to a Vec cannot fail");
@@ -78,7 +76,10 @@ pub(crate) fn control_tar(
             &contents,
         );
     }
-    Ok(gzip(&tar.into_inner().expect("finishing a tar in memory")))
+    Ok(gzip(
+        &tar.into_inner().expect("finishing a tar in memory"),
+        Compression::best(),
+    ))
 }
 
 /// `data.tar.gz`: every directory (parents first), then files, in path order.
@@ -109,7 +110,10 @@ pub(crate) fn data_tar(files: &BTreeMap<String, DataFile>, epoch: u64) -> Vec<u8
             }
         }
     }
-    gzip(&tar.into_inner().expect("finishing a tar in memory"))
+    gzip(
+        &tar.into_inner().expect("finishing a tar in memory"),
+        Compression::best(),
+    )
 }
 
 /// The `ar` archive: `debian-binary`, `control.tar.gz`, `data.tar.gz`, in that order.

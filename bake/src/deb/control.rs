@@ -87,7 +87,7 @@ pub(crate) fn default_docs(definition: &PackageDefinition) -> Vec<(String, Vec<u
         (format!("{doc_dir}/copyright"), copyright.into_bytes()),
         (
             format!("{doc_dir}/{changelog_name}"),
-            archive::gzip(changelog.as_bytes()),
+            archive::gzip(changelog.as_bytes(), flate2::Compression::best()),
         ),
     ]
 }
