@@ -198,6 +198,14 @@ fn republishing_is_idempotent_and_a_different_file_under_the_same_name_is_refuse
         std::fs::read(&path).unwrap()
     );
 
+    let mut smuggling = info.clone();
+    smuggling.control.push_str("\nPackage: evil\nVersion: 1\n");
+    let error = repository.publish(&path, &smuggling).unwrap_err();
+    assert!(
+        error.to_string().contains("single control paragraph"),
+        "{error}"
+    );
+
     let mut lying = info.clone();
     lying.sha256 = "0".repeat(64);
     let error = repository.publish(&path, &lying).unwrap_err();

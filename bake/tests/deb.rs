@@ -180,6 +180,14 @@ fn bad_destinations_conffiles_names_and_versions_are_refused() {
         &|d| d.conffiles.push("/etc/hello/missing.conf".into()),
         "/etc/hello/missing.conf",
     );
+    refused(
+        &|d| d.extra_files[0].dest = "/usr/bin".into(),
+        "/usr/bin: is a file and also the directory",
+    );
+    refused(
+        &|d| d.maintainer_scripts.postinst = Some("deploy/hello.conf".into()),
+        "postinst: maintainer script must start with `#!`",
+    );
     refused(&|d| d.name = "Hello_World".into(), "Hello_World");
     refused(&|d| d.version = "v1".into(), "`v1` must start with a digit");
     refused(&|d| d.version = "1.0-".into(), "`1.0-`");

@@ -194,6 +194,20 @@ fn check_matches(bytes: &[u8], info: &PackageInfo) -> Result<()> {
     if bytes.len() as u64 != info.size {
         return mismatch(format!("size is {} bytes, not {}", bytes.len(), info.size));
     }
+    // The control paragraph goes into the index verbatim: it must be one paragraph, this package's.
+    let control = &info.control;
+    let own_paragraph = control.starts_with(&format!("Package: {}\n", info.name))
+        && control.contains(&format!("\nVersion: {}\n", info.version))
+        && control.contains(&format!("\nArchitecture: {}\n", info.architecture))
+        && !control.trim_end().contains("\n\n")
+        && !control.lines().any(|line| {
+            ["Filename:", "Size:", "MD5sum:", "SHA256:"]
+                .iter()
+                .any(|f| line.starts_with(f))
+        });
+    if !own_paragraph {
+        return mismatch("control is not this package's single control paragraph".into());
+    }
     let sha256 = hex::encode(Sha256::digest(bytes));
     if sha256 != info.sha256 {
         return mismatch(format!("sha256 is {sha256}, not {}", info.sha256));

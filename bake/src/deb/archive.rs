@@ -62,7 +62,14 @@ pub(crate) fn control_tar(
         ("postrm", &scripts.postrm),
     ] {
         if let Some(source) = source {
-            members.insert(name, (root.read(source, name)?, 0o755));
+            let script = root.read(source, name)?;
+            if !script.starts_with(b"#!") {
+                return Err(crate::Error::invalid(
+                    name,
+                    "maintainer script must start with `#!`",
+                ));
+            }
+            members.insert(name, (script, 0o755));
         }
     }
     let epoch = definition.source_date_epoch;

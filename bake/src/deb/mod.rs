@@ -123,11 +123,12 @@ pub(crate) struct DataFile {
 }
 
 /// Builds the .deb for `definition`, reading sources under `workspace_root`.
-#[tracing::instrument(skip_all, fields(package = %definition.name, version = %definition.version), err)]
+#[tracing::instrument(skip_all, fields(package = %definition.name, version = %definition.version), err(level = tracing::Level::WARN))]
 pub fn build(definition: &PackageDefinition, workspace_root: &Path) -> Result<DebPackage> {
     validate::control_fields(definition)?;
     let root = validate::WorkspaceRoot::new(workspace_root)?;
     let files = collect_data_files(definition, &root)?;
+    validate::no_file_is_a_directory(&files)?;
     validate::conffiles(definition, &files)?;
     let control = control::control_paragraph(definition, &files);
     let control_tar = archive::control_tar(definition, &root, &control, &files)?;

@@ -157,6 +157,20 @@ pub(crate) fn dest_path(dest: &str) -> Result<String> {
     Ok(relative.to_string())
 }
 
+/// A path cannot be both a file and the parent directory of another file.
+pub(crate) fn no_file_is_a_directory(files: &BTreeMap<String, DataFile>) -> Result<()> {
+    match super::archive::directories(files)
+        .into_iter()
+        .find(|dir| files.contains_key(dir))
+    {
+        Some(dir) => Err(Error::invalid(
+            format!("/{dir}"),
+            "is a file and also the directory of other files",
+        )),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn conffiles(
     definition: &PackageDefinition,
     files: &BTreeMap<String, DataFile>,

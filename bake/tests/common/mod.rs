@@ -103,9 +103,11 @@ pub fn write(root: &Path, relative: &str, contents: &str, mode: u32) {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// Runs a command, returning (success, stdout + stderr).
+/// Runs a command in the C locale and UTC, returning (success, stdout + stderr).
 pub fn run(program: &str, args: &[&str]) -> (bool, String) {
     let output = std::process::Command::new(program)
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running {program}: {e}"));
