@@ -2,6 +2,19 @@
 //!
 //! Plain structs in, files and records out: nothing here knows about HTTP, Postgres or
 //! configuration files. The root crate serves the repository directory under `/apt/`.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use slipway_bake::{deb, AptRepository, PackageDefinition, PublishRecord, Result, Signer};
+//!
+//! fn release(definition: &PackageDefinition, checkout: &Path, data_dir: &Path) -> Result<PublishRecord> {
+//!     let package = deb::build(definition, checkout)?;
+//!     let deb_path = package.write_to(&data_dir.join("artifacts"))?;
+//!     let signer = Signer::open_or_create(&data_dir.join("gpg"), "Slipway <slipway@example.com>")?;
+//!     let repository = AptRepository::open(&data_dir.join("apt"), signer)?;
+//!     repository.publish(&deb_path, &package.info)
+//! }
+//! ```
 
 pub mod apt;
 pub mod deb;

@@ -101,12 +101,12 @@ impl AptRepository {
         let _guard = self.lock()?;
         self.copy_into_pool(&pool_path, &bytes, info)?;
         let mut catalogue = Catalogue::load(&self.root)?;
-        let already = catalogue.find(&info.filename).cloned();
-        let (generation, newly_published) = match already {
-            Some(entry) if entry.info.sha256 == info.sha256 => {
-                (Dists::new(&self.root).current().unwrap_or_default(), false)
-            }
-            Some(_) => {
+        let same_file = catalogue
+            .find(&info.filename)
+            .map(|entry| entry.info.sha256 == info.sha256);
+        let (generation, newly_published) = match same_file {
+            Some(true) => (Dists::new(&self.root).current().unwrap_or_default(), false),
+            Some(false) => {
                 return Err(Error::PoolConflict {
                     filename: info.filename.clone(),
                 })
