@@ -7,6 +7,25 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+/// Deserializes a scalar as text and checks it inside the visitor, so that serde_yaml marks
+/// an error with the position of the scalar itself.
+fn checked<'de, D, T>(deserializer: D, check: fn(&str) -> Result<T, String>) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Checked<T>(fn(&str) -> Result<T, String>);
+    impl<T> Visitor<'_> for Checked<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.0)(v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(Checked(check))
+}
+
 /// A container or step name: a DNS label (lowercase letters, digits and `-`, at most 63).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
@@ -26,14 +45,16 @@ impl fmt::Display for Name {
 
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        if is_dns_label(&text) {
-            Ok(Name(text))
-        } else {
-            Err(de::Error::custom(format!(
-                "`{text}` is not a valid name: expected a DNS label (1 to 63 lowercase letters, digits or `-`, not starting or ending with `-`)"
-            )))
-        }
+        checked(deserializer, |text| {
+            let text = text.to_owned();
+            if is_dns_label(&text) {
+                Ok(Name(text))
+            } else {
+                Err(format!(
+                    "`{text}` is not a valid name: expected a DNS label (1 to 63 lowercase letters, digits or `-`, not starting or ending with `-`)"
+                ))
+            }
+        })
     }
 }
 
@@ -61,18 +82,20 @@ impl VariableName {
 
 impl<'de> Deserialize<'de> for VariableName {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let mut bytes = text.bytes();
-        let first_ok = bytes
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
-        if first_ok && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            Ok(VariableName(text))
-        } else {
-            Err(de::Error::custom(format!(
-                "`{text}` is not a valid variable name: expected letters, digits and `_`, not starting with a digit"
-            )))
-        }
+        checked(deserializer, |text| {
+            let text = text.to_owned();
+            let mut bytes = text.bytes();
+            let first_ok = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+            if first_ok && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                Ok(VariableName(text))
+            } else {
+                Err(format!(
+                    "`{text}` is not a valid variable name: expected letters, digits and `_`, not starting with a digit"
+                ))
+            }
+        })
     }
 }
 
@@ -138,11 +161,13 @@ impl SpecDuration {
 
 impl<'de> Deserialize<'de> for SpecDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = ScalarText::deserialize(deserializer)?.0;
-        SpecDuration::parse(&text).ok_or_else(|| {
-            de::Error::custom(format!(
-                "`{text}` is not a duration: expected a positive number with a unit, like 30s, 10m or 1h"
-            ))
+        checked(deserializer, |text| {
+            let text = text.to_owned();
+            SpecDuration::parse(&text).ok_or_else(|| {
+                format!(
+                    "`{text}` is not a duration: expected a positive number with a unit, like 30s, 10m or 1h"
+                )
+            })
         })
     }
 }
@@ -160,21 +185,23 @@ impl PackageName {
 
 impl<'de> Deserialize<'de> for PackageName {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let starts_alnum = text
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        let chars_ok = text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
-        if text.len() >= 2 && starts_alnum && chars_ok {
-            Ok(PackageName(text))
-        } else {
-            Err(de::Error::custom(format!(
-                "`{text}` is not a valid Debian package name: expected at least two lowercase letters, digits, `+`, `-` or `.`, starting with a letter or digit"
-            )))
-        }
+        checked(deserializer, |text| {
+            let text = text.to_owned();
+            let starts_alnum = text
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            let chars_ok = text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+            if text.len() >= 2 && starts_alnum && chars_ok {
+                Ok(PackageName(text))
+            } else {
+                Err(format!(
+                    "`{text}` is not a valid Debian package name: expected at least two lowercase letters, digits, `+`, `-` or `.`, starting with a letter or digit"
+                ))
+            }
+        })
     }
 }
 
@@ -228,22 +255,24 @@ impl WorkspacePath {
 
 impl<'de> Deserialize<'de> for WorkspacePath {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let problem = if text.is_empty() {
-            Some("it is empty")
-        } else if text.starts_with('/') {
-            Some("it is absolute")
-        } else if text.split('/').any(|part| part == "..") {
-            Some("`..` would leave the workspace")
-        } else {
-            None
-        };
-        match problem {
-            None => Ok(WorkspacePath(text)),
-            Some(why) => Err(de::Error::custom(format!(
-                "`{text}` is refused: expected a relative path inside the workspace, but {why}"
-            ))),
-        }
+        checked(deserializer, |text| {
+            let text = text.to_owned();
+            let problem = if text.is_empty() {
+                Some("it is empty")
+            } else if text.starts_with('/') {
+                Some("it is absolute")
+            } else if text.split('/').any(|part| part == "..") {
+                Some("`..` would leave the workspace")
+            } else {
+                None
+            };
+            match problem {
+                None => Ok(WorkspacePath(text)),
+                Some(why) => Err(format!(
+                    "`{text}` is refused: expected a relative path inside the workspace, but {why}"
+                )),
+            }
+        })
     }
 }
 
@@ -260,22 +289,24 @@ impl InstallPath {
 
 impl<'de> Deserialize<'de> for InstallPath {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let problem = if !text.starts_with('/') {
-            Some("it is not absolute")
-        } else if text.split('/').any(|part| part == "..") {
-            Some("it contains `..`")
-        } else if text.ends_with('/') {
-            Some("it names a directory, not a file")
-        } else {
-            None
-        };
-        match problem {
-            None => Ok(InstallPath(text)),
-            Some(why) => Err(de::Error::custom(format!(
-                "`{text}` is refused: expected an absolute file path like /usr/lib/app/main.py, but {why}"
-            ))),
-        }
+        checked(deserializer, |text| {
+            let text = text.to_owned();
+            let problem = if !text.starts_with('/') {
+                Some("it is not absolute")
+            } else if text.split('/').any(|part| part == "..") {
+                Some("it contains `..`")
+            } else if text.ends_with('/') {
+                Some("it names a directory, not a file")
+            } else {
+                None
+            };
+            match problem {
+                None => Ok(InstallPath(text)),
+                Some(why) => Err(format!(
+                    "`{text}` is refused: expected an absolute file path like /usr/lib/app/main.py, but {why}"
+                )),
+            }
+        })
     }
 }
 
@@ -296,20 +327,23 @@ impl AccountName {
 
 impl<'de> Deserialize<'de> for AccountName {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let mut bytes = text.bytes();
-        let first_ok = bytes
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-        if first_ok
-            && text.len() <= 32
-            && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        {
-            Ok(AccountName(text))
-        } else {
-            Err(de::Error::custom(format!(
-                "`{text}` is not a valid user or group name: expected lowercase letters, digits, `_` or `-`"
-            )))
-        }
+        checked(deserializer, |text| {
+            let text = text.to_owned();
+            let mut bytes = text.bytes();
+            let first_ok = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+            if first_ok
+                && text.len() <= 32
+                && bytes
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            {
+                Ok(AccountName(text))
+            } else {
+                Err(format!(
+                    "`{text}` is not a valid user or group name: expected lowercase letters, digits, `_` or `-`"
+                ))
+            }
+        })
     }
 }

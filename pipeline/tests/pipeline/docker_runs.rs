@@ -1,0 +1,1 @@
+//! Real runs against dockerd; filled in below.

@@ -1,0 +1,362 @@
+//! A fake engine that enforces the `Engine` lifecycle contract and takes injected failures,
+//! in the style of Woodpecker's dummy backend: out-of-order calls are recorded as violations
+//! (and refused), so runtime tests prove the runtime keeps the contract.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+use futures::stream::{self, StreamExt};
+use slipway_pipeline::engine::{
+    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputLine, OutputLines, OutputStream,
+};
+
+/// What a container does once started, keyed by its alias (the step or service name).
+#[derive(Clone)]
+pub enum Behaviour {
+    /// Prints the lines on stdout, then exits with the code.
+    Exit { lines: Vec<String>, code: i64 },
+    /// Prints the lines and runs until killed.
+    Hang { lines: Vec<String> },
+    /// A service whose readiness probes succeed from the given attempt on (1-based).
+    ReadyAfter { attempts: usize },
+    /// The engine panics when asked to start it.
+    PanicOnStart,
+}
+
+/// A running or stopped container.
+struct Container {
+    alias: String,
+    labels: Labels,
+    network: Option<String>,
+    volume: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<String>,
+    violations: Vec<String>,
+    networks: HashMap<String, Labels>,
+    volumes: HashMap<String, Labels>,
+    containers: HashMap<String, Container>,
+    copied: HashSet<String>,
+    probes: HashMap<String, usize>,
+}
+
+#[derive(Default)]
+pub struct FakeEngine {
+    behaviours: HashMap<String, Behaviour>,
+    failing: HashSet<String>,
+    missing_images: HashSet<String>,
+    state: Mutex<State>,
+}
+
+impl FakeEngine {
+    pub fn new() -> FakeEngine {
+        FakeEngine::default()
+    }
+
+    pub fn with(mut self, alias: &str, behaviour: Behaviour) -> FakeEngine {
+        self.behaviours.insert(alias.to_owned(), behaviour);
+        self
+    }
+
+    /// Makes an operation fail: `create_network`, `create_volume`, `copy_into_volume`,
+    /// `remove_network`, or `start <alias>`.
+    pub fn failing(mut self, operation: &str) -> FakeEngine {
+        self.failing.insert(operation.to_owned());
+        self
+    }
+
+    pub fn without_image(mut self, image: &str) -> FakeEngine {
+        self.missing_images.insert(image.to_owned());
+        self
+    }
+
+    /// Pre-creates labelled objects, as a crashed server would have left them.
+    pub fn leave_behind(&self, name: &str, labels: &Labels) {
+        let mut state = self.state.lock().unwrap();
+        state.networks.insert(format!("{name}-net"), labels.clone());
+        state.volumes.insert(format!("{name}-vol"), labels.clone());
+        let container = Container {
+            alias: name.to_owned(),
+            labels: labels.clone(),
+            network: Some(format!("{name}-net")),
+            volume: Some(format!("{name}-vol")),
+        };
+        state.containers.insert(name.to_owned(), container);
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.state.lock().unwrap().violations.clone()
+    }
+
+    /// Names of every object that still exists.
+    pub fn remaining(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        let mut names: Vec<String> = state.containers.keys().cloned().collect();
+        names.extend(state.networks.keys().cloned());
+        names.extend(state.volumes.keys().cloned());
+        names
+    }
+
+    /// Records the call; refuses it (and records a violation) when `rule` is broken.
+    fn call(&self, call: String, violation: Option<String>) -> Result<(), EngineError> {
+        let mut state = self.state.lock().unwrap();
+        state.calls.push(call.clone());
+        if let Some(violation) = violation {
+            state.violations.push(format!("{call}: {violation}"));
+            return Err(EngineError::failed(call, violation));
+        }
+        let operation = call
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let alias_operation = call.clone();
+        if self.failing.contains(&operation) || self.failing.contains(&alias_operation) {
+            return Err(EngineError::failed(call, "injected failure"));
+        }
+        Ok(())
+    }
+
+    fn behaviour_of(&self, container: &str) -> Option<Behaviour> {
+        let state = self.state.lock().unwrap();
+        let container = state.containers.get(container)?;
+        self.behaviours.get(&container.alias).cloned()
+    }
+
+    fn unknown(&self, container: &str) -> Option<String> {
+        let state = self.state.lock().unwrap();
+        (!state.containers.contains_key(container)).then(|| "no such container".to_owned())
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for FakeEngine {
+    async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), EngineError> {
+        let exists = self.state.lock().unwrap().networks.contains_key(name);
+        self.call(
+            format!("create_network {name}"),
+            exists.then(|| "exists".to_owned()),
+        )?;
+        self.state
+            .lock()
+            .unwrap()
+            .networks
+            .insert(name.to_owned(), labels.clone());
+        Ok(())
+    }
+
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), EngineError> {
+        let no_network = self.state.lock().unwrap().networks.is_empty();
+        let violation = no_network.then(|| "setup must create the network first".to_owned());
+        self.call(format!("create_volume {name}"), violation)?;
+        self.state
+            .lock()
+            .unwrap()
+            .volumes
+            .insert(name.to_owned(), labels.clone());
+        Ok(())
+    }
+
+    async fn copy_into_volume(
+        &self,
+        volume: &str,
+        source: &Path,
+        _: &Labels,
+    ) -> Result<(), EngineError> {
+        let missing = !self.state.lock().unwrap().volumes.contains_key(volume);
+        let violation = if missing {
+            Some("volume does not exist".to_owned())
+        } else if !source.is_dir() {
+            Some(format!("{} is not a directory", source.display()))
+        } else {
+            None
+        };
+        self.call(format!("copy_into_volume {volume}"), violation)?;
+        self.state.lock().unwrap().copied.insert(volume.to_owned());
+        Ok(())
+    }
+
+    async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError> {
+        let alias = config
+            .network
+            .as_ref()
+            .map(|n| n.alias.clone())
+            .unwrap_or_default();
+        let violation = {
+            let state = self.state.lock().unwrap();
+            let network = config.network.as_ref().map(|n| n.network.as_str());
+            if state.containers.contains_key(&config.name) {
+                Some("a container with this name exists".to_owned())
+            } else if network.is_some_and(|n| !state.networks.contains_key(n)) {
+                Some("its network does not exist".to_owned())
+            } else if config
+                .mount
+                .as_ref()
+                .is_some_and(|m| !state.copied.contains(&m.volume))
+            {
+                Some("a step started before the workspace was copied".to_owned())
+            } else {
+                None
+            }
+        };
+        self.call(format!("start {alias}"), violation)?;
+        if self.missing_images.contains(&config.image) {
+            return Err(EngineError::ImageMissing {
+                image: config.image.clone(),
+            });
+        }
+        if matches!(self.behaviours.get(&alias), Some(Behaviour::PanicOnStart)) {
+            panic!("fake engine: asked to panic when starting {alias}");
+        }
+        let container = Container {
+            alias,
+            labels: config.labels.clone(),
+            network: config.network.as_ref().map(|n| n.network.clone()),
+            volume: config.mount.as_ref().map(|m| m.volume.clone()),
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .containers
+            .insert(config.name.clone(), container);
+        Ok(())
+    }
+
+    async fn follow_output(&self, container: &str) -> Result<OutputLines, EngineError> {
+        self.call(
+            format!("follow_output {container}"),
+            self.unknown(container),
+        )?;
+        let (lines, hang) = match self.behaviour_of(container) {
+            Some(Behaviour::Exit { lines, .. }) => (lines, false),
+            Some(Behaviour::Hang { lines }) => (lines, true),
+            _ => (Vec::new(), false),
+        };
+        let lines = stream::iter(lines.into_iter().map(|text| {
+            Ok(OutputLine {
+                stream: OutputStream::Stdout,
+                text,
+            })
+        }));
+        Ok(if hang {
+            lines.chain(stream::pending()).boxed()
+        } else {
+            lines.boxed()
+        })
+    }
+
+    async fn recent_output(
+        &self,
+        container: &str,
+        lines: usize,
+    ) -> Result<Vec<OutputLine>, EngineError> {
+        self.call(
+            format!("recent_output {container}"),
+            self.unknown(container),
+        )?;
+        Ok((1..=lines.min(3))
+            .map(|n| OutputLine {
+                stream: OutputStream::Stderr,
+                text: format!("service line {n}"),
+            })
+            .collect())
+    }
+
+    async fn wait_exit(&self, container: &str) -> Result<i64, EngineError> {
+        self.call(format!("wait_exit {container}"), self.unknown(container))?;
+        match self.behaviour_of(container) {
+            Some(Behaviour::Exit { code, .. }) => Ok(code),
+            Some(Behaviour::Hang { .. }) => std::future::pending().await,
+            _ => Ok(0),
+        }
+    }
+
+    async fn exec(&self, container: &str, _: &[String]) -> Result<i64, EngineError> {
+        self.call(format!("exec {container}"), self.unknown(container))?;
+        Ok(if self.probe(container) { 0 } else { 1 })
+    }
+
+    async fn tcp_ready(&self, container: &str, _: &str, _: u16) -> Result<bool, EngineError> {
+        self.call(format!("tcp_ready {container}"), self.unknown(container))?;
+        Ok(self.probe(container))
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
+        self.call(format!("remove_container {container}"), None)?;
+        self.state.lock().unwrap().containers.remove(container);
+        Ok(())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        let in_use = self
+            .state
+            .lock()
+            .unwrap()
+            .containers
+            .values()
+            .any(|c| c.network.as_deref() == Some(name));
+        let violation = in_use.then(|| "containers still use it".to_owned());
+        self.call(format!("remove_network {name}"), violation)?;
+        self.state.lock().unwrap().networks.remove(name);
+        Ok(())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        let in_use = self
+            .state
+            .lock()
+            .unwrap()
+            .containers
+            .values()
+            .any(|c| c.volume.as_deref() == Some(name));
+        let violation = in_use.then(|| "containers still use it".to_owned());
+        self.call(format!("remove_volume {name}"), violation)?;
+        self.state.lock().unwrap().volumes.remove(name);
+        Ok(())
+    }
+
+    async fn list_labelled(&self, label: &str) -> Result<Leftovers, EngineError> {
+        self.call(format!("list_labelled {label}"), None)?;
+        let (key, value) = label.split_once('=').unwrap();
+        let has = |labels: &Labels| labels.get(key).is_some_and(|v| v == value);
+        let state = self.state.lock().unwrap();
+        let pick = |objects: &HashMap<String, Labels>| {
+            objects
+                .iter()
+                .filter(|(_, l)| has(l))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        Ok(Leftovers {
+            containers: state
+                .containers
+                .iter()
+                .filter(|(_, c)| has(&c.labels))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            networks: pick(&state.networks),
+            volumes: pick(&state.volumes),
+        })
+    }
+}
+
+impl FakeEngine {
+    /// Counts a readiness probe and says whether this one succeeds.
+    fn probe(&self, container: &str) -> bool {
+        let attempts = match self.behaviour_of(container) {
+            Some(Behaviour::ReadyAfter { attempts }) => attempts,
+            _ => 1,
+        };
+        let mut state = self.state.lock().unwrap();
+        let count = state.probes.entry(container.to_owned()).or_default();
+        *count += 1;
+        *count >= attempts
+    }
+}
