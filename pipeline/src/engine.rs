@@ -67,12 +67,6 @@ pub struct Leftovers {
     pub volumes: Vec<String>,
 }
 
-impl Leftovers {
-    pub fn is_empty(&self) -> bool {
-        self.containers.is_empty() && self.networks.is_empty() && self.volumes.is_empty()
-    }
-}
-
 /// Errors of the engine, grouped by what the caller does about them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {

@@ -14,6 +14,7 @@ pub use docker::DockerEngine;
 pub use engine::{Engine, EngineError};
 pub use plan::{compile, BuildInfo, CompileError, Plan};
 pub use runtime::{
-    reap, run, BuildOutcome, BuildStatus, LogLine, Observer, RunOptions, StepResult, StepStatus,
+    reap, run, BuildOutcome, BuildStatus, LogLine, Observer, Reaped, RunOptions, StepOutcome,
+    StepResult, StepStatus,
 };
-pub use spec::{parse, PackageSpec, Spec, SpecError};
+pub use spec::{parse, Event, PackageSpec, Spec, SpecError};

@@ -23,8 +23,7 @@ use crate::engine::{
     VolumeMount,
 };
 
-pub use convert::container_body;
-pub use lines::LineSplitter;
+use lines::LineSplitter;
 
 /// The image of the stopped helper container that receives the workspace archive. It never
 /// runs, so any local image works; this one exists wherever Slipway was bootstrapped.

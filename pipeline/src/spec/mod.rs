@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use values::{
-    is_dns_label, AccountName, FileMode, InstallPath, Name, PackageName, ScalarText, SpecDuration,
-    VariableName, WorkspacePath,
+    AccountName, FileMode, InstallPath, Name, PackageName, ScalarText, SpecDuration, VariableName,
+    WorkspacePath,
 };
 
 /// A user error in `.slipway.yml`, located at the offending value.

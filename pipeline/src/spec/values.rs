@@ -59,7 +59,7 @@ impl<'de> Deserialize<'de> for Name {
 }
 
 /// True when `text` can be a host name on the build network.
-pub fn is_dns_label(text: &str) -> bool {
+fn is_dns_label(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 63
         && !text.starts_with('-')

@@ -35,22 +35,12 @@ struct DockerRun {
     elapsed: Duration,
 }
 
+#[derive(Default)]
 struct Options<'a> {
     secrets: &'a [(&'a str, &'a str)],
     run: RunOptions,
     cancel_after: Option<Duration>,
     workspace: Option<PathBuf>,
-}
-
-impl Default for Options<'_> {
-    fn default() -> Self {
-        Options {
-            secrets: &[],
-            run: RunOptions::default(),
-            cancel_after: None,
-            workspace: None,
-        }
-    }
 }
 
 /// Runs `yaml` for a fresh build labelled with a fresh test id, then checks that no

@@ -114,9 +114,10 @@ async fn a_passing_build_sets_up_waits_for_services_runs_steps_in_order_and_tear
     let calls: Vec<String> = engine
         .calls()
         .into_iter()
-        .map(|c| {
-            c.split_whitespace().next().unwrap().to_owned()
-                + if c.starts_with("start") { &c[5..] } else { "" }
+        .map(|call| match call.strip_prefix("start ") {
+            // Starts keep the alias; other calls are reduced to the operation.
+            Some(alias) => format!("start {alias}"),
+            None => call.split_whitespace().next().unwrap().to_owned(),
         })
         .collect();
     let first = |name: &str| calls.iter().position(|c| c == name).unwrap();
