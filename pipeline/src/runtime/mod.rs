@@ -204,7 +204,15 @@ async fn run_steps(build: &Build<'_>, results: &mut Vec<StepOutcome>) -> Option<
                     });
                     return Some(halt);
                 }
-                Err(error) => return Some(error.into()),
+                Err(error) => {
+                    let result = StepResult::not_run(StepStatus::Cancelled, error.to_string());
+                    build.observer.step_finished(&step.name, &result);
+                    results.push(StepOutcome {
+                        name: step.name.clone(),
+                        result,
+                    });
+                    return Some(error.into());
+                }
             }
         };
         if first_failure.is_none() {

@@ -347,3 +347,28 @@ impl<'de> Deserialize<'de> for AccountName {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_add_up_their_parts_and_refuse_anything_else() {
+        let seconds = |text| SpecDuration::parse(text).map(|d| d.0.as_secs());
+        assert_eq!(seconds("30s"), Some(30));
+        assert_eq!(seconds("10m"), Some(600));
+        assert_eq!(seconds("1h30m"), Some(5400));
+        for bad in ["", "10", "0s", "1d", "m", "1.5h", "10 m", "-1s"] {
+            assert_eq!(seconds(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dns_labels_are_lowercase_and_bounded() {
+        assert!(is_dns_label("notify-failure"));
+        assert!(is_dns_label("pg15"));
+        for bad in ["", "-a", "a-", "A", "a_b", &"a".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad:?}");
+        }
+    }
+}
