@@ -1,1 +1,27 @@
-//! Slipway deployer.
+//! Slipway's blue/green deployer: one algorithm ([`Deployer`]) over a [`Target`] trait, with
+//! the docker target (containers behind this crate's own reverse proxy, [`docker`]) and the
+//! aws target (EC2 + ELBv2 + Auto Scaling, [`aws`]).
+//!
+//! This crate knows nothing of HTTP APIs, Postgres or configuration files: the root crate
+//! passes plain structs in ([`DeployRequest`], [`DeployPolicy`]), implements persistence
+//! ([`DeploymentStore`], [`LockStore`]) over its database, and watches progress through an
+//! [`Observer`]. In-memory stores and a contract-enforcing [`fake::FakeTarget`] serve tests.
+
+pub mod deployer;
+pub mod deployment;
+pub mod error;
+pub mod fake;
+pub mod health;
+pub mod lock;
+pub mod observer;
+pub mod store;
+pub mod target;
+
+pub use deployer::{DeployPolicy, DeployRequest, Deployer, Recovered};
+pub use deployment::{Deployment, DeploymentKind, DeploymentState};
+pub use error::{DeployError, StoreError, TargetError};
+pub use health::{wait_healthy, HealthPolicy};
+pub use lock::{Lease, LockHolder, LockStore, MemoryLockStore};
+pub use observer::{NoopObserver, Observer};
+pub use store::{DeploymentStore, MemoryDeploymentStore};
+pub use target::{Fleet, FleetRef, HealthState, InstanceHealth, Target};

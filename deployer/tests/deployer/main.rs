@@ -1,0 +1,5 @@
+//! The deployer's one integration-test binary: the algorithm against the contract-enforcing
+//! fake target, the docker target against the real dockerd, the aws target against moto.
+
+mod algorithm;
+mod support;
