@@ -1,1 +1,17 @@
-//! Slipway.
+//! Slipway: from a Bitbucket push to a healthy blue/green fleet.
+//!
+//! This crate is the service and its command line. It owns the IO plumbing (config files,
+//! HTTP, the Postgres store, Docker connections) and drives the member crates with plain
+//! structs: `slipway-pipeline` runs builds, `slipway-bake` packages and publishes releases.
+//! See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod queue;
+pub mod runner;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod webhook;

@@ -1,0 +1,138 @@
+//! The command line: `slipway server` runs the service; the other commands talk to a server's
+//! API, except `slipway pipeline`, which works on a local checkout.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slipway",
+    version,
+    about = "From a Bitbucket push to a healthy blue/green fleet",
+    long_about = "Slipway builds each push in containers next to a Postgres sidecar, packages passing builds \
+                  on the deploy branch as .deb releases in a signed apt repository, bakes machine images with \
+                  Packer and Ansible, and deploys them blue/green."
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: HTTP API, webhooks, build queue and agent.
+    Server(ServerArgs),
+    /// Deploy to an environment what is live in the one before it (or a named release).
+    Promote {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The environment to deploy to.
+        #[arg(long)]
+        env: String,
+        /// The release to deploy, like v42.
+        #[arg(long)]
+        release: Option<String>,
+    },
+    /// Make an earlier release live again in an environment.
+    Rollback {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        env: String,
+        /// The release to make live, like v42.
+        #[arg(long)]
+        to: String,
+    },
+    /// List a project's releases.
+    Releases {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show each environment's live release, fleet health and last deployments.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Work with a .slipway.yml pipeline locally.
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Config file; default ./slipway.toml when present, else built-in defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Data directory (default ./.slipway).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The Slipway server's URL.
+    #[arg(long, env = "SLIPWAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// API token; default: the admin token in ./.slipway/admin.token when readable.
+    #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Project; optional when the server has exactly one.
+    #[arg(long)]
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineCommand {
+    /// Print the compiled plan of a .slipway.yml.
+    Compile {
+        /// The file (default ./.slipway.yml).
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        #[arg(long, default_value = "push")]
+        event: String,
+    },
+    /// Run a repository's pipeline locally against Docker and print its logs.
+    Exec {
+        /// The repository (default: the current directory).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Run the repository's files at this commit instead of the working tree as it is.
+        #[arg(long)]
+        commit: Option<String>,
+        /// The branch the build pretends to be on (for `when: branch`).
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// A secret as NAME=VALUE; may be repeated. Masked in the output.
+        #[arg(long = "secret", value_name = "NAME=VALUE")]
+        secrets: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a new API token; it is printed once and stored hashed.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What the token is for.
+        #[arg(long)]
+        name: String,
+    },
+}

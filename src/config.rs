@@ -1,0 +1,554 @@
+//! Server configuration: the raw `slipway.toml` as written, and the resolved settings the
+//! server runs with.
+//!
+//! Parsing does no IO beyond reading the file; resolving applies environment overrides and
+//! command-line flags, checks values, and reads secrets from the environment. Every error a
+//! user can cause names the file, the key and what was expected.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde::Deserialize;
+
+/// Where the server listens when neither the file, the environment nor a flag says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The data directory used when none is configured.
+pub const DEFAULT_DATA_DIR: &str = ".slipway";
+/// The config file read from the working directory when `--config` is absent.
+pub const DEFAULT_CONFIG_FILE: &str = "slipway.toml";
+
+/// A configuration problem, with enough context to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{origin}: key `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// `slipway.toml` as the user wrote it. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    /// How many builds run at once.
+    pub max_concurrent_builds: Option<usize>,
+    /// Per-step cap on stored log bytes; output past it is cut, and the log says so.
+    pub step_log_limit_bytes: Option<u64>,
+    /// Largest webhook body accepted, in bytes.
+    pub webhook_max_body_bytes: Option<usize>,
+    #[serde(default)]
+    pub projects: Vec<RawProject>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProject {
+    pub name: String,
+    pub repository: String,
+    pub clone_url: String,
+    pub webhook_secret: Option<String>,
+    pub webhook_secret_env: Option<String>,
+    pub branches: Option<String>,
+    pub deploy_branch: Option<String>,
+    /// Values for the pipeline's `secrets:` by name: a string, or `{ env = "VAR" }`.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, RawSecret>,
+    #[serde(default)]
+    pub environments: Vec<RawEnvironment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSecret {
+    Value(String),
+    FromEnv { env: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Docker,
+    Aws,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    pub name: String,
+    pub target: TargetKind,
+    pub listen: Option<String>,
+    pub instances: Option<u32>,
+    pub health_path: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub listener_arn: Option<String>,
+    pub target_groups: Option<Vec<String>>,
+    pub launch_template_id: Option<String>,
+    pub subnets: Option<Vec<String>>,
+    pub instance_type: Option<String>,
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A string that must never be printed: `Debug` and `Display` show `****`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: the embedded PostgreSQL cluster in `data_dir`.
+    pub database_url: Option<Secret>,
+    pub max_concurrent_builds: usize,
+    pub step_log_limit_bytes: u64,
+    pub webhook_max_body_bytes: usize,
+    pub projects: Vec<Project>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub name: String,
+    pub repository: String,
+    pub clone_url: String,
+    pub webhook_secret: Option<Secret>,
+    pub branches: Regex,
+    pub deploy_branch: String,
+    pub secrets: BTreeMap<String, Secret>,
+    pub environments: Vec<Environment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    pub target: TargetKind,
+    pub listen: Option<SocketAddr>,
+    pub instances: u32,
+    pub health_path: String,
+    pub aws: Option<AwsEnvironment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsEnvironment {
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub listener_arn: String,
+    pub target_groups: [String; 2],
+    pub launch_template_id: String,
+    pub subnets: Vec<String>,
+    pub instance_type: String,
+}
+
+impl Config {
+    /// Loads the configuration: `--config FILE` when given (it must exist), else
+    /// `./slipway.toml` when present, else built-in defaults with no project; then the
+    /// `SLIPWAY_*` environment variables, then the command-line overrides.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let default_file = Path::new(DEFAULT_CONFIG_FILE);
+        let (origin, raw) = match file {
+            Some(path) => (path.display().to_string(), read_file(path)?),
+            None if default_file.exists() => {
+                (default_file.display().to_string(), read_file(default_file)?)
+            }
+            None => ("built-in defaults".to_string(), RawConfig::default()),
+        };
+        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        resolve(raw, &origin, overrides, &env)
+    }
+
+    pub fn project(&self, name: &str) -> Option<&Project> {
+        self.projects.iter().find(|p| p.name == name)
+    }
+}
+
+fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses the text of a config file; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// Applies environment (`env` looks a variable up) and flags to the raw file and checks it.
+pub fn resolve(
+    raw: RawConfig,
+    origin: &str,
+    overrides: &Overrides,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        origin: origin.to_string(),
+        key: key.to_string(),
+        message,
+    };
+    let listen_text = overrides
+        .listen
+        .clone()
+        .or_else(|| env("SLIPWAY_LISTEN"))
+        .or(raw.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let listen = parse_addr(&listen_text).map_err(|m| invalid("listen", m))?;
+    let data_dir = overrides
+        .data_dir
+        .clone()
+        .or_else(|| env("SLIPWAY_DATA_DIR").map(PathBuf::from))
+        .or(raw.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let database_url = env("SLIPWAY_DATABASE_URL")
+        .or(raw.database_url)
+        .map(Secret::new);
+    let max_concurrent_builds = raw.max_concurrent_builds.unwrap_or(2);
+    if max_concurrent_builds == 0 {
+        return Err(invalid(
+            "max_concurrent_builds",
+            "expected a number of at least 1, got 0".into(),
+        ));
+    }
+
+    let mut names = HashSet::new();
+    let mut projects = Vec::new();
+    for (i, raw_project) in raw.projects.into_iter().enumerate() {
+        let project = resolve_project(raw_project, i, &invalid, env)?;
+        if !names.insert(project.name.clone()) {
+            return Err(invalid(
+                &format!("projects[{i}].name"),
+                format!("project `{}` is declared twice", project.name),
+            ));
+        }
+        projects.push(project);
+    }
+    Ok(Config {
+        listen,
+        data_dir,
+        database_url,
+        max_concurrent_builds,
+        step_log_limit_bytes: raw.step_log_limit_bytes.unwrap_or(4 * 1024 * 1024),
+        webhook_max_body_bytes: raw.webhook_max_body_bytes.unwrap_or(1024 * 1024),
+        projects,
+    })
+}
+
+type Invalid<'a> = dyn Fn(&str, String) -> ConfigError + 'a;
+
+fn resolve_project(
+    raw: RawProject,
+    index: usize,
+    invalid: &Invalid<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Project, ConfigError> {
+    let key = |field: &str| format!("projects[{index}].{field}");
+    if !is_name(&raw.name) {
+        return Err(invalid(
+            &key("name"),
+            format!(
+                "expected lowercase letters, digits and '-', got {:?}",
+                raw.name
+            ),
+        ));
+    }
+    if raw.repository.split('/').filter(|s| !s.is_empty()).count() != 2 {
+        return Err(invalid(
+            &key("repository"),
+            format!(
+                "expected a Bitbucket full name like `owner/slug` or `KEY/slug`, got {:?}",
+                raw.repository
+            ),
+        ));
+    }
+    let webhook_secret = match (raw.webhook_secret, raw.webhook_secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                &key("webhook_secret"),
+                "set either webhook_secret or webhook_secret_env, not both".into(),
+            ))
+        }
+        (Some(secret), None) => Some(Secret::new(secret)),
+        (None, Some(var)) => Some(Secret::new(env(&var).ok_or_else(|| {
+            invalid(
+                &key("webhook_secret_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?)),
+        (None, None) => None,
+    };
+    let pattern = raw.branches.unwrap_or_else(|| "^main$".to_string());
+    let branches = Regex::new(&pattern).map_err(|e| {
+        invalid(
+            &key("branches"),
+            format!("expected a regular expression: {e}"),
+        )
+    })?;
+    let mut secrets = BTreeMap::new();
+    for (name, raw_secret) in raw.secrets {
+        let value = match raw_secret {
+            RawSecret::Value(value) => value,
+            RawSecret::FromEnv { env: var } => env(&var).ok_or_else(|| {
+                invalid(
+                    &key(&format!("secrets.{name}")),
+                    format!("environment variable {var} is not set"),
+                )
+            })?,
+        };
+        secrets.insert(name, Secret::new(value));
+    }
+    let mut environments = Vec::new();
+    let mut env_names = HashSet::new();
+    for (j, raw_env) in raw.environments.into_iter().enumerate() {
+        let env_key = |field: &str| key(&format!("environments[{j}].{field}"));
+        let environment = resolve_environment(raw_env, &env_key, invalid)?;
+        if !env_names.insert(environment.name.clone()) {
+            return Err(invalid(
+                &env_key("name"),
+                format!("environment `{}` is declared twice", environment.name),
+            ));
+        }
+        environments.push(environment);
+    }
+    Ok(Project {
+        name: raw.name,
+        repository: raw.repository,
+        clone_url: raw.clone_url,
+        webhook_secret,
+        branches,
+        deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".to_string()),
+        secrets,
+        environments,
+    })
+}
+
+fn resolve_environment(
+    raw: RawEnvironment,
+    key: &dyn Fn(&str) -> String,
+    invalid: &Invalid<'_>,
+) -> Result<Environment, ConfigError> {
+    if !is_name(&raw.name) {
+        return Err(invalid(
+            &key("name"),
+            format!(
+                "expected lowercase letters, digits and '-', got {:?}",
+                raw.name
+            ),
+        ));
+    }
+    let listen = raw
+        .listen
+        .as_deref()
+        .map(parse_addr)
+        .transpose()
+        .map_err(|m| invalid(&key("listen"), m))?;
+    let instances = raw.instances.unwrap_or(2);
+    if instances == 0 {
+        return Err(invalid(
+            &key("instances"),
+            "expected at least 1, got 0".into(),
+        ));
+    }
+    let health_path = raw.health_path.unwrap_or_else(|| "/health".to_string());
+    if !health_path.starts_with('/') {
+        return Err(invalid(
+            &key("health_path"),
+            format!("expected a path starting with '/', got {health_path:?}"),
+        ));
+    }
+    let aws = match raw.target {
+        TargetKind::Docker => {
+            if listen.is_none() {
+                return Err(invalid(
+                    &key("listen"),
+                    "a docker environment needs the address its load balancer listens on".into(),
+                ));
+            }
+            None
+        }
+        TargetKind::Aws => {
+            let required = |value: Option<String>, field: &str| {
+                value.ok_or_else(|| {
+                    invalid(&key(field), "required for an aws environment".to_string())
+                })
+            };
+            let groups = raw.target_groups.unwrap_or_default();
+            let [blue, green]: [String; 2] = groups.try_into().map_err(|g: Vec<String>| {
+                invalid(
+                    &key("target_groups"),
+                    format!("expected exactly two target group ARNs, got {}", g.len()),
+                )
+            })?;
+            Some(AwsEnvironment {
+                region: required(raw.region, "region")?,
+                endpoint_url: raw.endpoint_url,
+                listener_arn: required(raw.listener_arn, "listener_arn")?,
+                target_groups: [blue, green],
+                launch_template_id: required(raw.launch_template_id, "launch_template_id")?,
+                subnets: raw.subnets.unwrap_or_default(),
+                instance_type: raw.instance_type.unwrap_or_else(|| "t3.small".to_string()),
+            })
+        }
+    };
+    Ok(Environment {
+        name: raw.name,
+        target: raw.target,
+        listen,
+        instances,
+        health_path,
+        aws,
+    })
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("expected an address like 127.0.0.1:8080, got {text:?}"))
+}
+
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let raw = parse(text, "slipway.toml")?;
+        resolve(raw, "slipway.toml", &Overrides::default(), &|_| None)
+    }
+
+    #[test]
+    fn typo_in_a_key_names_the_key_the_file_and_the_line() {
+        let err = load("listen = \"127.0.0.1:9000\"\ndata_dri = \"/tmp\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("slipway.toml:"), "{err}");
+        assert!(err.contains("unknown field `data_dri`"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn typo_in_a_nested_key_is_an_error_too() {
+        let text = "[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"file:///x\"\nbranch = \"main\"\n";
+        let err = load(text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `branch`"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn no_file_gives_the_documented_defaults() {
+        let config = load("").unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(config.database_url.is_none());
+        assert!(config.projects.is_empty());
+    }
+
+    #[test]
+    fn environment_and_flags_override_the_file_in_that_order() {
+        let raw = parse("listen = \"127.0.0.1:1\"\ndata_dir = \"/a\"\n", "f").unwrap();
+        let env = |k: &str| match k {
+            "SLIPWAY_LISTEN" => Some("127.0.0.1:2".to_string()),
+            "SLIPWAY_DATA_DIR" => Some("/b".to_string()),
+            _ => None,
+        };
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3".into()),
+            data_dir: None,
+        };
+        let config = resolve(raw, "f", &flags, &env).unwrap();
+        assert_eq!(config.listen.port(), 3);
+        assert_eq!(config.data_dir, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn invalid_values_say_what_was_expected() {
+        let err = load("listen = \"localhost\"\n").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "slipway.toml: key `listen`: expected an address like 127.0.0.1:8080, got \"localhost\""
+        );
+        let text = "[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\n[[projects.environments]]\nname = \"dev\"\ntarget = \"k8s\"\n";
+        let err = load(text).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `k8s`"), "{err}");
+        assert!(err.contains("line 7"), "{err}");
+    }
+
+    #[test]
+    fn aws_environment_requires_its_addresses() {
+        let text = "[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\n[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\n";
+        let err = load(text).unwrap_err().to_string();
+        assert!(
+            err.contains("projects[0].environments[0].target_groups"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn webhook_secret_from_the_environment_is_never_printed() {
+        let raw = parse("[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\nwebhook_secret_env = \"HOOK\"\n", "f").unwrap();
+        let config = resolve(raw, "f", &Overrides::default(), &|k| {
+            (k == "HOOK").then(|| "s3cr3t".to_string())
+        })
+        .unwrap();
+        let project = &config.projects[0];
+        assert_eq!(project.webhook_secret.as_ref().unwrap().expose(), "s3cr3t");
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn missing_secret_variable_is_named() {
+        let raw = parse("[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\nwebhook_secret_env = \"HOOK\"\n", "f").unwrap();
+        let err = resolve(raw, "f", &Overrides::default(), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "f: key `projects[0].webhook_secret_env`: environment variable HOOK is not set"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! `slipway pipeline compile` and `slipway pipeline exec`: a repository's pipeline, locally,
+//! without a server (as `drone exec` does).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use slipway_pipeline::{
+    self as pipeline, BuildOutcome, DockerEngine, LogLine, Observer, RunOptions, StepResult,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::source::SPEC_FILE;
+use crate::cli::PipelineCommand;
+
+pub async fn run(command: PipelineCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PipelineCommand::Compile {
+            file,
+            branch,
+            event,
+        } => {
+            let file = file.unwrap_or_else(|| PathBuf::from(SPEC_FILE));
+            let spec = read_spec(&file)?;
+            let event =
+                serde_json::from_value(serde_json::Value::String(event.clone())).map_err(|_| {
+                    anyhow!("unknown event {event:?}: expected push, pull_request, tag or manual")
+                })?;
+            let plan = pipeline::compile(&spec, &local_build(&branch, "local", event))?;
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        PipelineCommand::Exec {
+            repo,
+            commit,
+            branch,
+            secrets,
+        } => exec(&repo, commit.as_deref(), &branch, &secrets).await,
+    }
+}
+
+async fn exec(
+    repo: &Path,
+    commit: Option<&str>,
+    branch: &str,
+    secrets: &[String],
+) -> anyhow::Result<ExitCode> {
+    let secrets = parse_secrets(secrets)?;
+    let workspace = tempfile::Builder::new().prefix("slipway-exec-").tempdir()?;
+    let revision = prepare_workspace(repo, commit, workspace.path())?;
+    let spec = read_spec(&workspace.path().join(SPEC_FILE))?;
+    let plan = pipeline::compile(
+        &spec,
+        &local_build(branch, &revision, pipeline::spec::Event::Push),
+    )?;
+    let engine = DockerEngine::connect(None)
+        .await
+        .context("cannot reach Docker")?;
+
+    let cancel = CancellationToken::new();
+    let on_interrupt = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping the build and cleaning up");
+            on_interrupt.cancel();
+        }
+    });
+    let outcome = pipeline::run(
+        &plan,
+        &engine,
+        workspace.path(),
+        &secrets,
+        &Printer,
+        cancel,
+        &RunOptions::default(),
+    )
+    .await;
+    Ok(if outcome.status == pipeline::BuildStatus::Passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn local_build(branch: &str, commit: &str, event: pipeline::spec::Event) -> pipeline::BuildInfo {
+    pipeline::BuildInfo {
+        project: "local".to_string(),
+        number: 1,
+        build_id: format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        commit: commit.to_string(),
+        branch: branch.to_string(),
+        event,
+        extra_labels: Default::default(),
+    }
+}
+
+fn read_spec(file: &Path) -> anyhow::Result<pipeline::Spec> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    pipeline::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))
+}
+
+/// Copies the repository's files into `dest`: the working tree as it is, or with `--commit`
+/// the files at that commit. Returns the revision the build reports as its commit.
+fn prepare_workspace(repo: &Path, commit: Option<&str>, dest: &Path) -> anyhow::Result<String> {
+    if !repo.is_dir() {
+        bail!("--repo {}: not a directory", repo.display());
+    }
+    match commit {
+        None => {
+            let status = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(repo.join("."))
+                .arg(dest)
+                .status()
+                .context("cannot run cp")?;
+            if !status.success() {
+                bail!("cannot copy {} into the workspace", repo.display());
+            }
+            Ok(git_output(repo, &["rev-parse", "HEAD"]).unwrap_or_else(|_| "local".to_string()))
+        }
+        Some(commit) => {
+            let full = git_output(
+                repo,
+                &["rev-parse", "--verify", &format!("{commit}^{{commit}}")],
+            )
+            .map_err(|e| anyhow!("--commit {commit}: {e}"))?;
+            let archive = std::process::Command::new("git")
+                .current_dir(repo)
+                .args(["archive", "--format=tar", &format!("{full}:./")])
+                .output()
+                .context("cannot run git archive")?;
+            if !archive.status.success() {
+                bail!(
+                    "git archive failed: {}",
+                    String::from_utf8_lossy(&archive.stderr).trim()
+                );
+            }
+            tar::Archive::new(archive.stdout.as_slice())
+                .unpack(dest)
+                .context("cannot unpack the commit's files")?;
+            Ok(full)
+        }
+    }
+}
+
+fn git_output(repo: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = std::process::Command::new("git")
+        .current_dir(repo)
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+fn parse_secrets(pairs: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .ok_or_else(|| anyhow!("--secret expects NAME=VALUE, got a value without '=' (the value is not shown)"))
+        })
+        .collect()
+}
+
+/// Prints a build's progress to the terminal.
+struct Printer;
+
+impl Observer for Printer {
+    fn step_started(&self, step: &str) {
+        println!("==> {step}");
+    }
+    fn log_line(&self, step: &str, line: &LogLine) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "[{step}] {}", line.text);
+    }
+    fn step_finished(&self, step: &str, result: &StepResult) {
+        let status = serde_json::to_value(result.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let detail = match (&result.exit_code, &result.reason) {
+            (Some(code), _) if *code != 0 => format!(" (exit code {code})"),
+            (_, Some(reason)) => format!(" ({reason})"),
+            _ => String::new(),
+        };
+        println!(
+            "<== {step}: {status} in {:.1} s{detail}",
+            result.duration.as_secs_f64()
+        );
+    }
+    fn build_finished(&self, outcome: &BuildOutcome) {
+        let status = serde_json::to_value(outcome.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        match &outcome.message {
+            Some(message) => println!(
+                "pipeline {status} in {:.1} s: {message}",
+                outcome.duration.as_secs_f64()
+            ),
+            None => println!(
+                "pipeline {status} in {:.1} s",
+                outcome.duration.as_secs_f64()
+            ),
+        }
+        for error in &outcome.teardown_errors {
+            eprintln!("warning: cleanup left {error}");
+        }
+    }
+}

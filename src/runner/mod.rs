@@ -1,0 +1,143 @@
+//! Runs one queued build: checks out the commit, compiles its `.slipway.yml`, runs the plan
+//! with `slipway-pipeline` over dockerd, and streams steps and log lines to the store and to
+//! live readers.
+
+pub mod local;
+mod observer;
+mod source;
+
+use std::collections::HashMap;
+
+use slipway_pipeline::{self as pipeline, DockerEngine, RunOptions};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::Project;
+use crate::queue::LiveEvent;
+use crate::store::builds::{Build, BuildStatus};
+use crate::store::Store;
+
+/// The label that marks everything a server's builds create, so that a restarted server
+/// reaps only its own leftovers.
+pub const SERVER_LABEL: &str = "slipway.server";
+
+/// What a build run needs from the queue.
+pub struct Context<'a> {
+    pub store: &'a Store,
+    pub engine: &'a DockerEngine,
+    pub server_id: Uuid,
+    pub step_log_limit_bytes: u64,
+    pub live: &'a broadcast::Sender<LiveEvent>,
+    pub cancel: &'a CancellationToken,
+}
+
+/// How a build ended, as the store records it.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: BuildStatus,
+    pub reason: Option<String>,
+}
+
+impl Outcome {
+    pub fn errored(reason: impl Into<String>) -> Outcome {
+        Outcome {
+            status: BuildStatus::Errored,
+            reason: Some(reason.into()),
+        }
+    }
+    fn failed(reason: impl Into<String>) -> Outcome {
+        Outcome {
+            status: BuildStatus::Failed,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(project = %project.name, build = build.number))]
+pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Outcome {
+    let workspace = match tempfile::Builder::new().prefix("slipway-build-").tempdir() {
+        Ok(dir) => dir,
+        Err(e) => return Outcome::errored(format!("cannot make a workspace directory: {e}")),
+    };
+    let checkout = tokio::select! {
+        result = source::clone_at(&project.clone_url, &build.commit, workspace.path()) => result,
+        _ = context.cancel.cancelled() => return Outcome { status: BuildStatus::Cancelled, reason: Some("cancelled during checkout".into()) },
+    };
+    if let Err(e) = checkout {
+        return Outcome::errored(e);
+    }
+    let spec = match source::read_spec(workspace.path()) {
+        Ok(spec) => spec,
+        Err(e) => return Outcome::failed(e),
+    };
+    let info = pipeline::BuildInfo {
+        project: project.name.clone(),
+        number: build.number as u64,
+        build_id: build.id.simple().to_string(),
+        commit: build.commit.clone(),
+        branch: build.branch.clone(),
+        event: event_of(&build.event),
+        extra_labels: [(SERVER_LABEL.to_string(), context.server_id.to_string())].into(),
+    };
+    let plan = match pipeline::compile(&spec, &info) {
+        Ok(plan) => plan,
+        Err(e) => return Outcome::errored(format!("cannot compile the pipeline: {e}")),
+    };
+    let recorder = observer::StoreObserver::start(
+        context.store.clone(),
+        build.id,
+        &plan,
+        context.live.clone(),
+    )
+    .await;
+    let options = RunOptions {
+        log_cap_bytes_per_step: context.step_log_limit_bytes,
+        ..RunOptions::default()
+    };
+    let secrets: HashMap<String, String> = project
+        .secrets
+        .iter()
+        .map(|(name, value)| (name.clone(), value.expose().to_string()))
+        .collect();
+    let outcome = pipeline::run(
+        &plan,
+        context.engine,
+        workspace.path(),
+        &secrets,
+        &recorder,
+        context.cancel.clone(),
+        &options,
+    )
+    .await;
+    recorder.finish().await;
+    Outcome {
+        status: match outcome.status {
+            pipeline::BuildStatus::Passed => BuildStatus::Passed,
+            pipeline::BuildStatus::Failed => BuildStatus::Failed,
+            pipeline::BuildStatus::Errored => BuildStatus::Errored,
+            pipeline::BuildStatus::Cancelled => BuildStatus::Cancelled,
+        },
+        reason: outcome.message,
+    }
+}
+
+/// Removes containers, networks and volumes that this server's earlier life left behind.
+pub async fn reap_leftovers(engine: &DockerEngine, server_id: Uuid) {
+    match pipeline::reap(engine, &format!("{SERVER_LABEL}={server_id}")).await {
+        Ok(reaped) if reaped.containers + reaped.networks + reaped.volumes > 0 => tracing::warn!(
+            containers = reaped.containers,
+            networks = reaped.networks,
+            volumes = reaped.volumes,
+            "removed what interrupted builds left behind"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "cannot reap leftovers of interrupted builds"),
+    }
+}
+
+/// Stored events are the pipeline's event names; a rebuild keeps its build's event.
+fn event_of(name: &str) -> pipeline::spec::Event {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .unwrap_or(pipeline::spec::Event::Manual)
+}

@@ -1,0 +1,292 @@
+//! The JSON API under `/api/v1` (bearer-token protected) and `/healthz`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::queue::LiveEvent;
+use crate::store::builds::{Build, NewBuild};
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/projects", get(list_projects))
+        .route("/projects/{project}/builds", get(list_builds))
+        .route("/projects/{project}/builds/{number}", get(get_build))
+        .route("/projects/{project}/builds/{number}/logs", get(build_logs))
+        .route(
+            "/projects/{project}/builds/{number}/cancel",
+            post(cancel_build),
+        )
+        .route("/projects/{project}/builds/{number}/rebuild", post(rebuild))
+        .route("/tokens", post(create_token))
+        .layer(middleware::from_fn_with_state(state, require_token))
+}
+
+/// `GET /healthz`: 200 when the store and Docker answer, 503 (with which one failed) otherwise.
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    let store = match state.store.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("unreachable: {e}"),
+    };
+    let docker = match state.queue.docker_ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("unreachable: {e}"),
+    };
+    let healthy = store == "ok" && docker == "ok";
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "store": store,
+        "docker": docker,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (Authorization: Bearer <token>)",
+        )
+        .into_response();
+    };
+    match state.store.check_token(token).await {
+        Ok(Some(_)) => next.run(request).await,
+        Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unknown token").into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn list_projects(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let projects: Vec<_> = state
+        .config
+        .projects
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "repository": p.repository,
+                "deploy_branch": p.deploy_branch,
+                "environments": p.environments.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!(projects))
+}
+
+fn known_project(state: &AppState, project: &str) -> Result<(), ApiError> {
+    if state.config.project(project).is_some() {
+        Ok(())
+    } else {
+        let names: Vec<&str> = state
+            .config
+            .projects
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        Err(ApiError::not_found(format!(
+            "no project named `{project}`; projects: {}",
+            if names.is_empty() {
+                "none configured".to_string()
+            } else {
+                names.join(", ")
+            }
+        )))
+    }
+}
+
+async fn find_build(state: &AppState, project: &str, number: i64) -> Result<Build, ApiError> {
+    known_project(state, project)?;
+    state
+        .store
+        .build(project, number)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("project `{project}` has no build {number}")))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+}
+
+async fn list_builds(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<Build>>, ApiError> {
+    known_project(&state, &project)?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(Json(state.store.list_builds(&project, limit).await?))
+}
+
+async fn get_build(
+    State(state): State<AppState>,
+    Path((project, number)): Path<(String, i64)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let build = find_build(&state, &project, number).await?;
+    let steps = state.store.steps(build.id).await?;
+    let mut body = serde_json::to_value(&build).expect("builds serialize");
+    body["steps"] = json!(steps);
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The whole log as JSON lines, or with `?follow=true` a server-sent event stream: the lines
+/// so far, then new ones as they come, then an `end` event with the build's final status.
+async fn build_logs(
+    State(state): State<AppState>,
+    Path((project, number)): Path<(String, i64)>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let build = find_build(&state, &project, number).await?;
+    if !query.follow {
+        let lines = state.store.log_lines(build.id, 0).await?;
+        return Ok(Json(lines).into_response());
+    }
+    Ok(Sse::new(follow_logs(state, build))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn follow_logs(state: AppState, build: Build) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream(move |tx| async move {
+        // Subscribe before reading the store, then skip what was already sent by seq.
+        let mut live = state.queue.subscribe(build.id);
+        let mut last_seq = 0;
+        if let Ok(lines) = state.store.log_lines(build.id, 0).await {
+            for line in lines {
+                last_seq = line.seq;
+                if tx.send(line_event(&line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if let Some(live) = live.as_mut() {
+            while let Ok(event) = live.recv().await {
+                match event {
+                    LiveEvent::Line(line) if line.seq > last_seq => {
+                        last_seq = line.seq;
+                        if tx.send(line_event(&line)).await.is_err() {
+                            return;
+                        }
+                    }
+                    LiveEvent::Line(_) => {}
+                    LiveEvent::Finished => break,
+                }
+            }
+        }
+        let status = match state.store.build_by_id(build.id).await {
+            Ok(Some(b)) => b.status.as_str(),
+            _ => "unknown",
+        };
+        let _ = tx
+            .send(
+                Event::default()
+                    .event("end")
+                    .data(json!({ "status": status }).to_string()),
+            )
+            .await;
+    })
+}
+
+fn line_event(line: &crate::store::builds::LogLineRecord) -> Event {
+    Event::default()
+        .event("line")
+        .data(serde_json::to_string(line).expect("log lines serialize"))
+}
+
+/// A stream fed by a task through a channel.
+fn async_stream<F, Fut>(producer: F) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(producer(tx));
+    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}
+
+async fn cancel_build(
+    State(state): State<AppState>,
+    Path((project, number)): Path<(String, i64)>,
+) -> Result<Json<Build>, ApiError> {
+    find_build(&state, &project, number).await?;
+    let build = state
+        .store
+        .request_cancel(&project, number)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("project `{project}` has no build {number}")))?;
+    state.queue.cancel(build.id);
+    Ok(Json(build))
+}
+
+async fn rebuild(
+    State(state): State<AppState>,
+    Path((project, number)): Path<(String, i64)>,
+) -> Result<(StatusCode, Json<Build>), ApiError> {
+    let old = find_build(&state, &project, number).await?;
+    let new = NewBuild {
+        project: old.project,
+        branch: old.branch,
+        commit: old.commit,
+        event: "rebuild".to_string(),
+    };
+    let queued = state
+        .store
+        .enqueue_builds(None, std::slice::from_ref(&new))
+        .await?
+        .unwrap_or_default();
+    state.queue.wake();
+    let build = queued
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing was queued"))?;
+    Ok((StatusCode::CREATED, Json(build)))
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    name: String,
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    Json(request): Json<NewToken>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if request.name.trim().is_empty() {
+        return Err(ApiError::bad_request("a token needs a non-empty name"));
+    }
+    let token = crate::store::tokens::generate_token();
+    state.store.insert_token(&request.name, &token).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": request.name, "token": token })),
+    ))
+}

@@ -1,0 +1,170 @@
+//! `slipway server`: assembles the store, the build queue and the HTTP API, and runs them
+//! until SIGINT/SIGTERM.
+//!
+//! [`Application::build`] resolves everything (data dir, database, Docker client, listener);
+//! [`Application::run_until`] serves until the given future completes, then shuts down
+//! gracefully: in-flight requests finish, running builds are stopped and torn down, and the
+//! embedded PostgreSQL (when Slipway started it) is stopped.
+
+mod api;
+mod error;
+mod hooks;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::queue::BuildQueue;
+use crate::store::embedded::EmbeddedPostgres;
+use crate::store::{tokens, Store};
+
+pub use error::ApiError;
+
+/// What every request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub queue: BuildQueue,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        let (store, embedded) = open_store(&config).await?;
+        let server_id = store.server_id().await?;
+        ensure_admin_token(&store, &config.data_dir).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let config = Arc::new(config);
+        let queue = BuildQueue::start(config.clone(), store.clone(), server_id).await?;
+        Ok(Application {
+            listener,
+            state: AppState {
+                config,
+                store,
+                queue,
+            },
+            embedded,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops everything it started.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            embedded,
+        } = self;
+        let queue = state.queue.clone();
+        let store = state.store.clone();
+        tracing::info!(addr = %listener.local_addr()?, "slipway server listening");
+        let served = axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed");
+        queue.shutdown().await;
+        store.close();
+        if let Some(cluster) = embedded {
+            tokio::task::spawn_blocking(move || cluster.stop())
+                .await?
+                .context("stopping the embedded PostgreSQL")?;
+            tracing::info!("embedded PostgreSQL stopped");
+        }
+        served
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.webhook_max_body_bytes;
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route(
+            "/hooks/bitbucket",
+            post(hooks::bitbucket).layer(axum::extract::DefaultBodyLimit::max(max_body)),
+        )
+        .nest("/api/v1", api::routes(state.clone()))
+        .with_state(state)
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<(Store, Option<EmbeddedPostgres>)> {
+    match &config.database_url {
+        Some(url) => {
+            let store = Store::connect(url.expose())
+                .await
+                .context("connecting to database_url")?;
+            Ok((store, None))
+        }
+        None => {
+            let data_dir = config.data_dir.clone();
+            let cluster = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir))
+                .await?
+                .context("starting the embedded PostgreSQL")?;
+            let store = Store::connect(&cluster.connection_string())
+                .await
+                .context("connecting to the embedded PostgreSQL")?;
+            Ok((store, Some(cluster)))
+        }
+    }
+}
+
+/// On first start, makes an admin token and writes it to `<data_dir>/admin.token` (mode 0600).
+async fn ensure_admin_token(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
+    if store.token_count().await? > 0 {
+        return Ok(());
+    }
+    let token = tokens::generate_token();
+    let path = data_dir.join("admin.token");
+    write_private(&path, &format!("{token}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    store.insert_token("admin", &token).await?;
+    tracing::info!(path = %path.display(), "wrote the initial admin token");
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,357 @@
+//! Builds, their steps and log lines: the persistent build queue.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{next_number, Store, StoreResult};
+
+/// A build's state. `queued` and `running` are live; the rest are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildStatus {
+    Queued,
+    Running,
+    Passed,
+    Failed,
+    Errored,
+    Cancelled,
+}
+
+impl BuildStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Queued => "queued",
+            BuildStatus::Running => "running",
+            BuildStatus::Passed => "passed",
+            BuildStatus::Failed => "failed",
+            BuildStatus::Errored => "errored",
+            BuildStatus::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(text: &str) -> BuildStatus {
+        match text {
+            "queued" => BuildStatus::Queued,
+            "running" => BuildStatus::Running,
+            "passed" => BuildStatus::Passed,
+            "failed" => BuildStatus::Failed,
+            "cancelled" => BuildStatus::Cancelled,
+            _ => BuildStatus::Errored,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, BuildStatus::Queued | BuildStatus::Running)
+    }
+}
+
+/// What a push asks to build.
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub project: String,
+    pub branch: String,
+    pub commit: String,
+    pub event: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Build {
+    pub id: Uuid,
+    pub project: String,
+    pub number: i64,
+    pub branch: String,
+    pub commit: String,
+    pub event: String,
+    pub status: BuildStatus,
+    pub reason: Option<String>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub position: i32,
+    pub name: String,
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLineRecord {
+    pub seq: i64,
+    pub step: String,
+    pub at: DateTime<Utc>,
+    pub stream: String,
+    pub line: String,
+}
+
+const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at";
+
+fn build_from_row(row: &tokio_postgres::Row) -> Build {
+    Build {
+        id: row.get(0),
+        project: row.get(1),
+        number: row.get(2),
+        branch: row.get(3),
+        commit: row.get(4),
+        event: row.get(5),
+        status: BuildStatus::parse(row.get(6)),
+        reason: row.get(7),
+        queued_at: row.get(8),
+        started_at: row.get(9),
+        finished_at: row.get(10),
+    }
+}
+
+impl Store {
+    /// Queues the builds of one webhook delivery. Returns `None` when `delivery_id` was seen
+    /// before (a redelivery queues nothing new).
+    pub async fn enqueue_builds(
+        &self,
+        delivery_id: Option<&str>,
+        builds: &[NewBuild],
+    ) -> StoreResult<Option<Vec<Build>>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if let Some(id) = delivery_id {
+            let project = builds.first().map(|b| b.project.as_str()).unwrap_or("");
+            let inserted = tx
+                .execute(
+                    "INSERT INTO webhook_deliveries (delivery_id, project) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&id, &project],
+                )
+                .await?;
+            if inserted == 0 {
+                return Ok(None);
+            }
+        }
+        let mut queued = Vec::with_capacity(builds.len());
+        for new in builds {
+            let number = next_number(&tx, &new.project, "build").await?;
+            let row = tx
+                .query_one(
+                    &format!(
+                        "INSERT INTO builds (id, project, number, branch, commit, event, status, delivery_id)
+                         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) RETURNING {BUILD_COLUMNS}"
+                    ),
+                    &[&Uuid::new_v4(), &new.project, &number, &new.branch, &new.commit, &new.event, &delivery_id],
+                )
+                .await?;
+            queued.push(build_from_row(&row));
+        }
+        tx.commit().await?;
+        Ok(Some(queued))
+    }
+
+    /// Takes the oldest queued build and marks it running, or `None` when the queue is empty.
+    /// Safe with several workers: a build is claimed exactly once.
+    pub async fn claim_next_build(&self) -> StoreResult<Option<Build>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!(
+                    "UPDATE builds SET status = 'running', started_at = now()
+                     WHERE id = (SELECT id FROM builds WHERE status = 'queued'
+                                 ORDER BY queued_at, number LIMIT 1 FOR UPDATE SKIP LOCKED)
+                     RETURNING {BUILD_COLUMNS}"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(row.as_ref().map(build_from_row))
+    }
+
+    pub async fn finish_build(
+        &self,
+        id: Uuid,
+        status: BuildStatus,
+        reason: Option<&str>,
+    ) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE builds SET status = $2, reason = $3, finished_at = now() WHERE id = $1",
+                &[&id, &status.as_str(), &reason],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Builds left `running` by a server that died end as errored, with that reason.
+    pub async fn error_interrupted_builds(&self) -> StoreResult<u64> {
+        Ok(self
+            .client()
+            .await?
+            .execute(
+                "UPDATE builds SET status = 'errored', finished_at = now(),
+                 reason = 'the server stopped while this build was running'
+                 WHERE status = 'running'",
+                &[],
+            )
+            .await?)
+    }
+
+    /// Cancels a queued build at once; asks a running one to stop. Returns the build as it is
+    /// now, or `None` when there is no such build.
+    pub async fn request_cancel(&self, project: &str, number: i64) -> StoreResult<Option<Build>> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE builds SET status = 'cancelled', finished_at = now(), reason = 'cancelled before it started'
+                 WHERE project = $1 AND number = $2 AND status = 'queued'",
+                &[&project, &number],
+            )
+            .await?;
+        client
+            .execute(
+                "UPDATE builds SET cancel_requested = true WHERE project = $1 AND number = $2 AND status = 'running'",
+                &[&project, &number],
+            )
+            .await?;
+        self.build(project, number).await
+    }
+
+    pub async fn list_builds(&self, project: &str, limit: i64) -> StoreResult<Vec<Build>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE project = $1 ORDER BY number DESC LIMIT $2"),
+                &[&project, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(build_from_row).collect())
+    }
+
+    pub async fn build(&self, project: &str, number: i64) -> StoreResult<Option<Build>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE project = $1 AND number = $2"),
+                &[&project, &number],
+            )
+            .await?;
+        Ok(row.as_ref().map(build_from_row))
+    }
+
+    pub async fn build_by_id(&self, id: Uuid) -> StoreResult<Option<Build>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(row.as_ref().map(build_from_row))
+    }
+
+    pub async fn record_step(
+        &self,
+        build: Uuid,
+        position: i32,
+        name: &str,
+        status: &str,
+        exit_code: Option<i32>,
+    ) -> StoreResult<()> {
+        let started = status == "running";
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO build_steps (build_id, position, name, status, exit_code, started_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5,
+                         CASE WHEN $6 THEN now() END, CASE WHEN NOT $6 THEN now() END)
+                 ON CONFLICT (build_id, position) DO UPDATE
+                 SET status = EXCLUDED.status, exit_code = EXCLUDED.exit_code,
+                     started_at = COALESCE(build_steps.started_at, EXCLUDED.started_at),
+                     finished_at = EXCLUDED.finished_at",
+                &[&build, &position, &name, &status, &exit_code, &started],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn steps(&self, build: Uuid) -> StoreResult<Vec<StepRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT position, name, status, exit_code, started_at, finished_at,
+                        (extract(epoch FROM finished_at - started_at) * 1000)::bigint
+                 FROM build_steps WHERE build_id = $1 ORDER BY position",
+                &[&build],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StepRecord {
+                position: r.get(0),
+                name: r.get(1),
+                status: r.get(2),
+                exit_code: r.get(3),
+                started_at: r.get(4),
+                finished_at: r.get(5),
+                duration_ms: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Appends log lines; `seq` numbers are assigned by the caller, in order.
+    pub async fn append_log_lines(&self, build: Uuid, lines: &[LogLineRecord]) -> StoreResult<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let seqs: Vec<i64> = lines.iter().map(|l| l.seq).collect();
+        let steps: Vec<&str> = lines.iter().map(|l| l.step.as_str()).collect();
+        let ats: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
+        let streams: Vec<&str> = lines.iter().map(|l| l.stream.as_str()).collect();
+        let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+        client
+            .execute(
+                "INSERT INTO build_log_lines (build_id, seq, step, at, stream, line)
+                 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])",
+                &[&build, &seqs, &steps, &ats, &streams, &texts],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn log_lines(&self, build: Uuid, after_seq: i64) -> StoreResult<Vec<LogLineRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT seq, step, at, stream, line FROM build_log_lines
+                 WHERE build_id = $1 AND seq > $2 ORDER BY seq",
+                &[&build, &after_seq],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| LogLineRecord {
+                seq: r.get(0),
+                step: r.get(1),
+                at: r.get(2),
+                stream: r.get(3),
+                line: r.get(4),
+            })
+            .collect())
+    }
+
+    pub async fn cancel_requested(&self, id: Uuid) -> StoreResult<bool> {
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT cancel_requested FROM builds WHERE id = $1", &[&id])
+            .await?;
+        Ok(row.get(0))
+    }
+}

@@ -1,0 +1,124 @@
+//! The state store: PostgreSQL through a tokio-postgres pool, Slipway's schema applied from
+//! `migrations/` at start, and the queries the service needs, grouped by what they are about.
+
+pub mod builds;
+pub mod embedded;
+pub mod tokens;
+
+use std::str::FromStr;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+mod embedded_migrations {
+    refinery::embed_migrations!("migrations");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database_url: {0}")]
+    BadUrl(String),
+    #[error("cannot get a database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("applying Slipway's schema migrations failed: {0}")]
+    Migration(#[from] refinery::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Connects with `conninfo` (a `postgres://` URL or `key=value` pairs) and applies any
+    /// pending migrations.
+    pub async fn connect(conninfo: &str) -> StoreResult<Store> {
+        // Never echo the string back: it may carry a password.
+        let config = tokio_postgres::Config::from_str(conninfo)
+            .map_err(|e| StoreError::BadUrl(e.to_string()))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| StoreError::BadUrl(e.to_string()))?;
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut client = self.pool.get().await?;
+        // Serialize concurrent starts against the same database.
+        client
+            .execute("SELECT pg_advisory_lock(4242001)", &[])
+            .await?;
+        let result = embedded_migrations::migrations::runner()
+            .run_async(&mut **client)
+            .await;
+        client
+            .execute("SELECT pg_advisory_unlock(4242001)", &[])
+            .await?;
+        result?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.pool.get().await?.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    /// This server's identity, made on first start and kept; labels on containers carry it
+    /// so that a restarted server reaps only what it (or its crashed predecessor) created.
+    pub async fn server_id(&self) -> StoreResult<Uuid> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO server_identity (id) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM server_identity)",
+                &[&Uuid::new_v4()],
+            )
+            .await?;
+        let row = client
+            .query_one("SELECT id FROM server_identity LIMIT 1", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Closes every connection; used before the embedded cluster is stopped.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    pub(crate) async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// The next number of `kind` for `project`, inside the caller's transaction so a number is
+/// only used if what it numbers is committed.
+pub(crate) async fn next_number(
+    tx: &deadpool_postgres::Transaction<'_>,
+    project: &str,
+    kind: &str,
+) -> StoreResult<i64> {
+    let row = tx
+        .query_one(
+            "INSERT INTO counters (project, kind, last) VALUES ($1, $2, 1)
+             ON CONFLICT (project, kind) DO UPDATE SET last = counters.last + 1
+             RETURNING last",
+            &[&project, &kind],
+        )
+        .await?;
+    Ok(row.get(0))
+}

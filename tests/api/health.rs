@@ -1,0 +1,63 @@
+use crate::helpers::TestApp;
+
+#[tokio::test]
+async fn healthz_reports_store_and_docker() {
+    let app = TestApp::spawn("").await;
+    let response = app
+        .http
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["store"], "ok");
+    assert_eq!(body["docker"], "ok");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn api_requires_a_valid_bearer_token() {
+    let app = TestApp::spawn("[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"file:///nowhere\"\n").await;
+    let url = format!("{}/api/v1/projects/hello/builds", app.address);
+    let anonymous = app.http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let wrong = app
+        .http
+        .get(&url)
+        .bearer_auth("slw_not_a_token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let admin = app.get("/api/v1/projects/hello/builds").await;
+    assert_eq!(admin.status(), 200);
+
+    // A token made through the API works too, and only its hash is stored.
+    let created: serde_json::Value = app
+        .http
+        .post(format!("{}/api/v1/tokens", app.address))
+        .bearer_auth(&app.token)
+        .json(&serde_json::json!({"name": "ci"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap();
+    let with_new = app.http.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(with_new.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_project_names_the_ones_that_exist() {
+    let app = TestApp::spawn("[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"file:///nowhere\"\n").await;
+    let response = app.get("/api/v1/projects/nope/builds").await;
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "no project named `nope`; projects: hello");
+    app.stop().await;
+}

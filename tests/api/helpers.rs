@@ -1,0 +1,146 @@
+//! Spawning the app for a test: a fresh database per test in one shared embedded cluster,
+//! port 0, a temporary data directory, and helpers per endpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use slipway::config::{self, Config, Overrides};
+use slipway::server::Application;
+use slipway::store::embedded::EmbeddedPostgres;
+use tokio_util::sync::CancellationToken;
+
+/// One cluster for the whole test binary; each test gets its own database in it.
+fn cluster() -> &'static EmbeddedPostgres {
+    static CLUSTER: OnceLock<EmbeddedPostgres> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let dir = std::env::temp_dir().join("slipway-tests");
+        EmbeddedPostgres::start(&dir).expect("starting the test PostgreSQL cluster")
+    })
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub token: String,
+    pub data_dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A config file body with one project named `hello` for `repository` and `secret`.
+pub fn project_config(repository: &str, secret: &str, clone_url: &str, branches: &str) -> String {
+    format!(
+        "[[projects]]\nname = \"hello\"\nrepository = \"{repository}\"\nclone_url = \"{clone_url}\"\nwebhook_secret = \"{secret}\"\nbranches = \"{branches}\"\n"
+    )
+}
+
+impl TestApp {
+    /// Starts the app with `config_text` as its slipway.toml (listen and data dir overridden).
+    pub async fn spawn(config_text: &str) -> TestApp {
+        let database = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let cluster = cluster();
+        cluster
+            .psql(&format!("CREATE DATABASE {database}"))
+            .expect("creating the test database");
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let raw = config::parse(config_text, "test config").expect("test config parses");
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(data_dir.path().to_path_buf()),
+        };
+        let url = cluster.connection_string_for(&database);
+        let env = move |key: &str| (key == "SLIPWAY_DATABASE_URL").then(|| url.clone());
+        let config: Config =
+            config::resolve(raw, "test config", &overrides, &env).expect("test config resolves");
+        let app = Application::build(config).await.expect("app builds");
+        let address = format!("http://{}", app.local_addr());
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(app.run_until(async move { stopped.cancelled().await }));
+        let token = read_token(data_dir.path());
+        TestApp {
+            address,
+            token,
+            data_dir,
+            http: reqwest::Client::new(),
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.expect("JSON body")
+    }
+
+    pub async fn post_hook(
+        &self,
+        event: &str,
+        body: &[u8],
+        signature: Option<&str>,
+        delivery: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/hooks/bitbucket", self.address))
+            .header("X-Event-Key", event)
+            .header("Content-Type", "application/json")
+            .body(body.to_vec());
+        if let Some(signature) = signature {
+            request = request.header("X-Hub-Signature", signature);
+        }
+        if let Some(delivery) = delivery {
+            request = request.header("X-Request-UUID", delivery);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn builds(&self) -> Vec<Value> {
+        let body = self.get_json("/api/v1/projects/hello/builds").await;
+        body.as_array().expect("a list").clone()
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran");
+        }
+    }
+}
+
+pub fn read_token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin.token"))
+        .expect("admin token written")
+        .trim()
+        .to_string()
+}
+
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The recorded Bitbucket Cloud delivery in shared/fixtures.
+pub fn fixture_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/bitbucket/cloud-signed-push.json")
+}

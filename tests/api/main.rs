@@ -1,0 +1,9 @@
+//! Slipway's integration tests: one binary that spawns the whole service (in-process on port
+//! 0, or as the real `slipway` binary) against real PostgreSQL and dockerd.
+
+mod helpers;
+
+mod cli;
+mod health;
+mod server_process;
+mod webhooks;

@@ -1,0 +1,155 @@
+//! The real `slipway` binary: start with no config, kill -9, restart, graceful stop.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::read_token;
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+/// Starts `slipway server` in `dir` with no config file and waits until it listens.
+fn start(dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .env_remove("SLIPWAY_DATABASE_URL")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("slipway starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(at) = line.find("addr=") {
+                    let addr = line[at + 5..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = tx.send(Ok(addr));
+                    sent = true;
+                } else if line.contains("error") {
+                    let _ = tx.send(Err(line.clone()));
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(Ok(addr)) => Server {
+            child,
+            address: format!("http://{addr}"),
+        },
+        Ok(Err(line)) => {
+            let _ = child.kill();
+            panic!("server failed to start: {line}")
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!("server did not listen within 120 s")
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a server running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn healthz(server: &Server) -> serde_json::Value {
+    let response = reqwest::get(format!("{}/healthz", server.address))
+        .await
+        .expect("healthz answers");
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn token_works(server: &Server, token: &str) -> bool {
+    reqwest::Client::new()
+        .get(format!("{}/api/v1/projects", server.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        == 200
+}
+
+#[tokio::test]
+async fn starts_with_no_config_survives_kill_9_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // The embedded cluster runs as user postgres, which must be able to reach the data dir.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join(".slipway");
+
+    let first = start(dir.path());
+    assert_eq!(healthz(&first).await["store"], "ok");
+    assert!(data_dir.join("postgres/PG_VERSION").exists());
+    let token_file = data_dir.join("admin.token");
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let admin = read_token(&data_dir);
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/tokens", first.address))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "kept"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kept = created["token"].as_str().unwrap().to_string();
+
+    // kill -9: no chance to stop the cluster; the next start must reuse it.
+    drop(first);
+
+    let mut second = start(dir.path());
+    assert_eq!(healthz(&second).await["status"], "ok");
+    assert!(
+        token_works(&second, &kept).await,
+        "a token made before kill -9 still works"
+    );
+    assert_eq!(
+        read_token(&data_dir),
+        admin,
+        "the admin token is not replaced"
+    );
+
+    // SIGTERM: a graceful stop that also stops the embedded cluster.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = second.child.wait().unwrap();
+    assert!(status.success(), "graceful stop exits 0, got {status}");
+    assert!(
+        !data_dir.join("postgres/postmaster.pid").exists(),
+        "the cluster was stopped"
+    );
+
+    // A stale pid file (a dead process) does not stop the next start.
+    std::fs::write(data_dir.join("postgres/postmaster.pid"), "999999\n").unwrap();
+    let mut third = start(dir.path());
+    assert!(token_works(&third, &kept).await);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(third.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(third.child.wait().unwrap().success());
+}
