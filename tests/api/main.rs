@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod builds;
 mod cli;
 mod health;
 mod server_process;

@@ -37,7 +37,7 @@ fn start(dir: &Path) -> Server {
                         .to_string();
                     let _ = tx.send(Ok(addr));
                     sent = true;
-                } else if line.contains("error") {
+                } else if line.starts_with("error:") || line.contains(" ERROR ") {
                     let _ = tx.send(Err(line.clone()));
                 }
             }
@@ -152,4 +152,102 @@ async fn starts_with_no_config_survives_kill_9_and_stops_cleanly() {
     )
     .unwrap();
     assert!(third.child.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn a_build_interrupted_by_kill_9_ends_errored_and_its_containers_are_reaped() {
+    use crate::builds::{commit_all, hello_config, hello_repository, push_body};
+    let repo = hello_repository();
+    let spec = std::fs::read_to_string(repo.path().join(".slipway.yml")).unwrap();
+    std::fs::write(
+        repo.path().join(".slipway.yml"),
+        spec.replace("python3 -m unittest discover -s tests -v", "sleep 300"),
+    )
+    .unwrap();
+    let commit = commit_all(repo.path(), "slow");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.path().join("slipway.toml"), hello_config(repo.path())).unwrap();
+    let first = start(dir.path());
+    let token = read_token(&dir.path().join(".slipway"));
+    let client = reqwest::Client::new();
+    let body = push_body("acme/hello", "main", &commit);
+    let queued = client
+        .post(format!("{}/hooks/bitbucket", first.address))
+        .header("X-Event-Key", "repo:push")
+        .header(
+            "X-Hub-Signature",
+            crate::helpers::sign("hello-secret", &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+    let build_url = "/api/v1/projects/hello/builds/1";
+    let get = |address: String| {
+        let client = client.clone();
+        let token = token.clone();
+        let url = format!("{address}{build_url}");
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let build = loop {
+        let build = get(first.address.clone()).await;
+        if build["steps"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "test" && s["status"] == "running")
+        }) {
+            break build;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow step never started: {build}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let label = format!(
+        "label=slipway.build={}",
+        build["id"].as_str().unwrap().replace('-', "")
+    );
+    let containers = || {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &label])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(!containers().is_empty(), "the build's containers run");
+
+    drop(first); // kill -9 in the middle of the build
+
+    let second = start(dir.path());
+    let build = get(second.address.clone()).await;
+    assert_eq!(build["status"], "errored", "{build}");
+    assert_eq!(
+        build["reason"],
+        "the server stopped while this build was running"
+    );
+    assert_eq!(
+        containers(),
+        "",
+        "the restarted server reaped the build's containers"
+    );
+    let network = Command::new("docker")
+        .args(["network", "ls", "-q", "--filter", &label])
+        .output()
+        .unwrap();
+    assert!(network.stdout.is_empty());
+    drop(second);
 }
