@@ -1,4 +1,5 @@
-//! Slipway bake: native .deb building, the server's OpenPGP signer and the signed apt repository.
+//! Slipway bake: native .deb building, the server's OpenPGP signer, the signed apt repository,
+//! and Packer runs that bake a release into a Docker image or an AMI.
 //!
 //! Plain structs in, files and records out: nothing here knows about HTTP, Postgres or
 //! configuration files. The root crate serves the repository directory under `/apt/`.
@@ -19,6 +20,7 @@
 pub mod apt;
 pub mod deb;
 mod error;
+pub mod packer;
 pub mod signing;
 
 pub use apt::{AptRepository, PublishRecord};
@@ -26,4 +28,8 @@ pub use deb::{
     DebPackage, ExtraFile, MaintainerScripts, PackageDefinition, PackageFile, PackageInfo,
 };
 pub use error::{Error, Result};
+pub use packer::{
+    bake, bake_key, AmazonEbsSource, ArtifactKind, BakeArtifact, BakeError, BakeObserver,
+    BakeRequest, BakeSource, DockerSource, CONTAINER_LABEL, IMAGE_LABEL,
+};
 pub use signing::Signer;

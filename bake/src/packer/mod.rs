@@ -1,0 +1,219 @@
+//! Packer runs: bake a release into a Docker image (locally) or an AMI, with the template in
+//! `packer/slipway.json` and the playbook in `ansible/bake.yml`.
+//!
+//! [`bake`] runs `packer build -machine-readable -only=<source>` in its own process group,
+//! streams Packer's output to a [`BakeObserver`] as readable lines, and returns the
+//! [`BakeArtifact`] it reported. A failed, timed-out or cancelled docker bake leaves nothing
+//! behind: Packer removes its container, and Slipway then removes anything still carrying the
+//! bake's labels and restores the target tag. On amazon-ebs Packer terminates its instance and
+//! deregisters nothing it did not register: an AMI is only registered at the last step, after
+//! provisioning succeeded, and a later failure makes Packer deregister it.
+
+mod docker;
+mod error;
+mod key;
+mod output;
+mod request;
+mod run;
+
+use std::collections::BTreeMap;
+
+use tokio_util::sync::CancellationToken;
+
+pub use docker::{CONTAINER_LABEL, IMAGE_LABEL};
+pub use error::BakeError;
+pub use key::{bake_key, read_playbook_dir, BakeKeyInputs};
+pub use request::{AmazonEbsSource, BakeRequest, BakeSource, DockerSource};
+use run::{run_packer, Ending, PackerRun};
+
+/// Receives Packer's output, one human-readable line at a time, as it is produced
+/// (Packer's own lines and, prefixed with the source name, Ansible's).
+pub trait BakeObserver {
+    fn line(&mut self, line: &str);
+}
+
+impl<F: FnMut(&str)> BakeObserver for F {
+    fn line(&mut self, line: &str) {
+        self(line)
+    }
+}
+
+/// What a successful bake produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BakeArtifact {
+    pub kind: ArtifactKind,
+    /// The Docker image id (`sha256:...`), or the AMI id in the request's region.
+    pub id: String,
+    /// `slipway/hello:v3` for images, `hello-v3` for AMIs.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactKind {
+    DockerImage,
+    /// Every region the AMI exists in, with its id there.
+    Ami {
+        by_region: BTreeMap<String, String>,
+    },
+}
+
+/// Bakes `request`. Stops Packer's whole process group when `request.timeout` passes or
+/// `cancel` fires, then cleans up; dropping the future instead kills the group without cleanup.
+#[tracing::instrument(skip_all, fields(app = %request.app, release = request.release, source = request.source.template_name(), bake = %request.bake_id), err)]
+pub async fn bake(
+    request: &BakeRequest,
+    observer: &mut (dyn BakeObserver + Send),
+    cancel: &CancellationToken,
+) -> Result<BakeArtifact, BakeError> {
+    request.check()?;
+    let name = request.artifact_name();
+    let previous_image = match &request.source {
+        BakeSource::Docker(_) => docker::image_id(&name).await?,
+        BakeSource::AmazonEbs(_) => None,
+    };
+    let mut args = vec![
+        "build".to_string(),
+        "-machine-readable".to_string(),
+        format!("-only={}", request.source.template_name()),
+    ];
+    args.extend(var_arguments(request));
+    args.push(request.template.display().to_string());
+    let run = run_packer(
+        &request.packer,
+        &args,
+        &request.env,
+        request.timeout,
+        observer,
+        cancel,
+    )
+    .await?;
+    let result = artifact_of(request, name.clone(), run).await;
+    if let (Err(error), BakeSource::Docker(_)) = (&result, &request.source) {
+        tracing::warn!(%error, "bake failed, removing what it left");
+        if let Err(cleanup) =
+            docker::remove_leftovers(&request.bake_id, &name, previous_image.as_deref()).await
+        {
+            tracing::error!(error = %cleanup, bake = %request.bake_id, "a failed bake left docker objects behind; remove them by label");
+        }
+    }
+    result
+}
+
+/// Runs `packer validate -only=<source>` with the request's variables. It reads the template
+/// and checks every source's settings and the playbook's presence; it contacts neither Docker
+/// nor AWS (no credentials, AMI lookup or region check happen before a build).
+#[tracing::instrument(skip_all, fields(source = request.source.template_name()), err)]
+pub async fn validate(request: &BakeRequest) -> Result<(), BakeError> {
+    request.check()?;
+    let mut command = tokio::process::Command::new(&request.packer);
+    command
+        .arg("validate")
+        .arg(format!("-only={}", request.source.template_name()))
+        .args(var_arguments(request))
+        .arg(&request.template)
+        .envs(&request.env)
+        .env("CHECKPOINT_DISABLE", "1");
+    let output = command.output().await.map_err(|source| BakeError::Spawn {
+        program: request.packer.clone(),
+        source,
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(BakeError::InvalidTemplate {
+        template: request.template.clone(),
+        source_name: request.source.template_name(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .trim()
+        .to_string(),
+    })
+}
+
+fn var_arguments(request: &BakeRequest) -> Vec<String> {
+    request
+        .variables()
+        .into_iter()
+        .flat_map(|(name, value)| ["-var".to_string(), format!("{name}={value}")])
+        .collect()
+}
+
+async fn artifact_of(
+    request: &BakeRequest,
+    name: String,
+    run: PackerRun,
+) -> Result<BakeArtifact, BakeError> {
+    match run.ending {
+        Ending::TimedOut => {
+            return Err(BakeError::TimedOut {
+                artifact: name,
+                after: request.timeout,
+            })
+        }
+        Ending::Cancelled => return Err(BakeError::Cancelled { artifact: name }),
+        Ending::Exited(status) if !status.success() => {
+            let reason = if run.errors.is_empty() {
+                format!("packer exited with {status}")
+            } else {
+                run.errors.join("; ")
+            };
+            return Err(BakeError::BuildFailed {
+                artifact: name,
+                reason,
+            });
+        }
+        Ending::Exited(_) => {}
+    }
+    match &request.source {
+        // The docker-tag post-processor's artifact is the tag; the image id comes from it.
+        BakeSource::Docker(_) => match docker::image_id(&name).await? {
+            Some(id) => Ok(BakeArtifact {
+                kind: ArtifactKind::DockerImage,
+                id,
+                name,
+            }),
+            None => Err(BakeError::NoArtifact { artifact: name }),
+        },
+        BakeSource::AmazonEbs(ebs) => {
+            let by_region = run
+                .artifact_ids
+                .last()
+                .map(|id| parse_ami_ids(id))
+                .unwrap_or_default();
+            match by_region.get(&ebs.region) {
+                Some(ami) => Ok(BakeArtifact {
+                    id: ami.clone(),
+                    kind: ArtifactKind::Ami { by_region },
+                    name,
+                }),
+                None => Err(BakeError::NoArtifact { artifact: name }),
+            }
+        }
+    }
+}
+
+/// `eu-west-1:ami-0abc,us-east-1:ami-0def` (Packer's amazon-ebs artifact id) by region.
+fn parse_ami_ids(id: &str) -> BTreeMap<String, String> {
+    id.split(',')
+        .filter_map(|pair| pair.split_once(':'))
+        .map(|(region, ami)| (region.trim().to_string(), ami.trim().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ami_ids_by_region() {
+        let ids = parse_ami_ids("eu-west-1:ami-0abc,us-east-1:ami-0def");
+        assert_eq!(ids.get("eu-west-1").map(String::as_str), Some("ami-0abc"));
+        assert_eq!(ids.get("us-east-1").map(String::as_str), Some("ami-0def"));
+        assert!(parse_ami_ids("sha256:0123")
+            .get("sha256")
+            .is_some_and(|v| v == "0123"));
+    }
+}

@@ -1,0 +1,202 @@
+//! What one bake needs, as plain data, and its translation into the template's variables.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::BakeError;
+
+/// One bake of one release. The root crate fills it from its configuration and release record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BakeRequest {
+    /// The Packer binary (1.6.6 or later), e.g. `/usr/bin/packer`.
+    pub packer: PathBuf,
+    /// The template, normally `packer/slipway.json`.
+    pub template: PathBuf,
+    /// The directory holding `bake.yml` (and anything it includes), normally `ansible/`.
+    pub playbook_dir: PathBuf,
+    /// Which of the template's two sources to build, and its settings.
+    pub source: BakeSource,
+    /// The project's name, used in image and AMI names.
+    pub app: String,
+    /// The Debian package to install.
+    pub package: String,
+    /// The exact Debian version to install.
+    pub version: String,
+    /// The release number N of `vN`.
+    pub release: u64,
+    /// The commit the release was built from.
+    pub commit: String,
+    /// The apt repository's base URL as the machine being baked sees it, e.g.
+    /// `http://127.0.0.1:8080/apt/` (the docker source shares the host's network).
+    pub apt_url: String,
+    /// The repository's binary public key (`key.gpg`) on this machine.
+    pub apt_key_path: PathBuf,
+    /// Apply the base image's pending security updates before installing.
+    pub security_updates: bool,
+    /// Unique per bake: labels the build container (`slipway.bake=<id>`) and the committed
+    /// image (`slipway.baked-by=<id>`), so whatever a failed bake left can be found.
+    pub bake_id: String,
+    /// Packer is stopped (its whole process group) when the bake takes longer.
+    pub timeout: Duration,
+    /// Added to Packer's environment, e.g. `AWS_PROFILE` or `AWS_ENDPOINT_URL`.
+    pub env: BTreeMap<String, String>,
+}
+
+/// The template's two sources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BakeSource {
+    /// A local Docker image, committed from a container of `base_image`.
+    Docker(DockerSource),
+    /// An AMI, built on an EC2 instance launched from the newest AMI matching the filter.
+    AmazonEbs(AmazonEbsSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerSource {
+    /// `slipway/debian:bookworm` for a full bake, the previous release's image for an
+    /// incremental one. Never pulled: it must exist locally.
+    pub base_image: String,
+    /// The result is tagged `<image_repository>:<tag>`, e.g. `slipway/hello:v3`.
+    pub image_repository: String,
+    pub tag: String,
+    /// The image's `CMD` (exec form): what `docker run` starts. There is no systemd in the image.
+    pub command: Vec<String>,
+    /// Ports the image declares with `EXPOSE`; at least one.
+    pub exposed_ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AmazonEbsSource {
+    pub region: String,
+    /// The `name` filter of the source AMI, e.g. `debian-12-amd64-*`.
+    pub source_ami_name_filter: String,
+    /// The AMI owner account, e.g. `136693071363` (Debian).
+    pub source_ami_owner: String,
+    pub instance_type: String,
+    pub subnet_id: String,
+    /// The source AMI's login user, e.g. `admin` on Debian.
+    pub ssh_username: String,
+}
+
+impl BakeSource {
+    /// The source's name in the template, as given to `-only=`.
+    pub fn template_name(&self) -> &'static str {
+        match self {
+            BakeSource::Docker(_) => "docker",
+            BakeSource::AmazonEbs(_) => "amazon-ebs",
+        }
+    }
+}
+
+impl BakeRequest {
+    /// The image or AMI name this bake produces: `slipway/hello:v3` or `hello-v3`.
+    pub fn artifact_name(&self) -> String {
+        match &self.source {
+            BakeSource::Docker(docker) => format!("{}:{}", docker.image_repository, docker.tag),
+            BakeSource::AmazonEbs(_) => format!("{}-v{}", self.app, self.release),
+        }
+    }
+
+    /// The `-var` pairs for the template, in a stable order. Only the chosen source's settings
+    /// are set; the other source keeps the template's defaults.
+    pub fn variables(&self) -> Vec<(&'static str, String)> {
+        let mut variables = vec![
+            ("app", self.app.clone()),
+            ("package", self.package.clone()),
+            ("version", self.version.clone()),
+            ("release", self.release.to_string()),
+            ("commit", self.commit.clone()),
+            ("apt_url", self.apt_url.clone()),
+            ("apt_key_file", self.apt_key_path.display().to_string()),
+            (
+                "playbook_file",
+                self.playbook_dir.join("bake.yml").display().to_string(),
+            ),
+            ("security_updates", self.security_updates.to_string()),
+            ("bake_id", self.bake_id.clone()),
+        ];
+        match &self.source {
+            BakeSource::Docker(docker) => variables.extend([
+                ("base_image", docker.base_image.clone()),
+                ("image_repository", docker.image_repository.clone()),
+                ("image_tag", docker.tag.clone()),
+                ("docker_cmd", json_array(&docker.command)),
+                ("docker_expose", join_ports(&docker.exposed_ports)),
+            ]),
+            BakeSource::AmazonEbs(ebs) => variables.extend([
+                ("region", ebs.region.clone()),
+                ("source_ami_filter_name", ebs.source_ami_name_filter.clone()),
+                ("source_ami_owners", ebs.source_ami_owner.clone()),
+                ("instance_type", ebs.instance_type.clone()),
+                ("subnet_id", ebs.subnet_id.clone()),
+                ("ssh_username", ebs.ssh_username.clone()),
+            ]),
+        }
+        variables
+    }
+
+    /// Refuses values the template or Ansible's `key=value` extra-vars would misread.
+    pub fn check(&self) -> Result<(), BakeError> {
+        let single_words = [
+            ("app", self.app.as_str()),
+            ("package", &self.package),
+            ("version", &self.version),
+            ("commit", &self.commit),
+            ("apt_url", &self.apt_url),
+            ("bake_id", &self.bake_id),
+        ];
+        for (field, value) in single_words {
+            if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '`') {
+                return Err(invalid(
+                    field,
+                    format!("`{value}` must be one non-empty word"),
+                ));
+            }
+        }
+        for (field, path) in [
+            ("apt_key_path", &self.apt_key_path),
+            ("playbook_dir", &self.playbook_dir),
+        ] {
+            if path.display().to_string().contains(char::is_whitespace) {
+                return Err(invalid(
+                    field,
+                    format!("`{}` contains whitespace", path.display()),
+                ));
+            }
+        }
+        if let BakeSource::Docker(docker) = &self.source {
+            if docker.command.is_empty() {
+                return Err(invalid(
+                    "command",
+                    "the image needs a command to start the app",
+                ));
+            }
+            if docker.exposed_ports.is_empty() {
+                return Err(invalid(
+                    "exposed_ports",
+                    "the image must expose at least one port",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> BakeError {
+    BakeError::InvalidRequest {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn json_array(words: &[String]) -> String {
+    serde_json::Value::from(words.to_vec()).to_string()
+}
+
+fn join_ports(ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    ports.join(" ")
+}

@@ -1,0 +1,193 @@
+//! Runs Packer in its own process group, streams its output, and stops the whole group on a
+//! timeout or a cancellation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::error::BakeError;
+use super::output::{parse_line, PackerEvent};
+use super::BakeObserver;
+
+/// How long Packer gets after SIGTERM to stop its container or instance before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// How one Packer run ended, with what it reported.
+#[derive(Debug)]
+pub(crate) struct PackerRun {
+    pub ending: Ending,
+    pub artifact_ids: Vec<String>,
+    /// Why builds failed: `error` lines, else `ui,error` lines, else stderr.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Exited(ExitStatus),
+    TimedOut,
+    Cancelled,
+}
+
+/// Kills the group if the run is abandoned (its future dropped) before Packer exited.
+struct ProcessGroup {
+    pgid: Option<Pid>,
+}
+
+impl ProcessGroup {
+    fn signal(&self, signal: Signal) {
+        if let Some(pgid) = self.pgid {
+            if let Err(error) = killpg(pgid, signal) {
+                tracing::debug!(%pgid, ?signal, %error, "signalling packer's process group");
+            }
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+/// Runs `packer <args>` and feeds every human-readable line to `observer`.
+pub(crate) async fn run_packer(
+    packer: &Path,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+    observer: &mut (dyn BakeObserver + Send),
+    cancel: &CancellationToken,
+) -> Result<PackerRun, BakeError> {
+    let mut child = Command::new(packer)
+        .args(args)
+        .envs(env)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("PACKER_NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| BakeError::Spawn {
+            program: packer.to_path_buf(),
+            source,
+        })?;
+    let mut group = ProcessGroup {
+        pgid: child
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .map(Pid::from_raw),
+    };
+    let mut stdout = child.stdout.take().map(|out| BufReader::new(out).lines());
+    let mut stderr = child.stderr.take().map(|err| BufReader::new(err).lines());
+    let mut collected = Collected::default();
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let grace = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(grace);
+    let mut stopping: Option<Ending> = None;
+    let mut terminated = false;
+
+    while stdout.is_some() || stderr.is_some() {
+        tokio::select! {
+            line = next_line(&mut stdout) => match line {
+                Some(line) => collected.stdout_line(&line, observer),
+                None => stdout = None,
+            },
+            line = next_line(&mut stderr) => match line {
+                Some(line) => collected.stderr_line(line, observer),
+                None => stderr = None,
+            },
+            () = &mut deadline, if stopping.is_none() => {
+                observer.line(&format!("==> slipway: bake timed out after {timeout:?}, stopping packer"));
+                stopping = Some(Ending::TimedOut);
+            }
+            () = cancel.cancelled(), if stopping.is_none() => {
+                observer.line("==> slipway: bake cancelled, stopping packer");
+                stopping = Some(Ending::Cancelled);
+            }
+            () = &mut grace => {
+                group.signal(Signal::SIGKILL);
+                break;
+            }
+        }
+        if stopping.is_some() && !terminated {
+            // Packer stops its container or instance on SIGTERM; SIGKILL follows after the grace.
+            group.signal(Signal::SIGTERM);
+            grace
+                .as_mut()
+                .reset(tokio::time::Instant::now() + STOP_GRACE);
+            terminated = true;
+        }
+    }
+    let status = child.wait().await.map_err(|source| BakeError::Spawn {
+        program: packer.to_path_buf(),
+        source,
+    })?;
+    // Packer has exited; whatever it started and left in its group goes with it.
+    group.signal(Signal::SIGKILL);
+    group.pgid = None;
+    Ok(collected.into_run(stopping.unwrap_or(Ending::Exited(status))))
+}
+
+async fn next_line<R>(lines: &mut Option<tokio::io::Lines<R>>) -> Option<String>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    match lines {
+        // A read error ends the stream like end of file: Packer's exit status still decides.
+        Some(lines) => lines.next_line().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Default)]
+struct Collected {
+    artifact_ids: Vec<String>,
+    build_errors: Vec<String>,
+    ui_errors: Vec<String>,
+    stderr: Vec<String>,
+}
+
+impl Collected {
+    fn stdout_line(&mut self, line: &str, observer: &mut (dyn BakeObserver + Send)) {
+        match parse_line(line) {
+            PackerEvent::Ui { error, text } => {
+                for text_line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    observer.line(text_line);
+                }
+                if error {
+                    self.ui_errors.push(text.trim().to_string());
+                }
+            }
+            PackerEvent::ArtifactId { id, .. } => self.artifact_ids.push(id),
+            PackerEvent::BuildError { message } => self.build_errors.push(message),
+            PackerEvent::Plain(text) => observer.line(&text),
+            PackerEvent::Other => {}
+        }
+    }
+
+    fn stderr_line(&mut self, line: String, observer: &mut (dyn BakeObserver + Send)) {
+        observer.line(&line);
+        self.stderr.push(line);
+    }
+
+    fn into_run(self, ending: Ending) -> PackerRun {
+        let errors = [self.build_errors, self.ui_errors, self.stderr]
+            .into_iter()
+            .find(|errors| !errors.is_empty())
+            .unwrap_or_default();
+        PackerRun {
+            ending,
+            artifact_ids: self.artifact_ids,
+            errors,
+        }
+    }
+}

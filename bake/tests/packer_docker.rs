@@ -1,0 +1,155 @@
+//! Real bakes with Packer, Ansible and dockerd: a release becomes a runnable image, a failed or
+//! cancelled bake leaves nothing behind, and an incremental bake builds on the previous image.
+
+mod packer_support;
+
+use std::time::Duration;
+
+use packer_support::{docker, free_port, Fixture, BASE_IMAGE, PACKAGE};
+use slipway_bake::{bake, ArtifactKind, BakeError, CONTAINER_LABEL};
+use tokio_util::sync::CancellationToken;
+
+/// Bakes, collecting every observed line; returns the result and the log.
+async fn bake_logged(
+    request: &slipway_bake::BakeRequest,
+    cancel: &CancellationToken,
+    mut on_line: impl FnMut(&str) + Send,
+) -> (Result<slipway_bake::BakeArtifact, BakeError>, String) {
+    let mut log = String::new();
+    let mut observer = |line: &str| {
+        on_line(line);
+        log.push_str(line);
+        log.push('\n');
+    };
+    let result = bake(request, &mut observer, cancel).await;
+    (result, log)
+}
+
+fn installed_version(image: &str) -> String {
+    let query = format!("dpkg-query --show --showformat='${{Version}}' {PACKAGE}");
+    let (ok, output) = docker(&["run", "--rm", "--entrypoint", "sh", image, "-c", &query]);
+    assert!(ok, "dpkg-query in {image}: {output}");
+    output
+}
+
+/// Nothing of the bake remains: no build container, no image, no target tag.
+fn assert_nothing_left(fixture: &Fixture, bake_id: &str, tag: &str) {
+    let label = format!("label={CONTAINER_LABEL}={bake_id}");
+    let (ok, containers) = docker(&["ps", "-aq", "--filter", &label]);
+    assert!(
+        ok && containers.trim().is_empty(),
+        "containers left: {containers}"
+    );
+    let (ok, images) = docker(&["images", "-q", &fixture.image_repository()]);
+    assert!(ok && images.trim().is_empty(), "images left: {images}");
+    let (exists, _) = docker(&[
+        "image",
+        "inspect",
+        &format!("{}:{tag}", fixture.image_repository()),
+    ]);
+    assert!(!exists, "the tag {tag} exists after a failed bake");
+}
+
+#[tokio::test]
+async fn a_release_bakes_into_an_image_that_runs_it_and_the_next_bakes_incrementally() {
+    let fixture = Fixture::new("bake-ok");
+    fixture.publish("1.0.0");
+    fixture.publish("1.1.0");
+    let port = free_port();
+    let cancel = CancellationToken::new();
+
+    let first = fixture.request(1, "1.0.0", BASE_IMAGE, port);
+    let (result, log) = bake_logged(&first, &cancel, |_| {}).await;
+    let v1 = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(v1.kind, ArtifactKind::DockerImage);
+    assert_eq!(v1.name, format!("{}:v1", fixture.image_repository()));
+    assert!(v1.id.starts_with("sha256:"), "{v1:?}");
+    assert!(
+        log.contains("TASK [Install exactly bakeapp=1.0.0]"),
+        "{log}"
+    );
+    assert_eq!(fixture.run_and_ask(&v1.name, port), "bakeapp 1.0.0\n");
+    assert_eq!(installed_version(&v1.name), "1.0.0");
+
+    let second = fixture.request(2, "1.1.0", &v1.name, port);
+    let (result, log) = bake_logged(&second, &cancel, |_| {}).await;
+    let v2 = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(v2.name, format!("{}:v2", fixture.image_repository()));
+    assert_ne!(v2.id, v1.id);
+    assert_eq!(fixture.run_and_ask(&v2.name, port), "bakeapp 1.1.0\n");
+    assert_eq!(installed_version(&v2.name), "1.1.0");
+    let (ok, labels) = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Labels}}",
+        &v2.name,
+    ]);
+    assert!(
+        ok && labels.contains(r#""slipway.release":"v2""#),
+        "{labels}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_playbook_fails_the_bake_shows_ansibles_error_and_leaves_nothing() {
+    let fixture = Fixture::new("bake-fail");
+    fixture.publish("1.0.0");
+    let request = fixture.request(1, "9.9.9", BASE_IMAGE, free_port());
+
+    let (result, log) = bake_logged(&request, &CancellationToken::new(), |_| {}).await;
+    match result {
+        Err(BakeError::BuildFailed { reason, .. }) => {
+            assert!(reason.contains("Error executing Ansible"), "{reason}")
+        }
+        other => panic!("expected a failed build, got {other:?}\n{log}"),
+    }
+    // Ansible's own words, as its apt module reported them.
+    assert!(
+        log.contains("fatal: [default]: FAILED!") && log.contains("bakeapp=9.9.9"),
+        "{log}"
+    );
+    assert_nothing_left(&fixture, &request.bake_id, "v1");
+}
+
+#[tokio::test]
+async fn a_cancelled_bake_stops_packer_and_leaves_nothing() {
+    let fixture = Fixture::new("bake-cancel");
+    fixture.publish("1.0.0");
+    let request = fixture.request(1, "1.0.0", BASE_IMAGE, free_port());
+    let cancel = CancellationToken::new();
+
+    let trigger = cancel.clone();
+    let (result, log) = bake_logged(&request, &cancel, move |line| {
+        if line.contains("TASK [Update the package lists]") {
+            trigger.cancel();
+        }
+    })
+    .await;
+    assert!(
+        matches!(result, Err(BakeError::Cancelled { .. })),
+        "{result:?}\n{log}"
+    );
+    assert_nothing_left(&fixture, &request.bake_id, "v1");
+}
+
+#[tokio::test]
+async fn a_bake_past_its_timeout_stops_and_leaves_nothing() {
+    let fixture = Fixture::new("bake-timeout");
+    fixture.publish("1.0.0");
+    let mut request = fixture.request(1, "1.0.0", BASE_IMAGE, free_port());
+    request.timeout = Duration::from_secs(4);
+
+    let started = std::time::Instant::now();
+    let (result, log) = bake_logged(&request, &CancellationToken::new(), |_| {}).await;
+    assert!(
+        matches!(result, Err(BakeError::TimedOut { .. })),
+        "{result:?}\n{log}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_nothing_left(&fixture, &request.bake_id, "v1");
+}
