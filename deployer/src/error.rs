@@ -26,13 +26,6 @@ pub enum TargetError {
     /// Retiring the fleet that serves traffic would leave the environment without one.
     #[error("fleet {fleet} serves traffic and cannot be retired")]
     RetireLive { fleet: String },
-    /// In-flight requests on a retiring fleet did not finish in time.
-    #[error("fleet {fleet} still had {in_flight} requests in flight after {waited:?}")]
-    DrainTimeout {
-        fleet: String,
-        in_flight: usize,
-        waited: Duration,
-    },
 }
 
 impl TargetError {

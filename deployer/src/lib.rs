@@ -9,6 +9,7 @@
 
 pub mod deployer;
 pub mod deployment;
+pub mod docker;
 pub mod error;
 pub mod fake;
 pub mod health;
@@ -19,6 +20,7 @@ pub mod target;
 
 pub use deployer::{DeployPolicy, DeployRequest, Deployer, Recovered};
 pub use deployment::{Deployment, DeploymentKind, DeploymentState};
+pub use docker::{DockerTarget, Proxy};
 pub use error::{DeployError, StoreError, TargetError};
 pub use health::{wait_healthy, HealthPolicy};
 pub use lock::{Lease, LockHolder, LockStore, MemoryLockStore};

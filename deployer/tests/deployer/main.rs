@@ -2,4 +2,6 @@
 //! fake target, the docker target against the real dockerd, the aws target against moto.
 
 mod algorithm;
+mod docker;
+mod docker_env;
 mod support;
