@@ -71,7 +71,8 @@ async fn a_release_bakes_into_an_image_that_runs_it_and_the_next_bakes_increment
     assert_eq!(fixture.run_and_ask(&v1.name, port), "bakeapp 1.0.0\n");
     assert_eq!(installed_version(&v1.name), "1.0.0");
 
-    let second = fixture.request(2, "1.1.0", &v1.name, port);
+    let mut second = fixture.request(2, "1.1.0", &v1.name, port);
+    second.security_updates = true;
     let (result, log) = bake_logged(&second, &cancel, |_| {}).await;
     let v2 = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert_eq!(v2.name, format!("{}:v2", fixture.image_repository()));

@@ -1,0 +1,95 @@
+//! The bake key: stable for equal inputs, different when any input changes.
+
+use std::collections::BTreeMap;
+
+use slipway_bake::bake_key;
+use slipway_bake::packer::{read_playbook_dir, BakeKeyInputs};
+
+struct Inputs {
+    base_image_id: String,
+    package_sha256: String,
+    template: Vec<u8>,
+    playbook_files: BTreeMap<String, Vec<u8>>,
+    apt_key: Vec<u8>,
+    variables: Vec<(&'static str, String)>,
+}
+
+impl Inputs {
+    fn new() -> Inputs {
+        Inputs {
+            base_image_id: "sha256:1111".into(),
+            package_sha256: "ab".repeat(32),
+            template: br#"{"builders": []}"#.to_vec(),
+            playbook_files: BTreeMap::from([
+                ("bake.yml".to_string(), b"- hosts: all\n".to_vec()),
+                ("roles/app/tasks/main.yml".to_string(), b"[]\n".to_vec()),
+            ]),
+            apt_key: b"key".to_vec(),
+            variables: vec![("app", "hello".into()), ("release", "3".into())],
+        }
+    }
+
+    fn key(&self) -> String {
+        bake_key(&BakeKeyInputs {
+            base_image_id: &self.base_image_id,
+            package_sha256: &self.package_sha256,
+            template: &self.template,
+            playbook_files: &self.playbook_files,
+            apt_key: &self.apt_key,
+            variables: &self.variables,
+        })
+    }
+}
+
+#[test]
+fn equal_inputs_give_an_equal_sha256_hex_key() {
+    let key = Inputs::new().key();
+    assert_eq!(key, Inputs::new().key());
+    assert_eq!(key.len(), 64);
+    assert!(key
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+}
+
+#[test]
+fn any_changed_input_changes_the_key() {
+    let original = Inputs::new().key();
+    let changes: Vec<(&str, fn(&mut Inputs))> = vec![
+        ("base image", |i| i.base_image_id = "sha256:2222".into()),
+        ("package", |i| i.package_sha256 = "cd".repeat(32)),
+        ("template", |i| i.template.push(b'\n')),
+        ("playbook content", |i| {
+            i.playbook_files
+                .insert("bake.yml".into(), b"- hosts: web\n".to_vec());
+        }),
+        ("playbook file added", |i| {
+            i.playbook_files.insert("vars.yml".into(), Vec::new());
+        }),
+        ("playbook file renamed", |i| {
+            let contents = i.playbook_files.remove("bake.yml").unwrap();
+            i.playbook_files.insert("site.yml".into(), contents);
+        }),
+        ("apt key", |i| i.apt_key.push(b'!')),
+        ("variable", |i| i.variables[1].1 = "4".into()),
+        // Length prefixes keep field boundaries: moving a byte across them is a change.
+        ("boundary", |i| {
+            i.base_image_id.push('a');
+            i.package_sha256.remove(0);
+        }),
+    ];
+    for (what, change) in changes {
+        let mut inputs = Inputs::new();
+        change(&mut inputs);
+        assert_ne!(inputs.key(), original, "changing the {what} kept the key");
+    }
+}
+
+#[test]
+fn the_playbook_directory_is_read_recursively_by_relative_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("roles/app/tasks")).unwrap();
+    std::fs::write(dir.path().join("bake.yml"), "- hosts: all\n").unwrap();
+    std::fs::write(dir.path().join("roles/app/tasks/main.yml"), "[]\n").unwrap();
+    let files = read_playbook_dir(dir.path()).unwrap();
+    assert_eq!(files, Inputs::new().playbook_files);
+}
