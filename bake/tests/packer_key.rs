@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use slipway_bake::bake_key;
 use slipway_bake::packer::{read_playbook_dir, BakeKeyInputs};
 
+/// One named way to alter the inputs.
+type Change = (&'static str, fn(&mut Inputs));
+
 struct Inputs {
     base_image_id: String,
     package_sha256: String,
@@ -54,7 +57,7 @@ fn equal_inputs_give_an_equal_sha256_hex_key() {
 #[test]
 fn any_changed_input_changes_the_key() {
     let original = Inputs::new().key();
-    let changes: Vec<(&str, fn(&mut Inputs))> = vec![
+    let changes: Vec<Change> = vec![
         ("base image", |i| i.base_image_id = "sha256:2222".into()),
         ("package", |i| i.package_sha256 = "cd".repeat(32)),
         ("template", |i| i.template.push(b'\n')),
