@@ -68,9 +68,18 @@ impl Fixture {
 
     /// Builds and publishes version `version` of the app; returns its description.
     pub fn publish(&self, version: &str) -> PackageInfo {
+        self.publish_depending(version, &[])
+    }
+
+    /// Like [`Fixture::publish`], with Debian packages the app depends on besides python3.
+    pub fn publish_depending(&self, version: &str, depends: &[&str]) -> PackageInfo {
         let workspace = self.data.path().join(format!("workspace-{version}"));
         std::fs::create_dir_all(&workspace).unwrap();
-        let package = deb::build(&app_definition(&workspace, version), &workspace).unwrap();
+        let mut definition = app_definition(&workspace, version);
+        definition
+            .depends
+            .extend(depends.iter().map(|name| name.to_string()));
+        let package = deb::build(&definition, &workspace).unwrap();
         let path = package.write_to(&workspace).unwrap();
         self.repository.publish(&path, &package.info).unwrap();
         package.info
@@ -136,6 +145,11 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
+        // Signing started a gpg-agent for the key directory, which is about to go.
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.data.path().join("gpg"))
+            .args(["--kill", "gpg-agent"])
+            .output();
         for label in [
             format!("label=slipway.test={}", self.id),
             format!("label=slipway.bake={}", self.id),
