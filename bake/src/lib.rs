@@ -4,6 +4,10 @@
 //! Plain structs in, files and records out: nothing here knows about HTTP, Postgres or
 //! configuration files. The root crate serves the repository directory under `/apt/`.
 //!
+//! A published release is then baked with [`bake`] (Packer with `packer/slipway.json` and
+//! `ansible/bake.yml`) into a Docker image or an AMI; see [`packer`]. The caller records the
+//! artifact with [`BakeRequest::bake_key`], and may reuse an image whose key is equal.
+//!
 //! ```no_run
 //! use std::path::Path;
 //! use slipway_bake::{deb, AptRepository, PackageDefinition, PublishRecord, Result, Signer};
@@ -29,7 +33,7 @@ pub use deb::{
 };
 pub use error::{Error, Result};
 pub use packer::{
-    bake, bake_key, AmazonEbsSource, ArtifactKind, BakeArtifact, BakeError, BakeObserver,
-    BakeRequest, BakeSource, DockerSource, CONTAINER_LABEL, IMAGE_LABEL,
+    bake, bake_key, reap_bake, AmazonEbsSource, ArtifactKind, BakeArtifact, BakeError,
+    BakeObserver, BakeRequest, BakeSource, DockerSource, CONTAINER_LABEL, IMAGE_LABEL,
 };
 pub use signing::Signer;

@@ -6,7 +6,7 @@ mod packer_support;
 use std::time::Duration;
 
 use packer_support::{docker, free_port, Fixture, BASE_IMAGE, PACKAGE};
-use slipway_bake::{bake, ArtifactKind, BakeError, CONTAINER_LABEL};
+use slipway_bake::{bake, reap_bake, ArtifactKind, BakeError, CONTAINER_LABEL, IMAGE_LABEL};
 use tokio_util::sync::CancellationToken;
 
 /// Bakes, collecting every observed line; returns the result and the log.
@@ -153,4 +153,31 @@ async fn a_bake_past_its_timeout_stops_and_leaves_nothing() {
         started.elapsed()
     );
     assert_nothing_left(&fixture, &request.bake_id, "v1");
+}
+
+#[tokio::test]
+async fn reaping_a_bake_removes_what_a_killed_packer_left() {
+    let fixture = Fixture::new("bake-reap");
+    let bake_id = format!("{}-v1", fixture.id);
+    // What a SIGKILLed Packer leaves: its labelled build container and a committed image.
+    let container_label = format!("{CONTAINER_LABEL}={bake_id}");
+    let (ok, container) = docker(&[
+        "run",
+        "-d",
+        "--label",
+        &container_label,
+        "--entrypoint",
+        "sleep",
+        BASE_IMAGE,
+        "600",
+    ]);
+    assert!(ok, "{container}");
+    let image_label = format!("LABEL {IMAGE_LABEL}={bake_id}");
+    let image = format!("{}:v1", fixture.image_repository());
+    let (ok, output) = docker(&["commit", "--change", &image_label, container.trim(), &image]);
+    assert!(ok, "{output}");
+
+    reap_bake(&bake_id).await.unwrap();
+    assert_nothing_left(&fixture, &bake_id, "v1");
+    reap_bake(&bake_id).await.unwrap();
 }

@@ -33,19 +33,25 @@ pub(crate) async fn image_id(reference: &str) -> Result<Option<String>, BakeErro
     }
 }
 
-/// Removes the bake's containers and images, and points `target` back at the image it named
-/// before the bake (`previous`), so a failed rebake leaves the old image tagged.
+/// Removes every container and image a docker-source bake with this id left, whatever stopped
+/// it: for a server restarting after a crash killed Packer mid-bake. Idempotent.
+#[tracing::instrument(err)]
+pub async fn reap_bake(bake_id: &str) -> Result<(), BakeError> {
+    remove_leftovers(bake_id, None).await
+}
+
+/// Removes the bake's containers and images; with `restore` = (target, previous image), first
+/// points the target tag back at the image it named before, so a failed rebake keeps the old.
 pub(crate) async fn remove_leftovers(
     bake_id: &str,
-    target: &str,
-    previous: Option<&str>,
+    restore: Option<(&str, &str)>,
 ) -> Result<(), BakeError> {
     let containers = list(&["ps", "-aq", "--filter", &label(CONTAINER_LABEL, bake_id)]).await?;
     if !containers.is_empty() {
         tracing::info!(bake = %bake_id, count = containers.len(), "removing the bake's containers");
         checked("rm", &[&["rm", "-f"][..], &strs(&containers)].concat()).await?;
     }
-    if let Some(previous) = previous {
+    if let Some((target, previous)) = restore {
         if image_id(target).await?.as_deref() != Some(previous) {
             checked("tag", &["tag", previous, target]).await?;
         }

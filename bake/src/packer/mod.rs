@@ -3,11 +3,14 @@
 //!
 //! [`bake`] runs `packer build -machine-readable -only=<source>` in its own process group,
 //! streams Packer's output to a [`BakeObserver`] as readable lines, and returns the
-//! [`BakeArtifact`] it reported. A failed, timed-out or cancelled docker bake leaves nothing
-//! behind: Packer removes its container, and Slipway then removes anything still carrying the
-//! bake's labels and restores the target tag. On amazon-ebs Packer terminates its instance and
-//! deregisters nothing it did not register: an AMI is only registered at the last step, after
-//! provisioning succeeded, and a later failure makes Packer deregister it.
+//! [`BakeArtifact`]: the image id behind the tag Packer made, or the AMI of Packer's
+//! `artifact,0,id,<region>:<ami>` line.
+//!
+//! A failed, timed-out or cancelled docker bake leaves nothing behind: Packer removes its
+//! container, then Slipway removes anything still carrying the bake's labels and restores the
+//! target tag; [`reap_bake`] does the same for a bake a crash interrupted. On amazon-ebs, Packer
+//! terminates its instance on failure or interrupt, and registers the AMI only after
+//! provisioning succeeded (deregistering it if a later step fails), so nothing stays registered.
 
 mod docker;
 mod error;
@@ -20,7 +23,7 @@ use std::collections::BTreeMap;
 
 use tokio_util::sync::CancellationToken;
 
-pub use docker::{CONTAINER_LABEL, IMAGE_LABEL};
+pub use docker::{reap_bake, CONTAINER_LABEL, IMAGE_LABEL};
 pub use error::BakeError;
 pub use key::{bake_key, read_playbook_dir, BakeKeyInputs};
 pub use request::{AmazonEbsSource, BakeRequest, BakeSource, DockerSource};
@@ -90,9 +93,10 @@ pub async fn bake(
     let result = artifact_of(request, name.clone(), run).await;
     if let (Err(error), BakeSource::Docker(_)) = (&result, &request.source) {
         tracing::warn!(%error, "bake failed, removing what it left");
-        if let Err(cleanup) =
-            docker::remove_leftovers(&request.bake_id, &name, previous_image.as_deref()).await
-        {
+        let restore = previous_image
+            .as_deref()
+            .map(|previous| (name.as_str(), previous));
+        if let Err(cleanup) = docker::remove_leftovers(&request.bake_id, restore).await {
             tracing::error!(error = %cleanup, bake = %request.bake_id, "a failed bake left docker objects behind; remove them by label");
         }
     }
