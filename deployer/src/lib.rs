@@ -7,6 +7,7 @@
 //! ([`DeploymentStore`], [`LockStore`]) over its database, and watches progress through an
 //! [`Observer`]. In-memory stores and a contract-enforcing [`fake::FakeTarget`] serve tests.
 
+pub mod aws;
 pub mod deployer;
 pub mod deployment;
 pub mod docker;
@@ -18,6 +19,7 @@ pub mod observer;
 pub mod store;
 pub mod target;
 
+pub use aws::{AwsSettings, AwsTarget};
 pub use deployer::{DeployPolicy, DeployRequest, Deployer, Recovered};
 pub use deployment::{Deployment, DeploymentKind, DeploymentState};
 pub use docker::{DockerTarget, Proxy};

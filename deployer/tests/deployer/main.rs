@@ -2,6 +2,8 @@
 //! fake target, the docker target against the real dockerd, the aws target against moto.
 
 mod algorithm;
+mod aws;
 mod docker;
 mod docker_env;
+mod moto;
 mod support;

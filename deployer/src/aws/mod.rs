@@ -1,0 +1,405 @@
+//! The `aws` target: a fleet is an Auto Scaling group per release, launched from a launch
+//! template version with the release's AMI and attached to the idle one of two target
+//! groups; the ALB listener's default action is the switch.
+
+mod convert;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, Tag};
+use aws_sdk_ec2::error::DisplayErrorContext;
+use aws_sdk_ec2::types::RequestLaunchTemplateData;
+use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum, TargetDescription};
+
+use crate::error::TargetError;
+use crate::target::{Fleet, FleetRef, InstanceHealth, Target};
+use convert::Group;
+
+/// What an aws environment is made of; the load balancer, the target group pair, the
+/// launch template and the subnets exist beforehand (the operator's infrastructure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsSettings {
+    pub project: String,
+    pub environment: String,
+    /// The ALB listener whose default action forwards to the live target group.
+    pub listener_arn: String,
+    /// Blue and green: each fleet is attached to the one the listener does not forward to.
+    pub target_groups: [String; 2],
+    pub launch_template_id: String,
+    pub subnets: Vec<String>,
+    /// Set in each new launch template version when given.
+    pub instance_type: Option<String>,
+    /// Tags put on every group besides Slipway's own (project, environment, release).
+    pub tags: BTreeMap<String, String>,
+    /// How long a retiring fleet's targets may stay `draining` before it is deleted.
+    pub drain_timeout: Duration,
+}
+
+/// The SDK configuration for `region`, with `endpoint_url` (moto in tests and the demo)
+/// replacing AWS's endpoints when given; credentials come from the usual chain.
+pub async fn sdk_config(region: &str, endpoint_url: Option<&str>) -> SdkConfig {
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_owned()));
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+/// One environment on EC2, ELBv2 and Auto Scaling.
+pub struct AwsTarget {
+    ec2: aws_sdk_ec2::Client,
+    elb: aws_sdk_elasticloadbalancingv2::Client,
+    autoscaling: aws_sdk_autoscaling::Client,
+    settings: AwsSettings,
+    tags: BTreeMap<String, String>,
+}
+
+impl AwsTarget {
+    pub fn new(config: &SdkConfig, settings: AwsSettings) -> AwsTarget {
+        let tags =
+            convert::environment_tags(&settings.project, &settings.environment, &settings.tags);
+        AwsTarget {
+            ec2: aws_sdk_ec2::Client::new(config),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(config),
+            autoscaling: aws_sdk_autoscaling::Client::new(config),
+            settings,
+            tags,
+        }
+    }
+
+    /// Every group of this environment, read back from its tags.
+    async fn groups(&self) -> Result<Vec<Group>, TargetError> {
+        let mut groups = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = self
+                .autoscaling
+                .describe_auto_scaling_groups()
+                .set_next_token(next_token)
+                .send()
+                .await
+                .map_err(|e| platform("describe auto scaling groups", e))?;
+            let ours = page.auto_scaling_groups().iter();
+            groups.extend(ours.filter_map(|g| convert::group_of(g, &self.tags)));
+            next_token = page.next_token().map(str::to_owned);
+            if next_token.is_none() {
+                return Ok(groups);
+            }
+        }
+    }
+
+    async fn group(&self, fleet: &FleetRef) -> Result<Option<Group>, TargetError> {
+        let groups = self.groups().await?;
+        Ok(groups.into_iter().find(|g| g.fleet.same(fleet)))
+    }
+
+    /// The target group the listener forwards to.
+    async fn live_target_group(&self) -> Result<Option<String>, TargetError> {
+        let listeners = self
+            .elb
+            .describe_listeners()
+            .listener_arns(&self.settings.listener_arn)
+            .send()
+            .await
+            .map_err(|e| platform("describe listener", e))?;
+        let actions = listeners
+            .listeners()
+            .iter()
+            .flat_map(|l| l.default_actions());
+        let forward = actions
+            .filter(|a| a.r#type() == Some(&ActionTypeEnum::Forward))
+            .find_map(|a| a.target_group_arn());
+        Ok(forward.map(str::to_owned))
+    }
+
+    /// The launch template version whose AMI is `image`, created when none is.
+    async fn template_version(&self, image: &str) -> Result<i64, TargetError> {
+        let versions = self
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_id(&self.settings.launch_template_id)
+            .send()
+            .await
+            .map_err(|e| platform("describe launch template versions", e))?;
+        let existing = versions
+            .launch_template_versions()
+            .iter()
+            .filter(|v| v.launch_template_data().and_then(|d| d.image_id()) == Some(image))
+            .filter_map(|v| v.version_number())
+            .max();
+        if let Some(version) = existing {
+            return Ok(version);
+        }
+        let data = RequestLaunchTemplateData::builder()
+            .image_id(image)
+            .set_instance_type(self.settings.instance_type.as_deref().map(Into::into))
+            .build();
+        let created = self
+            .ec2
+            .create_launch_template_version()
+            .launch_template_id(&self.settings.launch_template_id)
+            .source_version("$Default")
+            .version_description(format!("slipway {image}"))
+            .launch_template_data(data)
+            .send()
+            .await
+            .map_err(|e| platform(format!("create launch template version for {image}"), e))?;
+        created
+            .launch_template_version()
+            .and_then(|v| v.version_number())
+            .ok_or_else(|| {
+                TargetError::refused(
+                    "create launch template version",
+                    "no version number returned",
+                )
+            })
+    }
+
+    async fn create_group(&self, fleet: &FleetRef, count: u32) -> Result<(), TargetError> {
+        let live = self.live_target_group().await?;
+        let idle = convert::idle_target_group(&self.settings.target_groups, live.as_deref());
+        let occupant = self
+            .groups()
+            .await?
+            .into_iter()
+            .find(|g| g.target_groups.iter().any(|t| t == idle));
+        if let Some(occupant) = occupant {
+            let reason = format!(
+                "idle target group {idle} still holds fleet {}",
+                occupant.fleet.id
+            );
+            return Err(TargetError::refused(
+                format!("launch fleet {}", fleet.id),
+                reason,
+            ));
+        }
+        let version = self.template_version(&fleet.image).await?;
+        let template = LaunchTemplateSpecification::builder()
+            .launch_template_id(&self.settings.launch_template_id)
+            .version(version.to_string())
+            .build();
+        let mut request = self
+            .autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(&fleet.id)
+            .launch_template(template)
+            .min_size(count as i32)
+            .max_size(count as i32)
+            .desired_capacity(count as i32)
+            .vpc_zone_identifier(self.settings.subnets.join(","))
+            .target_group_arns(idle);
+        for (key, value) in convert::fleet_tags(&self.tags, fleet) {
+            let tag = Tag::builder()
+                .resource_id(&fleet.id)
+                .resource_type("auto-scaling-group")
+                .key(key)
+                .value(value)
+                .propagate_at_launch(true)
+                .build();
+            request = request.tags(tag);
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| platform(format!("create auto scaling group {}", fleet.id), e))?;
+        Ok(())
+    }
+
+    /// Deregisters the group's instances and waits (up to the drain timeout) until the
+    /// target group has finished draining them.
+    async fn drain(&self, group: &Group) -> Result<(), TargetError> {
+        for target_group in &group.target_groups {
+            if group.instances.is_empty() {
+                break;
+            }
+            let targets = group
+                .instances
+                .iter()
+                .map(|id| TargetDescription::builder().id(id).build());
+            self.elb
+                .deregister_targets()
+                .target_group_arn(target_group)
+                .set_targets(Some(targets.collect()))
+                .send()
+                .await
+                .map_err(|e| {
+                    platform(
+                        format!("deregister {} from {target_group}", group.fleet.id),
+                        e,
+                    )
+                })?;
+            let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
+            while tokio::time::Instant::now() < deadline {
+                let health = self.target_health(target_group, &group.instances).await?;
+                if health.iter().all(|h| h.detail == "not registered") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn target_health(
+        &self,
+        target_group: &str,
+        instances: &[String],
+    ) -> Result<Vec<InstanceHealth>, TargetError> {
+        let health = self
+            .elb
+            .describe_target_health()
+            .target_group_arn(target_group)
+            .send()
+            .await
+            .map_err(|e| platform(format!("describe target health of {target_group}"), e))?;
+        Ok(convert::instance_health(
+            instances,
+            health.target_health_descriptions(),
+        ))
+    }
+}
+
+#[async_trait]
+impl Target for AwsTarget {
+    /// The group's name: `<project>-<environment>-<release>`.
+    fn fleet_for(&self, release: &str, image: &str) -> FleetRef {
+        FleetRef {
+            id: format!(
+                "{}-{}-{release}",
+                self.settings.project, self.settings.environment
+            ),
+            release: release.to_owned(),
+            image: image.to_owned(),
+        }
+    }
+
+    /// Nothing to rebuild: the listener itself records which target group serves.
+    async fn adopt(&self, _live: Option<&FleetRef>) -> Result<(), TargetError> {
+        Ok(())
+    }
+
+    async fn launch_fleet(&self, fleet: &FleetRef, count: u32) -> Result<Fleet, TargetError> {
+        if self.group(fleet).await?.is_none() {
+            self.create_group(fleet, count).await?;
+        }
+        let group = self.group(fleet).await?.ok_or_else(|| {
+            TargetError::refused(
+                format!("launch fleet {}", fleet.id),
+                "group not found after creation",
+            )
+        })?;
+        Ok(Fleet {
+            fleet: fleet.clone(),
+            instances: group.instances,
+        })
+    }
+
+    async fn instance_health(&self, fleet: &FleetRef) -> Result<Vec<InstanceHealth>, TargetError> {
+        let Some(group) = self.group(fleet).await? else {
+            return Err(TargetError::refused(
+                format!("health of {}", fleet.id),
+                "no such group",
+            ));
+        };
+        let Some(target_group) = group.target_groups.first() else {
+            return Err(TargetError::refused(
+                format!("health of {}", fleet.id),
+                "group has no target group",
+            ));
+        };
+        self.target_health(target_group, &group.instances).await
+    }
+
+    async fn switch_traffic(&self, to: &FleetRef) -> Result<(), TargetError> {
+        let action = format!("switch traffic to {}", to.id);
+        let group = self
+            .group(to)
+            .await?
+            .ok_or_else(|| TargetError::refused(&action, "no such group"))?;
+        let target_group = group
+            .target_groups
+            .first()
+            .ok_or_else(|| TargetError::refused(&action, "group has no target group"))?;
+        let forward = Action::builder()
+            .r#type(ActionTypeEnum::Forward)
+            .target_group_arn(target_group)
+            .build();
+        self.elb
+            .modify_listener()
+            .listener_arn(&self.settings.listener_arn)
+            .default_actions(forward)
+            .send()
+            .await
+            .map_err(|e| platform(action, e))?;
+        Ok(())
+    }
+
+    async fn current_live(&self) -> Result<Option<FleetRef>, TargetError> {
+        let Some(live) = self.live_target_group().await? else {
+            return Ok(None);
+        };
+        let groups = self.groups().await?;
+        let serving = groups.into_iter().find(|g| g.target_groups.contains(&live));
+        Ok(serving.map(|g| g.fleet))
+    }
+
+    /// Makes the launch template version with `image` the default one.
+    async fn update_launch_template(&self, image: &str) -> Result<(), TargetError> {
+        let version = self.template_version(image).await?;
+        self.ec2
+            .modify_launch_template()
+            .launch_template_id(&self.settings.launch_template_id)
+            .default_version(version.to_string())
+            .send()
+            .await
+            .map_err(|e| platform(format!("set launch template default version {version}"), e))?;
+        Ok(())
+    }
+
+    /// Drains the group's targets, scales it to zero and deletes it.
+    async fn retire_fleet(&self, fleet: &FleetRef) -> Result<(), TargetError> {
+        if self
+            .current_live()
+            .await?
+            .is_some_and(|live| live.same(fleet))
+        {
+            return Err(TargetError::RetireLive {
+                fleet: fleet.id.clone(),
+            });
+        }
+        let Some(group) = self.group(fleet).await? else {
+            return Ok(());
+        };
+        self.drain(&group).await?;
+        self.autoscaling
+            .update_auto_scaling_group()
+            .auto_scaling_group_name(&fleet.id)
+            .min_size(0)
+            .max_size(0)
+            .desired_capacity(0)
+            .send()
+            .await
+            .map_err(|e| platform(format!("scale {} to zero", fleet.id), e))?;
+        self.autoscaling
+            .delete_auto_scaling_group()
+            .auto_scaling_group_name(&fleet.id)
+            .force_delete(true)
+            .send()
+            .await
+            .map_err(|e| platform(format!("delete auto scaling group {}", fleet.id), e))?;
+        Ok(())
+    }
+
+    async fn list_fleets(&self) -> Result<Vec<FleetRef>, TargetError> {
+        Ok(self.groups().await?.into_iter().map(|g| g.fleet).collect())
+    }
+}
+
+/// An SDK error with its whole chain of causes in the message.
+fn platform<E: std::error::Error>(action: impl Into<String>, error: E) -> TargetError {
+    TargetError::platform(action, DisplayErrorContext(error).to_string())
+}
