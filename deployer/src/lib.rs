@@ -6,6 +6,18 @@
 //! passes plain structs in ([`DeployRequest`], [`DeployPolicy`]), implements persistence
 //! ([`DeploymentStore`], [`LockStore`]) over its database, and watches progress through an
 //! [`Observer`]. In-memory stores and a contract-enforcing [`fake::FakeTarget`] serve tests.
+//!
+//! How the root crate drives one environment:
+//! 1. Build its target: for docker, [`Proxy::bind`] on the environment's listen address
+//!    (spawn the serve future), then [`DockerTarget::new`]; for aws, [`aws::sdk_config`] and
+//!    [`AwsTarget::new`].
+//! 2. Build a [`Deployer`] over the target and the stores, and call [`Deployer::recover`]
+//!    once: it restores the proxy's routes from the recorded live fleet, resumes (or rolls
+//!    back) deployments a crash interrupted, and retires fleets nothing accounts for.
+//! 3. [`Deployer::deploy`] for a new release; [`Deployer::rollback`] for `--to vN` (a switch
+//!    to the warm fleet when there is one, else a full deploy of that image).
+//! 4. [`Deployer::retire_expired`] every minute or so: blue fleets kept warm past their
+//!    retention window are drained and removed.
 
 pub mod aws;
 pub mod deployer;
