@@ -140,7 +140,7 @@ impl BakeRequest {
 
     /// Refuses values the template or Ansible's `key=value` extra-vars would misread.
     pub fn check(&self) -> Result<(), BakeError> {
-        let single_words = [
+        let mut single_words = vec![
             ("app", self.app.as_str()),
             ("package", &self.package),
             ("version", &self.version),
@@ -148,6 +148,13 @@ impl BakeRequest {
             ("apt_url", &self.apt_url),
             ("bake_id", &self.bake_id),
         ];
+        if let BakeSource::Docker(docker) = &self.source {
+            single_words.extend([
+                ("base_image", docker.base_image.as_str()),
+                ("image_repository", &docker.image_repository),
+                ("tag", &docker.tag),
+            ]);
+        }
         for (field, value) in single_words {
             if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '`') {
                 return Err(invalid(
