@@ -31,6 +31,10 @@ use run::{run_packer, Ending, PackerRun};
 
 /// Receives Packer's output, one human-readable line at a time, as it is produced
 /// (Packer's own lines and, prefixed with the source name, Ansible's).
+///
+/// Called in output order from the task running [`bake`], never concurrently, and never after
+/// `bake` returned. A call should be quick (append to a buffer, send on a channel): Packer's
+/// output waits while it runs. Lines from Slipway itself start with `==> slipway:`.
 pub trait BakeObserver {
     fn line(&mut self, line: &str);
 }
@@ -99,6 +103,9 @@ pub async fn bake(
         if let Err(cleanup) = docker::remove_leftovers(&request.bake_id, restore).await {
             tracing::error!(error = %cleanup, bake = %request.bake_id, "a failed bake left docker objects behind; remove them by label");
         }
+    }
+    if let Ok(artifact) = &result {
+        tracing::info!(artifact = %artifact.name, id = %artifact.id, "baked");
     }
     result
 }
