@@ -38,7 +38,7 @@ struct World {
     scripts: HashMap<String, HealthScript>,
     failing_launches: Vec<String>,
     failing_switches: Vec<String>,
-    crash_after_launch: bool,
+    crash_after: Option<String>,
     calls: Vec<String>,
     violations: Vec<String>,
 }
@@ -70,10 +70,11 @@ impl FakeTarget {
         self.world().failing_switches.push(release.to_owned());
     }
 
-    /// The next launch completes and then the calling deployer hangs forever, as if its
-    /// process had died; [`FakeTarget::crashed`] wakes when that happens.
-    pub fn crash_after_launch(&self) {
-        self.world().crash_after_launch = true;
+    /// The next call named `call` (`launch_fleet`, `switch_traffic`, ...) takes effect and
+    /// then the calling deployer hangs forever, as if its process had died;
+    /// [`FakeTarget::crashed`] wakes when that happens.
+    pub fn crash_after(&self, call: &str) {
+        self.world().crash_after = Some(call.to_owned());
     }
 
     /// Waits until an injected crash has happened.
@@ -99,6 +100,46 @@ impl FakeTarget {
     /// The image new instances would start from.
     pub fn template_image(&self) -> Option<String> {
         self.world().template_image.clone()
+    }
+
+    /// The contract checks and effect of a switch.
+    fn switch(&self, to: &FleetRef) -> Result<(), TargetError> {
+        let mut world = self.world();
+        world.call("switch_traffic", &to.id);
+        let passed = world.fleets.get(&to.id).map(|fake| fake.passed_once);
+        match passed {
+            None => return Err(world.violate("switch_traffic", format!("no fleet {}", to.id))),
+            Some(false) => {
+                let reason = format!("{} never passed a health check", to.id);
+                return Err(world.violate("switch_traffic", reason));
+            }
+            Some(true) => {}
+        }
+        if let Some(at) = world.failing_switches.iter().position(|r| *r == to.release) {
+            world.failing_switches.remove(at);
+            return Err(TargetError::refused(
+                "switch_traffic",
+                "injected switch failure",
+            ));
+        }
+        world.live = Some(to.clone());
+        Ok(())
+    }
+
+    /// Hangs forever when a crash was injected after `call`.
+    async fn maybe_crash(&self, call: &str) {
+        let crash = {
+            let mut world = self.world();
+            let due = world.crash_after.as_deref() == Some(call);
+            if due {
+                world.crash_after = None;
+            }
+            due
+        };
+        if crash {
+            self.crashed.notify_one();
+            std::future::pending::<()>().await;
+        }
     }
 
     fn world(&self) -> std::sync::MutexGuard<'_, World> {
@@ -155,21 +196,21 @@ impl Target for FakeTarget {
         }
     }
 
+    /// Like an ALB listener, the fake's routing survives a crash, so adopting changes
+    /// nothing; the store may lag the world by the one switch a crash interrupted, but the
+    /// fleet it names must exist.
     async fn adopt(&self, live: Option<&FleetRef>) -> Result<(), TargetError> {
         let mut world = self.world();
         world.call("adopt", live.map_or("-", |l| l.id.as_str()));
-        if world.live.as_ref().map(|l| &l.id) != live.map(|l| &l.id) {
-            let reason = format!(
-                "store says {live:?} is live, the world says {:?}",
-                world.live
-            );
+        if let Some(live) = live.filter(|l| !world.fleets.contains_key(&l.id)) {
+            let reason = format!("store says retired fleet {} is live", live.id);
             return Err(world.violate("adopt", reason));
         }
         Ok(())
     }
 
     async fn launch_fleet(&self, fleet: &FleetRef, count: u32) -> Result<Fleet, TargetError> {
-        let crash = {
+        {
             let mut world = self.world();
             world.call("launch_fleet", &fleet.id);
             if count == 0 {
@@ -195,12 +236,8 @@ impl Target for FakeTarget {
                 passed_once: false,
             };
             world.fleets.entry(fleet.id.clone()).or_insert(fake);
-            std::mem::take(&mut world.crash_after_launch)
-        };
-        if crash {
-            self.crashed.notify_one();
-            std::future::pending::<()>().await;
         }
+        self.maybe_crash("launch_fleet").await;
         let world = self.world();
         Ok(Fleet {
             fleet: fleet.clone(),
@@ -218,25 +255,8 @@ impl Target for FakeTarget {
     }
 
     async fn switch_traffic(&self, to: &FleetRef) -> Result<(), TargetError> {
-        let mut world = self.world();
-        world.call("switch_traffic", &to.id);
-        let passed = world.fleets.get(&to.id).map(|fake| fake.passed_once);
-        match passed {
-            None => return Err(world.violate("switch_traffic", format!("no fleet {}", to.id))),
-            Some(false) => {
-                let reason = format!("{} never passed a health check", to.id);
-                return Err(world.violate("switch_traffic", reason));
-            }
-            Some(true) => {}
-        }
-        if let Some(at) = world.failing_switches.iter().position(|r| *r == to.release) {
-            world.failing_switches.remove(at);
-            return Err(TargetError::refused(
-                "switch_traffic",
-                "injected switch failure",
-            ));
-        }
-        world.live = Some(to.clone());
+        self.switch(to)?;
+        self.maybe_crash("switch_traffic").await;
         Ok(())
     }
 

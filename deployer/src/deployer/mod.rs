@@ -117,7 +117,7 @@ impl Deployer {
                 fleet: existing.id,
             });
         }
-        let blue = self.target.current_live().await?;
+        let blue = self.live_fleet().await?;
         let mut deployment = self.new_deployment(DeploymentKind::Deploy, green, blue);
         deployment.instances = request.instances;
         self.store.save(&deployment).await?;
@@ -140,7 +140,7 @@ impl Deployer {
                 release: release.to_owned(),
             });
         };
-        let blue = self.target.current_live().await?;
+        let blue = self.live_fleet().await?;
         let mut deployment = self.new_deployment(DeploymentKind::SwitchBack, warm, blue);
         deployment.instances = keeper.instances;
         // The new record takes over the warm fleet before the old one lets go of it, so a
@@ -252,6 +252,23 @@ impl Deployer {
         Ok(())
     }
 
+    /// The fleet serving now. A target that lost its routing (a docker proxy restarted
+    /// without [`Deployer::recover`]) adopts the recorded live fleet first, so that fleet
+    /// is neither forgotten as blue nor taken for a leak.
+    async fn live_fleet(&self) -> Result<Option<FleetRef>, DeployError> {
+        if let Some(live) = self.target.current_live().await? {
+            return Ok(Some(live));
+        }
+        let Some(recorded) = self.store.live(&self.environment).await? else {
+            return Ok(None);
+        };
+        if let Err(error) = self.target.adopt(Some(&recorded)).await {
+            tracing::warn!(environment = %self.environment, fleet = %recorded.id, %error, "the recorded live fleet cannot serve");
+            return Ok(None);
+        }
+        Ok(self.target.current_live().await?)
+    }
+
     /// The fleet the target holds with the same id as `fleet`, if any.
     async fn fleet_of(&self, fleet: &FleetRef) -> Result<Option<FleetRef>, DeployError> {
         let fleets = self.target.list_fleets().await?;
@@ -287,7 +304,7 @@ impl Deployer {
 
     /// Retires every fleet that is neither live nor named by an unfinished deployment.
     async fn retire_leaks(&self) -> Result<Vec<FleetRef>, DeployError> {
-        let live = self.target.current_live().await?;
+        let live = self.live_fleet().await?;
         let unfinished = self.store.unfinished(&self.environment).await?;
         let mut leaked = Vec::new();
         for fleet in self.target.list_fleets().await? {

@@ -120,7 +120,7 @@ async fn crash_between_launch_and_switch_is_resumed_by_a_fresh_deployer() {
     policy.lock_ttl = Duration::from_millis(300);
     let first = stores.deployer("dev", "server-1", fake.clone(), policy.clone());
     first.deploy(&request("v1", "app:v1", 2)).await.unwrap();
-    fake.crash_after_launch();
+    fake.crash_after("launch_fleet");
     let running = tokio::spawn(async move { first.deploy(&request("v2", "app:v2", 2)).await });
     fake.crashed().await;
     running.abort();
@@ -251,5 +251,49 @@ async fn recovery_retires_fleets_no_deployment_accounts_for() {
     let recovered = deployer.recover().await.unwrap();
     assert_eq!(recovered.leaked, [stray]);
     assert_eq!(fake.fleet_ids(), ["fake-v1"]);
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+/// Runs a deploy of v2 over a live v1 until the fake's injected crash after `call`, then
+/// recovers with a fresh deployer of the same (restarted) server.
+async fn crash_after_and_recover(call: &str, v2: HealthScript) -> (Arc<FakeTarget>, Stores) {
+    let fake = FakeTarget::new();
+    let stores = Stores::default();
+    let first = stores.deployer("dev", "server", fake.clone(), fast_policy());
+    first.deploy(&request("v1", "app:v1", 2)).await.unwrap();
+    fake.script_health("v2", v2);
+    fake.crash_after(call);
+    let running = tokio::spawn(async move { first.deploy(&request("v2", "app:v2", 2)).await });
+    fake.crashed().await;
+    running.abort();
+    let _ = running.await;
+    let second = stores.deployer("dev", "server", fake.clone(), fast_policy());
+    let recovered = second.recover().await.unwrap();
+    assert_eq!(recovered.resumed.len(), 1);
+    assert!(recovered.leaked.is_empty());
+    (fake, stores)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_right_after_the_switch_resumes_into_the_watch() {
+    let (fake, stores) = crash_after_and_recover("switch_traffic", HealthScript::Healthy).await;
+    let v2 = stores.deployments.all().pop().unwrap();
+    assert_eq!(v2.state, DeploymentState::RetainingBlue);
+    assert_eq!(live_id(&fake).await.as_deref(), Some("fake-v2"));
+    assert_eq!(fake.template_image().as_deref(), Some("app:v2"));
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_switch_then_failing_the_watch_rolls_back_on_resume() {
+    let (fake, stores) =
+        crash_after_and_recover("switch_traffic", HealthScript::FailsAfter(2)).await;
+    let v2 = stores.deployments.all().pop().unwrap();
+    assert_eq!(v2.state, DeploymentState::RolledBack);
+    assert_eq!(live_id(&fake).await.as_deref(), Some("fake-v1"));
+    assert_eq!(fake.template_image().as_deref(), Some("app:v1"));
+    assert_eq!(fake.fleet_ids(), ["fake-v1"]);
+    let live = stores.deployments.live("dev").await.unwrap().unwrap();
+    assert_eq!(live.id, "fake-v1");
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }
