@@ -101,6 +101,10 @@ pub enum DeployError {
         found: String,
         expected: String,
     },
+    /// A persisted record without its green fleet: the store returned something the
+    /// deployer never wrote.
+    #[error("deployment {id} has no green fleet recorded")]
+    NoGreenFleet { id: String },
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error(transparent)]

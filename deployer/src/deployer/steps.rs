@@ -113,7 +113,9 @@ impl Deployer {
         let green = deployment
             .green
             .clone()
-            .ok_or_else(|| StepError::Failed("no green fleet recorded".to_owned()))?;
+            .ok_or_else(|| DeployError::NoGreenFleet {
+                id: deployment.id.clone(),
+            })?;
         match step {
             DeploymentState::Pending => Ok(match deployment.kind {
                 DeploymentKind::Deploy => DeploymentState::Launching,

@@ -9,6 +9,7 @@ use aws_sdk_ec2::config::Credentials;
 use aws_sdk_ec2::types::RequestLaunchTemplateData;
 use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum, ProtocolEnum};
 
+/// Where scripts/bootstrap installs moto; `SLIPWAY_MOTO_SERVER` names another.
 const MOTO_SERVER: &str = "/var/tmp/slipway/venv/bin/moto_server";
 pub const REGION: &str = "eu-west-1";
 
@@ -24,7 +25,8 @@ impl Moto {
             .local_addr()
             .unwrap()
             .port();
-        let server = tokio::process::Command::new(MOTO_SERVER)
+        let program = std::env::var("SLIPWAY_MOTO_SERVER").unwrap_or(MOTO_SERVER.to_owned());
+        let server = tokio::process::Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
