@@ -14,7 +14,7 @@ const MOTO_SERVER: &str = "/var/tmp/slipway/venv/bin/moto_server";
 pub const REGION: &str = "eu-west-1";
 
 pub struct Moto {
-    _server: tokio::process::Child,
+    server: std::process::Child,
     pub endpoint: String,
 }
 
@@ -26,22 +26,23 @@ impl Moto {
             .unwrap()
             .port();
         let program = std::env::var("SLIPWAY_MOTO_SERVER").unwrap_or(MOTO_SERVER.to_owned());
-        let server = tokio::process::Command::new(program)
+        let server = std::process::Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("moto_server starts (scripts/bootstrap installs it)");
+        // Built first so that a panic below still kills the server.
+        let moto = Moto {
+            server,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
             {
-                return Moto {
-                    _server: server,
-                    endpoint: format!("http://127.0.0.1:{port}"),
-                };
+                return moto;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -56,6 +57,14 @@ impl Moto {
             .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
             .load()
             .await
+    }
+}
+
+impl Drop for Moto {
+    /// Kills and reaps the server, so no process (nor zombie) outlives the test.
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
     }
 }
 
