@@ -40,6 +40,19 @@ impl ApiClient {
         self.send(request).await
     }
 
+    /// The project a command is about: the one named, or the server's only project.
+    pub async fn project(&self, named: Option<&str>) -> anyhow::Result<String> {
+        let projects: Vec<Value> = self.get("/projects").await?;
+        let names: Vec<&str> = projects.iter().filter_map(|p| p["name"].as_str()).collect();
+        match named {
+            Some(name) if names.contains(&name) => Ok(name.to_string()),
+            Some(name) => Err(anyhow!("no project named `{name}` on the server; projects: {}", names.join(", "))),
+            None if names.len() == 1 => Ok(names[0].to_string()),
+            None if names.is_empty() => Err(anyhow!("the server has no project configured")),
+            None => Err(anyhow!("the server has several projects ({}): pass --project", names.join(", "))),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.base)
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use crate::cli::{Command, ServerArgs, TokenCommand};
+use crate::cli::{ClientArgs, Command, ServerArgs, TokenCommand};
 use crate::client::ApiClient;
 use crate::config::{Config, Overrides};
 use crate::server::{shutdown_signal, Application};
@@ -23,7 +23,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Promote { .. } => not_built("promote", "blue/green deployment"),
         Command::Rollback { .. } => not_built("rollback", "blue/green deployment"),
         Command::Status { .. } => not_built("status", "environments and deployments"),
-        Command::Releases { .. } => not_built("releases", "releases"),
+        Command::Releases { client } => releases(client).await,
     }
 }
 
@@ -44,4 +44,37 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
 fn not_built(command: &str, capability: &str) -> anyhow::Result<ExitCode> {
     eprintln!("slipway {command}: {capability} is not available in this version of Slipway yet");
     Ok(ExitCode::from(2))
+}
+
+async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(&args)?;
+    let project = client.project(args.project.as_deref()).await?;
+    let releases: Vec<Value> = client.get(&format!("/projects/{project}/releases")).await?;
+    if releases.is_empty() {
+        println!("project {project} has no releases yet: a passing build on its deploy branch makes one");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} CREATED", "RELEASE", "COMMIT", "BUILD", "STATUS", "PACKAGE", "SHA256");
+    for release in &releases {
+        let text = |key: &str| release[key].as_str().unwrap_or("-").to_string();
+        let package = &release["package"];
+        let (file, sha) = match package["filename"].as_str() {
+            Some(file) => (file.to_string(), package["sha256"].as_str().unwrap_or("").chars().take(12).collect()),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        println!(
+            "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {}",
+            text("version"),
+            text("commit").chars().take(12).collect::<String>(),
+            release["build"],
+            text("status"),
+            file,
+            sha,
+            text("created_at").chars().take(19).collect::<String>().replace('T', " "),
+        );
+        if let Some(reason) = release["reason"].as_str() {
+            println!("         {reason}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

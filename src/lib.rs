@@ -10,6 +10,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod queue;
+pub mod releases;
 pub mod runner;
 pub mod server;
 pub mod store;

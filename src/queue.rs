@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::releases::Repository;
 use crate::runner;
 use crate::store::builds::LogLineRecord;
 use crate::store::Store;
@@ -36,6 +37,7 @@ pub struct BuildQueue {
 struct Inner {
     config: Arc<Config>,
     store: Store,
+    repository: Repository,
     /// For health checks.
     docker: Option<Docker>,
     /// For builds.
@@ -57,6 +59,7 @@ impl BuildQueue {
     pub async fn start(
         config: Arc<Config>,
         store: Store,
+        repository: Repository,
         server_id: Uuid,
     ) -> anyhow::Result<BuildQueue> {
         let interrupted = store.error_interrupted_builds().await?;
@@ -87,6 +90,7 @@ impl BuildQueue {
             inner: Arc::new(Inner {
                 config,
                 store,
+                repository,
                 docker,
                 engine,
                 server_id,
@@ -183,6 +187,7 @@ impl BuildQueue {
                         let context = runner::Context {
                             store: &queue.inner.store,
                             engine,
+                            repository: &queue.inner.repository,
                             server_id: queue.inner.server_id,
                             step_log_limit_bytes: queue.inner.config.step_log_limit_bytes,
                             live: &live,

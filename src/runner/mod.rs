@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::config::Project;
 use crate::queue::LiveEvent;
+use crate::releases::{self, Repository};
 use crate::store::builds::{Build, BuildStatus};
 use crate::store::Store;
 
@@ -26,6 +27,7 @@ pub const SERVER_LABEL: &str = "slipway.server";
 pub struct Context<'a> {
     pub store: &'a Store,
     pub engine: &'a DockerEngine,
+    pub repository: &'a Repository,
     pub server_id: Uuid,
     pub step_log_limit_bytes: u64,
     pub live: &'a broadcast::Sender<LiveEvent>,
@@ -111,6 +113,14 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
     )
     .await;
     recorder.finish().await;
+    let package = plan.package.as_ref();
+    if outcome.status == pipeline::BuildStatus::Passed && build.branch == project.deploy_branch {
+        if let Some(package) = package {
+            if let Err(e) = releases::publish(context.store, context.repository, build, package, workspace.path()).await {
+                return Outcome::failed(format!("{e:#}"));
+            }
+        }
+    }
     Outcome {
         status: match outcome.status {
             pipeline::BuildStatus::Passed => BuildStatus::Passed,

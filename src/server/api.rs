@@ -29,6 +29,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             post(cancel_build),
         )
         .route("/projects/{project}/builds/{number}/rebuild", post(rebuild))
+        .route("/projects/{project}/releases", get(list_releases))
         .route("/tokens", post(create_token))
         .layer(middleware::from_fn_with_state(state, require_token))
 }
@@ -269,6 +270,14 @@ async fn rebuild(
         .next()
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing was queued"))?;
     Ok((StatusCode::CREATED, Json(build)))
+}
+
+async fn list_releases(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+) -> Result<Json<Vec<crate::store::releases::Release>>, ApiError> {
+    known_project(&state, &project)?;
+    Ok(Json(state.store.list_releases(&project).await?))
 }
 
 #[derive(Deserialize)]

@@ -18,9 +18,11 @@ use anyhow::Context;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
+use tower_http::services::{ServeDir, ServeFile};
 
 use crate::config::Config;
 use crate::queue::BuildQueue;
+use crate::releases::Repository;
 use crate::store::embedded::EmbeddedPostgres;
 use crate::store::{tokens, Store};
 
@@ -32,6 +34,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub queue: BuildQueue,
+    pub repository: Repository,
 }
 
 pub struct Application {
@@ -51,14 +54,17 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let repository = Repository::open(&config.data_dir).await?;
         let config = Arc::new(config);
-        let queue = BuildQueue::start(config.clone(), store.clone(), server_id).await?;
+        let queue =
+            BuildQueue::start(config.clone(), store.clone(), repository.clone(), server_id).await?;
         Ok(Application {
             listener,
             state: AppState {
                 config,
                 store,
                 queue,
+                repository,
             },
             embedded,
         })
@@ -101,6 +107,7 @@ impl Application {
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.webhook_max_body_bytes;
+    let apt = state.repository.root();
     Router::new()
         .route("/healthz", get(api::healthz))
         .route(
@@ -108,6 +115,11 @@ pub fn router(state: AppState) -> Router {
             post(hooks::bitbucket).layer(axum::extract::DefaultBodyLimit::max(max_body)),
         )
         .nest("/api/v1", api::routes(state.clone()))
+        // The apt repository: the index (a symlink swapped atomically on publish), the pool
+        // of every release's package, and the public key for `signed-by`.
+        .nest_service("/apt/dists", ServeDir::new(apt.join("dists")))
+        .nest_service("/apt/pool", ServeDir::new(apt.join("pool")))
+        .route_service("/apt/key.gpg", ServeFile::new(apt.join("key.gpg")))
         .with_state(state)
 }
 

@@ -3,6 +3,7 @@
 
 pub mod builds;
 pub mod embedded;
+pub mod releases;
 pub mod tokens;
 
 use std::str::FromStr;

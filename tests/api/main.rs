@@ -6,5 +6,6 @@ mod helpers;
 mod builds;
 mod cli;
 mod health;
+mod releases;
 mod server_process;
 mod webhooks;

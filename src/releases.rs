@@ -1,0 +1,149 @@
+//! Releases: a passing build on the deploy branch becomes release `vN`, packaged as a .deb
+//! from its `package:` section and published to the server's signed apt repository.
+//!
+//! The release row and its number are committed first (numbers are never reused, even when
+//! packaging then fails); the package is built and published; the row records the outcome.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use slipway_bake::{deb, AptRepository, ExtraFile, MaintainerScripts, PackageDefinition, PackageFile, Signer};
+use slipway_pipeline::PackageSpec;
+
+use crate::store::builds::Build;
+use crate::store::releases::{PackageRecord, Release};
+use crate::store::Store;
+
+/// The signing identity of the repository key Slipway makes on first start.
+const SIGNER_UID: &str = "Slipway release signing <slipway@localhost>";
+
+/// The server's apt repository, under `<data_dir>/apt`, signed with the key in `<data_dir>/gpg`.
+#[derive(Clone)]
+pub struct Repository {
+    apt: Arc<AptRepository>,
+}
+
+impl Repository {
+    /// Opens the repository, making the signing key and the directories on first start.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Repository> {
+        let data_dir = data_dir.to_path_buf();
+        let apt = tokio::task::spawn_blocking(move || {
+            let signer = Signer::open_or_create(&data_dir.join("gpg"), SIGNER_UID)?;
+            AptRepository::open(&data_dir.join("apt"), signer)
+        })
+        .await?
+        .context("opening the apt repository")?;
+        Ok(Repository { apt: Arc::new(apt) })
+    }
+
+    /// The repository's directory: `dists/`, `pool/` and `key.gpg` are served under `/apt/`.
+    pub fn root(&self) -> PathBuf {
+        self.apt.root().to_path_buf()
+    }
+}
+
+/// Numbers, packages and publishes a release of `build`, whose checkout is in `workspace`.
+#[tracing::instrument(skip_all, fields(project = %build.project, build = build.number), err)]
+pub async fn publish(
+    store: &Store,
+    repository: &Repository,
+    build: &Build,
+    package: &PackageSpec,
+    workspace: &Path,
+) -> anyhow::Result<Release> {
+    let (id, number) = store.create_release(&build.project, build.id, &build.commit).await?;
+    let definition = definition(package, number, build, commit_time(workspace));
+    let apt = repository.apt.clone();
+    let workspace = workspace.to_path_buf();
+    let published = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let built = deb::build(&definition, &workspace)?;
+        let staging = tempfile::tempdir()?;
+        let path = built.write_to(staging.path())?;
+        apt.publish(&path, &built.info)?;
+        Ok(built.info)
+    })
+    .await?;
+    match published {
+        Ok(info) => {
+            let record = PackageRecord {
+                name: info.name,
+                version: info.version,
+                filename: info.filename,
+                size: info.size as i64,
+                sha256: info.sha256,
+            };
+            store.mark_release_published(id, &record).await?;
+            tracing::info!(release = %format!("v{number}"), package = %record.filename, "published a release");
+        }
+        Err(e) => {
+            let reason = format!("packaging v{number} failed: {e:#}");
+            store.mark_release_failed(id, &reason).await?;
+            anyhow::bail!(reason);
+        }
+    }
+    let releases = store.list_releases(&build.project).await?;
+    releases
+        .into_iter()
+        .find(|r| r.id == id)
+        .context("the release just recorded is missing")
+}
+
+/// The Debian package of release `number`: version `number`, files from the checkout, and
+/// `/usr/share/<name>/VERSION` holding `v<number>` so the application can report it.
+fn definition(spec: &PackageSpec, number: i64, build: &Build, commit_time: u64) -> PackageDefinition {
+    let path = |p: &slipway_pipeline::spec::WorkspacePath| PathBuf::from(p.as_str());
+    let name = spec.name.as_str().to_string();
+    PackageDefinition {
+        version: number.to_string(),
+        architecture: serde_json::to_value(spec.architecture)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "all".to_string()),
+        maintainer: spec.maintainer.clone(),
+        description: spec.description.clone(),
+        long_description: format!(
+            "Release v{number} of {}, built by Slipway from commit {} (build {} on {}).",
+            build.project, build.commit, build.number, build.branch
+        ),
+        depends: spec.depends.clone(),
+        files: spec
+            .files
+            .iter()
+            .map(|f| PackageFile {
+                source: path(&f.src),
+                dest: f.dest.as_str().to_string(),
+                mode: f.mode.0,
+                owner: f.owner.as_str().to_string(),
+                group: f.group.as_str().to_string(),
+            })
+            .collect(),
+        conffiles: spec.conffiles.iter().map(|c| c.as_str().to_string()).collect(),
+        systemd_unit: spec.systemd_unit.as_ref().map(path),
+        maintainer_scripts: MaintainerScripts {
+            preinst: spec.scripts.preinst.as_ref().map(path),
+            postinst: spec.scripts.postinst.as_ref().map(path),
+            prerm: spec.scripts.prerm.as_ref().map(path),
+            postrm: spec.scripts.postrm.as_ref().map(path),
+        },
+        extra_files: vec![ExtraFile {
+            dest: format!("/usr/share/{name}/VERSION"),
+            contents: format!("v{number}\n").into_bytes(),
+            mode: 0o644,
+        }],
+        source_date_epoch: commit_time,
+        name,
+    }
+}
+
+/// The commit's time, so that the same commit and release number give the same bytes.
+fn commit_time(workspace: &Path) -> u64 {
+    std::process::Command::new("git")
+        .current_dir(workspace)
+        .args(["log", "-1", "--format=%ct"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
