@@ -46,10 +46,16 @@ impl ApiClient {
         let names: Vec<&str> = projects.iter().filter_map(|p| p["name"].as_str()).collect();
         match named {
             Some(name) if names.contains(&name) => Ok(name.to_string()),
-            Some(name) => Err(anyhow!("no project named `{name}` on the server; projects: {}", names.join(", "))),
+            Some(name) => Err(anyhow!(
+                "no project named `{name}` on the server; projects: {}",
+                names.join(", ")
+            )),
             None if names.len() == 1 => Ok(names[0].to_string()),
             None if names.is_empty() => Err(anyhow!("the server has no project configured")),
-            None => Err(anyhow!("the server has several projects ({}): pass --project", names.join(", "))),
+            None => Err(anyhow!(
+                "the server has several projects ({}): pass --project",
+                names.join(", ")
+            )),
         }
     }
 

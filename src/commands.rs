@@ -51,15 +51,28 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let project = client.project(args.project.as_deref()).await?;
     let releases: Vec<Value> = client.get(&format!("/projects/{project}/releases")).await?;
     if releases.is_empty() {
-        println!("project {project} has no releases yet: a passing build on its deploy branch makes one");
+        println!(
+            "project {project} has no releases yet: a passing build on its deploy branch makes one"
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} CREATED", "RELEASE", "COMMIT", "BUILD", "STATUS", "PACKAGE", "SHA256");
+    println!(
+        "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} CREATED",
+        "RELEASE", "COMMIT", "BUILD", "STATUS", "PACKAGE", "SHA256"
+    );
     for release in &releases {
         let text = |key: &str| release[key].as_str().unwrap_or("-").to_string();
         let package = &release["package"];
         let (file, sha) = match package["filename"].as_str() {
-            Some(file) => (file.to_string(), package["sha256"].as_str().unwrap_or("").chars().take(12).collect()),
+            Some(file) => (
+                file.to_string(),
+                package["sha256"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(12)
+                    .collect(),
+            ),
             None => ("-".to_string(), "-".to_string()),
         };
         println!(
@@ -70,7 +83,11 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
             text("status"),
             file,
             sha,
-            text("created_at").chars().take(19).collect::<String>().replace('T', " "),
+            text("created_at")
+                .chars()
+                .take(19)
+                .collect::<String>()
+                .replace('T', " "),
         );
         if let Some(reason) = release["reason"].as_str() {
             println!("         {reason}");

@@ -561,7 +561,8 @@ mod example_file {
         let text = include_str!("../slipway.example.toml");
         let raw = super::parse(text, "slipway.example.toml").unwrap();
         let env = |key: &str| key.starts_with("HELLO_").then(|| "value".to_string());
-        let config = super::resolve(raw, "slipway.example.toml", &Default::default(), &env).unwrap();
+        let config =
+            super::resolve(raw, "slipway.example.toml", &Default::default(), &env).unwrap();
         assert_eq!(config.projects[0].environments.len(), 2);
     }
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use slipway_bake::{deb, AptRepository, ExtraFile, MaintainerScripts, PackageDefinition, PackageFile, Signer};
+use slipway_bake::{
+    deb, AptRepository, ExtraFile, MaintainerScripts, PackageDefinition, PackageFile, Signer,
+};
 use slipway_pipeline::PackageSpec;
 
 use crate::store::builds::Build;
@@ -52,7 +54,9 @@ pub async fn publish(
     package: &PackageSpec,
     workspace: &Path,
 ) -> anyhow::Result<Release> {
-    let (id, number) = store.create_release(&build.project, build.id, &build.commit).await?;
+    let (id, number) = store
+        .create_release(&build.project, build.id, &build.commit)
+        .await?;
     let definition = definition(package, number, build, commit_time(workspace));
     let apt = repository.apt.clone();
     let workspace = workspace.to_path_buf();
@@ -91,7 +95,12 @@ pub async fn publish(
 
 /// The Debian package of release `number`: version `number`, files from the checkout, and
 /// `/usr/share/<name>/VERSION` holding `v<number>` so the application can report it.
-fn definition(spec: &PackageSpec, number: i64, build: &Build, commit_time: u64) -> PackageDefinition {
+fn definition(
+    spec: &PackageSpec,
+    number: i64,
+    build: &Build,
+    commit_time: u64,
+) -> PackageDefinition {
     let path = |p: &slipway_pipeline::spec::WorkspacePath| PathBuf::from(p.as_str());
     let name = spec.name.as_str().to_string();
     PackageDefinition {
@@ -118,7 +127,11 @@ fn definition(spec: &PackageSpec, number: i64, build: &Build, commit_time: u64) 
                 group: f.group.as_str().to_string(),
             })
             .collect(),
-        conffiles: spec.conffiles.iter().map(|c| c.as_str().to_string()).collect(),
+        conffiles: spec
+            .conffiles
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect(),
         systemd_unit: spec.systemd_unit.as_ref().map(path),
         maintainer_scripts: MaintainerScripts {
             preinst: spec.scripts.preinst.as_ref().map(path),

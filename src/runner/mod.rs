@@ -116,7 +116,15 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
     let package = plan.package.as_ref();
     if outcome.status == pipeline::BuildStatus::Passed && build.branch == project.deploy_branch {
         if let Some(package) = package {
-            if let Err(e) = releases::publish(context.store, context.repository, build, package, workspace.path()).await {
+            if let Err(e) = releases::publish(
+                context.store,
+                context.repository,
+                build,
+                package,
+                workspace.path(),
+            )
+            .await
+            {
                 return Outcome::failed(format!("{e:#}"));
             }
         }

@@ -62,7 +62,12 @@ fn from_row(row: &tokio_postgres::Row) -> Release {
 
 impl Store {
     /// Records a new release of `build` and allocates its number, in one transaction.
-    pub async fn create_release(&self, project: &str, build: Uuid, commit: &str) -> StoreResult<(Uuid, i64)> {
+    pub async fn create_release(
+        &self,
+        project: &str,
+        build: Uuid,
+        commit: &str,
+    ) -> StoreResult<(Uuid, i64)> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let number = next_number(&tx, project, "release").await?;
@@ -76,7 +81,11 @@ impl Store {
         Ok((id, number))
     }
 
-    pub async fn mark_release_published(&self, id: Uuid, package: &PackageRecord) -> StoreResult<()> {
+    pub async fn mark_release_published(
+        &self,
+        id: Uuid,
+        package: &PackageRecord,
+    ) -> StoreResult<()> {
         self.client()
             .await?
             .execute(
@@ -91,7 +100,10 @@ impl Store {
     pub async fn mark_release_failed(&self, id: Uuid, reason: &str) -> StoreResult<()> {
         self.client()
             .await?
-            .execute("UPDATE releases SET status = 'failed', reason = $2 WHERE id = $1", &[&id, &reason])
+            .execute(
+                "UPDATE releases SET status = 'failed', reason = $2 WHERE id = $1",
+                &[&id, &reason],
+            )
             .await?;
         Ok(())
     }

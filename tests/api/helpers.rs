@@ -24,7 +24,8 @@ fn cluster() -> &'static EmbeddedPostgres {
 pub struct TestApp {
     pub address: String,
     pub token: String,
-    pub data_dir: tempfile::TempDir,
+    /// Kept so the directory lives as long as the app.
+    _data_dir: tempfile::TempDir,
     pub http: reqwest::Client,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -64,7 +65,7 @@ impl TestApp {
         TestApp {
             address,
             token,
-            data_dir,
+            _data_dir: data_dir,
             http: reqwest::Client::new(),
             stop,
             task: Some(task),

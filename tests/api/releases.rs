@@ -12,13 +12,24 @@ use crate::helpers::TestApp;
 /// Runs `script` in a bookworm container on the host network with the repo's key at /keys.
 fn in_container(keys: &std::path::Path, script: &str) -> (bool, String) {
     let output = Command::new("docker")
-        .args(["run", "--rm", "--network", "host", "--label", "slipway.test=releases"])
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--label",
+            "slipway.test=releases",
+        ])
         .arg("-v")
         .arg(format!("{}:/keys:ro", keys.display()))
         .args(["slipway/debian:bookworm", "sh", "-ec", script])
         .output()
         .expect("docker runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     (output.status.success(), text)
 }
 
@@ -36,7 +47,12 @@ async fn passing_deploy_branch_builds_become_releases_that_apt_get_installs() {
     let repo = hello_repository();
     let app = TestApp::spawn(&hello_config(repo.path())).await;
     let first = git(repo.path(), &["rev-parse", "HEAD"]);
-    let build = wait_for_build(&app, push(&app, "main", &first).await, Duration::from_secs(300)).await;
+    let build = wait_for_build(
+        &app,
+        push(&app, "main", &first).await,
+        Duration::from_secs(300),
+    )
+    .await;
     assert_eq!(build["status"], "passed", "{build}");
 
     let releases = app.get_json("/api/v1/projects/hello/releases").await;
@@ -54,11 +70,22 @@ async fn passing_deploy_branch_builds_become_releases_that_apt_get_installs() {
         .unwrap();
     assert!(listed.status.success());
     let table = String::from_utf8_lossy(&listed.stdout);
-    assert!(table.contains("v1") && table.contains("hello_1_all.deb") && table.contains(&first[..12]), "{table}");
+    assert!(
+        table.contains("v1") && table.contains("hello_1_all.deb") && table.contains(&first[..12]),
+        "{table}"
+    );
 
     // Real apt-get, with the repository added signed-by the key the server serves.
     let keys = tempfile::tempdir().unwrap();
-    let key = app.http.get(format!("{}/apt/key.gpg", app.address)).send().await.unwrap().bytes().await.unwrap();
+    let key = app
+        .http
+        .get(format!("{}/apt/key.gpg", app.address))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     std::fs::write(keys.path().join("key.gpg"), &key).unwrap();
     let port: u16 = app.address.rsplit(':').next().unwrap().parse().unwrap();
     let (ok, out) = in_container(
@@ -66,13 +93,22 @@ async fn passing_deploy_branch_builds_become_releases_that_apt_get_installs() {
         &format!("{}apt-get install -y -q hello=1 2>&1\ncat /usr/share/hello/VERSION\ntest -x /usr/lib/hello/hello.py\ntest -f /etc/hello/hello.conf", apt_setup(port)),
     );
     assert!(ok, "{out}");
-    assert!(!out.lines().any(|l| l.starts_with("W:") || l.starts_with("E:")), "apt-get update warned:\n{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("W:") || l.starts_with("E:")),
+        "apt-get update warned:\n{out}"
+    );
     assert!(out.lines().any(|l| l == "v1"), "{out}");
 
     // A second release: both versions stay installable.
     std::fs::write(repo.path().join("CHANGES"), "second release\n").unwrap();
     let second = commit_all(repo.path(), "second");
-    let build = wait_for_build(&app, push(&app, "main", &second).await, Duration::from_secs(300)).await;
+    let build = wait_for_build(
+        &app,
+        push(&app, "main", &second).await,
+        Duration::from_secs(300),
+    )
+    .await;
     assert_eq!(build["status"], "passed", "{build}");
     let releases = app.get_json("/api/v1/projects/hello/releases").await;
     assert_eq!(releases.as_array().unwrap().len(), 2);
@@ -87,17 +123,28 @@ async fn passing_deploy_branch_builds_become_releases_that_apt_get_installs() {
     assert!(ok, "{out}");
     let versions: Vec<&str> = out.lines().filter(|l| l.starts_with("v")).collect();
     assert_eq!(versions, vec!["v2", "v1"], "{out}");
-    assert!(out.contains("hello |          2 |") && out.contains("hello |          1 |"), "{out}");
+    assert!(
+        out.contains("hello |          2 |") && out.contains("hello |          1 |"),
+        "{out}"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn builds_off_the_deploy_branch_make_no_release() {
     let repo = hello_repository();
-    let config = hello_config(repo.path()).replace("branches = \"^main$\"", "branches = \"^(main|feature/.*)$\"");
+    let config = hello_config(repo.path()).replace(
+        "branches = \"^main$\"",
+        "branches = \"^(main|feature/.*)$\"",
+    );
     let app = TestApp::spawn(&config).await;
     let commit = git(repo.path(), &["rev-parse", "HEAD"]);
-    let build = wait_for_build(&app, push(&app, "feature/x", &commit).await, Duration::from_secs(300)).await;
+    let build = wait_for_build(
+        &app,
+        push(&app, "feature/x", &commit).await,
+        Duration::from_secs(300),
+    )
+    .await;
     assert_eq!(build["status"], "passed", "{build}");
     let releases: Value = app.get_json("/api/v1/projects/hello/releases").await;
     assert_eq!(releases, serde_json::json!([]));
