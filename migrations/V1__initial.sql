@@ -38,7 +38,6 @@ CREATE TABLE builds (
     status           text NOT NULL CHECK (status IN ('queued', 'running', 'passed', 'failed', 'errored', 'cancelled')),
     reason           text,
     delivery_id      text,
-    cancel_requested boolean NOT NULL DEFAULT false,
     queued_at        timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
     finished_at      timestamptz,

@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::{ApiError, AppState};
 use crate::queue::LiveEvent;
@@ -190,16 +191,32 @@ fn follow_logs(state: AppState, build: Build) -> impl Stream<Item = Result<Event
             }
         }
         if let Some(live) = live.as_mut() {
-            while let Ok(event) = live.recv().await {
-                match event {
-                    LiveEvent::Line(line) if line.seq > last_seq => {
-                        last_seq = line.seq;
-                        if tx.send(line_event(&line)).await.is_err() {
-                            return;
-                        }
+            loop {
+                let lines = match live.recv().await {
+                    Ok(LiveEvent::Line(line)) => vec![line],
+                    Ok(LiveEvent::Finished) | Err(RecvError::Closed) => break,
+                    // A slow reader fell behind the live channel: catch up from the store.
+                    Err(RecvError::Lagged(_)) => match state.store.log_lines(build.id, last_seq).await {
+                        Ok(lines) => lines,
+                        Err(_) => break,
+                    },
+                };
+                for line in lines {
+                    if line.seq <= last_seq {
+                        continue;
                     }
-                    LiveEvent::Line(_) => {}
-                    LiveEvent::Finished => break,
+                    last_seq = line.seq;
+                    if tx.send(line_event(&line)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // Lines stored after the live channel closed, if any.
+        if let Ok(lines) = state.store.log_lines(build.id, last_seq).await {
+            for line in lines {
+                if tx.send(line_event(&line)).await.is_err() {
+                    return;
                 }
             }
         }

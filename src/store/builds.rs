@@ -197,20 +197,14 @@ impl Store {
             .await?)
     }
 
-    /// Cancels a queued build at once; asks a running one to stop. Returns the build as it is
-    /// now, or `None` when there is no such build.
+    /// Cancels a queued build at once (a running one is stopped by the queue). Returns the
+    /// build as it is now, or `None` when there is no such build.
     pub async fn request_cancel(&self, project: &str, number: i64) -> StoreResult<Option<Build>> {
         let client = self.client().await?;
         client
             .execute(
                 "UPDATE builds SET status = 'cancelled', finished_at = now(), reason = 'cancelled before it started'
                  WHERE project = $1 AND number = $2 AND status = 'queued'",
-                &[&project, &number],
-            )
-            .await?;
-        client
-            .execute(
-                "UPDATE builds SET cancel_requested = true WHERE project = $1 AND number = $2 AND status = 'running'",
                 &[&project, &number],
             )
             .await?;
@@ -344,14 +338,5 @@ impl Store {
                 line: r.get(4),
             })
             .collect())
-    }
-
-    pub async fn cancel_requested(&self, id: Uuid) -> StoreResult<bool> {
-        let row = self
-            .client()
-            .await?
-            .query_one("SELECT cancel_requested FROM builds WHERE id = $1", &[&id])
-            .await?;
-        Ok(row.get(0))
     }
 }
