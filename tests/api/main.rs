@@ -7,5 +7,6 @@ mod builds;
 mod cli;
 mod health;
 mod releases;
+mod pipeline_cli;
 mod server_process;
 mod webhooks;
