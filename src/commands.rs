@@ -57,8 +57,8 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} CREATED",
-        "RELEASE", "COMMIT", "BUILD", "STATUS", "PACKAGE", "SHA256"
+        "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<32} CREATED",
+        "RELEASE", "COMMIT", "BUILD", "STATUS", "PACKAGE", "SHA256", "IMAGE"
     );
     for release in &releases {
         let text = |key: &str| release[key].as_str().unwrap_or("-").to_string();
@@ -75,14 +75,21 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
             ),
             None => ("-".to_string(), "-".to_string()),
         };
+        // The image once baked; while baking or after a failed bake, the bake's status.
+        let image = match (release["image"].as_str(), release["bake_status"].as_str()) {
+            (Some(image), _) => image.to_string(),
+            (None, Some(status)) => format!("({status})"),
+            (None, None) => "-".to_string(),
+        };
         println!(
-            "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {}",
+            "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<32} {}",
             text("version"),
             text("commit").chars().take(12).collect::<String>(),
             release["build"],
             text("status"),
             file,
             sha,
+            image,
             text("created_at")
                 .chars()
                 .take(19)
@@ -91,6 +98,9 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
         );
         if let Some(reason) = release["reason"].as_str() {
             println!("         {reason}");
+        }
+        if let Some(reason) = release["bake_reason"].as_str() {
+            println!("         bake: {reason}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::bake::Baker;
 use crate::config::Config;
 use crate::releases::Repository;
 use crate::runner;
@@ -38,6 +39,7 @@ struct Inner {
     config: Arc<Config>,
     store: Store,
     repository: Repository,
+    baker: Baker,
     /// For health checks.
     docker: Option<Docker>,
     /// For builds.
@@ -60,6 +62,7 @@ impl BuildQueue {
         config: Arc<Config>,
         store: Store,
         repository: Repository,
+        baker: Baker,
         server_id: Uuid,
     ) -> anyhow::Result<BuildQueue> {
         let interrupted = store.error_interrupted_builds().await?;
@@ -91,6 +94,7 @@ impl BuildQueue {
                 config,
                 store,
                 repository,
+                baker,
                 docker,
                 engine,
                 server_id,
@@ -188,6 +192,7 @@ impl BuildQueue {
                             store: &queue.inner.store,
                             engine,
                             repository: &queue.inner.repository,
+                            baker: &queue.inner.baker,
                             server_id: queue.inner.server_id,
                             step_log_limit_bytes: queue.inner.config.step_log_limit_bytes,
                             live: &live,

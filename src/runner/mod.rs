@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::bake::Baker;
 use crate::config::Project;
 use crate::queue::LiveEvent;
 use crate::releases::{self, Repository};
@@ -28,6 +29,7 @@ pub struct Context<'a> {
     pub store: &'a Store,
     pub engine: &'a DockerEngine,
     pub repository: &'a Repository,
+    pub baker: &'a Baker,
     pub server_id: Uuid,
     pub step_log_limit_bytes: u64,
     pub live: &'a broadcast::Sender<LiveEvent>,
@@ -116,7 +118,7 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
     let package = plan.package.as_ref();
     if outcome.status == pipeline::BuildStatus::Passed && build.branch == project.deploy_branch {
         if let Some(package) = package {
-            if let Err(e) = releases::publish(
+            match releases::publish(
                 context.store,
                 context.repository,
                 build,
@@ -125,7 +127,21 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
             )
             .await
             {
-                return Outcome::failed(format!("{e:#}"));
+                // The bake needs the checkout (the package's systemd unit); a failed bake is
+                // recorded on the release and leaves the build passed.
+                Ok(release) => {
+                    context
+                        .baker
+                        .bake(
+                            context.store,
+                            &release,
+                            package,
+                            workspace.path(),
+                            context.cancel,
+                        )
+                        .await
+                }
+                Err(e) => return Outcome::failed(format!("{e:#}")),
             }
         }
     }

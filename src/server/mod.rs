@@ -9,6 +9,7 @@
 mod api;
 mod error;
 mod hooks;
+mod releases_api;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +21,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::services::{ServeDir, ServeFile};
 
+use crate::bake::Baker;
 use crate::config::Config;
 use crate::queue::BuildQueue;
 use crate::releases::Repository;
@@ -55,9 +57,17 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let repository = Repository::open(&config.data_dir).await?;
+        let baker = Baker::new(&config.data_dir, listener.local_addr()?, server_id);
+        crate::bake::reap_interrupted_bakes(&store).await?;
         let config = Arc::new(config);
-        let queue =
-            BuildQueue::start(config.clone(), store.clone(), repository.clone(), server_id).await?;
+        let queue = BuildQueue::start(
+            config.clone(),
+            store.clone(),
+            repository.clone(),
+            baker,
+            server_id,
+        )
+        .await?;
         Ok(Application {
             listener,
             state: AppState {

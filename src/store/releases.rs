@@ -1,4 +1,4 @@
-//! Releases and the packages they were published as.
+//! Releases, the packages they were published as, and the images they were baked into.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -22,6 +22,18 @@ pub struct Release {
     pub package: Option<PackageRecord>,
     pub created_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,
+    /// `baking`, `baked` or `failed`; `None` until a bake starts.
+    pub bake_status: Option<String>,
+    /// The bake's id once one started: what it left carries the Docker label
+    /// `slipway.bake=<id>` (containers) or `slipway.baked-by=<id>` (images).
+    pub bake_id: Option<String>,
+    pub bake_reason: Option<String>,
+    pub bake_key: Option<String>,
+    /// The baked image, e.g. `slipway/hello-1a2b3c4d:v3` (docker) or an AMI id.
+    pub image: Option<String>,
+    /// The Docker image id (`sha256:...`).
+    pub image_id: Option<String>,
+    pub baked_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -33,8 +45,24 @@ pub struct PackageRecord {
     pub sha256: String,
 }
 
+/// An image a bake produced: its name and the Docker image id (or AMI id) behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BakedImage {
+    pub image: String,
+    pub image_id: String,
+}
+
+/// One line of a release's bake log.
+#[derive(Debug, Clone, Serialize)]
+pub struct BakeLogLine {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub line: String,
+}
+
 const COLUMNS: &str = "r.id, r.number, r.project, b.number, r.commit, r.status, r.reason, r.package_name, r.package_version,
-    r.package_filename, r.package_size, r.package_sha256, r.created_at, r.published_at";
+    r.package_filename, r.package_size, r.package_sha256, r.created_at, r.published_at,
+    r.bake_status, r.bake_reason, r.bake_key, r.image, r.image_id, r.baked_at";
 
 fn from_row(row: &tokio_postgres::Row) -> Release {
     let number: i64 = row.get(1);
@@ -57,7 +85,21 @@ fn from_row(row: &tokio_postgres::Row) -> Release {
         package,
         created_at: row.get(12),
         published_at: row.get(13),
+        bake_id: row
+            .get::<_, Option<String>>(14)
+            .map(|_| bake_id(row.get(0))),
+        bake_status: row.get(14),
+        bake_reason: row.get(15),
+        bake_key: row.get(16),
+        image: row.get(17),
+        image_id: row.get(18),
+        baked_at: row.get(19),
     }
+}
+
+/// The id a release's bakes run under: the release id, as 32 hex digits.
+pub fn bake_id(release: Uuid) -> String {
+    release.simple().to_string()
 }
 
 impl Store {
@@ -119,5 +161,158 @@ impl Store {
             )
             .await?;
         Ok(rows.iter().map(from_row).collect())
+    }
+
+    /// Release `number` of `project`.
+    pub async fn release(&self, project: &str, number: i64) -> StoreResult<Option<Release>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id WHERE r.project = $1 AND r.number = $2"),
+                &[&project, &number],
+            )
+            .await?;
+        Ok(row.as_ref().map(from_row))
+    }
+
+    /// The image of the newest baked release of `project` numbered below `number`.
+    pub async fn previous_baked_image(
+        &self,
+        project: &str,
+        number: i64,
+    ) -> StoreResult<Option<BakedImage>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT image, image_id FROM releases WHERE project = $1 AND number < $2
+                 AND bake_status = 'baked' AND image IS NOT NULL AND image_id IS NOT NULL
+                 ORDER BY number DESC LIMIT 1",
+                &[&project, &number],
+            )
+            .await?;
+        Ok(row.map(|row| BakedImage {
+            image: row.get(0),
+            image_id: row.get(1),
+        }))
+    }
+
+    /// The image of a baked release of `project` whose bake key is `key`, if any.
+    pub async fn baked_image_with_key(
+        &self,
+        project: &str,
+        key: &str,
+    ) -> StoreResult<Option<BakedImage>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT image, image_id FROM releases WHERE project = $1 AND bake_key = $2
+                 AND bake_status = 'baked' AND image IS NOT NULL AND image_id IS NOT NULL
+                 ORDER BY number DESC LIMIT 1",
+                &[&project, &key],
+            )
+            .await?;
+        Ok(row.map(|row| BakedImage {
+            image: row.get(0),
+            image_id: row.get(1),
+        }))
+    }
+
+    /// Marks the release as baking with `key`, forgetting any earlier bake's outcome and log.
+    pub async fn mark_bake_started(&self, id: Uuid, key: &str) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("DELETE FROM bake_log_lines WHERE release_id = $1", &[&id])
+            .await?;
+        tx.execute(
+            "UPDATE releases SET bake_status = 'baking', bake_key = $2, bake_reason = NULL,
+             image = NULL, image_id = NULL, baked_at = NULL WHERE id = $1",
+            &[&id, &key],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn mark_baked(&self, id: Uuid, image: &BakedImage) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE releases SET bake_status = 'baked', bake_reason = NULL, image = $2, image_id = $3,
+                 baked_at = now() WHERE id = $1",
+                &[&id, &image.image, &image.image_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn mark_bake_failed(&self, id: Uuid, reason: &str) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE releases SET bake_status = 'failed', bake_reason = $2, image = NULL, image_id = NULL
+                 WHERE id = $1",
+                &[&id, &reason],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Releases still marked `baking`: after a restart, bakes the previous server left.
+    pub async fn releases_baking(&self) -> StoreResult<Vec<Release>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!("SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id WHERE r.bake_status = 'baking'"),
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(from_row).collect())
+    }
+
+    /// Appends bake log lines; `seq` numbers are assigned by the caller, in order.
+    pub async fn append_bake_log_lines(
+        &self,
+        release: Uuid,
+        lines: &[BakeLogLine],
+    ) -> StoreResult<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i64> = lines.iter().map(|l| l.seq).collect();
+        let ats: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
+        let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO bake_log_lines (release_id, seq, at, line)
+                 SELECT $1, * FROM unnest($2::bigint[], $3::timestamptz[], $4::text[])",
+                &[&release, &seqs, &ats, &texts],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A release's bake log, in order.
+    pub async fn bake_log_lines(&self, release: Uuid) -> StoreResult<Vec<BakeLogLine>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT seq, at, line FROM bake_log_lines WHERE release_id = $1 ORDER BY seq",
+                &[&release],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| BakeLogLine {
+                seq: row.get(0),
+                at: row.get(1),
+                line: row.get(2),
+            })
+            .collect())
     }
 }

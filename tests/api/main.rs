@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bake;
 mod builds;
 mod cli;
 mod health;

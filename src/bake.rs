@@ -1,0 +1,403 @@
+//! The server's bake service: right after a release is published, [`Baker::bake`] bakes it with
+//! Packer and Ansible (`slipway_bake::packer`, the template's `docker` source) into a local
+//! Docker image, records the image on the release, and streams Packer's output into the
+//! release's bake log (`bake_log_lines`, written in batches).
+//!
+//! - Image: `slipway/<package>-<first 8 hex of the server id>:v<N>`. One dockerd may serve
+//!   several Slipway servers (the demo, test runs), and Packer force-tags, so names are per server.
+//! - Base: the previous baked release's image (an incremental bake) while it still exists
+//!   locally, otherwise `slipway/debian:bookworm`.
+//! - The image's `CMD` is the `ExecStart=` of the package's systemd unit, split on whitespace;
+//!   the app listens on `PORT` (the deployer sets it), and the image exposes 8000.
+//! - The bake key covers everything that shapes the image; a release whose key equals a baked
+//!   release's reuses that image instead of baking again.
+//! - A failed bake marks the release `bake_status = failed` with Ansible's error line as the
+//!   reason; the build stays `passed` (its pipeline passed and the package is published), and
+//!   the bake crate removes whatever the failed bake left.
+//! - Template and playbook come from `$SLIPWAY_SHARE_DIR/packer/slipway.json` and
+//!   `$SLIPWAY_SHARE_DIR/ansible/`; without the variable, from the source tree the binary was
+//!   built from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use slipway_bake::{BakeObserver, BakeRequest, BakeSource, DockerSource};
+use slipway_pipeline::PackageSpec;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::store::releases::{bake_id, BakeLogLine, BakedImage, Release};
+use crate::store::Store;
+
+/// Overrides where the template (`packer/slipway.json`) and playbook (`ansible/`) are found.
+pub const SHARE_DIR_ENV: &str = "SLIPWAY_SHARE_DIR";
+/// The base of a full (not incremental) bake.
+pub const BASE_IMAGE: &str = "slipway/debian:bookworm";
+/// The port the image declares; the app itself listens on `$PORT`.
+pub const APP_PORT: u16 = 8000;
+/// The bake reason of releases that were baking when the server stopped.
+pub const INTERRUPTED_REASON: &str = "the server stopped while this release was baking";
+
+const BAKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Longest Ansible error line kept as a bake reason; the whole line stays in the bake log.
+const REASON_LIMIT: usize = 2000;
+
+/// Bakes releases for one server; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Baker {
+    template: PathBuf,
+    playbook_dir: PathBuf,
+    apt_url: String,
+    apt_key_path: PathBuf,
+    /// The first 8 hex digits of the server id, in image names.
+    server_tag: String,
+}
+
+impl Baker {
+    /// A baker for the server listening on `server_addr` (whose `/apt/` the build container
+    /// reaches over the host network) with its data in `data_dir`.
+    pub fn new(data_dir: &Path, server_addr: SocketAddr, server_id: Uuid) -> Baker {
+        let share_dir = std::env::var_os(SHARE_DIR_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let mut reachable = server_addr;
+        if reachable.ip().is_unspecified() {
+            reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Baker {
+            template: share_dir.join("packer/slipway.json"),
+            playbook_dir: share_dir.join("ansible"),
+            apt_url: format!("http://{reachable}/apt/"),
+            apt_key_path: data_dir.join("apt/key.gpg"),
+            server_tag: server_id.simple().to_string()[..8].to_string(),
+        }
+    }
+
+    /// Bakes the published `release` of `package` (whose checkout is in `workspace`) and records
+    /// the outcome on the release. Never fails the build: errors end up in the release.
+    #[tracing::instrument(skip_all, fields(project = %release.project, release = %release.version))]
+    pub async fn bake(
+        &self,
+        store: &Store,
+        release: &Release,
+        package: &PackageSpec,
+        workspace: &Path,
+        cancel: &CancellationToken,
+    ) {
+        if let Err(e) = self
+            .bake_recorded(store, release, package, workspace, cancel)
+            .await
+        {
+            tracing::error!(error = format!("{e:#}"), "cannot record a bake");
+        }
+    }
+
+    async fn bake_recorded(
+        &self,
+        store: &Store,
+        release: &Release,
+        package: &PackageSpec,
+        workspace: &Path,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let command = match start_command(package, workspace) {
+            Ok(command) => command,
+            Err(reason) => {
+                tracing::warn!(%reason, "not baking");
+                store.mark_bake_failed(release.id, &reason).await?;
+                return Ok(());
+            }
+        };
+        let record = release
+            .package
+            .as_ref()
+            .context("a published release has a package")?;
+        let (base_image, base_image_id, base_note) = self.base_image(store, release).await?;
+        let request = BakeRequest {
+            packer: PathBuf::from("packer"),
+            template: self.template.clone(),
+            playbook_dir: self.playbook_dir.clone(),
+            source: BakeSource::Docker(DockerSource {
+                base_image,
+                image_repository: self.image_repository(&record.name),
+                tag: release.version.clone(),
+                command,
+                exposed_ports: vec![APP_PORT],
+            }),
+            app: release.project.clone(),
+            package: record.name.clone(),
+            version: record.version.clone(),
+            release: u64::try_from(release.number).context("release numbers are positive")?,
+            commit: release.commit.clone(),
+            apt_url: self.apt_url.clone(),
+            apt_key_path: self.apt_key_path.clone(),
+            security_updates: false,
+            bake_id: bake_id(release.id),
+            timeout: BAKE_TIMEOUT,
+            env: Default::default(),
+        };
+        let key = match request.bake_key(&base_image_id, &record.sha256) {
+            Ok(key) => key,
+            Err(e) => {
+                store
+                    .mark_bake_failed(release.id, &format!("cannot start the bake: {e}"))
+                    .await?;
+                return Ok(());
+            }
+        };
+        store.mark_bake_started(release.id, &key).await?;
+        let mut log = BakeLog::start(store.clone(), release.id);
+        log.line(&base_note);
+        if let Some(image) = self.reusable_image(store, release, &key).await? {
+            log.line(&format!(
+                "==> slipway: reusing {} ({}): an earlier bake had the same bake key",
+                image.image, image.image_id
+            ));
+            log.finish().await;
+            store.mark_baked(release.id, &image).await?;
+            return Ok(());
+        }
+        let result = slipway_bake::bake(&request, &mut log, cancel).await;
+        let ansible_error = log.ansible_error.take();
+        log.finish().await;
+        match result {
+            Ok(artifact) => {
+                tracing::info!(image = %artifact.name, "baked a release");
+                let image = BakedImage {
+                    image: artifact.name,
+                    image_id: artifact.id,
+                };
+                store.mark_baked(release.id, &image).await?;
+            }
+            Err(error) => {
+                let reason = match ansible_error {
+                    Some(line) => format!("{line} ({error})"),
+                    None => error.to_string(),
+                };
+                tracing::warn!(%reason, "bake failed");
+                store.mark_bake_failed(release.id, &reason).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `slipway/<package>-<server tag>`, in Docker's repository alphabet.
+    fn image_repository(&self, package: &str) -> String {
+        let name: String = package
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | '0'..='9' | '.' | '_' | '-' => c,
+                _ => '-',
+            })
+            .collect();
+        format!("slipway/{name}-{}", self.server_tag)
+    }
+
+    /// The base image (by name and id) and a log line saying which it is and why.
+    async fn base_image(
+        &self,
+        store: &Store,
+        release: &Release,
+    ) -> anyhow::Result<(String, String, String)> {
+        if let Some(previous) = store
+            .previous_baked_image(&release.project, release.number)
+            .await?
+        {
+            if local_image_id(&previous.image).await?.as_deref() == Some(&previous.image_id) {
+                let note = format!(
+                    "==> slipway: incremental bake from {} ({})",
+                    previous.image, previous.image_id
+                );
+                return Ok((previous.image, previous.image_id, note));
+            }
+            if local_image_id(&previous.image_id).await?.is_some() {
+                let note = format!("==> slipway: incremental bake from {}", previous.image_id);
+                return Ok((previous.image_id.clone(), previous.image_id, note));
+            }
+        }
+        let id = local_image_id(BASE_IMAGE).await?.with_context(|| {
+            format!("the base image {BASE_IMAGE} is missing (scripts/bootstrap builds it)")
+        })?;
+        let note = format!("==> slipway: full bake from {BASE_IMAGE} ({id})");
+        Ok((BASE_IMAGE.to_string(), id, note))
+    }
+
+    /// A baked image with this bake key that still exists locally.
+    async fn reusable_image(
+        &self,
+        store: &Store,
+        release: &Release,
+        key: &str,
+    ) -> anyhow::Result<Option<BakedImage>> {
+        let Some(image) = store.baked_image_with_key(&release.project, key).await? else {
+            return Ok(None);
+        };
+        let exists = local_image_id(&image.image).await?.as_deref() == Some(&image.image_id);
+        Ok(exists.then_some(image))
+    }
+}
+
+/// On server start: removes what bakes interrupted by a stop or crash left (by bake id, the
+/// release id), and marks those releases' bakes failed.
+pub async fn reap_interrupted_bakes(store: &Store) -> anyhow::Result<()> {
+    for release in store.releases_baking().await? {
+        let id = bake_id(release.id);
+        if let Err(e) = slipway_bake::reap_bake(&id).await {
+            tracing::error!(error = %e, bake = %id, "cannot remove what an interrupted bake left; remove it by label");
+        }
+        store
+            .mark_bake_failed(release.id, INTERRUPTED_REASON)
+            .await?;
+        tracing::warn!(project = %release.project, release = %release.version, "marked a bake interrupted by a server stop as failed");
+    }
+    Ok(())
+}
+
+/// The image's `CMD`: the `ExecStart=` of the package's systemd unit, split on whitespace.
+fn start_command(package: &PackageSpec, workspace: &Path) -> Result<Vec<String>, String> {
+    let Some(unit) = &package.systemd_unit else {
+        return Err(format!(
+            "package `{}` declares no systemd unit (package.systemd_unit in .slipway.yml), so Slipway cannot tell how to start it in an image",
+            package.name.as_str()
+        ));
+    };
+    let text = std::fs::read_to_string(workspace.join(unit.as_str()))
+        .map_err(|e| format!("cannot read the systemd unit {}: {e}", unit.as_str()))?;
+    exec_start(&text).ok_or_else(|| {
+        format!(
+            "the systemd unit {} has no ExecStart=, so Slipway cannot tell how to start it in an image",
+            unit.as_str()
+        )
+    })
+}
+
+/// The last non-empty `ExecStart=` of a unit, without systemd's prefixes (`-`, `@`, `+`, ...).
+fn exec_start(unit: &str) -> Option<Vec<String>> {
+    unit.lines()
+        .filter_map(|line| line.trim().strip_prefix("ExecStart="))
+        .map(|value| {
+            value
+                .trim_start_matches(['-', '@', ':', '+', '!'])
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .rfind(|words| !words.is_empty())
+}
+
+/// The id of the local image `reference` names, or `None` when there is none.
+async fn local_image_id(reference: &str) -> anyhow::Result<Option<String>> {
+    let output = tokio::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", reference])
+        .output()
+        .await
+        .context("running docker image inspect")?;
+    Ok(output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string()))
+}
+
+/// Feeds Packer's lines to a task that appends them to the release's bake log in batches, and
+/// keeps Ansible's first error line for the bake reason.
+struct BakeLog {
+    lines: mpsc::UnboundedSender<BakeLogLine>,
+    seq: i64,
+    ansible_error: Option<String>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl BakeLog {
+    fn start(store: Store, release: Uuid) -> BakeLog {
+        let (lines, mut received) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while received.recv_many(&mut batch, 500).await > 0 {
+                if let Err(e) = store.append_bake_log_lines(release, &batch).await {
+                    tracing::error!(error = %e, %release, "cannot store bake log lines");
+                }
+                batch.clear();
+                // Let lines gather: one insert per interval rather than one per line.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        BakeLog {
+            lines,
+            seq: 0,
+            ansible_error: None,
+            writer,
+        }
+    }
+
+    /// Waits until every line is stored.
+    async fn finish(self) {
+        drop(self.lines);
+        if let Err(e) = self.writer.await {
+            tracing::error!(error = %e, "the bake log writer failed");
+        }
+    }
+}
+
+impl BakeObserver for BakeLog {
+    fn line(&mut self, line: &str) {
+        if self.ansible_error.is_none() && is_ansible_error(line) {
+            self.ansible_error = Some(line.trim().chars().take(REASON_LIMIT).collect());
+        }
+        self.seq += 1;
+        let _ = self.lines.send(BakeLogLine {
+            seq: self.seq,
+            at: Utc::now(),
+            line: line.to_string(),
+        });
+    }
+}
+
+/// Ansible's task failures (`fatal: [host]: FAILED! => ...`) and its own errors (`ERROR! ...`).
+fn is_ansible_error(line: &str) -> bool {
+    line.contains("fatal: [") || line.contains("FAILED! =>") || line.contains("ERROR!")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_start_is_split_on_whitespace_without_prefixes() {
+        let unit = "[Service]\nExecStart=\nExecStart=-/usr/bin/python3  /usr/lib/hello/hello.py\n";
+        assert_eq!(
+            exec_start(unit),
+            Some(vec![
+                "/usr/bin/python3".to_string(),
+                "/usr/lib/hello/hello.py".to_string()
+            ])
+        );
+        assert_eq!(exec_start("[Service]\nType=simple\n"), None);
+    }
+
+    #[test]
+    fn image_names_are_per_server_and_in_dockers_alphabet() {
+        let baker = Baker::new(
+            Path::new("/data"),
+            "0.0.0.0:8080".parse().unwrap(),
+            Uuid::parse_str("1a2b3c4d-0000-0000-0000-000000000000").unwrap(),
+        );
+        assert_eq!(baker.image_repository("hello"), "slipway/hello-1a2b3c4d");
+        assert_eq!(baker.image_repository("libc++"), "slipway/libc---1a2b3c4d");
+        assert_eq!(baker.apt_url, "http://127.0.0.1:8080/apt/");
+        assert_eq!(baker.apt_key_path, Path::new("/data/apt/key.gpg"));
+    }
+
+    #[test]
+    fn ansible_failures_are_recognised() {
+        assert!(is_ansible_error(
+            "    docker: fatal: [default]: FAILED! => {\"msg\": \"no package\"}"
+        ));
+        assert!(!is_ansible_error(
+            "    docker: TASK [Install exactly hello=1]"
+        ));
+    }
+}

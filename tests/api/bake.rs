@@ -1,0 +1,276 @@
+//! The whole chain on its own: a passing push on the deploy branch is packaged, published and
+//! baked (real Packer, Ansible and dockerd) into an image that runs the release; a bake that
+//! Ansible fails leaves the build passed, the release published, its log, and nothing in Docker.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_for_build};
+use crate::helpers::TestApp;
+
+const BUILD_AND_BAKE: Duration = Duration::from_secs(900);
+
+/// Removes, on drop (panics included), the images the test's releases were baked into and the
+/// containers it ran from them.
+struct Cleanup {
+    label: String,
+    bake_ids: Vec<String>,
+}
+
+impl Cleanup {
+    fn new() -> Cleanup {
+        Cleanup {
+            label: format!("slipway.test=bake-{}", uuid::Uuid::new_v4().simple()),
+            bake_ids: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let containers = docker(&["ps", "-aq", "--filter", &format!("label={}", self.label)]).1;
+        for id in containers.split_whitespace() {
+            docker(&["rm", "-f", id]);
+        }
+        // Newest first: an incremental image is the child of the one before.
+        for bake_id in self.bake_ids.iter().rev() {
+            let images = docker(&[
+                "images",
+                "-q",
+                "--no-trunc",
+                "--filter",
+                &format!("label=slipway.baked-by={bake_id}"),
+            ])
+            .1;
+            for id in images.split_whitespace() {
+                docker(&["rmi", "-f", id]);
+            }
+        }
+    }
+}
+
+fn docker(args: &[&str]) -> (bool, String) {
+    let output = Command::new("docker").args(args).output().unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `image` as the deployer would (host network, `PORT` set) and returns its `GET /` body.
+fn run_and_ask(cleanup: &Cleanup, image: &str) -> String {
+    let port = free_port();
+    let (ok, container) = docker(&[
+        "run",
+        "-d",
+        "--network",
+        "host",
+        "-e",
+        &format!("PORT={port}"),
+        "--label",
+        &cleanup.label,
+        image,
+    ]);
+    assert!(ok, "docker run {image}: {container}");
+    let container = container.trim().to_string();
+    let started = Instant::now();
+    let body = loop {
+        if let Some(body) = http_get(port) {
+            break body;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let logs = docker(&["logs", &container]).1;
+            panic!("{image} did not answer on port {port}: {logs}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    docker(&["rm", "-f", &container]);
+    body
+}
+
+fn http_get(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+async fn release(app: &TestApp, version: &str) -> Value {
+    let releases = app.get_json("/api/v1/projects/hello/releases").await;
+    releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == version)
+        .unwrap_or_else(|| panic!("no release {version} in {releases}"))
+        .clone()
+}
+
+async fn bake_log(app: &TestApp, version: &str) -> String {
+    let lines = app
+        .get_json(&format!(
+            "/api/v1/projects/hello/releases/{version}/bake-log"
+        ))
+        .await;
+    lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| format!("{}\n", l["line"].as_str().unwrap()))
+        .collect()
+}
+
+/// `slipway/hello-<8 hex>:v<n>`, the per-server image name.
+fn assert_image_name(image: &str, version: &str) {
+    let (repository, tag) = image.split_once(':').unwrap();
+    let suffix = repository.strip_prefix("slipway/hello-").unwrap_or("");
+    assert!(
+        suffix.len() == 8 && suffix.chars().all(|c| c.is_ascii_hexdigit()) && tag == version,
+        "unexpected image name {image}"
+    );
+}
+
+// Multi-threaded: the test blocks on docker and the CLI while the server must answer them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_push_is_baked_into_an_image_that_runs_it_and_the_next_bakes_incrementally() {
+    let mut cleanup = Cleanup::new();
+    let repo = hello_repository();
+    let app = TestApp::spawn(&hello_config(repo.path())).await;
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    let started = Instant::now();
+    let build = wait_for_build(&app, push(&app, "main", &first).await, BUILD_AND_BAKE).await;
+    eprintln!(
+        "build, publish and full bake of v1: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(build["status"], "passed", "{build}");
+
+    let v1 = release(&app, "v1").await;
+    cleanup
+        .bake_ids
+        .push(v1["bake_id"].as_str().unwrap().to_string());
+    let log = bake_log(&app, "v1").await;
+    assert_eq!(v1["status"], "published", "{v1}");
+    assert_eq!(v1["bake_status"], "baked", "{v1}\n{log}");
+    let image = v1["image"].as_str().unwrap();
+    assert_image_name(image, "v1");
+    assert_eq!(
+        docker(&["image", "inspect", "--format", "{{.Id}}", image])
+            .1
+            .trim(),
+        v1["image_id"].as_str().unwrap()
+    );
+    assert!(
+        log.contains("full bake from slipway/debian:bookworm"),
+        "{log}"
+    );
+    assert!(log.contains("TASK [Install exactly hello=1]"), "{log}");
+    let answer = run_and_ask(&cleanup, image);
+    assert!(answer.contains("\"version\": \"v1\""), "{answer}");
+
+    std::fs::write(repo.path().join("CHANGES"), "second release\n").unwrap();
+    let second = commit_all(repo.path(), "second");
+    let started = Instant::now();
+    let build = wait_for_build(&app, push(&app, "main", &second).await, BUILD_AND_BAKE).await;
+    eprintln!(
+        "build, publish and incremental bake of v2: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(build["status"], "passed", "{build}");
+    let v2 = release(&app, "v2").await;
+    cleanup
+        .bake_ids
+        .push(v2["bake_id"].as_str().unwrap().to_string());
+    let log = bake_log(&app, "v2").await;
+    assert_eq!(v2["bake_status"], "baked", "{v2}\n{log}");
+    let image2 = v2["image"].as_str().unwrap();
+    assert_image_name(image2, "v2");
+    assert!(
+        log.contains(&format!("incremental bake from {image}")),
+        "{log}"
+    );
+    let answer = run_and_ask(&cleanup, image2);
+    assert!(answer.contains("\"version\": \"v2\""), "{answer}");
+
+    // The CLI lists each release's image.
+    let listed = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["releases", "--server", &app.address, "--token", &app.token])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        table.contains("IMAGE") && table.contains(image) && table.contains(image2),
+        "{table}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bake_ansible_fails_leaves_the_build_passed_the_release_published_and_nothing_behind() {
+    let mut cleanup = Cleanup::new();
+    let repo = hello_repository();
+    let spec = std::fs::read_to_string(repo.path().join(".slipway.yml")).unwrap();
+    let broken = spec.replace(
+        "depends: [python3]",
+        "depends: [python3, no-such-package-slipway]",
+    );
+    assert_ne!(spec, broken);
+    std::fs::write(repo.path().join(".slipway.yml"), broken).unwrap();
+    let commit = commit_all(repo.path(), "depend on a package that does not exist");
+    let app = TestApp::spawn(&hello_config(repo.path())).await;
+    let build = wait_for_build(&app, push(&app, "main", &commit).await, BUILD_AND_BAKE).await;
+    assert_eq!(build["status"], "passed", "{build}");
+
+    let v1 = release(&app, "v1").await;
+    let bake_id = v1["bake_id"].as_str().unwrap().to_string();
+    cleanup.bake_ids.push(bake_id.clone());
+    let log = bake_log(&app, "v1").await;
+    assert_eq!(v1["status"], "published", "{v1}");
+    assert_eq!(v1["bake_status"], "failed", "{v1}\n{log}");
+    assert_eq!(v1["image"], Value::Null, "{v1}");
+    let reason = v1["bake_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("fatal: [default]: FAILED!") && reason.contains("hello=1"),
+        "{reason}"
+    );
+    assert!(log.contains("no-such-package-slipway"), "{log}");
+
+    let (ok, containers) = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=slipway.bake={bake_id}"),
+    ]);
+    assert!(
+        ok && containers.trim().is_empty(),
+        "containers left: {containers}"
+    );
+    let (ok, images) = docker(&[
+        "images",
+        "-q",
+        "--filter",
+        &format!("label=slipway.baked-by={bake_id}"),
+    ]);
+    assert!(ok && images.trim().is_empty(), "images left: {images}");
+    app.stop().await;
+}
