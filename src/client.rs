@@ -40,6 +40,26 @@ impl ApiClient {
         self.send(request).await
     }
 
+    /// Posts `body` and returns the response when the server accepted it (to read a stream
+    /// of events from), or the server's error message.
+    pub async fn post_stream(&self, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Slipway server at {}", self.base))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body: Value = response.json().await.unwrap_or_default();
+        let message = body["error"].as_str().unwrap_or("no error message");
+        Err(anyhow!("server answered {status}: {message}"))
+    }
+
     /// The project a command is about: the one named, or the server's only project.
     pub async fn project(&self, named: Option<&str>) -> anyhow::Result<String> {
         let projects: Vec<Value> = self.get("/projects").await?;

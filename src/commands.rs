@@ -20,9 +20,21 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", created["token"].as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Promote { .. } => not_built("promote", "blue/green deployment"),
-        Command::Rollback { .. } => not_built("rollback", "blue/green deployment"),
-        Command::Status { .. } => not_built("status", "environments and deployments"),
+        Command::Promote {
+            client,
+            env,
+            release,
+        } => {
+            let body = match release {
+                Some(release) => json!({ "release": release }),
+                None => json!({}),
+            };
+            crate::deploy::cli::operate(&client, &env, "promote", &body).await
+        }
+        Command::Rollback { client, env, to } => {
+            crate::deploy::cli::operate(&client, &env, "rollback", &json!({ "to": to })).await
+        }
+        Command::Status { client } => crate::deploy::cli::status(&client).await,
         Command::Releases { client } => releases(client).await,
     }
 }
@@ -38,12 +50,6 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the server")?;
     app.run_until(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Commands whose capability is not in this version say so and fail, rather than pretend.
-fn not_built(command: &str, capability: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("slipway {command}: {capability} is not available in this version of Slipway yet");
-    Ok(ExitCode::from(2))
 }
 
 async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {

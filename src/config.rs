@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use regex::Regex;
 use serde::Deserialize;
@@ -101,6 +102,12 @@ pub struct RawEnvironment {
     pub launch_template_id: Option<String>,
     pub subnets: Option<Vec<String>>,
     pub instance_type: Option<String>,
+    /// How long the previous fleet is kept warm after a deployment, e.g. `10m`.
+    pub retention: Option<String>,
+    /// How long a new fleet is watched after the switch, e.g. `10s`.
+    pub watch: Option<String>,
+    /// How long a new fleet may take to pass its health checks, e.g. `60s`.
+    pub health_timeout: Option<String>,
 }
 
 /// Values given on the command line; they win over the file and the environment.
@@ -161,6 +168,9 @@ pub struct Environment {
     pub listen: Option<SocketAddr>,
     pub instances: u32,
     pub health_path: String,
+    pub retention: Duration,
+    pub watch: Duration,
+    pub health_timeout: Duration,
     pub aws: Option<AwsEnvironment>,
 }
 
@@ -394,6 +404,17 @@ fn resolve_environment(
             format!("expected a path starting with '/', got {health_path:?}"),
         ));
     }
+    let duration = |value: Option<String>, field: &str, default: Duration| match value {
+        Some(text) => parse_duration(&text).map_err(|m| invalid(&key(field), m)),
+        None => Ok(default),
+    };
+    let retention = duration(raw.retention, "retention", Duration::from_secs(600))?;
+    let watch = duration(raw.watch, "watch", Duration::from_secs(10))?;
+    let health_timeout = duration(
+        raw.health_timeout,
+        "health_timeout",
+        Duration::from_secs(60),
+    )?;
     let aws = match raw.target {
         TargetKind::Docker => {
             if listen.is_none() {
@@ -434,8 +455,28 @@ fn resolve_environment(
         listen,
         instances,
         health_path,
+        retention,
+        watch,
+        health_timeout,
         aws,
     })
+}
+
+/// `<number><unit>` with unit `ms`, `s`, `m` or `h`, like `500ms` or `10m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let expected = || format!("expected a duration like 30s, 10m or 500ms, got {text:?}");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(expected)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        _ => Err(expected()),
+    }
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -526,6 +567,19 @@ mod tests {
             err.contains("projects[0].environments[0].target_groups"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn deployment_timings_are_durations_with_units() {
+        let text = "[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\n[[projects.environments]]\nname = \"dev\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:1\"\nretention = \"0s\"\nwatch = \"500ms\"\n";
+        let environment = &load(text).unwrap().projects[0].environments[0];
+        assert_eq!(environment.retention, Duration::ZERO);
+        assert_eq!(environment.watch, Duration::from_millis(500));
+        assert_eq!(environment.health_timeout, Duration::from_secs(60));
+        let err = load(&text.replace("500ms", "soon"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("environments[0].watch"), "{err}");
     }
 
     #[test]

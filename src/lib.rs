@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod deploy;
 pub mod queue;
 pub mod releases;
 pub mod runner;

@@ -33,6 +33,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/projects/{project}/releases", get(list_releases))
         .route("/tokens", post(create_token))
         .merge(super::releases_api::routes())
+        .merge(super::deploy_api::routes())
         .layer(middleware::from_fn_with_state(state, require_token))
 }
 

@@ -7,6 +7,7 @@
 //! embedded PostgreSQL (when Slipway started it) is stopped.
 
 mod api;
+mod deploy_api;
 mod error;
 mod hooks;
 mod releases_api;
@@ -23,6 +24,7 @@ use tower_http::services::{ServeDir, ServeFile};
 
 use crate::bake::Baker;
 use crate::config::Config;
+use crate::deploy::DeployManager;
 use crate::queue::BuildQueue;
 use crate::releases::Repository;
 use crate::store::embedded::EmbeddedPostgres;
@@ -37,6 +39,7 @@ pub struct AppState {
     pub store: Store,
     pub queue: BuildQueue,
     pub repository: Repository,
+    pub deploys: DeployManager,
 }
 
 pub struct Application {
@@ -60,6 +63,7 @@ impl Application {
         let baker = Baker::new(&config.data_dir, listener.local_addr()?, server_id);
         crate::bake::reap_interrupted_bakes(&store).await?;
         let config = Arc::new(config);
+        let deploys = DeployManager::start(&config, store.clone(), server_id).await?;
         let queue = BuildQueue::start(
             config.clone(),
             store.clone(),
@@ -75,6 +79,7 @@ impl Application {
                 store,
                 queue,
                 repository,
+                deploys,
             },
             embedded,
         })
@@ -97,6 +102,7 @@ impl Application {
             embedded,
         } = self;
         let queue = state.queue.clone();
+        let deploys = state.deploys.clone();
         let store = state.store.clone();
         tracing::info!(addr = %listener.local_addr()?, "slipway server listening");
         let served = axum::serve(listener, router(state))
@@ -104,6 +110,7 @@ impl Application {
             .await
             .context("HTTP server failed");
         queue.shutdown().await;
+        deploys.shutdown();
         store.close();
         if let Some(cluster) = embedded {
             tokio::task::spawn_blocking(move || cluster.stop())

@@ -2,6 +2,7 @@
 //! `migrations/` at start, and the queries the service needs, grouped by what they are about.
 
 pub mod builds;
+pub mod deployments;
 pub mod embedded;
 pub mod releases;
 pub mod tokens;

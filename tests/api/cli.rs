@@ -41,19 +41,27 @@ fn a_typo_in_the_config_names_the_key_and_the_file() {
 }
 
 #[test]
-fn commands_not_built_yet_say_so_and_fail() {
+fn deployment_commands_against_an_unreachable_server_fail_and_say_where() {
     let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
     for args in [
         &["promote", "--env", "prod"][..],
         &["rollback", "--env", "prod", "--to", "v1"],
         &["status"],
     ] {
-        let output = slipway(args, dir.path());
-        assert!(
-            !output.status.success(),
-            "{args:?} must not pretend to succeed"
-        );
+        let mut args = args.to_vec();
+        args.extend(["--server", &server, "--token", "t"]);
+        let output = slipway(&args, dir.path());
+        assert!(!output.status.success(), "{args:?} must fail");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("not available"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot reach the Slipway server at {server}")),
+            "{args:?}: {stderr}"
+        );
     }
 }

@@ -23,6 +23,8 @@ fn cluster() -> &'static EmbeddedPostgres {
 
 pub struct TestApp {
     pub address: String,
+    /// The test's own database, for tests that seed rows directly.
+    pub database_url: String,
     pub token: String,
     /// Kept so the directory lives as long as the app.
     _data_dir: tempfile::TempDir,
@@ -41,18 +43,14 @@ pub fn project_config(repository: &str, secret: &str, clone_url: &str, branches:
 impl TestApp {
     /// Starts the app with `config_text` as its slipway.toml (listen and data dir overridden).
     pub async fn spawn(config_text: &str) -> TestApp {
-        let database = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let cluster = cluster();
-        cluster
-            .psql(&format!("CREATE DATABASE {database}"))
-            .expect("creating the test database");
+        let database_url = test_database();
         let data_dir = tempfile::tempdir().expect("temp dir");
         let raw = config::parse(config_text, "test config").expect("test config parses");
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             data_dir: Some(data_dir.path().to_path_buf()),
         };
-        let url = cluster.connection_string_for(&database);
+        let url = database_url.clone();
         let env = move |key: &str| (key == "SLIPWAY_DATABASE_URL").then(|| url.clone());
         let config: Config =
             config::resolve(raw, "test config", &overrides, &env).expect("test config resolves");
@@ -64,6 +62,7 @@ impl TestApp {
         let token = read_token(data_dir.path());
         TestApp {
             address,
+            database_url,
             token,
             _data_dir: data_dir,
             http: reqwest::Client::new(),
@@ -125,6 +124,16 @@ impl TestApp {
             task.await.expect("server task").expect("server ran");
         }
     }
+}
+
+/// A fresh database in the shared test cluster; its connection string.
+pub fn test_database() -> String {
+    let database = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let cluster = cluster();
+    cluster
+        .psql(&format!("CREATE DATABASE {database}"))
+        .expect("creating the test database");
+    cluster.connection_string_for(&database)
 }
 
 pub fn read_token(data_dir: &Path) -> String {

@@ -1,0 +1,165 @@
+//! `slipway promote`, `slipway rollback` and `slipway status`: each step of a deployment
+//! printed with its timing as the server streams it, and each environment's state.
+
+use std::process::ExitCode;
+
+use futures::StreamExt;
+use serde_json::Value;
+use slipway_deployer::DeploymentState;
+
+use super::progress::Progress;
+use crate::cli::ClientArgs;
+use crate::client::ApiClient;
+
+/// Runs `action` (`promote` or `rollback`) on `environment` and follows it to its end;
+/// fails unless the new release ends up serving.
+pub async fn operate(
+    args: &ClientArgs,
+    environment: &str,
+    action: &str,
+    body: &Value,
+) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(args)?;
+    let project = client.project(args.project.as_deref()).await?;
+    let path = format!("/projects/{project}/environments/{environment}/{action}");
+    let response = client.post_stream(&path, body).await?;
+    let mut bytes = response.bytes_stream();
+    let mut buffer = String::new();
+    while let Some(chunk) = bytes.next().await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let Some(event) = parse_frame(&frame) else {
+                continue;
+            };
+            if let Some(code) = show(&event) {
+                return Ok(code);
+            }
+        }
+    }
+    anyhow::bail!("the server closed the stream before the deployment ended; see `slipway status`")
+}
+
+/// The event in one server-sent event frame (its `data:` lines), if it carries one.
+fn parse_frame(frame: &str) -> Option<Progress> {
+    let data: Vec<&str> = frame
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| data.strip_prefix(' ').unwrap_or(data))
+        .collect();
+    serde_json::from_str(&data.join("\n")).ok()
+}
+
+/// Prints one event; the exit code once the operation is over.
+fn show(event: &Progress) -> Option<ExitCode> {
+    match event {
+        Progress::StepStarted { release, step, .. } => {
+            println!("{release} {step} ...");
+            None
+        }
+        Progress::StepFinished {
+            release,
+            step,
+            elapsed_ms,
+            error,
+            ..
+        } => {
+            let seconds = *elapsed_ms as f64 / 1000.0;
+            match error {
+                None => println!("{release} {step} done in {seconds:.1}s"),
+                Some(error) => println!("{release} {step} failed after {seconds:.1}s: {error}"),
+            }
+            None
+        }
+        Progress::Health {
+            healthy, instances, ..
+        } => {
+            println!("  health: {healthy}/{instances} instances healthy");
+            None
+        }
+        Progress::Refused { error, .. } | Progress::Errored { error } => {
+            eprintln!("error: {error}");
+            Some(ExitCode::FAILURE)
+        }
+        Progress::Finished { deployment } => {
+            let serving = matches!(
+                deployment.state,
+                DeploymentState::RetainingBlue | DeploymentState::Succeeded
+            );
+            let reason = deployment.reason.as_deref().unwrap_or("");
+            match serving {
+                true => {
+                    println!(
+                        "{} is live in {} (deployment {}, {})",
+                        deployment.release, deployment.environment, deployment.id, deployment.state
+                    );
+                    Some(ExitCode::SUCCESS)
+                }
+                false => {
+                    eprintln!(
+                        "error: deployment {} of {} to {} ended {}: {reason}",
+                        deployment.id, deployment.release, deployment.environment, deployment.state
+                    );
+                    Some(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+/// Prints each environment: live release, fleet health, what runs now, last deployments.
+pub async fn status(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(args)?;
+    let project = client.project(args.project.as_deref()).await?;
+    let environments: Vec<Value> = client
+        .get(&format!("/projects/{project}/environments"))
+        .await?;
+    if environments.is_empty() {
+        println!("project {project} has no environments configured");
+    }
+    for environment in &environments {
+        let text = |value: &Value| value.as_str().unwrap_or("-").to_owned();
+        let live = match environment["live"]["release"].as_str() {
+            Some(release) => format!("{release} ({})", text(&environment["live"]["image"])),
+            None => "nothing".to_owned(),
+        };
+        let health = &environment["health"];
+        let health = match (&health["healthy"], &health["error"]) {
+            (Value::Number(healthy), _) => {
+                format!("{healthy}/{} healthy", health["instances"])
+            }
+            (_, Value::String(error)) => format!("unknown: {error}"),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{} ({}): live {live}, fleet {health}",
+            text(&environment["name"]),
+            text(&environment["target"])
+        );
+        if let Some(operation) = environment["busy"]["operation"].as_str() {
+            println!(
+                "  now: {operation} since {}",
+                text(&environment["busy"]["since"])
+            );
+        }
+        let deployments = environment["deployments"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for deployment in deployments {
+            println!(
+                "  {:<36} {:<6} {:<12} {:<16} {} {}",
+                text(&deployment["id"]),
+                text(&deployment["release"]),
+                text(&deployment["kind"]),
+                text(&deployment["state"]),
+                text(&deployment["created_at"])
+                    .chars()
+                    .take(19)
+                    .collect::<String>(),
+                deployment["reason"].as_str().unwrap_or(""),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

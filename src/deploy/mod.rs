@@ -1,0 +1,408 @@
+//! Blue/green deployments in the server: one [`DeployManager`] per server builds each
+//! environment's target, recovers interrupted deployments at start, deploys new baked
+//! releases to each project's first environment by itself, retires warm fleets past their
+//! retention, and runs the promotions and rollbacks the API asks for.
+//!
+//! One operation per environment runs at a time in this process (a busy marker says which
+//! and since when); across servers sharing a database the deployer's lock decides.
+
+pub mod cli;
+pub mod progress;
+pub mod targets;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use slipway_deployer::{DeployError, DeployRequest, Deployer, InstanceHealth, Target, TargetError};
+use tokio::sync::{mpsc, OwnedMutexGuard};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::config::{Config, Environment};
+use crate::store::deployments::{DeployableRelease, PgDeployments, PgLocks};
+use crate::store::Store;
+use progress::{Progress, ProgressObserver};
+
+/// How often the first environments are checked for a new baked release.
+const AUTO_DEPLOY_EVERY: Duration = Duration::from_secs(2);
+/// How often warm fleets past their retention window are retired.
+const RETIRE_EVERY: Duration = Duration::from_secs(5);
+
+/// What an operation does to an environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Launch the release as a new fleet and switch to it.
+    Deploy(DeployableRelease),
+    /// Switch back to the release's warm fleet, or deploy it when none is warm.
+    Rollback(DeployableRelease),
+}
+
+impl Operation {
+    fn describe(&self) -> String {
+        match self {
+            Operation::Deploy(release) => format!("deploying {}", release.version),
+            Operation::Rollback(release) => format!("rolling back to {}", release.version),
+        }
+    }
+}
+
+/// What keeps an environment busy in this server, and since when.
+#[derive(Debug, Clone, Serialize)]
+pub struct Busy {
+    pub operation: String,
+    pub owner: String,
+    pub since: DateTime<Utc>,
+}
+
+/// One configured environment and its target.
+pub struct EnvironmentHandle {
+    pub project: String,
+    /// Its place in the project's promotion order; 0 gets new releases.
+    pub index: usize,
+    pub config: Environment,
+    target: Arc<dyn Target>,
+    guard: Arc<tokio::sync::Mutex<()>>,
+    busy: Mutex<Option<Busy>>,
+}
+
+impl EnvironmentHandle {
+    /// What runs on the environment in this server now, if anything.
+    pub fn busy(&self) -> Option<Busy> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// One health check of each instance of the fleet serving the environment.
+    pub async fn live_health(
+        &self,
+        store: &Store,
+    ) -> anyhow::Result<Option<(slipway_deployer::FleetRef, Vec<InstanceHealth>)>> {
+        let Some(live) = store.live_fleet(&self.project, &self.config.name).await? else {
+            return Ok(None);
+        };
+        let health: Result<Vec<InstanceHealth>, TargetError> =
+            self.target.instance_health(&live).await;
+        Ok(Some((live, health?)))
+    }
+}
+
+/// Marks its environment busy until dropped.
+struct BusyGuard<'a> {
+    environment: &'a EnvironmentHandle,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        *self
+            .environment
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// The server's deployments; clones share it.
+#[derive(Clone)]
+pub struct DeployManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    owner: String,
+    environments: Vec<Arc<EnvironmentHandle>>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl DeployManager {
+    /// Builds every environment's target (docker proxies start listening now), then, in
+    /// the background, recovers each environment and starts the auto-deploy and retirement
+    /// loops.
+    pub async fn start(
+        config: &Config,
+        store: Store,
+        server_id: Uuid,
+    ) -> anyhow::Result<DeployManager> {
+        let mut tasks = JoinSet::new();
+        let needs_docker = config
+            .projects
+            .iter()
+            .flat_map(|p| &p.environments)
+            .any(|e| e.target == crate::config::TargetKind::Docker);
+        let docker = match needs_docker {
+            true => Some(
+                Docker::connect_with_local_defaults()?
+                    .negotiate_version()
+                    .await?,
+            ),
+            false => None,
+        };
+        let mut environments = Vec::new();
+        for project in &config.projects {
+            for (index, environment) in project.environments.iter().enumerate() {
+                let target = targets::build(
+                    &project.name,
+                    environment,
+                    server_id,
+                    docker.as_ref(),
+                    &mut tasks,
+                )
+                .await?;
+                environments.push(Arc::new(EnvironmentHandle {
+                    project: project.name.clone(),
+                    index,
+                    config: environment.clone(),
+                    target,
+                    guard: Arc::default(),
+                    busy: Mutex::default(),
+                }));
+            }
+        }
+        let manager = DeployManager {
+            inner: Arc::new(Inner {
+                store,
+                owner: format!("slipway-server-{server_id}"),
+                environments,
+                tasks: Mutex::new(tasks),
+            }),
+        };
+        for environment in &manager.inner.environments {
+            manager.recover(environment.clone());
+        }
+        manager.spawn(auto_deploy(manager.clone()));
+        manager.spawn(retire_expired(manager.clone()));
+        Ok(manager)
+    }
+
+    /// The project's environments in promotion order.
+    pub fn environments(&self, project: &str) -> Vec<Arc<EnvironmentHandle>> {
+        self.inner
+            .environments
+            .iter()
+            .filter(|e| e.project == project)
+            .cloned()
+            .collect()
+    }
+
+    /// Starts `operation` on `environment` in the background and returns its events, the
+    /// last of which is `Finished`, `Errored` or `Refused`; fails at once with what keeps
+    /// the environment busy in this server.
+    pub fn start_operation(
+        &self,
+        environment: &Arc<EnvironmentHandle>,
+        operation: Operation,
+    ) -> Result<mpsc::UnboundedReceiver<Progress>, Busy> {
+        let guard = self.occupy(environment, &operation.describe())?;
+        let (follower, events) = mpsc::unbounded_channel();
+        let (sender, recorded) = mpsc::unbounded_channel();
+        self.spawn(progress::record(
+            self.inner.store.clone(),
+            recorded,
+            follower,
+        ));
+        let deployer = self
+            .deployer(environment)
+            .with_observer(Arc::new(ProgressObserver::new(sender.clone())));
+        let environment = environment.clone();
+        self.spawn(async move {
+            let _busy = BusyGuard {
+                environment: &environment,
+                _guard: guard,
+            };
+            let last = match run(&deployer, &environment.config, &operation).await {
+                Ok(deployment) => Progress::Finished {
+                    deployment: Box::new(deployment),
+                },
+                Err(DeployError::Locked {
+                    owner,
+                    acquired_at,
+                    heartbeat_at,
+                    ..
+                }) => {
+                    let holder = slipway_deployer::LockHolder {
+                        owner,
+                        acquired_at,
+                        heartbeat_at,
+                    };
+                    Progress::Refused {
+                        error: format!(
+                            "environment {} is locked by {} since {}",
+                            environment.config.name, holder.owner, holder.acquired_at
+                        ),
+                        holder,
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(project = %environment.project, environment = %environment.config.name, %error, "deployment operation failed");
+                    Progress::Errored {
+                        error: error.to_string(),
+                    }
+                }
+            };
+            let _ = sender.send(last);
+        });
+        Ok(events)
+    }
+
+    /// Stops the loops, the running operations and the docker proxies. A deployment cut
+    /// short is resumed or rolled back by the next start's recovery.
+    pub fn shutdown(&self) {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .abort_all();
+    }
+
+    fn deployer(&self, environment: &EnvironmentHandle) -> Deployer {
+        let store = self.inner.store.clone();
+        Deployer::new(
+            environment.config.name.clone(),
+            self.inner.owner.clone(),
+            environment.target.clone(),
+            Arc::new(PgDeployments {
+                store: store.clone(),
+                project: environment.project.clone(),
+            }),
+            Arc::new(PgLocks {
+                store,
+                project: environment.project.clone(),
+            }),
+            targets::policy(&environment.config),
+        )
+    }
+
+    /// Marks the environment busy with `operation`, or says what keeps it busy.
+    fn occupy(
+        &self,
+        environment: &EnvironmentHandle,
+        operation: &str,
+    ) -> Result<OwnedMutexGuard<()>, Busy> {
+        let mut busy = environment.busy.lock().unwrap_or_else(|p| p.into_inner());
+        match environment.guard.clone().try_lock_owned() {
+            Ok(guard) => {
+                *busy = Some(Busy {
+                    operation: operation.to_owned(),
+                    owner: self.inner.owner.clone(),
+                    since: Utc::now(),
+                });
+                Ok(guard)
+            }
+            Err(_) => Err(busy.clone().unwrap_or_else(|| Busy {
+                operation: "another operation".to_owned(),
+                owner: self.inner.owner.clone(),
+                since: Utc::now(),
+            })),
+        }
+    }
+
+    /// Recovers the environment in the background; it stays busy until done.
+    fn recover(&self, environment: Arc<EnvironmentHandle>) {
+        let Ok(guard) = self.occupy(&environment, "recovering after a restart") else {
+            return;
+        };
+        let (sender, recorded) = mpsc::unbounded_channel();
+        let (follower, _) = mpsc::unbounded_channel();
+        self.spawn(progress::record(
+            self.inner.store.clone(),
+            recorded,
+            follower,
+        ));
+        let deployer = self
+            .deployer(&environment)
+            .with_observer(Arc::new(ProgressObserver::new(sender)));
+        self.spawn(async move {
+            let _busy = BusyGuard {
+                environment: &environment,
+                _guard: guard,
+            };
+            let project = environment.project.clone();
+            let name = environment.config.name.clone();
+            match deployer.recover().await {
+                Ok(recovered) if recovered.resumed.is_empty() && recovered.leaked.is_empty() => {}
+                Ok(recovered) => {
+                    tracing::info!(%project, environment = %name, resumed = recovered.resumed.len(), leaked = recovered.leaked.len(), "recovered deployments");
+                }
+                Err(error) => {
+                    tracing::error!(%project, environment = %name, %error, "recovering deployments failed");
+                }
+            }
+            // Dropping the deployer and its observer ends the recorder.
+        });
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+}
+
+async fn run(
+    deployer: &Deployer,
+    environment: &Environment,
+    operation: &Operation,
+) -> Result<slipway_deployer::Deployment, DeployError> {
+    let request = |release: &DeployableRelease| DeployRequest {
+        release: release.version.clone(),
+        image: release.image.clone(),
+        instances: environment.instances,
+    };
+    match operation {
+        Operation::Deploy(release) => deployer.deploy(&request(release)).await,
+        Operation::Rollback(release) => deployer.rollback(&request(release)).await,
+    }
+}
+
+/// Deploys each project's newest baked release to its first environment, once: a release
+/// with any deployment recorded there (failed ones included) is not tried again.
+async fn auto_deploy(manager: DeployManager) {
+    loop {
+        tokio::time::sleep(AUTO_DEPLOY_EVERY).await;
+        let firsts = manager.inner.environments.iter().filter(|e| e.index == 0);
+        for environment in firsts {
+            if environment.busy().is_some() {
+                continue;
+            }
+            let store = &manager.inner.store;
+            match store
+                .undeployed_release(&environment.project, &environment.config.name)
+                .await
+            {
+                Ok(Some(release)) => {
+                    tracing::info!(project = %environment.project, environment = %environment.config.name, release = %release.version, "deploying a new release");
+                    // Busy meanwhile: the next round tries again.
+                    let _ = manager.start_operation(environment, Operation::Deploy(release));
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "looking for new releases failed"),
+            }
+        }
+    }
+}
+
+/// Retires warm fleets whose retention window has ended.
+async fn retire_expired(manager: DeployManager) {
+    loop {
+        tokio::time::sleep(RETIRE_EVERY).await;
+        for environment in &manager.inner.environments {
+            let Ok(guard) = manager.occupy(environment, "retiring a warm fleet") else {
+                continue;
+            };
+            let _busy = BusyGuard {
+                environment,
+                _guard: guard,
+            };
+            if let Err(error) = manager
+                .deployer(environment)
+                .retire_expired(Utc::now())
+                .await
+            {
+                tracing::warn!(project = %environment.project, environment = %environment.config.name, %error, "retiring warm fleets failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Builds each environment's deployment target from its configuration: a docker
+//! environment gets its proxy (serving from now on) and a [`DockerTarget`]; an aws one an
+//! [`AwsTarget`] over the SDK configured for its region and endpoint.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bollard::Docker;
+use slipway_deployer::{
+    aws, AwsSettings, AwsTarget, DeployPolicy, DockerTarget, HealthPolicy, Proxy, Target,
+};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::config::{Environment, TargetKind};
+
+/// The port a release's app listens on inside its container (given as `PORT`).
+pub const APP_PORT: u16 = 8000;
+
+/// Label every container and network a server's deployments create carries, with its id.
+/// Not the builds' `slipway.server`: a restarting server reaps everything carrying that
+/// one, and deployed fleets must outlive the server.
+pub const SERVER_LABEL: &str = "slipway.deploy-server";
+/// Label naming the project of a deployed container or network.
+pub const PROJECT_LABEL: &str = "slipway.project";
+
+/// The target of `environment` of `project`. A docker environment's proxy binds its listen
+/// address now and serves inside `tasks` until they are aborted.
+pub async fn build(
+    project: &str,
+    environment: &Environment,
+    server_id: Uuid,
+    docker: Option<&Docker>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Arc<dyn Target>> {
+    let mut labels = BTreeMap::new();
+    labels.insert(SERVER_LABEL.to_owned(), server_id.to_string());
+    labels.insert(PROJECT_LABEL.to_owned(), project.to_owned());
+    match (environment.target, &environment.aws) {
+        (TargetKind::Aws, Some(settings)) => {
+            let config = aws::sdk_config(&settings.region, settings.endpoint_url.as_deref()).await;
+            let settings = AwsSettings {
+                project: project.to_owned(),
+                environment: environment.name.clone(),
+                listener_arn: settings.listener_arn.clone(),
+                target_groups: settings.target_groups.clone(),
+                launch_template_id: settings.launch_template_id.clone(),
+                subnets: settings.subnets.clone(),
+                instance_type: Some(settings.instance_type.clone()),
+                tags: labels,
+                drain_timeout: Duration::from_secs(30),
+            };
+            Ok(Arc::new(AwsTarget::new(&config, settings)))
+        }
+        _ => {
+            let listen = environment.listen.with_context(|| {
+                format!(
+                    "environment {} of {project} has no listen address",
+                    environment.name
+                )
+            })?;
+            let docker = docker.context("a docker environment needs the Docker engine")?;
+            let (proxy, serve) = Proxy::bind(listen).await.with_context(|| {
+                format!(
+                    "cannot listen on {listen} for environment {} of {project}",
+                    environment.name
+                )
+            })?;
+            tasks.spawn(serve);
+            // Qualified by project, so two projects' `dev` fleets never share names.
+            let qualified = format!("{project}-{}", environment.name);
+            let target = DockerTarget::new(
+                docker.clone(),
+                &qualified,
+                &format!("slipway-{qualified}"),
+                proxy,
+                labels,
+                APP_PORT,
+            )
+            .with_health_path(&environment.health_path);
+            Ok(Arc::new(target))
+        }
+    }
+}
+
+/// The deployer's timings for `environment`.
+pub fn policy(environment: &Environment) -> DeployPolicy {
+    DeployPolicy {
+        health: HealthPolicy {
+            timeout: environment.health_timeout,
+            ..HealthPolicy::default()
+        },
+        watch: environment.watch,
+        retention: environment.retention,
+        lock_ttl: Duration::from_secs(30),
+    }
+}

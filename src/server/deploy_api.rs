@@ -1,0 +1,369 @@
+//! The deployment API under `/api/v1`: promote and rollback (answered with a server-sent
+//! event stream of the deployment's steps, ending with its final state), each environment's
+//! live release, fleet health and history, and one deployment with its steps.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::{ApiError, AppState};
+use crate::config::Project;
+use crate::deploy::progress::Progress;
+use crate::deploy::{EnvironmentHandle, Operation};
+use crate::store::deployments::DeployableRelease;
+
+/// How many past deployments `GET .../environments` shows per environment.
+const HISTORY: i64 = 10;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/projects/{project}/environments", get(environments))
+        .route(
+            "/projects/{project}/environments/{environment}/promote",
+            post(promote),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/rollback",
+            post(rollback),
+        )
+        .route("/projects/{project}/deployments/{id}", get(deployment))
+}
+
+#[derive(Deserialize, Default)]
+struct PromoteRequest {
+    release: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RollbackRequest {
+    to: String,
+}
+
+/// `POST .../promote {release?}`: deploys the named release, or what is live in the
+/// environment before this one.
+async fn promote(
+    State(state): State<AppState>,
+    Path((project, environment)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let request: PromoteRequest = match body.is_empty() {
+        true => PromoteRequest::default(),
+        false => parse(&body)?,
+    };
+    let target = find_environment(&state, &project, &environment)?;
+    let wanted = match request.release {
+        Some(release) => release,
+        None => live_before(&state, &target).await?,
+    };
+    let release = deployable(&state, &project, &wanted).await?;
+    start(&state, &target, Operation::Deploy(release)).await
+}
+
+/// `POST .../rollback {to}`: switches back to the release's warm fleet, else deploys it.
+async fn rollback(
+    State(state): State<AppState>,
+    Path((project, environment)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let request: RollbackRequest = parse(&body)?;
+    let target = find_environment(&state, &project, &environment)?;
+    let release = deployable(&state, &project, &request.to).await?;
+    start(&state, &target, Operation::Rollback(release)).await
+}
+
+/// `GET .../environments`: for each environment, its live release and fleet health, what
+/// runs on it now, and its last deployments.
+async fn environments(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+) -> Result<Json<Value>, Refusal> {
+    find_project(&state, &project)?;
+    let mut listed = Vec::new();
+    for environment in state.deploys.environments(&project) {
+        let name = &environment.config.name;
+        let (live, health) = match environment.live_health(&state.store).await {
+            Ok(Some((live, instances))) => {
+                let healthy = instances
+                    .iter()
+                    .filter(|h| h.state == slipway_deployer::HealthState::Healthy)
+                    .count();
+                let health = json!({
+                    "healthy": healthy,
+                    "instances": instances.len(),
+                    "checks": instances,
+                });
+                (json!(live), health)
+            }
+            Ok(None) => (Value::Null, Value::Null),
+            Err(error) => (Value::Null, json!({ "error": error.to_string() })),
+        };
+        let deployments = state
+            .store
+            .deployments(&project, name, HISTORY)
+            .await
+            .map_err(store_down)?;
+        let lock = state
+            .store
+            .lock_holder(&project, name)
+            .await
+            .map_err(store_down)?;
+        listed.push(json!({
+            "name": name,
+            "target": environment.config.target,
+            "live": live,
+            "health": health,
+            "busy": environment.busy(),
+            "lock": lock,
+            "deployments": deployments,
+        }));
+    }
+    Ok(Json(json!(listed)))
+}
+
+/// `GET .../deployments/{id}`: the deployment's record and the steps it ran, with timings.
+async fn deployment(
+    State(state): State<AppState>,
+    Path((project, id)): Path<(String, String)>,
+) -> Result<Json<Value>, Refusal> {
+    find_project(&state, &project)?;
+    let deployment = state
+        .store
+        .deployment(&project, &id)
+        .await
+        .map_err(store_down)?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("project `{project}` has no deployment {id}"))
+        })?;
+    let steps = state
+        .store
+        .deployment_steps(&id)
+        .await
+        .map_err(store_down)?;
+    let mut body = json!(deployment);
+    body["steps"] = json!(steps);
+    Ok(Json(body))
+}
+
+/// Starts the operation and streams its events; refusals before any step (the environment
+/// is busy here or locked by another server, the release is live already) are plain errors.
+async fn start(
+    state: &AppState,
+    environment: &Arc<EnvironmentHandle>,
+    operation: Operation,
+) -> Result<Response, Refusal> {
+    let mut events = match state.deploys.start_operation(environment, operation) {
+        Ok(events) => events,
+        Err(busy) => {
+            let message = format!(
+                "environment {} is busy: {} by {} since {}",
+                environment.config.name, busy.operation, busy.owner, busy.since
+            );
+            return Err(error(
+                StatusCode::CONFLICT,
+                &message,
+                json!({ "holder": busy }),
+            ));
+        }
+    };
+    let first = events.recv().await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the deployment ended without a word",
+        )
+    })?;
+    match &first {
+        Progress::Refused {
+            error: message,
+            holder,
+        } => {
+            return Err(error(
+                StatusCode::CONFLICT,
+                message,
+                json!({ "holder": holder }),
+            ));
+        }
+        Progress::Errored { error: message } => {
+            return Err(error(StatusCode::CONFLICT, message, json!({})));
+        }
+        _ => {}
+    }
+    Ok(Sse::new(stream(first, events))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn stream(
+    first: Progress,
+    mut events: mpsc::UnboundedReceiver<Progress>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut next = Some(first);
+        while let Some(event) = next {
+            let data = serde_json::to_string(&event).unwrap_or_default();
+            let last = event.is_last();
+            if tx
+                .send(Event::default().event(event.name()).data(data))
+                .await
+                .is_err()
+                || last
+            {
+                return;
+            }
+            next = events.recv().await;
+        }
+    });
+    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}
+
+/// The release live in the environment before `environment` in the promotion order.
+async fn live_before(state: &AppState, environment: &EnvironmentHandle) -> Result<String, Refusal> {
+    let name = &environment.config.name;
+    let Some(index) = environment.index.checked_sub(1) else {
+        let message = format!(
+            "{name} is the first environment: it gets new releases by itself; name one with --release"
+        );
+        return Err(ApiError::bad_request(message).into());
+    };
+    let environments = state.deploys.environments(&environment.project);
+    let before = &environments[index].config.name;
+    let live = state
+        .store
+        .live_fleet(&environment.project, before)
+        .await
+        .map_err(store_down)?;
+    live.map(|fleet| fleet.release).ok_or_else(|| {
+        let message = format!(
+            "nothing is live in {before} to promote to {name}; name a release with --release"
+        );
+        error(StatusCode::CONFLICT, &message, json!({}))
+    })
+}
+
+/// The release named `vN`, if it baked; else a 404 that lists the deployable releases.
+async fn deployable(
+    state: &AppState,
+    project: &str,
+    version: &str,
+) -> Result<DeployableRelease, Refusal> {
+    let number = version
+        .strip_prefix('v')
+        .and_then(|n| n.parse::<i64>().ok());
+    if let Some(number) = number {
+        if let Some(release) = state
+            .store
+            .deployable_release(project, number)
+            .await
+            .map_err(store_down)?
+        {
+            return Ok(release);
+        }
+    }
+    let releases = state
+        .store
+        .deployable_releases(project)
+        .await
+        .map_err(store_down)?;
+    let versions: Vec<&str> = releases.iter().map(|r| r.version.as_str()).collect();
+    let listed = match versions.is_empty() {
+        true => "none yet".to_owned(),
+        false => versions.join(", "),
+    };
+    let message = format!(
+        "release {version:?} of {project} is unknown or was not baked; deployable releases: {listed}"
+    );
+    Err(error(
+        StatusCode::NOT_FOUND,
+        &message,
+        json!({ "deployable": versions }),
+    ))
+}
+
+fn find_project<'a>(state: &'a AppState, project: &str) -> Result<&'a Project, Refusal> {
+    state.config.project(project).ok_or_else(|| {
+        let names: Vec<&str> = state
+            .config
+            .projects
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        ApiError::not_found(format!(
+            "no project named `{project}`; projects: {}",
+            names.join(", ")
+        ))
+        .into()
+    })
+}
+
+fn find_environment(
+    state: &AppState,
+    project: &str,
+    environment: &str,
+) -> Result<Arc<EnvironmentHandle>, Refusal> {
+    find_project(state, project)?;
+    let environments = state.deploys.environments(project);
+    match environments.iter().find(|e| e.config.name == environment) {
+        Some(handle) => Ok(handle.clone()),
+        None => {
+            let names: Vec<&str> = environments
+                .iter()
+                .map(|e| e.config.name.as_str())
+                .collect();
+            Err(ApiError::not_found(format!(
+                "project `{project}` has no environment `{environment}`; environments: {}",
+                names.join(", ")
+            ))
+            .into())
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the request body is not what was expected: {e}")).into()
+    })
+}
+
+/// Why a request was refused: a plain [`ApiError`], or a message with details (the lock's
+/// holder, the deployable releases).
+enum Refusal {
+    Plain(ApiError),
+    Detailed(StatusCode, Value),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Refusal::Plain(error)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Plain(error) => error.into_response(),
+            Refusal::Detailed(status, body) => (status, Json(body)).into_response(),
+        }
+    }
+}
+
+/// A refusal with `message` and the fields of `extra`.
+fn error(status: StatusCode, message: &str, mut extra: Value) -> Refusal {
+    extra["error"] = json!(message);
+    Refusal::Detailed(status, extra)
+}
+
+fn store_down(error: crate::store::StoreError) -> Refusal {
+    Refusal::Plain(ApiError::from(error))
+}

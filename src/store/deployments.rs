@@ -1,0 +1,494 @@
+//! Blue/green deployments: their records and steps, each environment's live fleet and lock,
+//! and the releases that can be deployed (baked, with an image). [`PgDeployments`] and
+//! [`PgLocks`] are the deployer's [`DeploymentStore`] and [`LockStore`] over these tables.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use slipway_deployer::error::StoreError as DeployerStoreError;
+use slipway_deployer::{
+    Deployment, DeploymentKind, DeploymentStore, FleetRef, LockHolder, LockStore,
+};
+use tokio_postgres::types::Json;
+
+use super::{Store, StoreError, StoreResult};
+
+/// A release that baked into an image, so it can be deployed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeployableRelease {
+    /// `v<number>`.
+    pub version: String,
+    pub number: i64,
+    pub image: String,
+}
+
+/// One step a deployment ran, with its timing; `finished_at` is empty while it runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub step: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub elapsed_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// How often taking a lock retries when its holder lets go while being read.
+const LOCK_ATTEMPTS: usize = 3;
+
+const DEPLOYABLE: &str = "bake_status = 'baked' AND image IS NOT NULL";
+
+fn deployable_from_row(row: &tokio_postgres::Row) -> DeployableRelease {
+    let number: i64 = row.get(0);
+    DeployableRelease {
+        version: format!("v{number}"),
+        number,
+        image: row.get(1),
+    }
+}
+
+fn record_from_row(row: &tokio_postgres::Row) -> StoreResult<Deployment> {
+    Ok(row.try_get::<_, Json<Deployment>>(0)?.0)
+}
+
+fn kind_name(kind: DeploymentKind) -> &'static str {
+    match kind {
+        DeploymentKind::Deploy => "deploy",
+        DeploymentKind::SwitchBack => "switch_back",
+    }
+}
+
+impl Store {
+    /// The project's deployable releases, newest first.
+    pub async fn deployable_releases(&self, project: &str) -> StoreResult<Vec<DeployableRelease>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!("SELECT number, image FROM releases WHERE project = $1 AND {DEPLOYABLE} ORDER BY number DESC"),
+                &[&project],
+            )
+            .await?;
+        Ok(rows.iter().map(deployable_from_row).collect())
+    }
+
+    /// Release `number` of the project, if it can be deployed.
+    pub async fn deployable_release(
+        &self,
+        project: &str,
+        number: i64,
+    ) -> StoreResult<Option<DeployableRelease>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT number, image FROM releases WHERE project = $1 AND number = $2 AND {DEPLOYABLE}"),
+                &[&project, &number],
+            )
+            .await?;
+        Ok(row.as_ref().map(deployable_from_row))
+    }
+
+    /// The project's newest deployable release when no deployment of it to `environment`
+    /// was ever recorded: what auto-deploy sends to the first environment.
+    pub async fn undeployed_release(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> StoreResult<Option<DeployableRelease>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!(
+                    "SELECT number, image FROM (
+                         SELECT number, image FROM releases WHERE project = $1 AND {DEPLOYABLE}
+                         ORDER BY number DESC LIMIT 1) newest
+                     WHERE NOT EXISTS (SELECT 1 FROM deployments d WHERE d.project = $1
+                         AND d.environment = $2 AND d.release = 'v' || newest.number)"
+                ),
+                &[&project, &environment],
+            )
+            .await?;
+        Ok(row.as_ref().map(deployable_from_row))
+    }
+
+    /// Inserts or replaces a deployment's record.
+    pub async fn save_deployment(&self, project: &str, deployment: &Deployment) -> StoreResult<()> {
+        let finished_at = deployment
+            .state
+            .is_terminal()
+            .then_some(deployment.updated_at);
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO deployments (id, project, environment, release, kind, state, reason, record,
+                     started_at, updated_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, reason = EXCLUDED.reason,
+                     record = EXCLUDED.record, updated_at = EXCLUDED.updated_at,
+                     finished_at = EXCLUDED.finished_at",
+                &[
+                    &deployment.id,
+                    &project,
+                    &deployment.environment,
+                    &deployment.release,
+                    &kind_name(deployment.kind),
+                    &deployment.state.name(),
+                    &deployment.reason,
+                    &Json(deployment),
+                    &deployment.created_at,
+                    &deployment.updated_at,
+                    &finished_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The project's deployment with this id.
+    pub async fn deployment(&self, project: &str, id: &str) -> StoreResult<Option<Deployment>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT record FROM deployments WHERE project = $1 AND id = $2",
+                &[&project, &id],
+            )
+            .await?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
+    /// The environment's last `limit` deployments, newest first.
+    pub async fn deployments(
+        &self,
+        project: &str,
+        environment: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<Deployment>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT record FROM deployments WHERE project = $1 AND environment = $2
+                 ORDER BY started_at DESC LIMIT $3",
+                &[&project, &environment, &limit],
+            )
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// The environment's deployments not yet terminal, oldest first.
+    pub async fn unfinished_deployments(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> StoreResult<Vec<Deployment>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT record FROM deployments WHERE project = $1 AND environment = $2
+                 AND finished_at IS NULL ORDER BY started_at",
+                &[&project, &environment],
+            )
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Records that `step` of a deployment started.
+    pub async fn step_started(
+        &self,
+        deployment: &str,
+        step: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO deployment_steps (deployment_id, step, started_at) VALUES ($1, $2, $3)",
+                &[&deployment, &step, &at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records how the latest run of `step` of a deployment ended.
+    pub async fn step_finished(
+        &self,
+        deployment: &str,
+        step: &str,
+        at: DateTime<Utc>,
+        elapsed: Duration,
+        error: Option<&str>,
+    ) -> StoreResult<()> {
+        let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
+        self.client()
+            .await?
+            .execute(
+                "UPDATE deployment_steps SET finished_at = $3, elapsed_ms = $4, error = $5
+                 WHERE id = (SELECT max(id) FROM deployment_steps WHERE deployment_id = $1 AND step = $2)",
+                &[&deployment, &step, &at, &elapsed_ms, &error],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The steps a deployment ran, in order.
+    pub async fn deployment_steps(&self, deployment: &str) -> StoreResult<Vec<StepRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT step, started_at, finished_at, elapsed_ms, error FROM deployment_steps
+                 WHERE deployment_id = $1 ORDER BY id",
+                &[&deployment],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| StepRecord {
+                step: row.get(0),
+                started_at: row.get(1),
+                finished_at: row.get(2),
+                elapsed_ms: row.get(3),
+                error: row.get(4),
+            })
+            .collect())
+    }
+
+    /// The fleet serving the environment, if one was ever recorded.
+    pub async fn live_fleet(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> StoreResult<Option<FleetRef>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT fleet FROM environment_live WHERE project = $1 AND environment = $2",
+                &[&project, &environment],
+            )
+            .await?;
+        Ok(row
+            .map(|row| row.try_get::<_, Json<FleetRef>>(0))
+            .transpose()?
+            .map(|fleet| fleet.0))
+    }
+
+    async fn set_live_fleet(
+        &self,
+        project: &str,
+        environment: &str,
+        fleet: &FleetRef,
+    ) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO environment_live (project, environment, fleet) VALUES ($1, $2, $3)
+                 ON CONFLICT (project, environment) DO UPDATE SET fleet = EXCLUDED.fleet, updated_at = now()",
+                &[&project, &environment, &Json(fleet)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Who holds the environment's lock, expired or not.
+    pub async fn lock_holder(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> StoreResult<Option<LockHolder>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT owner, acquired_at, heartbeat_at FROM environment_locks
+                 WHERE project = $1 AND environment = $2",
+                &[&project, &environment],
+            )
+            .await?;
+        Ok(row.map(|row| LockHolder {
+            owner: row.get(0),
+            acquired_at: row.get(1),
+            heartbeat_at: row.get(2),
+        }))
+    }
+
+    /// Takes the lock in one statement: inserted when free, taken over when its holder's
+    /// heartbeat is older than the holder's time to live, refreshed when `owner` holds it.
+    async fn try_lock(
+        &self,
+        project: &str,
+        environment: &str,
+        owner: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<LockHolder>> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "INSERT INTO environment_locks AS l (project, environment, owner, acquired_at, heartbeat_at, ttl_ms)
+                 VALUES ($1, $2, $3, $4, $4, $5)
+                 ON CONFLICT (project, environment) DO UPDATE SET owner = EXCLUDED.owner,
+                     acquired_at = CASE WHEN l.owner = EXCLUDED.owner THEN l.acquired_at ELSE EXCLUDED.acquired_at END,
+                     heartbeat_at = EXCLUDED.heartbeat_at, ttl_ms = EXCLUDED.ttl_ms
+                 WHERE l.owner = EXCLUDED.owner
+                     OR l.heartbeat_at + l.ttl_ms * interval '1 millisecond' < EXCLUDED.heartbeat_at
+                 RETURNING owner, acquired_at, heartbeat_at",
+                &[&project, &environment, &owner, &now, &ttl_ms],
+            )
+            .await?;
+        Ok(row.map(|row| LockHolder {
+            owner: row.get(0),
+            acquired_at: row.get(1),
+            heartbeat_at: row.get(2),
+        }))
+    }
+
+    async fn heartbeat_lock(
+        &self,
+        project: &str,
+        environment: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let updated = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE environment_locks SET heartbeat_at = $4
+                 WHERE project = $1 AND environment = $2 AND owner = $3",
+                &[&project, &environment, &owner, &now],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    async fn release_lock(&self, project: &str, environment: &str, owner: &str) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM environment_locks WHERE project = $1 AND environment = $2 AND owner = $3",
+                &[&project, &environment, &owner],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The deployer's [`DeploymentStore`] for one project's environments.
+pub struct PgDeployments {
+    pub store: Store,
+    pub project: String,
+}
+
+/// The deployer's [`LockStore`] for one project's environments.
+pub struct PgLocks {
+    pub store: Store,
+    pub project: String,
+}
+
+fn failed(action: &str) -> impl FnOnce(StoreError) -> DeployerStoreError + '_ {
+    move |error| DeployerStoreError {
+        action: action.to_owned(),
+        source: Box::new(error),
+    }
+}
+
+#[async_trait]
+impl DeploymentStore for PgDeployments {
+    async fn save(&self, deployment: &Deployment) -> Result<(), DeployerStoreError> {
+        self.store
+            .save_deployment(&self.project, deployment)
+            .await
+            .map_err(failed("save deployment"))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Deployment>, DeployerStoreError> {
+        self.store
+            .deployment(&self.project, id)
+            .await
+            .map_err(failed("read deployment"))
+    }
+
+    async fn unfinished(&self, environment: &str) -> Result<Vec<Deployment>, DeployerStoreError> {
+        self.store
+            .unfinished_deployments(&self.project, environment)
+            .await
+            .map_err(failed("list unfinished deployments"))
+    }
+
+    async fn set_live(&self, environment: &str, live: &FleetRef) -> Result<(), DeployerStoreError> {
+        self.store
+            .set_live_fleet(&self.project, environment, live)
+            .await
+            .map_err(failed("record the live fleet"))
+    }
+
+    async fn live(&self, environment: &str) -> Result<Option<FleetRef>, DeployerStoreError> {
+        self.store
+            .live_fleet(&self.project, environment)
+            .await
+            .map_err(failed("read the live fleet"))
+    }
+}
+
+#[async_trait]
+impl LockStore for PgLocks {
+    async fn try_acquire(
+        &self,
+        environment: &str,
+        owner: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Result<LockHolder, LockHolder>, DeployerStoreError> {
+        // The holder may release between the refused insert and the read: try again then.
+        for _ in 0..LOCK_ATTEMPTS {
+            let taken = self
+                .store
+                .try_lock(&self.project, environment, owner, ttl, now)
+                .await
+                .map_err(failed("take the environment lock"))?;
+            if let Some(holder) = taken {
+                return Ok(Ok(holder));
+            }
+            let holder = self
+                .store
+                .lock_holder(&self.project, environment)
+                .await
+                .map_err(failed("read the environment lock"))?;
+            if let Some(holder) = holder {
+                return Ok(Err(holder));
+            }
+        }
+        Ok(Err(LockHolder {
+            owner: format!("others (the lock changed hands {LOCK_ATTEMPTS} times while read)"),
+            acquired_at: now,
+            heartbeat_at: now,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        environment: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, DeployerStoreError> {
+        self.store
+            .heartbeat_lock(&self.project, environment, owner, now)
+            .await
+            .map_err(failed("heartbeat the environment lock"))
+    }
+
+    async fn release(&self, environment: &str, owner: &str) -> Result<(), DeployerStoreError> {
+        self.store
+            .release_lock(&self.project, environment, owner)
+            .await
+            .map_err(failed("release the environment lock"))
+    }
+}

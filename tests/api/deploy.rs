@@ -1,0 +1,644 @@
+//! Blue/green deployments through the server, against real dockerd: auto-deploy to the first
+//! environment, promote, rollback to a warm fleet under load, a release that never turns
+//! healthy, the environment lock, unknown releases, and kill -9 of the real binary mid-deploy.
+//!
+//! Release rows are seeded straight into each test's database as baked, with images built
+//! here from `deployer/tests/data/app`, so these tests do not depend on the bake.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+use tokio_postgres::NoTls;
+
+use crate::helpers::{read_token, test_database, TestApp};
+
+/// The app image of `tag`: `v1`, `v2` (answering / with their version) or `bad` (whose
+/// /health answers 500).
+fn image(tag: &str) -> String {
+    format!("slipway-api-test/app:{tag}")
+}
+
+/// Builds the app images once per test run, from `slipway/debian:bookworm`, without a pull.
+async fn build_images() {
+    static BUILT: OnceCell<()> = OnceCell::const_new();
+    BUILT
+        .get_or_init(|| async {
+            let context = concat!(env!("CARGO_MANIFEST_DIR"), "/deployer/tests/data/app");
+            for (tag, health) in [("v1", "ok"), ("v2", "ok"), ("bad", "fail")] {
+                let built = tokio::process::Command::new("docker")
+                    .env("DOCKER_BUILDKIT", "0")
+                    .args(["build", "-q", "-t", &image(tag)])
+                    .args(["--build-arg", &format!("VERSION={tag}")])
+                    .args(["--build-arg", &format!("HEALTH={health}")])
+                    .arg(context)
+                    .output()
+                    .await
+                    .expect("docker build runs");
+                let stderr = String::from_utf8_lossy(&built.stderr);
+                assert!(built.status.success(), "docker build of {tag}: {stderr}");
+            }
+        })
+        .await;
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// One test's project: a unique name, its environments' ports, and the removal of every
+/// container and network it made (by the `slipway.project` label) when dropped.
+struct Project {
+    name: String,
+    ports: Vec<u16>,
+}
+
+impl Project {
+    async fn new(environments: usize) -> Project {
+        build_images().await;
+        Project {
+            name: format!("d{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            ports: (0..environments).map(|_| free_port()).collect(),
+        }
+    }
+
+    /// A config with this project and environments `dev` (and `prod`), each with `extra`.
+    fn config(&self, extra: &str) -> String {
+        let mut text = format!(
+            "[[projects]]\nname = \"{0}\"\nrepository = \"acme/{0}\"\nclone_url = \"file:///nonexistent\"\n",
+            self.name
+        );
+        for (name, port) in ["dev", "prod"].iter().zip(&self.ports) {
+            text.push_str(&format!(
+                "[[projects.environments]]\nname = \"{name}\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:{port}\"\ninstances = 2\n{extra}\n"
+            ));
+        }
+        text
+    }
+
+    fn url(&self, environment: usize) -> String {
+        format!("http://127.0.0.1:{}/", self.ports[environment])
+    }
+
+    /// The releases of this project's running containers, one entry per container.
+    fn running_releases(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "--format", "{{.Label \"slipway.release\"}}"])
+            .args(["--filter", &format!("label=slipway.project={}", self.name)])
+            .output()
+            .unwrap();
+        let mut releases: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        releases.sort();
+        releases
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let label = format!("label=slipway.project={}", self.name);
+        for (kind, list) in [("container", "ps"), ("network", "network")] {
+            let mut args = vec![list];
+            if list == "network" {
+                args.push("ls");
+            } else {
+                args.push("-a");
+            }
+            let out = Command::new("docker")
+                .args(&args)
+                .args(["-q", "--filter", &label])
+                .output()
+                .unwrap();
+            let ids = String::from_utf8_lossy(&out.stdout).to_string();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let remove: &[&str] = if kind == "container" {
+                    &["rm", "-f"]
+                } else {
+                    &["network", "rm"]
+                };
+                let _ = Command::new("docker").args(remove).args(&ids).output();
+            }
+        }
+    }
+}
+
+/// Seeds release `number` of `project`, baked into `image` when `baked`.
+async fn insert_release(database_url: &str, project: &str, number: i64, image: &str, baked: bool) {
+    let (client, connection) = tokio_postgres::connect(database_url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let build = uuid::Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO builds (id, project, number, branch, commit, event, status)
+             VALUES ($1, $2, $3, 'main', 'abc123', 'push', 'passed')",
+            &[&build, &project, &number],
+        )
+        .await
+        .unwrap();
+    let bake_status = if baked { "baked" } else { "failed" };
+    let image = baked.then_some(image);
+    client
+        .execute(
+            "INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image)
+             VALUES ($1, $2, $3, $4, 'abc123', 'published', $5, $6)",
+            &[&uuid::Uuid::new_v4(), &project, &number, &build, &bake_status, &image],
+        )
+        .await
+        .unwrap();
+}
+
+/// A client of one server's API.
+#[derive(Clone)]
+struct Api {
+    address: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn of(app: &TestApp) -> Api {
+        Api {
+            address: app.address.clone(),
+            token: app.token.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn environment(&self, project: &str, name: &str) -> Value {
+        let url = format!("{}/api/v1/projects/{project}/environments", self.address);
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let environments: Vec<Value> = response.json().await.unwrap();
+        environments
+            .into_iter()
+            .find(|e| e["name"] == name)
+            .expect("the environment is listed")
+    }
+
+    /// Waits until `check` holds for the environment, for at most `limit`.
+    async fn wait_for(
+        &self,
+        project: &str,
+        name: &str,
+        limit: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let environment = self.environment(project, name).await;
+            if check(&environment) {
+                return environment;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting: {environment:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_live(&self, project: &str, name: &str, release: &str) -> Value {
+        self.wait_for(project, name, Duration::from_secs(90), |e| {
+            e["live"]["release"] == release && e["busy"].is_null()
+        })
+        .await
+    }
+
+    /// Posts an operation; its status and body (the whole event stream when accepted).
+    async fn post(&self, path: &str, body: Value) -> (u16, String) {
+        let url = format!("{}/api/v1{path}", self.address);
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn deployment(&self, project: &str, id: &str) -> Value {
+        let url = format!(
+            "{}/api/v1/projects/{project}/deployments/{id}",
+            self.address
+        );
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+}
+
+/// The data of each event in a server-sent event stream.
+fn events(stream: &str) -> Vec<Value> {
+    stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| serde_json::from_str(data.trim()).expect("events carry JSON"))
+        .collect()
+}
+
+/// Requests to an environment's listener in a loop until stopped: what each answered.
+struct Load {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<Result<String, String>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(url: String) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let (stopped, answered) = (stop.clone(), answers.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while !stopped.load(Ordering::SeqCst) {
+                let answer = match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        Ok(r.text().await.unwrap_or_default().trim().to_owned())
+                    }
+                    Ok(r) => Err(r.status().to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                answered.lock().unwrap().push(answer);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Load {
+            stop,
+            answers,
+            task,
+        }
+    }
+
+    async fn stop(self) -> Vec<Result<String, String>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        let answers = self.answers.lock().unwrap().clone();
+        answers
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baked_release_reaches_dev_by_itself_and_promote_takes_it_to_prod() {
+    let project = Project::new(2).await;
+    let app = TestApp::spawn(&project.config("watch = \"1s\"")).await;
+    let api = Api::of(&app);
+    let name = project.name.clone();
+    insert_release(&app.database_url, &name, 1, &image("v1"), true).await;
+    api.wait_live(&name, "dev", "v1").await;
+    assert_eq!(
+        reqwest::get(project.url(0))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "v1\n"
+    );
+
+    let args = [
+        "promote",
+        "--env",
+        "prod",
+        "--server",
+        &app.address,
+        "--token",
+        &app.token,
+        "--project",
+        &name,
+    ]
+    .map(str::to_owned);
+    let promoted = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&promoted.stdout);
+    let stderr = String::from_utf8_lossy(&promoted.stderr);
+    assert!(promoted.status.success(), "{stdout}\n{stderr}");
+    for step in ["launching", "waiting_healthy", "switching", "watching"] {
+        assert!(
+            stdout.contains(&format!("v1 {step} done in ")),
+            "{step}:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("v1 is live in prod"), "{stdout}");
+    assert_eq!(
+        reqwest::get(project.url(1))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "v1\n"
+    );
+
+    let prod = api.environment(&name, "prod").await;
+    assert_eq!(prod["live"]["release"], "v1");
+    assert_eq!(prod["health"]["healthy"], 2, "{prod:#}");
+    let id = prod["deployments"][0]["id"].as_str().unwrap();
+    let deployment = api.deployment(&name, id).await;
+    let steps = deployment["steps"].as_array().unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["step"] == "launching" && s["elapsed_ms"].is_number()),
+        "{deployment:#}"
+    );
+    assert!(steps.iter().all(|s| s["error"].is_null()), "{deployment:#}");
+
+    let args = [
+        "status",
+        "--server",
+        &app.address,
+        "--token",
+        &app.token,
+        "--project",
+        &name,
+    ]
+    .map(str::to_owned);
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{stdout}");
+    assert!(stdout.contains("prod (docker): live v1"), "{stdout}");
+    assert!(stdout.contains("2/2 healthy"), "{stdout}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rollback_to_the_warm_fleet_is_a_switch_without_failed_requests() {
+    let project = Project::new(1).await;
+    let app = TestApp::spawn(&project.config("watch = \"1s\"")).await;
+    let api = Api::of(&app);
+    let name = project.name.clone();
+    insert_release(&app.database_url, &name, 1, &image("v1"), true).await;
+    api.wait_live(&name, "dev", "v1").await;
+    insert_release(&app.database_url, &name, 2, &image("v2"), true).await;
+    api.wait_live(&name, "dev", "v2").await;
+    assert_eq!(
+        project.running_releases(),
+        ["v1", "v1", "v2", "v2"],
+        "v1 is kept warm"
+    );
+
+    let load = Load::start(project.url(0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = format!("/projects/{name}/environments/dev/rollback");
+    let started = Instant::now();
+    let (status, stream) = api.post(&path, json!({ "to": "v1" })).await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answers = load.stop().await;
+
+    assert_eq!(status, 200, "{stream}");
+    let events = events(&stream);
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "finished", "{stream}");
+    assert_eq!(last["deployment"]["kind"], "switch_back");
+    assert_eq!(last["deployment"]["state"], "retaining_blue");
+    assert!(
+        !events.iter().any(|e| e["step"] == "launching"),
+        "no launch: {stream}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "a switch, not a deploy: {took:?}"
+    );
+    let failed: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(answers.len() > 20, "the load ran: {}", answers.len());
+    assert_eq!(answers.last().unwrap().as_deref(), Ok("v1"));
+    assert_eq!(api.environment(&name, "dev").await["live"]["release"], "v1");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_release_that_never_turns_healthy_gets_no_traffic_and_holds_the_lock_meanwhile() {
+    let project = Project::new(1).await;
+    let app = TestApp::spawn(&project.config("watch = \"1s\"\nhealth_timeout = \"8s\"")).await;
+    let api = Api::of(&app);
+    let name = project.name.clone();
+    insert_release(&app.database_url, &name, 1, &image("v1"), true).await;
+    api.wait_live(&name, "dev", "v1").await;
+
+    let load = Load::start(project.url(0));
+    insert_release(&app.database_url, &name, 2, &image("bad"), true).await;
+    api.wait_for(&name, "dev", Duration::from_secs(30), |e| {
+        e["deployments"][0]["release"] == "v2" && e["busy"].is_object()
+    })
+    .await;
+    let path = format!("/projects/{name}/environments/dev/promote");
+    let (status, body) = api.post(&path, json!({ "release": "v1" })).await;
+    assert_eq!(status, 409, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("deploying v2"),
+        "{body}"
+    );
+    assert!(
+        body["holder"]["owner"]
+            .as_str()
+            .unwrap()
+            .starts_with("slipway-server-"),
+        "{body}"
+    );
+    assert!(body["holder"]["since"].is_string(), "{body}");
+
+    let dev = api
+        .wait_for(&name, "dev", Duration::from_secs(60), |e| {
+            e["deployments"][0]["state"] == "failed"
+        })
+        .await;
+    let answers = load.stop().await;
+    let reason = dev["deployments"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not healthy"), "{reason}");
+    assert_eq!(dev["live"]["release"], "v1");
+    let failed: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        answers.iter().all(|a| a.as_deref() == Ok("v1")),
+        "only v1 served"
+    );
+    assert_eq!(
+        project.running_releases(),
+        ["v1", "v1"],
+        "the bad fleet is gone"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_or_unbaked_release_is_refused_with_the_deployable_ones() {
+    let project = Project::new(2).await;
+    let app = TestApp::spawn(&project.config("")).await;
+    let api = Api::of(&app);
+    let name = project.name.clone();
+    insert_release(&app.database_url, &name, 1, &image("v1"), true).await;
+    insert_release(&app.database_url, &name, 2, &image("v2"), false).await;
+    let path = format!("/projects/{name}/environments/prod/promote");
+    for release in ["v2", "v9", "latest"] {
+        let (status, body) = api.post(&path, json!({ "release": release })).await;
+        assert_eq!(status, 404, "{release}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["deployable"], json!(["v1"]), "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("deployable releases: v1"),
+            "{body}"
+        );
+    }
+    let (status, body) = api
+        .post(
+            &format!("/projects/{name}/environments/dev/promote"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("first environment"), "{body}");
+    let (status, body) = api
+        .post(
+            &format!("/projects/{name}/environments/qa/rollback"),
+            json!({ "to": "v1" }),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("environments: dev, prod"), "{body}");
+    app.stop().await;
+}
+
+/// The real binary in `dir` (reading its slipway.toml); killed when dropped.
+struct Server {
+    child: Child,
+    api: Api,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .env_remove("SLIPWAY_DATABASE_URL")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("slipway starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("addr=") {
+                    let addr = line[at + 5..].split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server listens within 60 s");
+        Server {
+            child,
+            api: Api {
+                address: format!("http://{addr}"),
+                token: read_token(&dir.join(".slipway")),
+                http: reqwest::Client::new(),
+            },
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // kill -9, also when an assertion failed.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_launch_and_switch_then_restart_finishes_with_only_the_live_fleet() {
+    let project = Project::new(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let database_url = test_database();
+    let config = format!(
+        "database_url = \"{database_url}\"\n{}",
+        project.config("watch = \"1s\"\nretention = \"0s\"")
+    );
+    std::fs::write(dir.path().join("slipway.toml"), config).unwrap();
+    let name = project.name.clone();
+
+    let first = Server::start(dir.path());
+    insert_release(&database_url, &name, 1, &image("v1"), true).await;
+    first.api.wait_live(&name, "dev", "v1").await;
+    insert_release(&database_url, &name, 2, &image("v2"), true).await;
+    first
+        .api
+        .wait_for(&name, "dev", Duration::from_secs(30), |e| {
+            e["deployments"][0]["release"] == "v2"
+                && ["launching", "waiting_healthy"]
+                    .contains(&e["deployments"][0]["state"].as_str().unwrap_or(""))
+        })
+        .await;
+    drop(first); // kill -9 with green launched (or launching) and traffic still on v1
+
+    let second = Server::start(dir.path());
+    let dev = second
+        .api
+        .wait_for(&name, "dev", Duration::from_secs(90), |e| {
+            let state = e["deployments"][0]["state"].as_str().unwrap_or("");
+            ["succeeded", "rolled_back", "failed"].contains(&state) && e["busy"].is_null()
+        })
+        .await;
+    let live = dev["live"]["release"].as_str().unwrap().to_owned();
+    assert_eq!(dev["deployments"][0]["state"], "succeeded", "{dev:#}");
+    assert_eq!(live, "v2");
+    let body = reqwest::get(project.url(0))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), live);
+    assert_eq!(
+        project.running_releases(),
+        [live.clone(), live],
+        "only the live fleet runs"
+    );
+    drop(second);
+}
