@@ -163,3 +163,27 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_carries_one_event_and_a_failed_deployment_fails_the_command() {
+        let frame = "event: step_finished\ndata: {\"event\":\"step_finished\",\"deployment\":\"d\",\"release\":\"v2\",\"step\":\"launching\",\"at\":\"2026-01-01T00:00:00Z\",\"elapsed_ms\":1500,\"error\":null}\n\n";
+        let event = parse_frame(frame).expect("an event");
+        assert!(matches!(
+            &event,
+            Progress::StepFinished {
+                elapsed_ms: 1500,
+                ..
+            }
+        ));
+        assert_eq!(show(&event), None);
+        assert_eq!(parse_frame(": keep-alive\n\n").map(|e| e.name()), None);
+        let refused = Progress::Errored {
+            error: "release v2 already has fleet dev-v2".to_owned(),
+        };
+        assert_eq!(show(&refused), Some(ExitCode::FAILURE));
+    }
+}

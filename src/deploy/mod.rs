@@ -16,14 +16,16 @@ use std::time::Duration;
 use bollard::Docker;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use slipway_deployer::{DeployError, DeployRequest, Deployer, InstanceHealth, Target, TargetError};
+use slipway_deployer::{
+    DeployError, DeployRequest, Deployer, DeploymentState, InstanceHealth, Target, TargetError,
+};
 use tokio::sync::{mpsc, OwnedMutexGuard};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::config::{Config, Environment};
 use crate::store::deployments::{DeployableRelease, PgDeployments, PgLocks};
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
 use progress::{Progress, ProgressObserver};
 
 /// How often the first environments are checked for a new baked release.
@@ -334,6 +336,20 @@ impl DeployManager {
         });
     }
 
+    /// Whether a deployment keeps a warm fleet in the environment past its window.
+    async fn retirement_due(&self, environment: &EnvironmentHandle) -> StoreResult<bool> {
+        let now = Utc::now();
+        let unfinished = self
+            .inner
+            .store
+            .unfinished_deployments(&environment.project, &environment.config.name)
+            .await?;
+        Ok(unfinished.iter().any(|deployment| {
+            deployment.state == DeploymentState::RetainingBlue
+                && deployment.retain_until.is_none_or(|until| until <= now)
+        }))
+    }
+
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
         while tasks.try_join_next().is_some() {}
@@ -389,6 +405,16 @@ async fn retire_expired(manager: DeployManager) {
     loop {
         tokio::time::sleep(RETIRE_EVERY).await;
         for environment in &manager.inner.environments {
+            // Only an expired window takes the environment, so promotions are not refused
+            // for the sake of a check that finds nothing to do.
+            match manager.retirement_due(environment).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "looking for warm fleets to retire failed");
+                    continue;
+                }
+            }
             let Ok(guard) = manager.occupy(environment, "retiring a warm fleet") else {
                 continue;
             };

@@ -642,3 +642,44 @@ async fn kill_9_between_launch_and_switch_then_restart_finishes_with_only_the_li
     );
     drop(second);
 }
+
+#[tokio::test]
+async fn a_lock_held_by_another_server_refuses_with_its_holder() {
+    let project = Project::new(2).await;
+    let app = TestApp::spawn(&project.config("")).await;
+    let api = Api::of(&app);
+    let name = project.name.clone();
+    insert_release(&app.database_url, &name, 1, &image("v1"), true).await;
+    let (client, connection) = tokio_postgres::connect(&app.database_url, NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO environment_locks (project, environment, owner, acquired_at, heartbeat_at, ttl_ms)
+             VALUES ($1, 'prod', 'slipway-server-elsewhere', now() - interval '1 minute', now(), 600000)",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    let path = format!("/projects/{name}/environments/prod/promote");
+    let (status, body) = api.post(&path, json!({ "release": "v1" })).await;
+    assert_eq!(status, 409, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body["holder"]["owner"], "slipway-server-elsewhere",
+        "{body}"
+    );
+    assert!(body["holder"]["acquired_at"].is_string(), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("locked by slipway-server-elsewhere since"),
+        "{body}"
+    );
+    let prod = api.environment(&name, "prod").await;
+    assert_eq!(prod["lock"]["owner"], "slipway-server-elsewhere");
+    assert!(prod["live"].is_null(), "nothing ran: {prod:#}");
+    app.stop().await;
+}
