@@ -644,7 +644,7 @@ async fn kill_9_between_launch_and_switch_then_restart_finishes_with_only_the_li
 }
 
 #[tokio::test]
-async fn a_lock_held_by_another_server_refuses_with_its_holder() {
+async fn a_lock_held_by_another_server_refuses_with_its_holder_until_its_heartbeat_expires() {
     let project = Project::new(2).await;
     let app = TestApp::spawn(&project.config("")).await;
     let api = Api::of(&app);
@@ -681,5 +681,26 @@ async fn a_lock_held_by_another_server_refuses_with_its_holder() {
     let prod = api.environment(&name, "prod").await;
     assert_eq!(prod["lock"]["owner"], "slipway-server-elsewhere");
     assert!(prod["live"].is_null(), "nothing ran: {prod:#}");
+
+    // The other server stopped heartbeating longer ago than its time to live: taken over.
+    client
+        .execute(
+            "UPDATE environment_locks SET heartbeat_at = now() - interval '11 minutes' WHERE project = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    let (status, stream) = api.post(&path, json!({ "release": "v1" })).await;
+    assert_eq!(status, 200, "{stream}");
+    let last = events(&stream).pop().unwrap();
+    assert_eq!(last["deployment"]["release"], "v1", "{stream}");
+    let state = last["deployment"]["state"].as_str().unwrap();
+    assert!(["retaining_blue", "succeeded"].contains(&state), "{stream}");
+    let prod = api.environment(&name, "prod").await;
+    assert_eq!(prod["live"]["release"], "v1");
+    assert!(
+        prod["lock"].is_null(),
+        "released after the deployment: {prod:#}"
+    );
     app.stop().await;
 }
