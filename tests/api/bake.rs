@@ -274,3 +274,149 @@ async fn a_bake_ansible_fails_leaves_the_build_passed_the_release_published_and_
     assert!(ok && images.trim().is_empty(), "images left: {images}");
     app.stop().await;
 }
+
+/// `slipway server` (the real binary) in `dir`, killed with SIGKILL on drop.
+struct ServerProcess {
+    child: std::process::Child,
+    address: String,
+}
+
+impl ServerProcess {
+    fn start(dir: &std::path::Path) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .env_remove("SLIPWAY_DATABASE_URL")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(at) = line.find("slipway server listening addr=") {
+                    let addr = line[at + 30..].split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("the server did not listen within 120 s")
+            });
+        ServerProcess {
+            child,
+            address: format!("http://{addr}"),
+        }
+    }
+
+    async fn releases(&self, token: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/projects/hello/releases", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bake_interrupted_by_kill_9_is_reaped_and_failed_by_the_next_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cleanup = Cleanup::new();
+    let repo = hello_repository();
+    let commit = git(repo.path(), &["rev-parse", "HEAD"]);
+    let dir = tempfile::tempdir().unwrap();
+    // The embedded cluster runs as user postgres, which must be able to reach the data dir.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.path().join("slipway.toml"), hello_config(repo.path())).unwrap();
+    let first = ServerProcess::start(dir.path());
+    let token = crate::helpers::read_token(&dir.path().join(".slipway"));
+    let body = crate::builds::push_body("acme/hello", "main", &commit);
+    let queued = reqwest::Client::new()
+        .post(format!("{}/hooks/bitbucket", first.address))
+        .header("X-Event-Key", "repo:push")
+        .header(
+            "X-Hub-Signature",
+            crate::helpers::sign("hello-secret", &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+
+    // Wait until the bake's container runs, then kill -9 the server.
+    let deadline = Instant::now() + BUILD_AND_BAKE;
+    let bake_id = loop {
+        let releases = first.releases(&token).await;
+        if let Some(bake_id) = releases[0]["bake_id"].as_str() {
+            let label = format!("label=slipway.bake={bake_id}");
+            if !docker(&["ps", "-q", "--filter", &label])
+                .1
+                .trim()
+                .is_empty()
+            {
+                break bake_id.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "no bake started: {releases}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    cleanup.bake_ids.push(bake_id.clone());
+    drop(first);
+
+    let second = ServerProcess::start(dir.path());
+    let v1 = second.releases(&token).await[0].clone();
+    assert_eq!(v1["status"], "published", "{v1}");
+    assert_eq!(v1["bake_status"], "failed", "{v1}");
+    assert_eq!(
+        v1["bake_reason"],
+        "the server stopped while this release was baking"
+    );
+    assert_eq!(v1["image"], Value::Null, "{v1}");
+    // Packer outlives the server (its own process group) and stops once its container is gone.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let containers = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=slipway.bake={bake_id}"),
+        ])
+        .1;
+        let images = docker(&[
+            "images",
+            "-q",
+            "--filter",
+            &format!("label=slipway.baked-by={bake_id}"),
+        ])
+        .1;
+        if containers.trim().is_empty() && images.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left by the interrupted bake: containers {containers}, images {images}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(second);
+}
