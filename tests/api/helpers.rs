@@ -118,11 +118,17 @@ impl TestApp {
     }
 
     /// Stops the server gracefully and waits for it.
+    /// Stops the server gracefully, waits for it, and removes the images its releases were
+    /// baked into (named `slipway/<package>-<first 8 hex digits of the server id>`).
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("server ran");
         }
+        let store = slipway::store::Store::connect(&self.database_url).await.expect("test database");
+        let server_tag = store.server_id().await.expect("server id").simple().to_string()[..8].to_string();
+        store.close();
+        remove_baked_images(&server_tag);
     }
 }
 
@@ -153,4 +159,21 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 pub fn fixture_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/fixtures/bitbucket/cloud-signed-push.json")
+}
+
+/// Removes every image whose repository ends in `-<server_tag>`.
+fn remove_baked_images(server_tag: &str) {
+    let listed = std::process::Command::new("docker")
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .output()
+        .expect("docker images");
+    let suffix = format!("-{server_tag}");
+    let images: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|image| image.split(':').next().is_some_and(|repo| repo.ends_with(&suffix)))
+        .map(str::to_string)
+        .collect();
+    if !images.is_empty() {
+        let _ = std::process::Command::new("docker").arg("rmi").arg("-f").args(&images).output();
+    }
 }
