@@ -17,7 +17,7 @@ use bollard::Docker;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slipway_deployer::{
-    DeployError, DeployRequest, Deployer, DeploymentState, InstanceHealth, Target, TargetError,
+    DeployError, DeployRequest, Deployer, DeploymentState, FleetRef, InstanceHealth, Target,
 };
 use tokio::sync::{mpsc, OwnedMutexGuard};
 use tokio::task::JoinSet;
@@ -80,13 +80,12 @@ impl EnvironmentHandle {
     pub async fn live_health(
         &self,
         store: &Store,
-    ) -> anyhow::Result<Option<(slipway_deployer::FleetRef, Vec<InstanceHealth>)>> {
+    ) -> anyhow::Result<Option<(FleetRef, Vec<InstanceHealth>)>> {
         let Some(live) = store.live_fleet(&self.project, &self.config.name).await? else {
             return Ok(None);
         };
-        let health: Result<Vec<InstanceHealth>, TargetError> =
-            self.target.instance_health(&live).await;
-        Ok(Some((live, health?)))
+        let health = self.target.instance_health(&live).await?;
+        Ok(Some((live, health)))
     }
 }
 

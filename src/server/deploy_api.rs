@@ -173,7 +173,11 @@ async fn start(
             return Err(error(
                 StatusCode::CONFLICT,
                 &message,
-                json!({ "holder": busy }),
+                json!({ "holder": {
+                    "owner": busy.owner,
+                    "acquired_at": busy.since,
+                    "operation": busy.operation,
+                } }),
             ));
         }
     };

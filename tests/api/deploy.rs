@@ -476,7 +476,7 @@ async fn a_release_that_never_turns_healthy_gets_no_traffic_and_holds_the_lock_m
             .starts_with("slipway-server-"),
         "{body}"
     );
-    assert!(body["holder"]["since"].is_string(), "{body}");
+    assert!(body["holder"]["acquired_at"].is_string(), "{body}");
 
     let dev = api
         .wait_for(&name, "dev", Duration::from_secs(60), |e| {
