@@ -91,7 +91,7 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
             "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<32} {}",
             text("version"),
             text("commit").chars().take(12).collect::<String>(),
-            release["build"],
+            release["build"].as_i64().unwrap_or_default(),
             text("status"),
             file,
             sha,
