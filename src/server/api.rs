@@ -198,10 +198,12 @@ fn follow_logs(state: AppState, build: Build) -> impl Stream<Item = Result<Event
                     Ok(LiveEvent::Line(line)) => vec![line],
                     Ok(LiveEvent::Finished) | Err(RecvError::Closed) => break,
                     // A slow reader fell behind the live channel: catch up from the store.
-                    Err(RecvError::Lagged(_)) => match state.store.log_lines(build.id, last_seq).await {
-                        Ok(lines) => lines,
-                        Err(_) => break,
-                    },
+                    Err(RecvError::Lagged(_)) => {
+                        match state.store.log_lines(build.id, last_seq).await {
+                            Ok(lines) => lines,
+                            Err(_) => break,
+                        }
+                    }
                 };
                 for line in lines {
                     if line.seq <= last_seq {

@@ -125,8 +125,16 @@ impl TestApp {
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("server ran");
         }
-        let store = slipway::store::Store::connect(&self.database_url).await.expect("test database");
-        let server_tag = store.server_id().await.expect("server id").simple().to_string()[..8].to_string();
+        let store = slipway::store::Store::connect(&self.database_url)
+            .await
+            .expect("test database");
+        let server_tag = store
+            .server_id()
+            .await
+            .expect("server id")
+            .simple()
+            .to_string()[..8]
+            .to_string();
         store.close();
         remove_baked_images(&server_tag);
     }
@@ -170,10 +178,19 @@ fn remove_baked_images(server_tag: &str) {
     let suffix = format!("-{server_tag}");
     let images: Vec<String> = String::from_utf8_lossy(&listed.stdout)
         .lines()
-        .filter(|image| image.split(':').next().is_some_and(|repo| repo.ends_with(&suffix)))
+        .filter(|image| {
+            image
+                .split(':')
+                .next()
+                .is_some_and(|repo| repo.ends_with(&suffix))
+        })
         .map(str::to_string)
         .collect();
     if !images.is_empty() {
-        let _ = std::process::Command::new("docker").arg("rmi").arg("-f").args(&images).output();
+        let _ = std::process::Command::new("docker")
+            .arg("rmi")
+            .arg("-f")
+            .args(&images)
+            .output();
     }
 }
