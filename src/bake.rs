@@ -10,7 +10,9 @@
 //! - The image's `CMD` is the `ExecStart=` of the package's systemd unit, split on whitespace;
 //!   the app listens on `PORT` (the deployer sets it), and the image exposes 8000.
 //! - The bake key covers everything that shapes the image; a release whose key equals a baked
-//!   release's reuses that image instead of baking again.
+//!   release's reuses that image instead of baking again, unless a rebake is asked for
+//!   ([`Baker::rebake`], `POST .../releases/{version}/rebake`): the first bake records the
+//!   image's command and ports on the release, so a rebake needs no checkout.
 //! - A failed bake marks the release `bake_status = failed` with Ansible's error line as the
 //!   reason; the build stays `passed` (its pipeline passed and the package is published), and
 //!   the bake crate removes whatever the failed bake left.
@@ -18,8 +20,10 @@
 //!   `$SLIPWAY_SHARE_DIR/ansible/`; without the variable, from the source tree the binary was
 //!   built from.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::releases::{bake_id, BakeLogLine, BakedImage, Release};
+use crate::store::releases::{bake_id, BakeLogLine, BakeRecipe, BakedImage, Release};
 use crate::store::Store;
 
 /// Overrides where the template (`packer/slipway.json`) and playbook (`ansible/`) are found.
@@ -45,6 +49,9 @@ pub const INTERRUPTED_REASON: &str = "the server stopped while this release was 
 const BAKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Longest Ansible error line kept as a bake reason; the whole line stays in the bake log.
 const REASON_LIMIT: usize = 2000;
+
+/// The bakers made in this process, by server id: one process may run several servers (tests).
+static BAKERS: LazyLock<Mutex<HashMap<Uuid, Baker>>> = LazyLock::new(Default::default);
 
 /// Bakes releases for one server; cheap to clone.
 #[derive(Debug, Clone)]
@@ -68,13 +75,28 @@ impl Baker {
         if reachable.ip().is_unspecified() {
             reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        Baker {
+        let baker = Baker {
             template: share_dir.join("packer/slipway.json"),
             playbook_dir: share_dir.join("ansible"),
             apt_url: format!("http://{reachable}/apt/"),
             apt_key_path: data_dir.join("apt/key.gpg"),
             server_tag: server_id.simple().to_string()[..8].to_string(),
-        }
+        };
+        BAKERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server_id, baker.clone());
+        baker
+    }
+
+    /// The baker the server with id `server_id` made in this process (the newest one), for
+    /// request handlers such as the rebake route.
+    pub fn for_server(server_id: Uuid) -> Option<Baker> {
+        BAKERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&server_id)
+            .cloned()
     }
 
     /// Bakes the published `release` of `package` (whose checkout is in `workspace`) and records
@@ -112,11 +134,58 @@ impl Baker {
                 return Ok(());
             }
         };
+        let recipe = BakeRecipe {
+            command,
+            exposed_ports: vec![i32::from(APP_PORT)],
+        };
+        self.run_bake(store, release, &recipe, false, cancel).await
+    }
+
+    /// Bakes `release` again from what its first bake recorded (no checkout needed), even when
+    /// a baked release has an equal bake key, and records the new image in place of the old.
+    /// The caller has claimed the rebake ([`Store::claim_rebake`]), so the release is `baking`.
+    /// Never fails: errors end up in the release.
+    #[tracing::instrument(skip_all, fields(project = %release.project, release = %release.version))]
+    pub async fn rebake(&self, store: &Store, release: &Release, cancel: &CancellationToken) {
+        let result = match (&release.image_command, &release.exposed_ports) {
+            (Some(command), Some(ports)) => {
+                let recipe = BakeRecipe {
+                    command: command.clone(),
+                    exposed_ports: ports.clone(),
+                };
+                self.run_bake(store, release, &recipe, true, cancel).await
+            }
+            _ => Err(anyhow::anyhow!("the release has no recorded bake recipe")),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = format!("{e:#}"), "rebake failed");
+            let reason = format!("the rebake could not run: {e:#}");
+            if let Err(e) = store.mark_bake_failed(release.id, &reason).await {
+                tracing::error!(error = %e, "cannot record a failed rebake");
+            }
+        }
+    }
+
+    /// Bakes `release` with `recipe`. A first bake records the recipe and reuses an image with
+    /// an equal bake key; a rebake (already marked `baking`) always runs Packer.
+    async fn run_bake(
+        &self,
+        store: &Store,
+        release: &Release,
+        recipe: &BakeRecipe,
+        rebake: bool,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let record = release
             .package
             .as_ref()
             .context("a published release has a package")?;
         let (base_image, base_image_id, base_note) = self.base_image(store, release).await?;
+        let exposed_ports = recipe
+            .exposed_ports
+            .iter()
+            .map(|&port| u16::try_from(port).context("exposed ports are 16-bit"))
+            .collect::<anyhow::Result<Vec<u16>>>()?;
         let request = BakeRequest {
             packer: PathBuf::from("packer"),
             template: self.template.clone(),
@@ -125,8 +194,8 @@ impl Baker {
                 base_image,
                 image_repository: self.image_repository(&record.name),
                 tag: release.version.clone(),
-                command,
-                exposed_ports: vec![APP_PORT],
+                command: recipe.command.clone(),
+                exposed_ports,
             }),
             app: release.project.clone(),
             package: record.name.clone(),
@@ -149,24 +218,33 @@ impl Baker {
                 return Ok(());
             }
         };
-        store.mark_bake_started(release.id, &key).await?;
+        if rebake {
+            store.set_bake_key(release.id, &key).await?;
+        } else {
+            store.mark_bake_started(release.id, &key, recipe).await?;
+        }
         let mut log = BakeLog::start(store.clone(), release.id);
+        if rebake {
+            log.line("==> slipway: rebake requested: baking again even if an image with this bake key exists");
+        }
         log.line(&base_note);
-        if let Some(image) = self.reusable_image(store, release, &key).await? {
-            log.line(&format!(
-                "==> slipway: reusing {} ({}): an earlier bake had the same bake key",
-                image.image, image.image_id
-            ));
-            log.finish().await;
-            store.mark_baked(release.id, &image).await?;
-            return Ok(());
+        if !rebake {
+            if let Some(image) = self.reusable_image(store, release, &key).await? {
+                log.line(&format!(
+                    "==> slipway: reusing {} ({}): an earlier bake had the same bake key",
+                    image.image, image.image_id
+                ));
+                log.finish().await;
+                store.mark_baked(release.id, &image).await?;
+                return Ok(());
+            }
         }
         let result = slipway_bake::bake(&request, &mut log, cancel).await;
         let ansible_error = log.ansible_error.take();
         log.finish().await;
         match result {
             Ok(artifact) => {
-                tracing::info!(image = %artifact.name, "baked a release");
+                tracing::info!(image = %artifact.name, rebake, "baked a release");
                 let image = BakedImage {
                     image: artifact.name,
                     image_id: artifact.id,

@@ -1,17 +1,25 @@
-//! The release routes under `/api/v1` beyond the list: a release's bake log.
+//! The release routes under `/api/v1` beyond the list: a release's bake log, and rebakes.
 
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, AppState};
+use crate::bake::Baker;
 use crate::store::releases::{BakeLogLine, Release};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/projects/{project}/releases/{version}/bake-log",
-        get(bake_log),
-    )
+    Router::new()
+        .route(
+            "/projects/{project}/releases/{version}/bake-log",
+            get(bake_log),
+        )
+        .route(
+            "/projects/{project}/releases/{version}/rebake",
+            post(rebake),
+        )
 }
 
 /// `GET .../releases/{version}/bake-log`: the bake's lines (Packer's and Ansible's), in order.
@@ -21,6 +29,74 @@ async fn bake_log(
 ) -> Result<Json<Vec<BakeLogLine>>, ApiError> {
     let release = find_release(&state, &project, &version).await?;
     Ok(Json(state.store.bake_log_lines(release.id).await?))
+}
+
+/// `POST .../releases/{version}/rebake`: bakes the release again in the background, even when
+/// an image with an equal bake key exists, and answers 202 with the release (now `baking`); the
+/// new image replaces the recorded one when the bake ends. 404 for an unknown release and 409
+/// for one that cannot be rebaked (no published package or no recorded bake) or is baking; both
+/// name the releases that can be rebaked.
+async fn rebake(
+    State(state): State<AppState>,
+    Path((project, version)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Release>), ApiError> {
+    if state.config.project(&project).is_none() {
+        return Err(ApiError::not_found(format!("no project named `{project}`")));
+    }
+    let number = version
+        .strip_prefix('v')
+        .unwrap_or(&version)
+        .parse::<i64>()
+        .ok();
+    let found = match number {
+        Some(number) => state.store.release(&project, number).await?,
+        None => None,
+    };
+    let Some(release) = found else {
+        let listed = rebakeable(&state, &project).await?;
+        return Err(ApiError::not_found(format!(
+            "project `{project}` has no release {version:?}; releases that can be rebaked: {listed}"
+        )));
+    };
+    let baker = Baker::for_server(state.store.server_id().await?).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server has no baker; see the server log",
+        )
+    })?;
+    let Some(claimed) = state.store.claim_rebake(release.id).await? else {
+        let why = if release.bake_status.as_deref() == Some("baking") {
+            "is baking; wait for its bake to end"
+        } else {
+            "cannot be rebaked: it published no package or its first bake never started"
+        };
+        let listed = rebakeable(&state, &project).await?;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "release {} of `{project}` {why}; releases that can be rebaked: {listed}",
+                release.version
+            ),
+        ));
+    };
+    let store = state.store.clone();
+    let release = claimed.clone();
+    tokio::spawn(async move {
+        baker
+            .rebake(&store, &release, &CancellationToken::new())
+            .await
+    });
+    Ok((StatusCode::ACCEPTED, Json(claimed)))
+}
+
+/// The versions of `project`'s releases that can be rebaked, for refusals.
+async fn rebakeable(state: &AppState, project: &str) -> Result<String, ApiError> {
+    let releases = state.store.rebakeable_releases(project).await?;
+    let versions: Vec<&str> = releases.iter().map(|r| r.version.as_str()).collect();
+    Ok(match versions.is_empty() {
+        true => "none yet".to_owned(),
+        false => versions.join(", "),
+    })
 }
 
 /// Release `v<N>` (or plain `N`) of a configured project.

@@ -34,6 +34,10 @@ pub struct Release {
     /// The Docker image id (`sha256:...`).
     pub image_id: Option<String>,
     pub baked_at: Option<DateTime<Utc>>,
+    /// What the first bake recorded for rebakes: the image's `CMD` and declared ports.
+    /// `None` until a bake starts; a release without it cannot be rebaked.
+    pub image_command: Option<Vec<String>>,
+    pub exposed_ports: Option<Vec<i32>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +56,14 @@ pub struct BakedImage {
     pub image_id: String,
 }
 
+/// What a bake needs beyond the apt repository (and the release's package name and version),
+/// recorded on the release when its first bake starts so that a rebake needs no checkout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BakeRecipe {
+    pub command: Vec<String>,
+    pub exposed_ports: Vec<i32>,
+}
+
 /// One line of a release's bake log.
 #[derive(Debug, Clone, Serialize)]
 pub struct BakeLogLine {
@@ -62,7 +74,7 @@ pub struct BakeLogLine {
 
 const COLUMNS: &str = "r.id, r.number, r.project, b.number, r.commit, r.status, r.reason, r.package_name, r.package_version,
     r.package_filename, r.package_size, r.package_sha256, r.created_at, r.published_at,
-    r.bake_status, r.bake_reason, r.bake_key, r.image, r.image_id, r.baked_at";
+    r.bake_status, r.bake_reason, r.bake_key, r.image, r.image_id, r.baked_at, r.image_command, r.exposed_ports";
 
 fn from_row(row: &tokio_postgres::Row) -> Release {
     let number: i64 = row.get(1);
@@ -94,6 +106,8 @@ fn from_row(row: &tokio_postgres::Row) -> Release {
         image: row.get(17),
         image_id: row.get(18),
         baked_at: row.get(19),
+        image_command: row.get(20),
+        exposed_ports: row.get(21),
     }
 }
 
@@ -220,20 +234,84 @@ impl Store {
         }))
     }
 
-    /// Marks the release as baking with `key`, forgetting any earlier bake's outcome and log.
-    pub async fn mark_bake_started(&self, id: Uuid, key: &str) -> StoreResult<()> {
+    /// Marks the release as baking with `key` and records `recipe` for rebakes, forgetting any
+    /// earlier bake's outcome and log.
+    pub async fn mark_bake_started(
+        &self,
+        id: Uuid,
+        key: &str,
+        recipe: &BakeRecipe,
+    ) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         tx.execute("DELETE FROM bake_log_lines WHERE release_id = $1", &[&id])
             .await?;
         tx.execute(
             "UPDATE releases SET bake_status = 'baking', bake_key = $2, bake_reason = NULL,
-             image = NULL, image_id = NULL, baked_at = NULL WHERE id = $1",
-            &[&id, &key],
+             image = NULL, image_id = NULL, baked_at = NULL, image_command = $3, exposed_ports = $4
+             WHERE id = $1",
+            &[&id, &key, &recipe.command, &recipe.exposed_ports],
         )
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Claims a rebake of the release: marks it `baking` and forgets the earlier bake's outcome
+    /// and log, unless it is baking already or has no recorded recipe. Returns the release as
+    /// claimed, or `None` when the claim was refused. One statement, so two claims cannot both win.
+    pub async fn claim_rebake(&self, id: Uuid) -> StoreResult<Option<Release>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let claimed = tx
+            .execute(
+                "UPDATE releases SET bake_status = 'baking', bake_reason = NULL, image = NULL,
+                 image_id = NULL, baked_at = NULL
+                 WHERE id = $1 AND status = 'published' AND image_command IS NOT NULL
+                 AND bake_status IS DISTINCT FROM 'baking'",
+                &[&id],
+            )
+            .await?;
+        if claimed == 0 {
+            return Ok(None);
+        }
+        tx.execute("DELETE FROM bake_log_lines WHERE release_id = $1", &[&id])
+            .await?;
+        let row = tx
+            .query_one(
+                &format!("SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id WHERE r.id = $1"),
+                &[&id],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Some(from_row(&row)))
+    }
+
+    /// Records the bake key of a claimed rebake.
+    pub async fn set_bake_key(&self, id: Uuid, key: &str) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE releases SET bake_key = $2 WHERE id = $1",
+                &[&id, &key],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A project's releases that can be rebaked (published, with a recorded recipe), newest first.
+    pub async fn rebakeable_releases(&self, project: &str) -> StoreResult<Vec<Release>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!("SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id
+                          WHERE r.project = $1 AND r.status = 'published' AND r.image_command IS NOT NULL
+                          ORDER BY r.number DESC"),
+                &[&project],
+            )
+            .await?;
+        Ok(rows.iter().map(from_row).collect())
     }
 
     pub async fn mark_baked(&self, id: Uuid, image: &BakedImage) -> StoreResult<()> {

@@ -1,6 +1,7 @@
 //! The whole chain on its own: a passing push on the deploy branch is packaged, published and
 //! baked (real Packer, Ansible and dockerd) into an image that runs the release; a bake that
-//! Ansible fails leaves the build passed, the release published, its log, and nothing in Docker.
+//! Ansible fails leaves the build passed, the release published, its log, and nothing in Docker;
+//! a rebake bakes a release again, without its checkout, into a new image.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -222,6 +223,88 @@ async fn a_passing_push_is_baked_into_an_image_that_runs_it_and_the_next_bakes_i
         table.contains("IMAGE") && table.contains(image) && table.contains(image2),
         "{table}"
     );
+    app.stop().await;
+}
+
+async fn post_rebake(app: &TestApp, version: &str) -> (u16, Value) {
+    let response = app
+        .http
+        .post(format!(
+            "{}/api/v1/projects/hello/releases/{version}/rebake",
+            app.address
+        ))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebake_bakes_a_release_again_without_its_checkout_into_a_new_image() {
+    let mut cleanup = Cleanup::new();
+    let repo = hello_repository();
+    let app = TestApp::spawn(&hello_config(repo.path())).await;
+    let commit = git(repo.path(), &["rev-parse", "HEAD"]);
+    let build = wait_for_build(&app, push(&app, "main", &commit).await, BUILD_AND_BAKE).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    let v1 = release(&app, "v1").await;
+    cleanup
+        .bake_ids
+        .push(v1["bake_id"].as_str().unwrap().to_string());
+    assert_eq!(v1["bake_status"], "baked", "{v1}");
+    let first_id = v1["image_id"].as_str().unwrap().to_string();
+
+    // Unknown releases: a 404 that names the releases that can be rebaked.
+    let (status, body) = post_rebake(&app, "v7").await;
+    assert_eq!(status, 404, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("v7") && message.contains("can be rebaked: v1"),
+        "{message}"
+    );
+
+    // The checkout is long gone; the rebake runs from what the first bake recorded.
+    let started = Instant::now();
+    let (status, body) = post_rebake(&app, "v1").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["version"], "v1", "{body}");
+    assert_eq!(body["bake_status"], "baking", "{body}");
+    // A second rebake while the first runs is refused.
+    let (status, body) = post_rebake(&app, "v1").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("is baking"),
+        "{body}"
+    );
+
+    let v1 = loop {
+        let v1 = release(&app, "v1").await;
+        if v1["bake_status"] != "baking" {
+            break v1;
+        }
+        assert!(started.elapsed() < BUILD_AND_BAKE, "the rebake never ended");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("rebake of v1: {:?}", started.elapsed());
+    let log = bake_log(&app, "v1").await;
+    assert_eq!(v1["bake_status"], "baked", "{v1}\n{log}");
+    assert!(log.contains("rebake requested"), "{log}");
+    assert!(!log.contains("reusing"), "{log}");
+    assert!(log.contains("TASK [Install exactly hello=1]"), "{log}");
+    let image = v1["image"].as_str().unwrap();
+    assert_image_name(image, "v1");
+    let second_id = v1["image_id"].as_str().unwrap();
+    assert_ne!(second_id, first_id, "the rebake recorded the old image");
+    assert_eq!(
+        docker(&["image", "inspect", "--format", "{{.Id}}", image])
+            .1
+            .trim(),
+        second_id
+    );
+    let answer = run_and_ask(&cleanup, image);
+    assert!(answer.contains("\"version\": \"v1\""), "{answer}");
     app.stop().await;
 }
 
