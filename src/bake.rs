@@ -20,10 +20,8 @@
 //!   `$SLIPWAY_SHARE_DIR/ansible/`; without the variable, from the source tree the binary was
 //!   built from.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -50,9 +48,6 @@ const BAKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Longest Ansible error line kept as a bake reason; the whole line stays in the bake log.
 const REASON_LIMIT: usize = 2000;
 
-/// The bakers made in this process, by server id: one process may run several servers (tests).
-static BAKERS: LazyLock<Mutex<HashMap<Uuid, Baker>>> = LazyLock::new(Default::default);
-
 /// Bakes releases for one server; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Baker {
@@ -75,28 +70,13 @@ impl Baker {
         if reachable.ip().is_unspecified() {
             reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let baker = Baker {
+        Baker {
             template: share_dir.join("packer/slipway.json"),
             playbook_dir: share_dir.join("ansible"),
             apt_url: format!("http://{reachable}/apt/"),
             apt_key_path: data_dir.join("apt/key.gpg"),
             server_tag: server_id.simple().to_string()[..8].to_string(),
-        };
-        BAKERS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(server_id, baker.clone());
-        baker
-    }
-
-    /// The baker the server with id `server_id` made in this process (the newest one), for
-    /// request handlers such as the rebake route.
-    pub fn for_server(server_id: Uuid) -> Option<Baker> {
-        BAKERS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&server_id)
-            .cloned()
+        }
     }
 
     /// Bakes the published `release` of `package` (whose checkout is in `workspace`) and records

@@ -39,6 +39,7 @@ pub struct AppState {
     pub store: Store,
     pub queue: BuildQueue,
     pub repository: Repository,
+    pub baker: Baker,
     pub deploys: DeployManager,
 }
 
@@ -68,7 +69,7 @@ impl Application {
             config.clone(),
             store.clone(),
             repository.clone(),
-            baker,
+            baker.clone(),
             server_id,
         )
         .await?;
@@ -79,6 +80,7 @@ impl Application {
                 store,
                 queue,
                 repository,
+                baker,
                 deploys,
             },
             embedded,

@@ -7,7 +7,6 @@ use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, AppState};
-use crate::bake::Baker;
 use crate::store::releases::{BakeLogLine, Release};
 
 pub fn routes() -> Router<AppState> {
@@ -58,12 +57,7 @@ async fn rebake(
             "project `{project}` has no release {version:?}; releases that can be rebaked: {listed}"
         )));
     };
-    let baker = Baker::for_server(state.store.server_id().await?).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this server has no baker; see the server log",
-        )
-    })?;
+    let baker = state.baker.clone();
     let Some(claimed) = state.store.claim_rebake(release.id).await? else {
         let why = if release.bake_status.as_deref() == Some("baking") {
             "is baking; wait for its bake to end"
