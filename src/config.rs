@@ -14,6 +14,9 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+mod clone_url;
+pub use clone_url::CloneCredentials;
+
 /// Where the server listens when neither the file, the environment nor a flag says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The data directory used when none is configured.
@@ -62,6 +65,8 @@ pub struct RawProject {
     pub name: String,
     pub repository: String,
     pub clone_url: String,
+    /// The clone password, read from this environment variable (the user is in `clone_url`).
+    pub clone_password_env: Option<String>,
     pub webhook_secret: Option<String>,
     pub webhook_secret_env: Option<String>,
     pub branches: Option<String>,
@@ -153,7 +158,10 @@ pub struct Config {
 pub struct Project {
     pub name: String,
     pub repository: String,
+    /// Where git fetches from, without credentials: this form may be logged and stored.
     pub clone_url: String,
+    /// Given to git only through a credential helper, never in a URL or argument.
+    pub clone_credentials: Option<CloneCredentials>,
     pub webhook_secret: Option<Secret>,
     pub branches: Regex,
     pub deploy_branch: String,
@@ -325,6 +333,20 @@ fn resolve_project(
         })?)),
         (None, None) => None,
     };
+    let clone_password = raw
+        .clone_password_env
+        .map(|var| {
+            env(&var).map(Secret::new).ok_or_else(|| {
+                invalid(
+                    &key("clone_password_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })
+        })
+        .transpose()?;
+    let (clone_url, clone_credentials) =
+        clone_url::split_clone_url(&raw.clone_url, clone_password)
+            .map_err(|m| invalid(&key("clone_url"), m))?;
     let pattern = raw.branches.unwrap_or_else(|| "^main$".to_string());
     let branches = Regex::new(&pattern).map_err(|e| {
         invalid(
@@ -361,7 +383,8 @@ fn resolve_project(
     Ok(Project {
         name: raw.name,
         repository: raw.repository,
-        clone_url: raw.clone_url,
+        clone_url,
+        clone_credentials,
         webhook_secret,
         branches,
         deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".to_string()),

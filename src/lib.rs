@@ -11,6 +11,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod deploy;
+pub mod mirror;
 pub mod queue;
 pub mod releases;
 pub mod runner;

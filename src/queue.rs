@@ -44,6 +44,7 @@ struct Inner {
     docker: Option<Docker>,
     /// For builds.
     engine: Option<DockerEngine>,
+    sources: runner::Sources,
     server_id: Uuid,
     wake: Notify,
     running: Mutex<HashMap<Uuid, RunningBuild>>,
@@ -89,6 +90,7 @@ impl BuildQueue {
         if let Some(engine) = &engine {
             runner::reap_leftovers(engine, server_id).await;
         }
+        let sources = runner::Sources::open(&config.data_dir)?;
         let queue = BuildQueue {
             inner: Arc::new(Inner {
                 config,
@@ -97,6 +99,7 @@ impl BuildQueue {
                 baker,
                 docker,
                 engine,
+                sources,
                 server_id,
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
@@ -191,6 +194,7 @@ impl BuildQueue {
                         let context = runner::Context {
                             store: &queue.inner.store,
                             engine,
+                            sources: &queue.inner.sources,
                             repository: &queue.inner.repository,
                             baker: &queue.inner.baker,
                             server_id: queue.inner.server_id,

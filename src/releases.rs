@@ -45,7 +45,8 @@ impl Repository {
     }
 }
 
-/// Numbers, packages and publishes a release of `build`, whose checkout is in `workspace`.
+/// Numbers, packages and publishes a release of `build`, whose checkout is in `workspace` and
+/// whose commit was made at `commit_time` (seconds since the epoch).
 #[tracing::instrument(skip_all, fields(project = %build.project, build = build.number), err)]
 pub async fn publish(
     store: &Store,
@@ -53,11 +54,12 @@ pub async fn publish(
     build: &Build,
     package: &PackageSpec,
     workspace: &Path,
+    commit_time: u64,
 ) -> anyhow::Result<Release> {
     let (id, number) = store
         .create_release(&build.project, build.id, &build.commit)
         .await?;
-    let definition = definition(package, number, build, commit_time(workspace));
+    let definition = definition(package, number, build, commit_time);
     let apt = repository.apt.clone();
     let workspace = workspace.to_path_buf();
     let published = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -147,16 +149,4 @@ fn definition(
         source_date_epoch: commit_time,
         name,
     }
-}
-
-/// The commit's time, so that the same commit and release number give the same bytes.
-fn commit_time(workspace: &Path) -> u64 {
-    std::process::Command::new("git")
-        .current_dir(workspace)
-        .args(["log", "-1", "--format=%ct"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
 }

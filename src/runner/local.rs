@@ -124,12 +124,22 @@ fn prepare_workspace(repo: &Path, commit: Option<&str>, dest: &Path) -> anyhow::
         Some(commit) => {
             let full = git_output(
                 repo,
-                &["rev-parse", "--verify", &format!("{commit}^{{commit}}")],
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "--end-of-options",
+                    &format!("{commit}^{{commit}}"),
+                ],
             )
             .map_err(|e| anyhow!("--commit {commit}: {e}"))?;
             let archive = std::process::Command::new("git")
                 .current_dir(repo)
-                .args(["archive", "--format=tar", &format!("{full}:./")])
+                .args([
+                    "archive",
+                    "--format=tar",
+                    "--end-of-options",
+                    &format!("{full}:./"),
+                ])
                 .output()
                 .context("cannot run git archive")?;
             if !archive.status.success() {

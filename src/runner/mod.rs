@@ -1,10 +1,12 @@
-//! Runs one queued build: checks out the commit, compiles its `.slipway.yml`, runs the plan
-//! with `slipway-pipeline` over dockerd, and streams steps and log lines to the store and to
-//! live readers.
+//! Runs one queued build: checks out the commit into a workspace, compiles its
+//! `.slipway.yml`, runs the plan with `slipway-pipeline` over dockerd, and streams steps and
+//! log lines to the store and to live readers.
 
 pub mod local;
 mod observer;
 mod source;
+
+pub use source::Sources;
 
 use std::collections::HashMap;
 
@@ -15,10 +17,12 @@ use uuid::Uuid;
 
 use crate::bake::Baker;
 use crate::config::Project;
+use crate::mirror::CommitId;
 use crate::queue::LiveEvent;
 use crate::releases::{self, Repository};
 use crate::store::builds::{Build, BuildStatus};
 use crate::store::Store;
+use source::Workspace;
 
 /// The label that marks everything a server's builds create, so that a restarted server
 /// reaps only its own leftovers.
@@ -28,6 +32,7 @@ pub const SERVER_LABEL: &str = "slipway.server";
 pub struct Context<'a> {
     pub store: &'a Store,
     pub engine: &'a DockerEngine,
+    pub sources: &'a Sources,
     pub repository: &'a Repository,
     pub baker: &'a Baker,
     pub server_id: Uuid,
@@ -60,20 +65,18 @@ impl Outcome {
 
 #[tracing::instrument(skip_all, fields(project = %project.name, build = build.number))]
 pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Outcome {
-    let workspace = match tempfile::Builder::new().prefix("slipway-build-").tempdir() {
-        Ok(dir) => dir,
-        Err(e) => return Outcome::errored(format!("cannot make a workspace directory: {e}")),
+    // Dropped on every way out of this function, which removes the workspace.
+    let workspace = match context.sources.workspace(build.id) {
+        Ok(workspace) => workspace,
+        Err(e) => return Outcome::errored(e),
     };
     let checkout = tokio::select! {
-        result = source::clone_at(&project.clone_url, &build.commit, workspace.path()) => result,
+        result = checkout(context.sources, project, build, &workspace) => result,
         _ = context.cancel.cancelled() => return Outcome { status: BuildStatus::Cancelled, reason: Some("cancelled during checkout".into()) },
     };
-    if let Err(e) = checkout {
-        return Outcome::errored(e);
-    }
-    let spec = match source::read_spec(workspace.path()) {
-        Ok(spec) => spec,
-        Err(e) => return Outcome::failed(e),
+    let Checkout { spec, commit_time } = match checkout {
+        Ok(checkout) => checkout,
+        Err(outcome) => return outcome,
     };
     let info = pipeline::BuildInfo {
         project: project.name.clone(),
@@ -124,6 +127,7 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
                 build,
                 package,
                 workspace.path(),
+                commit_time,
             )
             .await
             {
@@ -154,6 +158,40 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         },
         reason: outcome.message,
     }
+}
+
+/// What a build's workspace holds once the commit is checked out.
+struct Checkout {
+    spec: pipeline::Spec,
+    /// For reproducible packages: the workspace has no `.git` to ask.
+    commit_time: u64,
+}
+
+/// Fills `workspace` with the commit's files from the project's mirror, and `.git` when the
+/// pipeline asks for it. Problems of the repository's own files fail the build; the rest
+/// errors it.
+async fn checkout(
+    sources: &Sources,
+    project: &Project,
+    build: &Build,
+    workspace: &Workspace,
+) -> Result<Checkout, Outcome> {
+    let commit = CommitId::parse(&build.commit).map_err(Outcome::errored)?;
+    let mirror = sources.mirrors().mirror(project);
+    mirror.fetch_commit(&commit).await.map_err(Outcome::errored)?;
+    mirror
+        .export_tree(&commit, workspace.path(), &workspace.index_file())
+        .await
+        .map_err(Outcome::errored)?;
+    let spec = source::read_spec(workspace.path()).map_err(Outcome::failed)?;
+    if spec.clone.git {
+        mirror
+            .write_git_dir(&commit, workspace.path())
+            .await
+            .map_err(Outcome::errored)?;
+    }
+    let commit_time = mirror.commit_time(&commit).await.map_err(Outcome::errored)?;
+    Ok(Checkout { spec, commit_time })
 }
 
 /// Removes containers, networks and volumes that this server's earlier life left behind.

@@ -1,43 +1,87 @@
-//! Getting a build's files: a clone of the project's repository at the exact commit, and its
-//! `.slipway.yml`.
+//! Getting a build's files: a workspace under the data dir holding the commit's tree from the
+//! project's mirror (with `.git` only when the pipeline asks), and its `.slipway.yml`.
+//!
+//! Workspaces live in `<data_dir>/workspaces/<build id>`, go when their build ends, and the
+//! ones a killed server left are removed at the next start.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use slipway_pipeline::Spec;
-use tokio::process::Command;
+
+use crate::mirror::Mirrors;
 
 /// The pipeline file at the root of an application repository.
 pub const SPEC_FILE: &str = ".slipway.yml";
-const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Clones `url` into `dest` and checks out `commit` (detached).
-pub async fn clone_at(url: &str, commit: &str, dest: &Path) -> Result<(), String> {
-    git(
-        &[
-            "clone",
-            "--quiet",
-            "--no-checkout",
-            url,
-            &dest.to_string_lossy(),
-        ],
-        None,
-    )
-    .await
-    .map_err(|e| format!("cannot clone {}: {e}", redact_url(url)))?;
-    git(
-        &[
-            "-c",
-            "advice.detachedHead=false",
-            "checkout",
-            "--quiet",
-            "--detach",
-            commit,
-        ],
-        Some(dest),
-    )
-    .await
-    .map_err(|e| format!("cannot check out commit {commit}: {e}"))
+/// Where builds get their files: the mirrors and the workspaces directory.
+pub struct Sources {
+    mirrors: Mirrors,
+    workspaces: PathBuf,
+}
+
+impl Sources {
+    /// Opens `<data_dir>/mirrors` and `<data_dir>/workspaces`, and removes the workspaces of
+    /// builds that a killed server never finished (no build runs yet when this is called).
+    pub fn open(data_dir: &Path) -> anyhow::Result<Sources> {
+        let mirrors_dir = data_dir.join("mirrors");
+        let mirrors = Mirrors::open(&mirrors_dir)
+            .with_context(|| format!("cannot make {}", mirrors_dir.display()))?;
+        let workspaces = data_dir.join("workspaces");
+        let removed = remove_leftovers(&workspaces)
+            .with_context(|| format!("cannot clear {}", workspaces.display()))?;
+        if removed > 0 {
+            tracing::warn!(
+                count = removed,
+                "removed the workspaces of builds interrupted by a server stop"
+            );
+        }
+        Ok(Sources {
+            mirrors,
+            workspaces,
+        })
+    }
+
+    pub fn mirrors(&self) -> &Mirrors {
+        &self.mirrors
+    }
+
+    /// A new, empty workspace named after the build.
+    pub fn workspace(&self, build: uuid::Uuid) -> Result<Workspace, String> {
+        let dir = self.workspaces.join(build.simple().to_string());
+        // A rebuild never reuses an id, so anything here is an earlier attempt's remains.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir)
+            .map_err(|e| format!("cannot make the workspace {}: {e}", dir.display()))?;
+        Ok(Workspace { dir })
+    }
+}
+
+/// A build's workspace directory, removed when dropped (the build ended, however it ended).
+pub struct Workspace {
+    dir: PathBuf,
+}
+
+impl Workspace {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A scratch file next to the workspace (never inside it), for git's index.
+    pub fn index_file(&self) -> PathBuf {
+        self.dir.with_extension("index")
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.index_file());
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(workspace = %self.dir.display(), error = %e, "cannot remove a workspace");
+            }
+        }
+    }
 }
 
 /// Reads and parses `.slipway.yml` from a checkout; errors name the file, line and column.
@@ -48,45 +92,22 @@ pub fn read_spec(dir: &Path) -> Result<Spec, String> {
     slipway_pipeline::parse(&text).map_err(|e| format!("{SPEC_FILE}: {e}"))
 }
 
-async fn git(args: &[&str], dir: Option<&Path>) -> Result<(), String> {
-    let mut command = Command::new("git");
-    command
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .kill_on_drop(true);
-    if let Some(dir) = dir {
-        command.current_dir(dir);
+/// Makes `dir` (private to the server) or empties it; returns how many workspaces it removed.
+fn remove_leftovers(dir: &Path) -> std::io::Result<usize> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)?;
+            removed += 1;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
     }
-    let output = tokio::time::timeout(GIT_TIMEOUT, command.output())
-        .await
-        .map_err(|_| format!("git took longer than {} s", GIT_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("cannot run git: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(redact_url(stderr.trim()))
-    }
-}
-
-/// Hides credentials in `scheme://user:password@host` so they never reach logs or the API.
-pub fn redact_url(text: &str) -> String {
-    let re = regex::Regex::new(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@").expect("valid regex");
-    re.replace_all(text, "${scheme}****@").into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_in_clone_urls_are_hidden() {
-        assert_eq!(
-            redact_url(
-                "fatal: could not read from https://bot:s3cret@bitbucket.org/acme/hello.git"
-            ),
-            "fatal: could not read from https://****@bitbucket.org/acme/hello.git"
-        );
-        assert_eq!(redact_url("file:///srv/hello.git"), "file:///srv/hello.git");
-    }
+    Ok(removed)
 }

@@ -127,11 +127,6 @@ impl Engine for DockerEngine {
         labels: &Labels,
     ) -> Result<(), EngineError> {
         let operation = format!("copy {} into volume {volume}", source.display());
-        let source = source.to_owned();
-        let archive = tokio::task::spawn_blocking(move || archive::tar_directory(&source))
-            .await
-            .map_err(|e| EngineError::failed(&operation, e))?
-            .map_err(|e| EngineError::failed(&operation, e))?;
         let helper = ContainerConfig {
             name: format!("{volume}-copy"),
             image: self.helper_image.clone(),
@@ -151,12 +146,14 @@ impl Engine for DockerEngine {
             path: "/workspace".to_owned(),
             ..Default::default()
         };
+        // Streamed: the archive is made while dockerd reads it, never held whole in memory.
+        let archive = archive::tar_stream(source.to_owned());
         let uploaded = self
             .docker
             .upload_to_container(
                 &helper.name,
                 Some(options),
-                bollard::body_full(archive.into()),
+                bollard::body_try_stream(archive),
             )
             .await
             .map_err(|e| failed(&operation, e));

@@ -31,6 +31,17 @@ pub struct Spec {
     pub steps: Vec<StepSpec>,
     pub package: Option<PackageSpec>,
     pub timeout: Option<SpecDuration>,
+    #[serde(default)]
+    pub clone: CloneSpec,
+}
+
+/// How the build's workspace is made from the repository.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneSpec {
+    /// Whether the workspace holds `.git` (the commit's history and tags, no remote).
+    #[serde(default)]
+    pub git: bool,
 }
 
 /// A sidecar container, reachable by its name from every step.

@@ -1,0 +1,485 @@
+//! The server's bare mirror of each project's repository (`<data_dir>/mirrors/<project>.git`):
+//! fetched, never cloned again for a build; the source of every build's files; the place
+//! ancestry questions are answered.
+//!
+//! Every git run here is built by the server. A commit from outside is a checked full hex
+//! object id and reaches git only after `--end-of-options`. The URL git is given carries no
+//! credentials; they reach git through a credential helper that reads them from git's own
+//! environment, so they are in no URL, argument, config or file, and never in a workspace.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::config::{CloneCredentials, Project};
+
+const GIT_TIMEOUT: Duration = Duration::from_secs(600);
+/// The most of git's error output an error message repeats.
+const MAX_ERROR_BYTES: usize = 2048;
+/// Where git finds the credentials; only git and the helper it runs see this environment.
+const USERNAME_VAR: &str = "SLIPWAY_CLONE_USERNAME";
+const PASSWORD_VAR: &str = "SLIPWAY_CLONE_PASSWORD";
+/// Answers git's `get` from the environment above and ignores `store` and `erase`.
+const CREDENTIAL_HELPER: &str = "!f() { test \"$1\" = get && printf 'username=%s\\npassword=%s\\n' \"$SLIPWAY_CLONE_USERNAME\" \"$SLIPWAY_CLONE_PASSWORD\"; }; f";
+
+/// A full hex object id of a commit (SHA-1 or SHA-256), checked before it reaches git.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitId(String);
+
+impl CommitId {
+    pub fn parse(text: &str) -> Result<CommitId, String> {
+        let hex = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if hex && (text.len() == 40 || text.len() == 64) {
+            Ok(CommitId(text.to_string()))
+        } else {
+            Err(format!(
+                "commit {:?} is not a full hex object id (40 or 64 lowercase hex digits)",
+                text.chars().take(80).collect::<String>()
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CommitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The mirrors of all projects; one fetch per project at a time. Cheap to clone.
+#[derive(Clone)]
+pub struct Mirrors {
+    dir: PathBuf,
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Mirrors {
+    /// Mirrors kept in `dir` (created, private to the server, when missing).
+    pub fn open(dir: &Path) -> std::io::Result<Mirrors> {
+        create_private_dir(dir)?;
+        Ok(Mirrors {
+            dir: dir.to_path_buf(),
+            locks: Arc::default(),
+        })
+    }
+
+    /// The mirror of `project` (nothing on disk changes until it is fetched).
+    pub fn mirror(&self, project: &Project) -> Mirror {
+        let lock = self
+            .locks
+            .lock()
+            .expect("mirror locks")
+            .entry(project.name.clone())
+            .or_default()
+            .clone();
+        Mirror {
+            git_dir: self.dir.join(format!("{}.git", project.name)),
+            url: project.clone_url.clone(),
+            credentials: project.clone_credentials.clone(),
+            fetch_lock: lock,
+        }
+    }
+}
+
+/// One project's bare mirror.
+pub struct Mirror {
+    git_dir: PathBuf,
+    url: String,
+    credentials: Option<CloneCredentials>,
+    fetch_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Mirror {
+    /// Makes sure the mirror holds `commit`: a commit already there is not fetched again;
+    /// else the branches and tags are fetched, then the commit itself (kept under
+    /// `refs/slipway/commits/`) when no branch holds it any more.
+    pub async fn fetch_commit(&self, commit: &CommitId) -> Result<(), String> {
+        let _one_fetch_at_a_time = self.fetch_lock.lock().await;
+        if self.has_commit(commit).await {
+            return Ok(());
+        }
+        // Idempotent: it also completes a mirror whose first init was interrupted.
+        run(
+            git(None)
+                .args(["init", "--bare", "--quiet", "--template="])
+                .arg(&self.git_dir),
+        )
+        .await
+        .map_err(|e| format!("cannot make the mirror: {e}"))?;
+        self.fetch(&["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
+            .await?;
+        if self.has_commit(commit).await {
+            return Ok(());
+        }
+        let pinned = format!("{commit}:refs/slipway/commits/{commit}");
+        if let Err(e) = self.fetch(&[pinned.as_str()]).await {
+            tracing::debug!(error = %e, "fetching the commit by its id failed");
+        }
+        if self.has_commit(commit).await {
+            Ok(())
+        } else {
+            Err(format!("commit {commit} is not in {}", self.url))
+        }
+    }
+
+    /// Whether `older` is an ancestor of `newer` (a commit is its own ancestor). Both must be
+    /// in the mirror ([`Mirror::fetch_commit`]).
+    pub async fn is_ancestor(&self, older: &CommitId, newer: &CommitId) -> Result<bool, String> {
+        let output = output(
+            git(Some(&self.git_dir))
+                .args(["merge-base", "--is-ancestor", "--end-of-options"])
+                .args([older.as_str(), newer.as_str()]),
+        )
+        .await?;
+        match output.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(format!(
+                "cannot tell whether {older} is an ancestor of {newer}: {}",
+                error_text(&output)
+            )),
+        }
+    }
+
+    /// The commit's committer time, in seconds since the epoch.
+    pub async fn commit_time(&self, commit: &CommitId) -> Result<u64, String> {
+        let output = run(
+            git(Some(&self.git_dir))
+                .args(["show", "--no-patch", "--format=%ct", "--end-of-options"])
+                .arg(commit.as_str()),
+        )
+        .await
+        .map_err(|e| format!("cannot read the time of commit {commit}: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.trim()
+            .parse()
+            .map_err(|_| format!("commit {commit} has no readable time: {:?}", text.trim()))
+    }
+
+    /// Writes the files of `commit` into the empty directory `dest`, as a checkout would, and
+    /// nothing else: no `.git`. `index` is a scratch file outside `dest`, removed after.
+    pub async fn export_tree(
+        &self,
+        commit: &CommitId,
+        dest: &Path,
+        index: &Path,
+    ) -> Result<(), String> {
+        let written = run(
+            git(Some(&self.git_dir))
+                .env("GIT_INDEX_FILE", index)
+                .arg("--work-tree")
+                .arg(dest)
+                .args(["read-tree", "--reset", "-u", "--end-of-options"])
+                .arg(commit.as_str()),
+        )
+        .await
+        .map_err(|e| format!("cannot write the files of commit {commit}: {e}"));
+        let _ = std::fs::remove_file(index);
+        written.map(drop)
+    }
+
+    /// Adds `.git` to a workspace that [`Mirror::export_tree`] filled: the history of `commit`
+    /// and the tags, `HEAD` detached at it, and no remote (so nothing that leads back here).
+    pub async fn write_git_dir(&self, commit: &CommitId, workspace: &Path) -> Result<(), String> {
+        let git_dir = workspace.join(".git");
+        let context = |e: String| format!("cannot make .git in the workspace: {e}");
+        run(git(None)
+            .args(["init", "--quiet", "--template=", "--initial-branch=main"])
+            .arg(workspace))
+        .await
+        .map_err(context)?;
+        run(git(Some(&git_dir))
+            .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--end-of-options"])
+            .arg(&self.git_dir)
+            .args([commit.as_str(), "+refs/tags/*:refs/tags/*"]))
+        .await
+        .map_err(context)?;
+        run(git(Some(&git_dir))
+            .args(["-c", "core.logAllRefUpdates=false"])
+            .args(["update-ref", "--no-deref", "HEAD", commit.as_str()]))
+        .await
+        .map_err(context)?;
+        run(git(Some(&git_dir))
+            .arg("--work-tree")
+            .arg(workspace)
+            .args(["read-tree", "--reset", "--end-of-options", commit.as_str()]))
+        .await
+        .map_err(context)?;
+        run(git(Some(&git_dir))
+            .arg("--work-tree")
+            .arg(workspace)
+            .args(["update-index", "-q", "--refresh"]))
+        .await
+        .map(drop)
+        .map_err(context)
+    }
+
+    async fn has_commit(&self, commit: &CommitId) -> bool {
+        let mut command = git(Some(&self.git_dir));
+        command
+            .args(["cat-file", "-e", "--end-of-options"])
+            .arg(format!("{commit}^{{commit}}"));
+        self.git_dir.join("HEAD").exists()
+            && output(&mut command)
+                .await
+                .is_ok_and(|output| output.status.success())
+    }
+
+    async fn fetch(&self, refspecs: &[&str]) -> Result<(), String> {
+        let mut command = git(Some(&self.git_dir));
+        // An empty value first drops helpers configured elsewhere, which could store the
+        // credentials on disk.
+        command.args(["-c", "credential.helper="]);
+        if let Some(credentials) = &self.credentials {
+            command
+                .args(["-c", &format!("credential.helper={CREDENTIAL_HELPER}")])
+                .env(USERNAME_VAR, &credentials.username)
+                .env(PASSWORD_VAR, credentials.password.expose());
+        }
+        command
+            .args(["fetch", "--quiet", "--no-tags", "--end-of-options", &self.url])
+            .args(refspecs);
+        run(&mut command)
+            .await
+            .map(drop)
+            .map_err(|e| format!("cannot fetch from {}: {e}", self.url))
+    }
+}
+
+/// A git command that reads no repository but `git_dir` and never prompts.
+fn git(git_dir: Option<&Path>) -> Command {
+    let mut command = Command::new("git");
+    for var in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"] {
+        command.env_remove(var);
+    }
+    command
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(git_dir) = git_dir {
+        command.arg("--git-dir").arg(git_dir);
+    }
+    command
+}
+
+/// Runs git and fails with its (bounded, redacted) error output unless it exits 0.
+async fn run(command: &mut Command) -> Result<Output, String> {
+    let output = output(command).await?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(error_text(&output))
+    }
+}
+
+async fn output(command: &mut Command) -> Result<Output, String> {
+    tokio::time::timeout(GIT_TIMEOUT, command.output())
+        .await
+        .map_err(|_| format!("git took longer than {} s", GIT_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("cannot run git: {e}"))
+}
+
+fn error_text(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut text = redact_url(stderr.trim());
+    if text.len() > MAX_ERROR_BYTES {
+        let cut = (0..=MAX_ERROR_BYTES)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push_str(" [...]");
+    }
+    if text.is_empty() {
+        format!("git exited with {}", output.status)
+    } else {
+        text
+    }
+}
+
+/// Hides credentials in `scheme://user:password@host`, should any text from git hold one.
+pub fn redact_url(text: &str) -> String {
+    let re = regex::Regex::new(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@").expect("valid regex");
+    re.replace_all(text, "${scheme}****@").into_owned()
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_hidden() {
+        assert_eq!(
+            redact_url(
+                "fatal: could not read from https://bot:s3cret@bitbucket.org/acme/hello.git"
+            ),
+            "fatal: could not read from https://****@bitbucket.org/acme/hello.git"
+        );
+        assert_eq!(redact_url("file:///srv/hello.git"), "file:///srv/hello.git");
+    }
+
+    #[test]
+    fn only_full_hex_object_ids_are_commits() {
+        assert!(CommitId::parse(&"a".repeat(40)).is_ok());
+        assert!(CommitId::parse(&"0".repeat(64)).is_ok());
+        for bad in [
+            "-f",
+            "origin/evil",
+            "HEAD",
+            "abc123",
+            &"A".repeat(40),
+            &format!("{}\n", "a".repeat(40)),
+            &"g".repeat(40),
+        ] {
+            assert!(CommitId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn project(clone_url: &str) -> Project {
+        let text = format!(
+            "[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"{clone_url}\"\n"
+        );
+        let raw = crate::config::parse(&text, "test").unwrap();
+        let mut config =
+            crate::config::resolve(raw, "test", &Default::default(), &|_| None).unwrap();
+        config.projects.remove(0)
+    }
+
+    fn git_in(dir: &Path, args: &[&str]) -> String {
+        let output = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=Test", "-c", "user.email=test@example.test"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+
+    fn commit(dir: &Path, file: &str, text: &str) -> CommitId {
+        std::fs::write(dir.join(file), text).unwrap();
+        git_in(dir, &["add", "-A"]);
+        git_in(dir, &["commit", "-q", "-m", file]);
+        CommitId::parse(&git_in(dir, &["rev-parse", "HEAD"])).unwrap()
+    }
+
+    /// A repository in `dir/source` and an empty mirrors directory in `dir/mirrors`.
+    fn source_and_mirror(dir: &Path) -> (PathBuf, Mirror) {
+        let source = dir.join("source");
+        std::fs::create_dir(&source).unwrap();
+        git_in(&source, &["init", "-q", "-b", "main"]);
+        let mirrors = Mirrors::open(&dir.join("mirrors")).unwrap();
+        let mirror = mirrors.mirror(&project(&format!("file://{}", source.display())));
+        (source, mirror)
+    }
+
+    #[tokio::test]
+    async fn ancestry_is_answered_from_the_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, mirror) = source_and_mirror(dir.path());
+        let first = commit(&source, "a", "1");
+        let second = commit(&source, "a", "2");
+        git_in(&source, &["checkout", "-q", "-b", "side", first.as_str()]);
+        let side = commit(&source, "b", "side");
+        mirror.fetch_commit(&second).await.unwrap();
+        mirror.fetch_commit(&side).await.unwrap();
+        assert!(mirror.is_ancestor(&first, &second).await.unwrap());
+        assert!(mirror.is_ancestor(&first, &side).await.unwrap());
+        assert!(mirror.is_ancestor(&second, &second).await.unwrap());
+        assert!(!mirror.is_ancestor(&second, &first).await.unwrap());
+        assert!(!mirror.is_ancestor(&second, &side).await.unwrap());
+        let unknown = CommitId::parse(&"1".repeat(40)).unwrap();
+        assert!(mirror.is_ancestor(&unknown, &second).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn commits_are_fetched_once_and_a_commit_no_branch_holds_is_fetched_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, mirror) = source_and_mirror(dir.path());
+        let first = commit(&source, "a", "1");
+        mirror.fetch_commit(&first).await.unwrap();
+
+        // Once in the mirror, a commit needs no fetch: the source may be gone.
+        let away = dir.path().join("away");
+        std::fs::rename(&source, &away).unwrap();
+        mirror.fetch_commit(&first).await.unwrap();
+        let missing = CommitId::parse(&"2".repeat(40)).unwrap();
+        assert!(mirror.fetch_commit(&missing).await.is_err());
+        std::fs::rename(&away, &source).unwrap();
+
+        // A force push dropped `second` from every branch; the build of it still gets it.
+        let second = commit(&source, "a", "2");
+        git_in(&source, &["reset", "-q", "--hard", first.as_str()]);
+        mirror.fetch_commit(&second).await.unwrap();
+        let error = mirror.fetch_commit(&missing).await.unwrap_err();
+        assert!(error.contains("is not in file://"), "{error}");
+
+        let time: u64 = git_in(&source, &["show", "-s", "--format=%ct", second.as_str()])
+            .parse()
+            .unwrap();
+        assert_eq!(mirror.commit_time(&second).await.unwrap(), time);
+    }
+
+    #[tokio::test]
+    async fn a_workspace_holds_the_tree_and_a_git_dir_without_remotes_only_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, mirror) = source_and_mirror(dir.path());
+        std::fs::create_dir(source.join("app")).unwrap();
+        std::fs::write(source.join("app/run"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            source.join("app/run"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(".git/config", source.join("gitconfig")).unwrap();
+        let commit = commit(&source, "README", "hello\n");
+        mirror.fetch_commit(&commit).await.unwrap();
+
+        let workspace = dir.path().join("workspace");
+        std::fs::create_dir(&workspace).unwrap();
+        let index = dir.path().join("workspace.index");
+        mirror
+            .export_tree(&commit, &workspace, &index)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(workspace.join("README")).unwrap(), "hello\n");
+        let mode = std::fs::metadata(workspace.join("app/run")).unwrap();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o111, 0o111);
+        assert!(std::fs::symlink_metadata(workspace.join("gitconfig"))
+            .unwrap()
+            .is_symlink());
+        assert!(!workspace.join(".git").exists());
+        assert!(!index.exists(), "the scratch index is removed");
+
+        mirror.write_git_dir(&commit, &workspace).await.unwrap();
+        assert_eq!(git_in(&workspace, &["rev-parse", "HEAD"]), commit.as_str());
+        assert_eq!(git_in(&workspace, &["status", "--porcelain"]), "");
+        assert_eq!(git_in(&workspace, &["remote"]), "");
+        let config = std::fs::read_to_string(workspace.join(".git/config")).unwrap();
+        assert!(!config.contains("url"), "{config}");
+    }
+}
