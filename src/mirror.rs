@@ -260,7 +260,18 @@ impl Mirror {
 /// A git command that reads no repository but `git_dir` and never prompts.
 fn git(git_dir: Option<&Path>) -> Command {
     let mut command = Command::new("git");
-    for var in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"] {
+    // Repository selection comes only from the arguments; traces could print what the
+    // credential helper answered into the error text.
+    for var in [
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_TRACE",
+        "GIT_TRACE_CURL",
+        "GIT_TRACE_PACKET",
+        "GIT_CURL_VERBOSE",
+    ] {
         command.env_remove(var);
     }
     command

@@ -380,9 +380,15 @@ async fn a_password_in_clone_url_reaches_no_workspace_log_answer_or_package() {
     let (_dir, config, data_dir) = server_dir(&clone_url, "");
     let server = RealServer::start(&config, &data_dir);
 
+    let watch = ArgumentWatch::start();
     let number = server.push("main", &commit).await;
     let build = server.wait_for_build(number, Duration::from_secs(300)).await;
     assert_eq!(build["status"], "passed", "{build}");
+    let arguments = watch.stop();
+    assert!(
+        arguments.iter().any(|a| a.contains("fetch")),
+        "the watch saw git fetch: {arguments:?}"
+    );
     assert!(
         git_server.authorized.load(Ordering::SeqCst) > 0,
         "the server fetched with the credentials"
@@ -434,6 +440,7 @@ async fn a_password_in_clone_url_reaches_no_workspace_log_answer_or_package() {
         ("the build log and API answers", &answers),
         ("the packaged .git/config", &shipped),
         ("the server's log", &server_log),
+        ("the arguments of git processes", &arguments.join("\n")),
     ] {
         for secret in [PASSWORD, PASSWORD_IN_URL, basic.as_str()] {
             let leaked = pieces_of(secret, text);
@@ -446,6 +453,41 @@ async fn a_password_in_clone_url_reaches_no_workspace_log_answer_or_package() {
         assert!(holding.is_empty(), "{holding:?} hold the password");
     }
     assert!(data_dir.join("mirrors/hello.git/HEAD").exists());
+}
+
+/// Collects the command lines of git processes while a build runs, as `ps` would show them.
+struct ArgumentWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl ArgumentWatch {
+    fn start() -> ArgumentWatch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stopped.load(Ordering::SeqCst) {
+                for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                    let Ok(bytes) = std::fs::read(entry.path().join("cmdline")) else {
+                        continue;
+                    };
+                    let line = String::from_utf8_lossy(&bytes).replace('\0', " ");
+                    if line.starts_with("git") || line.contains("/git") {
+                        seen.insert(line);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen.into_iter().collect()
+        });
+        ArgumentWatch { stop, thread }
+    }
+
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
 }
 
 fn walk_for(dir: &Path, name: &str) -> Option<PathBuf> {
@@ -556,4 +598,51 @@ async fn thirty_builds_queued_at_once_keep_the_server_under_200_mb() {
     );
     assert!(hwm_kb < 200 * 1024, "VmHWM {hwm_kb} kB");
     assert_eq!(server.workspaces(), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn a_large_workspace_streams_to_dockerd_in_bounded_memory() {
+    const SIZE: usize = 160 << 20;
+    let repo = hello_repository();
+    // Incompressible, so neither git nor the archive can make it small.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut big = Vec::with_capacity(SIZE);
+    while big.len() < SIZE {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        big.extend_from_slice(&state.to_le_bytes());
+    }
+    std::fs::write(repo.path().join("big.bin"), &big).unwrap();
+    drop(big);
+    std::fs::write(
+        repo.path().join(".slipway.yml"),
+        "steps:\n  - name: size\n    image: slipway/debian:bookworm\n    commands: [\"stat -c 'size %s' big.bin\"]\n",
+    )
+    .unwrap();
+    let commit = commit_all(repo.path(), "a large file");
+    let (_dir, config, data_dir) =
+        server_dir(&format!("file://{}", repo.path().display()), "");
+    let server = RealServer::start(&config, &data_dir);
+    let before_kb = server.memory_kb("VmHWM");
+    let started = Instant::now();
+    let number = server.push("feature", &commit).await;
+    let build = server.wait_for_build(number, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    let log = server
+        .get_text(&format!("/api/v1/projects/hello/builds/{number}/logs"))
+        .await;
+    assert!(log.contains(&format!("size {SIZE}")), "{log}");
+    let hwm_kb = server.memory_kb("VmHWM");
+    eprintln!(
+        "a {} MB workspace built in {:.0} s; server VmHWM {} MB before the build, {} MB after",
+        SIZE >> 20,
+        started.elapsed().as_secs_f64(),
+        before_kb / 1024,
+        hwm_kb / 1024
+    );
+    assert!(
+        hwm_kb < before_kb + 64 * 1024,
+        "VmHWM grew from {before_kb} kB to {hwm_kb} kB for a {SIZE}-byte file"
+    );
 }
