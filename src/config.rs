@@ -344,9 +344,8 @@ fn resolve_project(
             })
         })
         .transpose()?;
-    let (clone_url, clone_credentials) =
-        clone_url::split_clone_url(&raw.clone_url, clone_password)
-            .map_err(|m| invalid(&key("clone_url"), m))?;
+    let (clone_url, clone_credentials) = clone_url::split_clone_url(&raw.clone_url, clone_password)
+        .map_err(|m| invalid(&key("clone_url"), m))?;
     let pattern = raw.branches.unwrap_or_else(|| "^main$".to_string());
     let branches = Regex::new(&pattern).map_err(|e| {
         invalid(

@@ -110,11 +110,9 @@ impl Mirror {
             return Ok(());
         }
         // Idempotent: it also completes a mirror whose first init was interrupted.
-        run(
-            git(None)
-                .args(["init", "--bare", "--quiet", "--template="])
-                .arg(&self.git_dir),
-        )
+        run(git(None)
+            .args(["init", "--bare", "--quiet", "--template="])
+            .arg(&self.git_dir))
         .await
         .map_err(|e| format!("cannot make the mirror: {e}"))?;
         self.fetch(&["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
@@ -154,11 +152,9 @@ impl Mirror {
 
     /// The commit's committer time, in seconds since the epoch.
     pub async fn commit_time(&self, commit: &CommitId) -> Result<u64, String> {
-        let output = run(
-            git(Some(&self.git_dir))
-                .args(["show", "--no-patch", "--format=%ct", "--end-of-options"])
-                .arg(commit.as_str()),
-        )
+        let output = run(git(Some(&self.git_dir))
+            .args(["show", "--no-patch", "--format=%ct", "--end-of-options"])
+            .arg(commit.as_str()))
         .await
         .map_err(|e| format!("cannot read the time of commit {commit}: {e}"))?;
         let text = String::from_utf8_lossy(&output.stdout);
@@ -175,14 +171,12 @@ impl Mirror {
         dest: &Path,
         index: &Path,
     ) -> Result<(), String> {
-        let written = run(
-            git(Some(&self.git_dir))
-                .env("GIT_INDEX_FILE", index)
-                .arg("--work-tree")
-                .arg(dest)
-                .args(["read-tree", "--reset", "-u", "--end-of-options"])
-                .arg(commit.as_str()),
-        )
+        let written = run(git(Some(&self.git_dir))
+            .env("GIT_INDEX_FILE", index)
+            .arg("--work-tree")
+            .arg(dest)
+            .args(["read-tree", "--reset", "-u", "--end-of-options"])
+            .arg(commit.as_str()))
         .await
         .map_err(|e| format!("cannot write the files of commit {commit}: {e}"));
         let _ = std::fs::remove_file(index);
@@ -200,7 +194,13 @@ impl Mirror {
         .await
         .map_err(context)?;
         run(git(Some(&git_dir))
-            .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--end-of-options"])
+            .args([
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--end-of-options",
+            ])
             .arg(&self.git_dir)
             .args([commit.as_str(), "+refs/tags/*:refs/tags/*"]))
         .await
@@ -210,16 +210,19 @@ impl Mirror {
             .args(["update-ref", "--no-deref", "HEAD", commit.as_str()]))
         .await
         .map_err(context)?;
-        run(git(Some(&git_dir))
-            .arg("--work-tree")
-            .arg(workspace)
-            .args(["read-tree", "--reset", "--end-of-options", commit.as_str()]))
+        run(git(Some(&git_dir)).arg("--work-tree").arg(workspace).args([
+            "read-tree",
+            "--reset",
+            "--end-of-options",
+            commit.as_str(),
+        ]))
         .await
         .map_err(context)?;
-        run(git(Some(&git_dir))
-            .arg("--work-tree")
-            .arg(workspace)
-            .args(["update-index", "-q", "--refresh"]))
+        run(git(Some(&git_dir)).arg("--work-tree").arg(workspace).args([
+            "update-index",
+            "-q",
+            "--refresh",
+        ]))
         .await
         .map(drop)
         .map_err(context)
@@ -248,7 +251,13 @@ impl Mirror {
                 .env(PASSWORD_VAR, credentials.password.expose());
         }
         command
-            .args(["fetch", "--quiet", "--no-tags", "--end-of-options", &self.url])
+            .args([
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--end-of-options",
+                &self.url,
+            ])
             .args(refspecs);
         run(&mut command)
             .await
@@ -477,9 +486,15 @@ mod tests {
             .export_tree(&commit, &workspace, &index)
             .await
             .unwrap();
-        assert_eq!(std::fs::read_to_string(workspace.join("README")).unwrap(), "hello\n");
+        assert_eq!(
+            std::fs::read_to_string(workspace.join("README")).unwrap(),
+            "hello\n"
+        );
         let mode = std::fs::metadata(workspace.join("app/run")).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o111, 0o111);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o111,
+            0o111
+        );
         assert!(std::fs::symlink_metadata(workspace.join("gitconfig"))
             .unwrap()
             .is_symlink());

@@ -166,8 +166,10 @@ mod tests {
             let error = split_clone_url(url, env).unwrap_err();
             assert!(!error.contains("hunter2"), "{error}");
         }
-        assert!(split_clone_url("https://host/repo.git", Some(Secret::new("x")))
-            .unwrap_err()
-            .contains("user name"));
+        assert!(
+            split_clone_url("https://host/repo.git", Some(Secret::new("x")))
+                .unwrap_err()
+                .contains("user name")
+        );
     }
 }

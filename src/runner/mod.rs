@@ -178,7 +178,10 @@ async fn checkout(
 ) -> Result<Checkout, Outcome> {
     let commit = CommitId::parse(&build.commit).map_err(Outcome::errored)?;
     let mirror = sources.mirrors().mirror(project);
-    mirror.fetch_commit(&commit).await.map_err(Outcome::errored)?;
+    mirror
+        .fetch_commit(&commit)
+        .await
+        .map_err(Outcome::errored)?;
     mirror
         .export_tree(&commit, workspace.path(), &workspace.index_file())
         .await
@@ -190,7 +193,10 @@ async fn checkout(
             .await
             .map_err(Outcome::errored)?;
     }
-    let commit_time = mirror.commit_time(&commit).await.map_err(Outcome::errored)?;
+    let commit_time = mirror
+        .commit_time(&commit)
+        .await
+        .map_err(Outcome::errored)?;
     Ok(Checkout { spec, commit_time })
 }
 

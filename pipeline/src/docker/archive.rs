@@ -56,9 +56,9 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = self.buffer.split().freeze();
-        self.sender.blocking_send(Ok(chunk)).map_err(|_| {
-            io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped reading")
-        })
+        self.sender
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped reading"))
     }
 }
 
