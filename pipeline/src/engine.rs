@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
@@ -56,8 +57,19 @@ pub struct OutputLine {
     pub text: String,
 }
 
-/// A container's output, line by line, ending when the container stops.
-pub type OutputLines = BoxStream<'static, Result<OutputLine, EngineError>>;
+/// A line longer than this is cut into pieces, so one endless line cannot fill memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Raw bytes of one output stream as the engine delivered them: not aligned to line ends,
+/// and not necessarily UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    pub stream: OutputStream,
+    pub bytes: Bytes,
+}
+
+/// A container's output, frame by frame, ending when the container stops.
+pub type OutputChunks = BoxStream<'static, Result<OutputChunk, EngineError>>;
 
 /// Objects carrying a label, found by [`Engine::list_labelled`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,8 +139,10 @@ pub trait Engine: Send + Sync {
     /// Creates and starts a container; the image must already be present.
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError>;
 
-    /// The container's stdout and stderr from its start, following until it stops.
-    async fn follow_output(&self, container: &str) -> Result<OutputLines, EngineError>;
+    /// The container's stdout and stderr from its start, following until it stops. The
+    /// engine keeps a container's output itself, so a caller may stop reading (drop the
+    /// stream) at any time without ever blocking the container.
+    async fn follow_output(&self, container: &str) -> Result<OutputChunks, EngineError>;
 
     /// The last `lines` lines the container wrote.
     async fn recent_output(

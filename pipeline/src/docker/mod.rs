@@ -16,11 +16,11 @@ use bollard::query_parameters::{
     RemoveVolumeOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
-use futures::{stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 
 use crate::engine::{
-    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputLine, OutputLines, OutputStream,
-    VolumeMount,
+    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputChunk, OutputChunks,
+    OutputLine, OutputStream, VolumeMount,
 };
 
 use lines::LineSplitter;
@@ -180,7 +180,7 @@ impl Engine for DockerEngine {
         Ok(())
     }
 
-    async fn follow_output(&self, container: &str) -> Result<OutputLines, EngineError> {
+    async fn follow_output(&self, container: &str) -> Result<OutputChunks, EngineError> {
         let options = LogsOptions {
             follow: true,
             stdout: true,
@@ -188,22 +188,27 @@ impl Engine for DockerEngine {
             ..Default::default()
         };
         let operation = format!("read output of {container}");
-        let frames = self
+        let chunks = self
             .docker
             .logs(container, Some(options))
-            .map(Some)
-            .chain(stream::once(async { None }));
-        let lines = frames
-            .scan(LineSplitter::default(), move |splitter, frame| {
-                let lines: Vec<Result<OutputLine, EngineError>> = match frame {
-                    Some(Ok(frame)) => split_frame(splitter, frame).into_iter().map(Ok).collect(),
-                    Some(Err(error)) => vec![Err(EngineError::failed(&operation, error))],
-                    None => splitter.finish().into_iter().map(Ok).collect(),
+            .filter_map(move |frame| {
+                let chunk = match frame {
+                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                        Some(Ok(OutputChunk {
+                            stream: OutputStream::Stdout,
+                            bytes: message,
+                        }))
+                    }
+                    Ok(LogOutput::StdErr { message }) => Some(Ok(OutputChunk {
+                        stream: OutputStream::Stderr,
+                        bytes: message,
+                    })),
+                    Ok(LogOutput::StdIn { .. }) => None,
+                    Err(error) => Some(Err(EngineError::failed(&operation, error))),
                 };
-                futures::future::ready(Some(stream::iter(lines)))
-            })
-            .flatten();
-        Ok(lines.boxed())
+                futures::future::ready(chunk)
+            });
+        Ok(chunks.boxed())
     }
 
     async fn recent_output(

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 
 use futures::stream::{self, StreamExt};
 use slipway_pipeline::engine::{
-    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputLine, OutputLines, OutputStream,
+    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputChunk, OutputChunks, OutputLine,
+    OutputStream,
 };
 
 /// What a container does once started, keyed by its alias (the step or service name).
@@ -229,7 +230,7 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    async fn follow_output(&self, container: &str) -> Result<OutputLines, EngineError> {
+    async fn follow_output(&self, container: &str) -> Result<OutputChunks, EngineError> {
         self.call(
             format!("follow_output {container}"),
             self.unknown(container),
@@ -240,9 +241,9 @@ impl Engine for FakeEngine {
             _ => (Vec::new(), false),
         };
         let lines = stream::iter(lines.into_iter().map(|text| {
-            Ok(OutputLine {
+            Ok(OutputChunk {
                 stream: OutputStream::Stdout,
-                text,
+                bytes: format!("{text}\n").into(),
             })
         }));
         Ok(if hang {
