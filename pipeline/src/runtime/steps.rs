@@ -175,12 +175,13 @@ pub fn step_container(
     }
 }
 
-/// The shell script of a step: each command is echoed (`+ command`) and then run.
+/// The shell script of a step: each command is printed (`+ command`) and then run; with
+/// `printf`, as `echo` in `sh` would expand backslash escapes in the command's text.
 pub fn script(commands: &[String]) -> String {
     let mut script = String::new();
     for command in commands {
         script.push_str(&format!(
-            "echo {}\n{command}\n",
+            "printf '%s\\n' {}\n{command}\n",
             shell_quote(&format!("+ {command}"))
         ));
     }
@@ -200,7 +201,7 @@ mod tests {
         let commands = vec!["make test".to_owned(), "echo 'it''s'".to_owned()];
         assert_eq!(
             script(&commands),
-            "echo '+ make test'\nmake test\necho '+ echo '\\''it'\\'''\\''s'\\'''\necho 'it''s'\n"
+            "printf '%s\\n' '+ make test'\nmake test\nprintf '%s\\n' '+ echo '\\''it'\\'''\\''s'\\'''\necho 'it''s'\n"
         );
     }
 }
