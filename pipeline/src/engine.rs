@@ -106,8 +106,8 @@ impl EngineError {
 /// 2. `start_container` for each service; `tcp_ready` / `exec` probe them, repeatedly,
 ///    until ready; `recent_output` may be read to explain a service that never got ready.
 /// 3. `copy_into_volume` once, before any step starts.
-/// 4. For each step in turn: `start_container`, `follow_output` and `wait_exit` (these two run
-///    concurrently for the same container), and `remove_container` to kill a step that ran
+/// 4. For each step in turn: `start_with_output`, then reading its output and `wait_exit`
+///    (concurrently for the same container), and `remove_container` to kill a step that ran
 ///    out of time or was cancelled.
 /// 5. Teardown: `remove_container` for every container of the plan, then `remove_network`,
 ///    then `remove_volume`.
@@ -139,10 +139,13 @@ pub trait Engine: Send + Sync {
     /// Creates and starts a container; the image must already be present.
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError>;
 
-    /// The container's stdout and stderr from its start, following until it stops. The
-    /// engine keeps a container's output itself, so a caller may stop reading (drop the
-    /// stream) at any time without ever blocking the container.
-    async fn follow_output(&self, container: &str) -> Result<OutputChunks, EngineError>;
+    /// Creates and starts a container like `start_container`, attached to its stdout and
+    /// stderr before it starts, so not a byte is missed; the stream ends when it stops. The
+    /// output goes to this stream only (the engine keeps no log of it): a container waits
+    /// while the stream is read slowly, and once the stream is dropped the rest of its
+    /// output is discarded at once.
+    async fn start_with_output(&self, config: &ContainerConfig)
+        -> Result<OutputChunks, EngineError>;
 
     /// The last `lines` lines the container wrote.
     async fn recent_output(

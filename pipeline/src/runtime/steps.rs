@@ -22,10 +22,9 @@ pub(super) async fn run_step(
     build.observer.step_started(&step.name).await;
     let started = Instant::now();
     let engine = build.engine;
-    engine
-        .start_container(&step_container(build.plan, step, build.secrets))
+    let output = engine
+        .start_with_output(&step_container(build.plan, step, build.secrets))
         .await?;
-    let output = engine.follow_output(&step.container).await?;
     let exited = async {
         let (code, ()) = tokio::join!(
             engine.wait_exit(&step.container),
@@ -89,8 +88,8 @@ async fn sleep_or_forever(timeout: Option<Duration>) {
 }
 
 /// Masks, caps and forwards the output in chunks as it arrives, at the speed the engine
-/// delivers it. Once the cap is reached it stops reading: the engine keeps the rest, so the
-/// container runs on unblocked and the step ends when it does.
+/// delivers it. Once the cap is reached it stops reading: the engine then discards the rest,
+/// so the container runs on unblocked and the step ends when it does.
 async fn forward_output(build: &Build<'_>, step: &StepPlan, mut output: OutputChunks) {
     let mut pending = StepOutput::new(build.secrets, build.options.log_cap_bytes_per_step);
     let mut quiet_deadline = Instant::now();

@@ -230,12 +230,12 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    async fn follow_output(&self, container: &str) -> Result<OutputChunks, EngineError> {
-        self.call(
-            format!("follow_output {container}"),
-            self.unknown(container),
-        )?;
-        let (lines, hang) = match self.behaviour_of(container) {
+    async fn start_with_output(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<OutputChunks, EngineError> {
+        self.start_container(config).await?;
+        let (lines, hang) = match self.behaviour_of(&config.name) {
             Some(Behaviour::Exit { lines, .. }) => (lines, false),
             Some(Behaviour::Hang { lines }) => (lines, true),
             _ => (Vec::new(), false),
