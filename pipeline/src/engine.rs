@@ -144,8 +144,10 @@ pub trait Engine: Send + Sync {
     /// output goes to this stream only (the engine keeps no log of it): a container waits
     /// while the stream is read slowly, and once the stream is dropped the rest of its
     /// output is discarded at once.
-    async fn start_with_output(&self, config: &ContainerConfig)
-        -> Result<OutputChunks, EngineError>;
+    async fn start_with_output(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<OutputChunks, EngineError>;
 
     /// The last `lines` lines the container wrote.
     async fn recent_output(

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, NetworkCreateRequest,
-    NetworkingConfig, VolumeCreateOptions,
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, Mount, MountTypeEnum,
+    NetworkCreateRequest, NetworkingConfig, VolumeCreateOptions,
 };
 use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, ListVolumesOptions};
 
@@ -180,7 +180,10 @@ mod tests {
         assert_eq!(host.log_config.unwrap().typ.as_deref(), Some("none"));
         assert_eq!(host.network_mode.as_deref(), Some("slipway-hello-1-b1"));
         assert_eq!(body.cmd, Some(vec!["echo hi".to_owned()]));
-        assert_eq!(container_body(&config()).host_config.unwrap().log_config, None);
+        assert_eq!(
+            container_body(&config()).host_config.unwrap().log_config,
+            None
+        );
     }
 
     #[test]

@@ -13,15 +13,15 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, LogsOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, UploadToContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, LogsOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::engine::{
-    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputChunk, OutputChunks,
-    OutputLine, OutputStream, VolumeMount,
+    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputChunk, OutputChunks, OutputLine,
+    OutputStream, VolumeMount,
 };
 
 use lines::LineSplitter;
@@ -79,8 +79,7 @@ impl DockerEngine {
             name: Some(config.name.clone()),
             ..Default::default()
         };
-        match self.docker.create_container(Some(options), body).await
-        {
+        match self.docker.create_container(Some(options), body).await {
             Ok(_) => Ok(()),
             Err(error) if status(&error) == Some(404) => Err(EngineError::ImageMissing {
                 image: config.image.clone(),
@@ -196,8 +195,11 @@ impl Engine for DockerEngine {
         &self,
         config: &ContainerConfig,
     ) -> Result<OutputChunks, EngineError> {
-        self.create_with(config, convert::without_log(convert::container_body(config)))
-            .await?;
+        self.create_with(
+            config,
+            convert::without_log(convert::container_body(config)),
+        )
+        .await?;
         let options = AttachContainerOptions {
             stream: true,
             stdout: true,

@@ -396,7 +396,10 @@ mod tests {
     #[test]
     fn a_multi_line_secret_is_masked_whole() {
         assert_eq!(
-            masked(&["line-one\nline-two"], &["key:\nline-one\n", "line-two\nend\n"]),
+            masked(
+                &["line-one\nline-two"],
+                &["key:\nline-one\n", "line-two\nend\n"]
+            ),
             "key:\n****\nend\n"
         );
     }
