@@ -19,15 +19,19 @@ use crate::bake::Baker;
 use crate::config::Config;
 use crate::releases::Repository;
 use crate::runner;
-use crate::store::builds::LogLineRecord;
+use crate::store::builds::LogChunkRecord;
 use crate::store::Store;
 
-/// What live readers of a build's log receive.
+/// What live readers of a build's log receive: each chunk once it is stored.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    Line(LogLineRecord),
+    Chunk(Arc<LogChunkRecord>),
     Finished,
 }
+
+/// Live events kept for a reader that is behind, at most (chunks are about 64 KiB): a reader
+/// further behind is told it lagged and catches up from the store.
+pub const LIVE_EVENTS: usize = 64;
 
 /// A handle on the queue; cheap to clone.
 #[derive(Clone)]
@@ -176,7 +180,7 @@ impl BuildQueue {
                 continue;
             };
             let cancel = self.inner.shutdown.child_token();
-            let (live, _) = broadcast::channel(1024);
+            let (live, _) = broadcast::channel(LIVE_EVENTS);
             self.inner.running.lock().expect("queue lock").insert(
                 build.id,
                 RunningBuild {

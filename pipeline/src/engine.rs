@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
@@ -56,8 +57,19 @@ pub struct OutputLine {
     pub text: String,
 }
 
-/// A container's output, line by line, ending when the container stops.
-pub type OutputLines = BoxStream<'static, Result<OutputLine, EngineError>>;
+/// A line longer than this is cut into pieces, so one endless line cannot fill memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Raw bytes of one output stream as the engine delivered them: not aligned to line ends,
+/// and not necessarily UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    pub stream: OutputStream,
+    pub bytes: Bytes,
+}
+
+/// A container's output, frame by frame, ending when the container stops.
+pub type OutputChunks = BoxStream<'static, Result<OutputChunk, EngineError>>;
 
 /// Objects carrying a label, found by [`Engine::list_labelled`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,8 +106,8 @@ impl EngineError {
 /// 2. `start_container` for each service; `tcp_ready` / `exec` probe them, repeatedly,
 ///    until ready; `recent_output` may be read to explain a service that never got ready.
 /// 3. `copy_into_volume` once, before any step starts.
-/// 4. For each step in turn: `start_container`, `follow_output` and `wait_exit` (these two run
-///    concurrently for the same container), and `remove_container` to kill a step that ran
+/// 4. For each step in turn: `start_with_output`, then reading its output and `wait_exit`
+///    (concurrently for the same container), and `remove_container` to kill a step that ran
 ///    out of time or was cancelled.
 /// 5. Teardown: `remove_container` for every container of the plan, then `remove_network`,
 ///    then `remove_volume`.
@@ -127,8 +139,15 @@ pub trait Engine: Send + Sync {
     /// Creates and starts a container; the image must already be present.
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError>;
 
-    /// The container's stdout and stderr from its start, following until it stops.
-    async fn follow_output(&self, container: &str) -> Result<OutputLines, EngineError>;
+    /// Creates and starts a container like `start_container`, attached to its stdout and
+    /// stderr before it starts, so not a byte is missed; the stream ends when it stops. The
+    /// output goes to this stream only (the engine keeps no log of it): a container waits
+    /// while the stream is read slowly, and once the stream is dropped the rest of its
+    /// output is discarded at once.
+    async fn start_with_output(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<OutputChunks, EngineError>;
 
     /// The last `lines` lines the container wrote.
     async fn recent_output(

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use slipway_pipeline::{
-    self as pipeline, BuildOutcome, DockerEngine, LogLine, Observer, RunOptions, StepResult,
+    self as pipeline, BuildOutcome, DockerEngine, LogChunk, Observer, RunOptions, StepResult,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -181,15 +181,18 @@ fn parse_secrets(pairs: &[String]) -> anyhow::Result<HashMap<String, String>> {
 /// Prints a build's progress to the terminal.
 struct Printer;
 
+#[async_trait::async_trait]
 impl Observer for Printer {
-    fn step_started(&self, step: &str) {
+    async fn step_started(&self, step: &str) {
         println!("==> {step}");
     }
-    fn log_line(&self, step: &str, line: &LogLine) {
+    async fn log_chunk(&self, step: &str, chunk: LogChunk) {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "[{step}] {}", line.text);
+        for line in chunk.lines() {
+            let _ = writeln!(out, "[{step}] {}", String::from_utf8_lossy(line));
+        }
     }
-    fn step_finished(&self, step: &str, result: &StepResult) {
+    async fn step_finished(&self, step: &str, result: &StepResult) {
         let status = serde_json::to_value(result.status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
@@ -204,7 +207,7 @@ impl Observer for Printer {
             result.duration.as_secs_f64()
         );
     }
-    fn build_finished(&self, outcome: &BuildOutcome) {
+    async fn build_finished(&self, outcome: &BuildOutcome) {
         let status = serde_json::to_value(outcome.status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))

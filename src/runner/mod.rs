@@ -117,7 +117,11 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         &options,
     )
     .await;
-    recorder.finish().await;
+    let loss = recorder.finish().await;
+    if loss.lines > 0 {
+        // A build whose log cannot be read back must not look clean.
+        return log_incomplete(&outcome, loss.lines);
+    }
     let package = plan.package.as_ref();
     if outcome.status == pipeline::BuildStatus::Passed && build.branch == project.deploy_branch {
         if let Some(package) = package {
@@ -150,12 +154,7 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         }
     }
     Outcome {
-        status: match outcome.status {
-            pipeline::BuildStatus::Passed => BuildStatus::Passed,
-            pipeline::BuildStatus::Failed => BuildStatus::Failed,
-            pipeline::BuildStatus::Errored => BuildStatus::Errored,
-            pipeline::BuildStatus::Cancelled => BuildStatus::Cancelled,
-        },
+        status: status_of(outcome.status),
         reason: outcome.message,
     }
 }
@@ -198,6 +197,35 @@ async fn checkout(
         .await
         .map_err(Outcome::errored)?;
     Ok(Checkout { spec, commit_time })
+}
+
+/// The outcome of a build whose log the store refused in part: a passed build errors (it is
+/// not released), any other keeps its status; both say so.
+fn log_incomplete(outcome: &pipeline::BuildOutcome, lost_lines: u64) -> Outcome {
+    let incomplete = format!("{lost_lines} lines of the build log could not be stored");
+    let (status, reason) = match (outcome.status, &outcome.message) {
+        (pipeline::BuildStatus::Passed, _) => (BuildStatus::Errored, incomplete),
+        (status, message) => (
+            status_of(status),
+            match message {
+                Some(message) => format!("{message}; {incomplete}"),
+                None => incomplete,
+            },
+        ),
+    };
+    Outcome {
+        status,
+        reason: Some(reason),
+    }
+}
+
+fn status_of(status: pipeline::BuildStatus) -> BuildStatus {
+    match status {
+        pipeline::BuildStatus::Passed => BuildStatus::Passed,
+        pipeline::BuildStatus::Failed => BuildStatus::Failed,
+        pipeline::BuildStatus::Errored => BuildStatus::Errored,
+        pipeline::BuildStatus::Cancelled => BuildStatus::Cancelled,
+    }
 }
 
 /// Removes containers, networks and volumes that this server's earlier life left behind.

@@ -1,30 +1,42 @@
-//! The observer a server build runs with: it hands every event to a writer task that records
-//! steps and log lines in the store (in batches) and forwards lines to live readers.
+//! The observer a server build runs with: it hands every event through a bounded channel to a
+//! writer task that records steps and log chunks in the store, then forwards the stored
+//! chunks to live readers.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
-use slipway_pipeline::{BuildOutcome, LogLine, Observer, Plan, StepResult, StepStatus};
+use slipway_pipeline::engine::OutputStream;
+use slipway_pipeline::{BuildOutcome, LogChunk, Observer, Plan, StepResult, StepStatus};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::queue::LiveEvent;
-use crate::store::builds::LogLineRecord;
+use crate::store::builds::LogChunkRecord;
 use crate::store::Store;
 
-/// Lines written to the store in one statement, at most.
-const BATCH: usize = 500;
+/// Events waiting for the writer, at most: a build that outruns the store waits for it
+/// (each chunk is at most about 64 KiB, so this bounds the memory in flight).
+const CHANNEL_EVENTS: usize = 16;
+
+/// Bytes of chunks written to the store in one statement, about.
+const BATCH_BYTES: usize = 1024 * 1024;
 
 enum Event {
     Started(String),
-    Line(String, LogLine),
+    Chunk(String, LogChunk),
     Finished(String, StepResult),
 }
 
 pub struct StoreObserver {
-    events: mpsc::UnboundedSender<Event>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    events: mpsc::Sender<Event>,
+    writer: JoinHandle<LogLoss>,
+}
+
+/// Log lines the store refused: the build's log is incomplete when there are any.
+#[derive(Debug, Default)]
+pub struct LogLoss {
+    pub lines: u64,
 }
 
 impl StoreObserver {
@@ -49,118 +61,155 @@ impl StoreObserver {
                 tracing::error!(%build, error = %e, "cannot record a build's steps");
             }
         }
-        let (events, receiver) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write(store, build, positions, receiver, live));
+        let (events, receiver) = mpsc::channel(CHANNEL_EVENTS);
+        let writer = Writer {
+            store,
+            build,
+            positions,
+            live,
+            next_line: 1,
+            loss: LogLoss::default(),
+        };
         StoreObserver {
             events,
-            writer: Mutex::new(Some(writer)),
+            writer: tokio::spawn(writer.run(receiver)),
         }
     }
 
-    /// Waits until everything observed so far is in the store.
-    pub async fn finish(self) {
-        let writer = self.writer.lock().expect("observer lock").take();
+    /// Waits until everything observed is in the store; says what the store refused.
+    pub async fn finish(self) -> LogLoss {
         drop(self.events);
-        if let Some(writer) = writer {
-            let _ = writer.await;
+        match self.writer.await {
+            Ok(loss) => loss,
+            Err(e) => {
+                tracing::error!(error = %e, "the build log writer stopped");
+                LogLoss { lines: 1 }
+            }
         }
     }
 
-    fn send(&self, event: Event) {
+    async fn send(&self, event: Event) {
         // The writer lives until `finish`; a send can only fail after it, when nothing is left to record.
-        let _ = self.events.send(event);
+        let _ = self.events.send(event).await;
     }
 }
 
+#[async_trait::async_trait]
 impl Observer for StoreObserver {
-    fn step_started(&self, step: &str) {
-        self.send(Event::Started(step.to_string()));
+    async fn step_started(&self, step: &str) {
+        self.send(Event::Started(step.to_string())).await;
     }
-    fn log_line(&self, step: &str, line: &LogLine) {
-        self.send(Event::Line(step.to_string(), line.clone()));
+    async fn log_chunk(&self, step: &str, chunk: LogChunk) {
+        self.send(Event::Chunk(step.to_string(), chunk)).await;
     }
-    fn step_finished(&self, step: &str, result: &StepResult) {
-        self.send(Event::Finished(step.to_string(), result.clone()));
+    async fn step_finished(&self, step: &str, result: &StepResult) {
+        self.send(Event::Finished(step.to_string(), result.clone()))
+            .await;
     }
-    fn build_finished(&self, _outcome: &BuildOutcome) {}
+    async fn build_finished(&self, _outcome: &BuildOutcome) {}
 }
 
-async fn write(
+struct Writer {
     store: Store,
     build: Uuid,
     positions: HashMap<String, i32>,
-    mut events: mpsc::UnboundedReceiver<Event>,
     live: broadcast::Sender<LiveEvent>,
-) {
-    let mut seq = 0i64;
-    let mut pending: Vec<LogLineRecord> = Vec::new();
-    while let Some(first) = events.recv().await {
-        let mut next = Some(first);
-        while let Some(event) = next.take() {
-            match event {
-                Event::Line(step, line) => {
-                    seq += 1;
-                    let record = LogLineRecord {
-                        seq,
-                        step,
-                        at: line.at,
-                        stream: match line.stream {
-                            slipway_pipeline::engine::OutputStream::Stdout => "stdout".into(),
-                            slipway_pipeline::engine::OutputStream::Stderr => "stderr".into(),
-                        },
-                        line: line.text,
-                    };
-                    let _ = live.send(LiveEvent::Line(record.clone()));
-                    pending.push(record);
+    next_line: i64,
+    loss: LogLoss,
+}
+
+impl Writer {
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) -> LogLoss {
+        while let Some(event) = events.recv().await {
+            let (step, chunk) = match event {
+                Event::Chunk(step, chunk) => (step, chunk),
+                other => {
+                    self.record(other).await;
+                    continue;
                 }
-                Event::Started(step) => {
-                    flush(&store, build, &mut pending).await;
-                    record(&store, build, &positions, &step, "running", None).await;
-                }
-                Event::Finished(step, result) => {
-                    flush(&store, build, &mut pending).await;
-                    record(
-                        &store,
-                        build,
-                        &positions,
-                        &step,
-                        status_name(result.status),
-                        result.exit_code.map(|c| c as i32),
-                    )
-                    .await;
+            };
+            // Chunks already waiting go in the same statement.
+            let mut batch = vec![self.number(step, chunk)];
+            let mut bytes = batch[0].data.len();
+            let mut after = None;
+            while bytes < BATCH_BYTES {
+                match events.try_recv() {
+                    Ok(Event::Chunk(step, chunk)) => {
+                        bytes += chunk.bytes.len();
+                        batch.push(self.number(step, chunk));
+                    }
+                    Ok(other) => {
+                        after = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
                 }
             }
-            if pending.len() < BATCH {
-                next = events.try_recv().ok();
+            self.store_chunks(batch).await;
+            if let Some(event) = after {
+                self.record(event).await;
             }
         }
-        flush(&store, build, &mut pending).await;
+        self.loss
     }
-}
 
-async fn flush(store: &Store, build: Uuid, pending: &mut Vec<LogLineRecord>) {
-    if let Err(e) = store.append_log_lines(build, pending).await {
-        tracing::error!(%build, error = %e, lines = pending.len(), "cannot store log lines");
+    fn number(&mut self, step: String, chunk: LogChunk) -> LogChunkRecord {
+        let lines = chunk.line_count() as i32;
+        let record = LogChunkRecord {
+            first_line: self.next_line,
+            lines,
+            step,
+            stream: match chunk.stream {
+                OutputStream::Stdout => "stdout".into(),
+                OutputStream::Stderr => "stderr".into(),
+            },
+            at: chunk.at,
+            data: chunk.bytes,
+        };
+        self.next_line += i64::from(lines);
+        record
     }
-    pending.clear();
-}
 
-async fn record(
-    store: &Store,
-    build: Uuid,
-    positions: &HashMap<String, i32>,
-    step: &str,
-    status: &str,
-    exit_code: Option<i32>,
-) {
-    let Some(position) = positions.get(step) else {
-        return;
-    };
-    if let Err(e) = store
-        .record_step(build, *position, step, status, exit_code)
-        .await
-    {
-        tracing::error!(%build, step, error = %e, "cannot record a step");
+    /// Stores a batch (one retry: a brief outage should not cost lines), then shows it to
+    /// live readers, so a reader that falls behind finds in the store all it missed.
+    async fn store_chunks(&mut self, batch: Vec<LogChunkRecord>) {
+        let mut stored = self.store.append_log_chunks(self.build, &batch).await;
+        if stored.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            stored = self.store.append_log_chunks(self.build, &batch).await;
+        }
+        if let Err(e) = stored {
+            let lines: u64 = batch.iter().map(|c| c.lines as u64).sum();
+            tracing::error!(build = %self.build, error = %e, lines, "cannot store log lines");
+            self.loss.lines += lines;
+            return;
+        }
+        for chunk in batch {
+            // No live reader is no error.
+            let _ = self.live.send(LiveEvent::Chunk(Arc::new(chunk)));
+        }
+    }
+
+    async fn record(&self, event: Event) {
+        let (step, status, exit_code) = match &event {
+            Event::Started(step) => (step, "running", None),
+            Event::Finished(step, result) => (
+                step,
+                status_name(result.status),
+                result.exit_code.map(|c| c as i32),
+            ),
+            Event::Chunk(..) => return,
+        };
+        let Some(position) = self.positions.get(step) else {
+            return;
+        };
+        if let Err(e) = self
+            .store
+            .record_step(self.build, *position, step, status, exit_code)
+            .await
+        {
+            tracing::error!(build = %self.build, step, error = %e, "cannot record a step");
+        }
     }
 }
 

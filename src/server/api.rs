@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{ApiError, AppState};
 use crate::queue::LiveEvent;
-use crate::store::builds::{Build, NewBuild};
+use crate::store::builds::{Build, LogChunkRecord, LogLineRecord, NewBuild};
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -160,69 +160,81 @@ async fn get_build(
 struct LogQuery {
     #[serde(default)]
     follow: bool,
+    /// Lines numbered after this one (`seq`); 0 is the start.
+    #[serde(default)]
+    after: i64,
+    limit: Option<usize>,
 }
 
-/// The whole log as JSON lines, or with `?follow=true` a server-sent event stream: the lines
-/// so far, then new ones as they come, then an `end` event with the build's final status.
+/// Lines in one page of a log when the caller names no `limit`, and at most.
+const DEFAULT_LOG_LINES: usize = 1000;
+const MAX_LOG_LINES: usize = 10_000;
+
+/// One page of the log as JSON lines (`?after=<seq>&limit=<lines>`; an empty page means
+/// nothing more yet), or with `?follow=true` a server-sent event stream: the lines after
+/// `after` so far, then new ones as they come, then an `end` event with the build's final
+/// status.
 async fn build_logs(
     State(state): State<AppState>,
     Path((project, number)): Path<(String, i64)>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
+    if query.after < 0 {
+        return Err(ApiError::bad_request(format!(
+            "`after` must be a line number (seq) of 0 or more, got {}",
+            query.after
+        )));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LOG_LINES);
+    if !(1..=MAX_LOG_LINES).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be between 1 and {MAX_LOG_LINES} lines, got {limit}"
+        )));
+    }
     let build = find_build(&state, &project, number).await?;
     if !query.follow {
-        let lines = state.store.log_lines(build.id, 0).await?;
+        let lines = state.store.log_lines(build.id, query.after, limit).await?;
         return Ok(Json(lines).into_response());
     }
-    Ok(Sse::new(follow_logs(state, build))
+    Ok(Sse::new(follow_logs(state, build, query.after))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
-fn follow_logs(state: AppState, build: Build) -> impl Stream<Item = Result<Event, Infallible>> {
+fn follow_logs(
+    state: AppState,
+    build: Build,
+    after: i64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream(move |tx| async move {
         // Subscribe before reading the store, then skip what was already sent by seq.
         let mut live = state.queue.subscribe(build.id);
-        let mut last_seq = 0;
-        if let Ok(lines) = state.store.log_lines(build.id, 0).await {
-            for line in lines {
-                last_seq = line.seq;
-                if tx.send(line_event(&line)).await.is_err() {
-                    return;
-                }
-            }
-        }
+        let Some(mut last_seq) = send_stored(&state, &build, after, &tx).await else {
+            return;
+        };
         if let Some(live) = live.as_mut() {
             loop {
-                let lines = match live.recv().await {
-                    Ok(LiveEvent::Line(line)) => vec![line],
+                match live.recv().await {
+                    Ok(LiveEvent::Chunk(chunk)) => {
+                        let Some(seq) = send_chunk(&chunk, last_seq, &tx).await else {
+                            return;
+                        };
+                        last_seq = seq;
+                    }
                     Ok(LiveEvent::Finished) | Err(RecvError::Closed) => break,
                     // A slow reader fell behind the live channel: catch up from the store.
                     Err(RecvError::Lagged(_)) => {
-                        match state.store.log_lines(build.id, last_seq).await {
-                            Ok(lines) => lines,
-                            Err(_) => break,
-                        }
-                    }
-                };
-                for line in lines {
-                    if line.seq <= last_seq {
-                        continue;
-                    }
-                    last_seq = line.seq;
-                    if tx.send(line_event(&line)).await.is_err() {
-                        return;
+                        let Some(seq) = send_stored(&state, &build, last_seq, &tx).await else {
+                            return;
+                        };
+                        last_seq = seq;
                     }
                 }
             }
         }
         // Lines stored after the live channel closed, if any.
-        if let Ok(lines) = state.store.log_lines(build.id, last_seq).await {
-            for line in lines {
-                if tx.send(line_event(&line)).await.is_err() {
-                    return;
-                }
-            }
+        if send_stored(&state, &build, last_seq, &tx).await.is_none() {
+            return;
         }
         let status = match state.store.build_by_id(build.id).await {
             Ok(Some(b)) => b.status.as_str(),
@@ -238,7 +250,48 @@ fn follow_logs(state: AppState, build: Build) -> impl Stream<Item = Result<Event
     })
 }
 
-fn line_event(line: &crate::store::builds::LogLineRecord) -> Event {
+/// Sends the stored lines after `after`, page by page; the last seq sent, or `None` when the
+/// reader went away.
+async fn send_stored(
+    state: &AppState,
+    build: &Build,
+    mut after: i64,
+    tx: &tokio::sync::mpsc::Sender<Event>,
+) -> Option<i64> {
+    loop {
+        let page = match state
+            .store
+            .log_lines(build.id, after, DEFAULT_LOG_LINES)
+            .await
+        {
+            Ok(page) if !page.is_empty() => page,
+            _ => return Some(after),
+        };
+        for line in page {
+            after = line.seq;
+            tx.send(line_event(&line)).await.ok()?;
+        }
+    }
+}
+
+/// Sends the lines of a live chunk after `after`; the last seq sent, or `None` when the
+/// reader went away.
+async fn send_chunk(
+    chunk: &LogChunkRecord,
+    mut after: i64,
+    tx: &tokio::sync::mpsc::Sender<Event>,
+) -> Option<i64> {
+    for line in chunk.to_lines() {
+        if line.seq <= after {
+            continue;
+        }
+        after = line.seq;
+        tx.send(line_event(&line)).await.ok()?;
+    }
+    Some(after)
+}
+
+fn line_event(line: &LogLineRecord) -> Event {
     Event::default()
         .event("line")
         .data(serde_json::to_string(line).expect("log lines serialize"))

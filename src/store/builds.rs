@@ -1,4 +1,4 @@
-//! Builds, their steps and log lines: the persistent build queue.
+//! Builds, their steps and log chunks: the persistent build queue.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -81,6 +81,8 @@ pub struct StepRecord {
     pub duration_ms: Option<i64>,
 }
 
+/// One line of a build's log as the API shows it: `seq` numbers the build's lines from 1;
+/// bytes that are not UTF-8 show as U+FFFD.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogLineRecord {
     pub seq: i64,
@@ -89,6 +91,41 @@ pub struct LogLineRecord {
     pub stream: String,
     pub line: String,
 }
+
+/// A stored run of whole lines of one step and stream (see `build_log_chunks`).
+#[derive(Debug, Clone)]
+pub struct LogChunkRecord {
+    /// The `seq` of the chunk's first line.
+    pub first_line: i64,
+    pub lines: i32,
+    pub step: String,
+    pub stream: String,
+    pub at: DateTime<Utc>,
+    /// The lines, each ending in a newline, as the step wrote them (secrets masked).
+    pub data: Vec<u8>,
+}
+
+impl LogChunkRecord {
+    /// Its lines as the API shows them.
+    pub fn to_lines(&self) -> impl Iterator<Item = LogLineRecord> + '_ {
+        let body = self.data.strip_suffix(b"\n").unwrap_or(&self.data);
+        body.split(|&byte| byte == b'\n')
+            .enumerate()
+            .map(move |(index, line)| LogLineRecord {
+                seq: self.first_line + index as i64,
+                step: self.step.clone(),
+                at: self.at,
+                stream: self.stream.clone(),
+                line: String::from_utf8_lossy(line).into_owned(),
+            })
+    }
+}
+
+/// Text in one page of a log, about: a page stops at the first line past it.
+pub const LOG_PAGE_BYTES: usize = 1024 * 1024;
+
+/// Chunks read per query while a page fills.
+const CHUNKS_PER_QUERY: i64 = 4;
 
 const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at";
 
@@ -297,46 +334,75 @@ impl Store {
             .collect())
     }
 
-    /// Appends log lines; `seq` numbers are assigned by the caller, in order.
-    pub async fn append_log_lines(&self, build: Uuid, lines: &[LogLineRecord]) -> StoreResult<()> {
-        if lines.is_empty() {
+    /// Appends chunks of log lines in one statement; the caller numbers the lines, in order.
+    pub async fn append_log_chunks(
+        &self,
+        build: Uuid,
+        chunks: &[LogChunkRecord],
+    ) -> StoreResult<()> {
+        if chunks.is_empty() {
             return Ok(());
         }
-        let client = self.client().await?;
-        let seqs: Vec<i64> = lines.iter().map(|l| l.seq).collect();
-        let steps: Vec<&str> = lines.iter().map(|l| l.step.as_str()).collect();
-        let ats: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
-        let streams: Vec<&str> = lines.iter().map(|l| l.stream.as_str()).collect();
-        let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
-        client
+        let firsts: Vec<i64> = chunks.iter().map(|c| c.first_line).collect();
+        let counts: Vec<i32> = chunks.iter().map(|c| c.lines).collect();
+        let steps: Vec<&str> = chunks.iter().map(|c| c.step.as_str()).collect();
+        let streams: Vec<&str> = chunks.iter().map(|c| c.stream.as_str()).collect();
+        let ats: Vec<DateTime<Utc>> = chunks.iter().map(|c| c.at).collect();
+        let data: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
+        self.client()
+            .await?
             .execute(
-                "INSERT INTO build_log_lines (build_id, seq, step, at, stream, line)
-                 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])",
-                &[&build, &seqs, &steps, &ats, &streams, &texts],
+                "INSERT INTO build_log_chunks (build_id, first_line, lines, step, stream, at, data)
+                 SELECT $1, * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[],
+                                          $6::timestamptz[], $7::bytea[])",
+                &[&build, &firsts, &counts, &steps, &streams, &ats, &data],
             )
             .await?;
         Ok(())
     }
 
-    pub async fn log_lines(&self, build: Uuid, after_seq: i64) -> StoreResult<Vec<LogLineRecord>> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT seq, step, at, stream, line FROM build_log_lines
-                 WHERE build_id = $1 AND seq > $2 ORDER BY seq",
-                &[&build, &after_seq],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| LogLineRecord {
-                seq: r.get(0),
-                step: r.get(1),
-                at: r.get(2),
-                stream: r.get(3),
-                line: r.get(4),
-            })
-            .collect())
+    /// One page of a build's log: the lines numbered after `after`, at most `limit` of them
+    /// and about [`LOG_PAGE_BYTES`] of text (always at least one line when there is one).
+    pub async fn log_lines(
+        &self,
+        build: Uuid,
+        after: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<LogLineRecord>> {
+        let client = self.client().await?;
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        let mut after = after;
+        loop {
+            let rows = client
+                .query(
+                    "SELECT first_line, lines, step, stream, at, data FROM build_log_chunks
+                     WHERE build_id = $1 AND first_line + lines > $2
+                     ORDER BY first_line LIMIT $3",
+                    &[&build, &(after + 1), &CHUNKS_PER_QUERY],
+                )
+                .await?;
+            for row in &rows {
+                let chunk = LogChunkRecord {
+                    first_line: row.get(0),
+                    lines: row.get(1),
+                    step: row.get(2),
+                    stream: row.get(3),
+                    at: row.get(4),
+                    data: row.get(5),
+                };
+                for line in chunk.to_lines().filter(|line| line.seq > after) {
+                    if page.len() >= limit || (bytes >= LOG_PAGE_BYTES && !page.is_empty()) {
+                        return Ok(page);
+                    }
+                    bytes += line.line.len();
+                    page.push(line);
+                }
+            }
+            match page.last() {
+                Some(last) if rows.len() as i64 == CHUNKS_PER_QUERY => after = last.seq,
+                _ => return Ok(page),
+            }
+        }
     }
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use crate::helpers::read_token;
 
-struct Server {
-    child: Child,
-    address: String,
+pub struct Server {
+    pub child: Child,
+    pub address: String,
 }
 
-/// Starts `slipway server` in `dir` with no config file and waits until it listens.
-fn start(dir: &Path) -> Server {
+/// Starts `slipway server` in `dir` (with its `slipway.toml`, if any) and waits until it listens.
+pub fn start(dir: &Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(["server", "--listen", "127.0.0.1:0"])
         .current_dir(dir)

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountTypeEnum, NetworkCreateRequest,
-    NetworkingConfig, VolumeCreateOptions,
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, Mount, MountTypeEnum,
+    NetworkCreateRequest, NetworkingConfig, VolumeCreateOptions,
 };
 use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, ListVolumesOptions};
 
@@ -54,6 +54,17 @@ pub fn container_body(config: &ContainerConfig) -> ContainerCreateBody {
         networking_config,
         ..Default::default()
     }
+}
+
+/// `body` with no log kept by dockerd: the output goes only to whoever is attached, so a
+/// flood costs dockerd no disk and, once the reader stops, no time.
+pub fn without_log(mut body: ContainerCreateBody) -> ContainerCreateBody {
+    let host_config = body.host_config.get_or_insert_with(Default::default);
+    host_config.log_config = Some(HostConfigLogConfig {
+        typ: Some("none".to_owned()),
+        config: None,
+    });
+    body
 }
 
 /// A labelled bridge network.
@@ -159,6 +170,19 @@ mod tests {
         assert_eq!(
             endpoints["slipway-hello-1-b1"].aliases,
             Some(vec!["test".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_step_keeps_no_log_in_dockerd_and_the_rest_of_its_body() {
+        let body = without_log(container_body(&config()));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.log_config.unwrap().typ.as_deref(), Some("none"));
+        assert_eq!(host.network_mode.as_deref(), Some("slipway-hello-1-b1"));
+        assert_eq!(body.cmd, Some(vec!["echo hi".to_owned()]));
+        assert_eq!(
+            container_body(&config()).host_config.unwrap().log_config,
+            None
         );
     }
 

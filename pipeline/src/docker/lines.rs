@@ -1,9 +1,7 @@
-//! Splits Docker's output frames, which do not respect line ends, into lines per stream.
+//! Splits Docker's output frames, which do not respect line ends, into lines per stream, for
+//! the few last lines `recent_output` shows (step output goes to the runtime unsplit).
 
-use crate::engine::{OutputLine, OutputStream};
-
-/// A line longer than this is forwarded in pieces, so one endless line cannot fill memory.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
+use crate::engine::{OutputLine, OutputStream, MAX_LINE_BYTES};
 
 /// Buffers partial lines of stdout and stderr separately.
 #[derive(Default)]

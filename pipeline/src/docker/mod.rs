@@ -11,16 +11,17 @@ use std::time::Duration;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, LogsOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, UploadToContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, LogsOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
-use futures::{stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 
 use crate::engine::{
-    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputLine, OutputLines, OutputStream,
-    VolumeMount,
+    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputChunk, OutputChunks, OutputLine,
+    OutputStream, VolumeMount,
 };
 
 use lines::LineSplitter;
@@ -65,21 +66,42 @@ impl DockerEngine {
     }
 
     async fn create(&self, config: &ContainerConfig) -> Result<(), EngineError> {
+        self.create_with(config, convert::container_body(config))
+            .await
+    }
+
+    async fn create_with(
+        &self,
+        config: &ContainerConfig,
+        body: ContainerCreateBody,
+    ) -> Result<(), EngineError> {
         let options = CreateContainerOptions {
             name: Some(config.name.clone()),
             ..Default::default()
         };
-        match self
-            .docker
-            .create_container(Some(options), convert::container_body(config))
-            .await
-        {
+        match self.docker.create_container(Some(options), body).await {
             Ok(_) => Ok(()),
             Err(error) if status(&error) == Some(404) => Err(EngineError::ImageMissing {
                 image: config.image.clone(),
             }),
             Err(error) => Err(failed(&format!("create container {}", config.name), error)),
         }
+    }
+
+    /// Starts a created container; one that cannot start is removed.
+    async fn start(&self, config: &ContainerConfig) -> Result<(), EngineError> {
+        let started = self
+            .docker
+            .start_container(
+                &config.name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await;
+        if let Err(error) = started {
+            self.remove_container(&config.name).await?;
+            return Err(failed(&format!("start container {}", config.name), error));
+        }
+        Ok(())
     }
 }
 
@@ -163,44 +185,55 @@ impl Engine for DockerEngine {
 
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError> {
         self.create(config).await?;
-        let started = self
-            .docker
-            .start_container(
-                &config.name,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await;
-        if let Err(error) = started {
-            self.remove_container(&config.name).await?;
-            return Err(failed(&format!("start container {}", config.name), error));
-        }
-        Ok(())
+        self.start(config).await
     }
 
-    async fn follow_output(&self, container: &str) -> Result<OutputLines, EngineError> {
-        let options = LogsOptions {
-            follow: true,
+    async fn start_with_output(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<OutputChunks, EngineError> {
+        self.create_with(
+            config,
+            convert::without_log(convert::container_body(config)),
+        )
+        .await?;
+        let options = AttachContainerOptions {
+            stream: true,
             stdout: true,
             stderr: true,
             ..Default::default()
         };
-        let operation = format!("read output of {container}");
-        let frames = self
+        let attached = self
             .docker
-            .logs(container, Some(options))
-            .map(Some)
-            .chain(stream::once(async { None }));
-        let lines = frames
-            .scan(LineSplitter::default(), move |splitter, frame| {
-                let lines: Vec<Result<OutputLine, EngineError>> = match frame {
-                    Some(Ok(frame)) => split_frame(splitter, frame).into_iter().map(Ok).collect(),
-                    Some(Err(error)) => vec![Err(EngineError::failed(&operation, error))],
-                    None => splitter.finish().into_iter().map(Ok).collect(),
-                };
-                futures::future::ready(Some(stream::iter(lines)))
-            })
-            .flatten();
-        Ok(lines.boxed())
+            .attach_container(&config.name, Some(options))
+            .await;
+        let attached = match attached {
+            Ok(attached) => attached,
+            Err(error) => {
+                self.remove_container(&config.name).await?;
+                return Err(failed(&format!("attach to {}", config.name), error));
+            }
+        };
+        self.start(config).await?;
+        let operation = format!("read output of {}", config.name);
+        let chunks = attached.output.filter_map(move |frame| {
+            let chunk = match frame {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    Some(Ok(OutputChunk {
+                        stream: OutputStream::Stdout,
+                        bytes: message,
+                    }))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(Ok(OutputChunk {
+                    stream: OutputStream::Stderr,
+                    bytes: message,
+                })),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(error) => Some(Err(EngineError::failed(&operation, error))),
+            };
+            futures::future::ready(chunk)
+        });
+        Ok(chunks.boxed())
     }
 
     async fn recent_output(

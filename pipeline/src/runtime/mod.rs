@@ -21,7 +21,7 @@ use crate::plan::Plan;
 use crate::spec::StatusCondition;
 
 pub use observer::{
-    BuildOutcome, BuildStatus, LogLine, Observer, StepOutcome, StepResult, StepStatus,
+    BuildOutcome, BuildStatus, LogChunk, Observer, StepOutcome, StepResult, StepStatus,
 };
 pub use output::MASK;
 pub use teardown::{reap, Reaped};
@@ -128,7 +128,7 @@ pub async fn run(
     for step in plan.steps.iter().skip(results.len()) {
         let result =
             StepResult::not_run(StepStatus::Cancelled, "the build stopped before this step");
-        observer.step_finished(&step.name, &result);
+        observer.step_finished(&step.name, &result).await;
         results.push(StepOutcome {
             name: step.name.clone(),
             result,
@@ -143,7 +143,7 @@ pub async fn run(
         &build.stop,
     );
     tracing::info!(status = ?outcome.status, "Build finished.");
-    observer.build_finished(&outcome);
+    observer.build_finished(&outcome).await;
     outcome
 }
 
@@ -197,7 +197,7 @@ async fn run_steps(build: &Build<'_>, results: &mut Vec<StepOutcome>) -> Option<
             match steps::run_step(build, step).await {
                 Ok((result, None)) => result,
                 Ok((result, Some(halt))) => {
-                    build.observer.step_finished(&step.name, &result);
+                    build.observer.step_finished(&step.name, &result).await;
                     results.push(StepOutcome {
                         name: step.name.clone(),
                         result,
@@ -206,7 +206,7 @@ async fn run_steps(build: &Build<'_>, results: &mut Vec<StepOutcome>) -> Option<
                 }
                 Err(error) => {
                     let result = StepResult::not_run(StepStatus::Cancelled, error.to_string());
-                    build.observer.step_finished(&step.name, &result);
+                    build.observer.step_finished(&step.name, &result).await;
                     results.push(StepOutcome {
                         name: step.name.clone(),
                         result,
@@ -218,7 +218,7 @@ async fn run_steps(build: &Build<'_>, results: &mut Vec<StepOutcome>) -> Option<
         if first_failure.is_none() {
             first_failure = failure_message(&step.name, &result);
         }
-        build.observer.step_finished(&step.name, &result);
+        build.observer.step_finished(&step.name, &result).await;
         results.push(StepOutcome {
             name: step.name.clone(),
             result,

@@ -7,24 +7,43 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::OutputStream;
 
-/// Receives a build's progress. Calls come in order from the task running the build:
-/// for each step `step_started` (only for steps that run), `log_line`s, then exactly one
-/// `step_finished` (also for skipped steps and steps the build never reached); finally
-/// `build_finished` once, after teardown. Implementations must not block for long: hand the
-/// data to a channel or buffer.
+/// Receives a build's progress. Calls come in order, one at a time, from the task running
+/// the build: for each step `step_started` (only for steps that run), `log_chunk`s, then
+/// exactly one `step_finished` (also for skipped steps and steps the build never reached);
+/// finally `build_finished` once, after teardown.
+///
+/// An implementation may make the build wait (a full channel to a slow store is the
+/// backpressure that bounds memory), but must not block the thread: await instead.
+#[async_trait::async_trait]
 pub trait Observer: Send + Sync {
-    fn step_started(&self, step: &str);
-    fn log_line(&self, step: &str, line: &LogLine);
-    fn step_finished(&self, step: &str, result: &StepResult);
-    fn build_finished(&self, outcome: &BuildOutcome);
+    async fn step_started(&self, step: &str);
+    async fn log_chunk(&self, step: &str, chunk: LogChunk);
+    async fn step_finished(&self, step: &str, result: &StepResult);
+    async fn build_finished(&self, outcome: &BuildOutcome);
 }
 
-/// One line of a step's output, secrets already masked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
+/// Whole lines of one stream of a step's output, secrets already masked. Every line ends
+/// with `\n` (a line cut at [`crate::engine::MAX_LINE_BYTES`] too). The bytes are the
+/// container's own: they may hold NUL or invalid UTF-8, which a reader shows as it can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    /// When the first line arrived.
     pub at: DateTime<Utc>,
     pub stream: OutputStream,
-    pub text: String,
+    pub bytes: Vec<u8>,
+}
+
+impl LogChunk {
+    /// The lines, without their newlines.
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        let body = self.bytes.strip_suffix(b"\n").unwrap_or(&self.bytes);
+        body.split(|&byte| byte == b'\n')
+            .take(if self.bytes.is_empty() { 0 } else { usize::MAX })
+    }
+
+    pub fn line_count(&self) -> usize {
+        self.bytes.iter().filter(|&&byte| byte == b'\n').count()
+    }
 }
 
 /// How a step ended.

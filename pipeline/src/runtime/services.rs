@@ -2,7 +2,7 @@
 
 use tokio::time::{Duration, Instant};
 
-use super::output::Masker;
+use super::output::SecretMask;
 use super::{Build, Halt};
 use crate::engine::{ContainerConfig, EngineError, NetworkAttachment};
 use crate::plan::{Plan, ReadyCheck, ServicePlan};
@@ -86,18 +86,20 @@ async fn probe(
 
 /// A failed build's message for a service that never got ready, with its last output lines.
 async fn not_ready(build: &Build<'_>, service: &ServicePlan, why: &str) -> Halt {
-    let masker = Masker::new(build.secrets);
     let tail = match build
         .engine
         .recent_output(&service.container, LINES_SHOWN)
         .await
     {
         Ok(lines) if lines.is_empty() => "(no output)".to_owned(),
-        Ok(lines) => lines
-            .iter()
-            .map(|line| format!("  {}", masker.mask(&line.text)))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Ok(lines) => {
+            let text = lines
+                .iter()
+                .map(|line| format!("  {}", line.text))
+                .collect::<Vec<_>>()
+                .join("\n");
+            SecretMask::new(build.secrets).mask_text(&text)
+        }
         Err(error) => format!("(output unavailable: {error})"),
     };
     Halt::Failed(format!(

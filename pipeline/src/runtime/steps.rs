@@ -6,9 +6,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::output::{CapDecision, LogCap, Masker};
-use super::{Build, Halt, LogLine, StepResult, StepStatus};
-use crate::engine::{ContainerConfig, EngineError, NetworkAttachment, OutputLines, VolumeMount};
+use super::output::StepOutput;
+use super::{Build, Halt, LogChunk, StepResult, StepStatus};
+use crate::engine::{
+    ContainerConfig, EngineError, NetworkAttachment, OutputChunks, OutputStream, VolumeMount,
+};
 use crate::plan::{Plan, StepPlan};
 
 /// Runs `step` and returns its result, plus the reason the build must stop if it must.
@@ -17,13 +19,12 @@ pub(super) async fn run_step(
     build: &Build<'_>,
     step: &StepPlan,
 ) -> Result<(StepResult, Option<Halt>), EngineError> {
-    build.observer.step_started(&step.name);
+    build.observer.step_started(&step.name).await;
     let started = Instant::now();
     let engine = build.engine;
-    engine
-        .start_container(&step_container(build.plan, step, build.secrets))
+    let output = engine
+        .start_with_output(&step_container(build.plan, step, build.secrets))
         .await?;
-    let output = engine.follow_output(&step.container).await?;
     let exited = async {
         let (code, ()) = tokio::join!(
             engine.wait_exit(&step.container),
@@ -86,29 +87,59 @@ async fn sleep_or_forever(timeout: Option<Duration>) {
     }
 }
 
-/// Masks, caps and forwards every line; keeps draining after the cap so the step never blocks.
-async fn forward_output(build: &Build<'_>, step: &StepPlan, mut output: OutputLines) {
-    let masker = Masker::new(build.secrets);
-    let mut cap = LogCap::new(build.options.log_cap_bytes_per_step);
-    while let Some(line) = output.next().await {
-        let line = match line {
-            Ok(line) => line,
-            Err(error) => {
-                tracing::warn!(step = %step.name, %error, "Reading step output failed.");
-                return;
+/// Masks, caps and forwards the output in chunks as it arrives, at the speed the engine
+/// delivers it. Once the cap is reached it stops reading: the engine then discards the rest,
+/// so the container runs on unblocked and the step ends when it does.
+async fn forward_output(build: &Build<'_>, step: &StepPlan, mut output: OutputChunks) {
+    let mut pending = StepOutput::new(build.secrets, build.options.log_cap_bytes_per_step);
+    let mut quiet_deadline = Instant::now();
+    loop {
+        let next = if pending.has_partial_chunk() {
+            match tokio::time::timeout_at(quiet_deadline, output.next()).await {
+                Ok(next) => next,
+                // The output went quiet: readers see what came so far.
+                Err(_) => {
+                    send(build, step, pending.take_all()).await;
+                    continue;
+                }
             }
+        } else {
+            output.next().await
         };
-        let text = match cap.admit(line.text.len()) {
-            CapDecision::Forward => masker.mask(&line.text),
-            CapDecision::Cut(notice) => notice,
-            CapDecision::Drop => continue,
+        let chunk = match next {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(error)) => {
+                tracing::warn!(step = %step.name, %error, "Reading step output failed.");
+                pending.notice(
+                    OutputStream::Stderr,
+                    "[slipway] reading this step's output failed: the rest of it is not kept",
+                );
+                break;
+            }
+            None => break,
         };
-        let line = LogLine {
-            at: chrono::Utc::now(),
-            stream: line.stream,
-            text,
-        };
-        build.observer.log_line(&step.name, &line);
+        let was_filling = pending.has_partial_chunk();
+        pending.push(chunk.stream, &chunk.bytes);
+        let ready = pending.take_ready();
+        // A chunk begun by this frame waits at most QUIET_FLUSH from now.
+        if !was_filling || !ready.is_empty() {
+            quiet_deadline = Instant::now() + QUIET_FLUSH;
+        }
+        send(build, step, ready).await;
+        if pending.is_cut() {
+            break;
+        }
+    }
+    drop(output);
+    send(build, step, pending.finish()).await;
+}
+
+/// How long lines wait in a chunk that is not full before readers see them.
+const QUIET_FLUSH: Duration = Duration::from_millis(200);
+
+async fn send(build: &Build<'_>, step: &StepPlan, chunks: Vec<LogChunk>) {
+    for chunk in chunks {
+        build.observer.log_chunk(&step.name, chunk).await;
     }
 }
 
@@ -143,12 +174,13 @@ pub fn step_container(
     }
 }
 
-/// The shell script of a step: each command is echoed (`+ command`) and then run.
+/// The shell script of a step: each command is printed (`+ command`) and then run; with
+/// `printf`, as `echo` in `sh` would expand backslash escapes in the command's text.
 pub fn script(commands: &[String]) -> String {
     let mut script = String::new();
     for command in commands {
         script.push_str(&format!(
-            "echo {}\n{command}\n",
+            "printf '%s\\n' {}\n{command}\n",
             shell_quote(&format!("+ {command}"))
         ));
     }
@@ -168,7 +200,7 @@ mod tests {
         let commands = vec!["make test".to_owned(), "echo 'it''s'".to_owned()];
         assert_eq!(
             script(&commands),
-            "echo '+ make test'\nmake test\necho '+ echo '\\''it'\\'''\\''s'\\'''\necho 'it''s'\n"
+            "printf '%s\\n' '+ make test'\nmake test\nprintf '%s\\n' '+ echo '\\''it'\\'''\\''s'\\'''\necho 'it''s'\n"
         );
     }
 }

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 
 use futures::stream::{self, StreamExt};
 use slipway_pipeline::engine::{
-    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputLine, OutputLines, OutputStream,
+    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputChunk, OutputChunks, OutputLine,
+    OutputStream,
 };
 
 /// What a container does once started, keyed by its alias (the step or service name).
@@ -229,20 +230,20 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    async fn follow_output(&self, container: &str) -> Result<OutputLines, EngineError> {
-        self.call(
-            format!("follow_output {container}"),
-            self.unknown(container),
-        )?;
-        let (lines, hang) = match self.behaviour_of(container) {
+    async fn start_with_output(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<OutputChunks, EngineError> {
+        self.start_container(config).await?;
+        let (lines, hang) = match self.behaviour_of(&config.name) {
             Some(Behaviour::Exit { lines, .. }) => (lines, false),
             Some(Behaviour::Hang { lines }) => (lines, true),
             _ => (Vec::new(), false),
         };
         let lines = stream::iter(lines.into_iter().map(|text| {
-            Ok(OutputLine {
+            Ok(OutputChunk {
                 stream: OutputStream::Stdout,
-                text,
+                bytes: format!("{text}\n").into(),
             })
         }));
         Ok(if hang {

@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use slipway_pipeline::runtime::StepOutcome;
-use slipway_pipeline::{BuildOutcome, LogLine, Observer, StepResult, StepStatus};
+use slipway_pipeline::{BuildOutcome, LogChunk, Observer, StepResult, StepStatus};
 
 #[derive(Default)]
 pub struct Recorder {
@@ -33,22 +33,26 @@ impl Recorder {
     }
 }
 
+#[async_trait::async_trait]
 impl Observer for Recorder {
-    fn step_started(&self, step: &str) {
+    async fn step_started(&self, step: &str) {
         self.events.lock().unwrap().push(format!("started {step}"));
     }
 
-    fn log_line(&self, step: &str, line: &LogLine) {
-        let entry = (step.to_owned(), line.text.clone());
-        self.lines.lock().unwrap().push(entry);
+    async fn log_chunk(&self, step: &str, chunk: LogChunk) {
+        let mut lines = self.lines.lock().unwrap();
+        for line in chunk.lines() {
+            let text = String::from_utf8_lossy(line).into_owned();
+            lines.push((step.to_owned(), text));
+        }
     }
 
-    fn step_finished(&self, step: &str, result: &StepResult) {
+    async fn step_finished(&self, step: &str, result: &StepResult) {
         let entry = format!("finished {step} {:?}", result.status);
         self.events.lock().unwrap().push(entry);
     }
 
-    fn build_finished(&self, outcome: &BuildOutcome) {
+    async fn build_finished(&self, outcome: &BuildOutcome) {
         let entry = format!("build {:?}", outcome.status);
         self.events.lock().unwrap().push(entry);
         self.finished.lock().unwrap().push(outcome.clone());
