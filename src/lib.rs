@@ -11,6 +11,8 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod deploy;
+pub mod docker;
+pub mod outage;
 pub mod queue;
 pub mod releases;
 pub mod runner;

@@ -7,6 +7,7 @@ mod bake;
 mod builds;
 mod cli;
 mod deploy;
+mod dependencies;
 mod health;
 mod pipeline_cli;
 mod releases;
