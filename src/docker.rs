@@ -8,10 +8,16 @@
 //! one check readies them all, also after dockerd was down at start).
 
 use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bollard::Docker;
+use bollard::{BollardRequest, Docker};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// dockerd's address when neither `docker_host` nor `DOCKER_HOST` names one.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -54,7 +60,7 @@ impl DockerClient {
     pub fn new(address: &str) -> anyhow::Result<DockerClient> {
         let version = bollard::API_DEFAULT_VERSION;
         let docker = match address.strip_prefix("unix://") {
-            Some(_) => Docker::connect_with_unix(address, REQUEST_TIMEOUT_SECS, version),
+            Some(path) => unix_client(PathBuf::from(path)),
             None => Docker::connect_with_http(address, REQUEST_TIMEOUT_SECS, version),
         }
         .map_err(|e| anyhow::anyhow!("cannot make a Docker client for {address}: {e}"))?;
@@ -86,13 +92,72 @@ impl DockerClient {
         let negotiated = tokio::time::timeout(CHECK_TIMEOUT, self.client().negotiate_version())
             .await
             .map_err(|_| unreachable(format!("no answer within {CHECK_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(with_causes(&e)))?;
         let version = negotiated.client_version();
         Ok(format!(
             "{}.{}",
             version.major_version, version.minor_version
         ))
     }
+}
+
+/// A client of the Unix socket at `path` that connects at each request. bollard's own
+/// `connect_with_unix` refuses a socket that does not exist yet, which is exactly the case
+/// of a dockerd that is down when the server starts.
+fn unix_client(path: PathBuf) -> Result<Docker, bollard::errors::Error> {
+    let mut builder = Client::builder(TokioExecutor::new());
+    // A pooled connection to a dockerd that restarted is dead: always connect afresh.
+    builder.pool_max_idle_per_host(0);
+    let client = Arc::new(builder.build(UnixSocket(Arc::new(path))));
+    let transport = move |request: BollardRequest| {
+        let client = client.clone();
+        async move { Ok(client.request(request).await?) }
+    };
+    // The URI's host is never resolved: every request goes to the socket.
+    Docker::connect_with_custom_transport(
+        transport,
+        Some("http://dockerd"),
+        REQUEST_TIMEOUT_SECS,
+        bollard::API_DEFAULT_VERSION,
+    )
+}
+
+/// Connects to a Unix socket whatever the URI says.
+#[derive(Clone)]
+struct UnixSocket(Arc<PathBuf>);
+
+impl tower_service::Service<hyper::Uri> for UnixSocket {
+    type Response = TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(&*path).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// An error with its causes: bollard's own text ("client error (Connect)") omits the one
+/// that says what happened ("No such file or directory").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Checks a `docker_host` value: `unix:///absolute/path` or `tcp://host:port`.
@@ -149,5 +214,6 @@ mod tests {
         assert!(error
             .to_string()
             .starts_with("dockerd at unix:///nonexistent/slipway-test.sock is unreachable: "));
+        assert!(error.reason.contains("No such file or directory"), "{error}");
     }
 }
