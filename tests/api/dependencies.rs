@@ -211,21 +211,29 @@ async fn builds_queued_while_dockerd_is_down_run_when_it_comes_back() {
     dockerd.load_image("slipway/debian:bookworm");
     let repo = tiny_repository(QUICK_PIPELINE);
     let extra = format!("docker_host = \"{}\"\n", dockerd.address());
-    let app = TestApp::spawn(&tiny_config(repo.path(), &extra)).await;
 
-    // The server builds on the test's dockerd, not the machine's.
-    let since = chrono::Utc::now().timestamp().to_string();
-    let started = Instant::now();
+    // dockerd is down when the server starts: a push waits in the queue.
+    dockerd.stop_daemon();
+    let app = TestApp::spawn(&tiny_config(repo.path(), &extra)).await;
     let first = push(&app, "main", &git(repo.path(), &["rev-parse", "HEAD"])).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(build_status(&app, first).await, "queued");
+    assert_eq!(healthz(&app).await, (503, json!({"status": "unavailable"})));
+
+    // It comes up: the build runs there (not on the machine's dockerd) and passes.
+    let since = chrono::Utc::now().timestamp().to_string();
+    dockerd.start_daemon();
+    let up = Instant::now();
     let build = wait_for_build(&app, first, Duration::from_secs(120)).await;
     assert_eq!(build["status"], "passed", "{build}");
-    eprintln!("a build on the test's dockerd: {:?}", started.elapsed());
+    eprintln!("dockerd down at start: the queued build passed {:?} after it came up", up.elapsed());
     let until = (chrono::Utc::now().timestamp() + 1).to_string();
     let (ok, created) = dockerd.docker(&[
         "events", "--since", &since, "--until", &until, "--filter", "type=container",
         "--filter", "event=create", "--format", "{{.Actor.Attributes.image}}",
     ]);
     assert!(ok && created.contains("slipway/debian:bookworm"), "{created}");
+    assert_eq!(healthz(&app).await, (200, json!({"status": "ok"})));
 
     // dockerd goes away under a running build: it errors, saying why.
     let slow = commit_pipeline(repo.path(), SLOW_PIPELINE, "slow");
@@ -281,6 +289,12 @@ async fn builds_queued_while_dockerd_is_down_run_when_it_comes_back() {
     );
     assert!(back.elapsed() < Duration::from_secs(60));
     assert_eq!(healthz(&app).await, (200, json!({"status": "ok"})));
+
+    // What the cut-off build could not tear down was reaped once dockerd was back.
+    for kind in [&["ps", "-aq"][..], &["network", "ls", "-q"], &["volume", "ls", "-q"]] {
+        let (ok, left) = dockerd.docker(&[kind, &["--filter", "label=slipway.server"]].concat());
+        assert!(ok && left.trim().is_empty(), "{kind:?} left: {left}");
+    }
     app.stop().await;
 }
 
