@@ -591,7 +591,10 @@ mod tests {
         let err = resolve(raw, "f", &Overrides::default(), &bad_env)
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("f: key `docker_host (from DOCKER_HOST)`: "), "{err}");
+        assert!(
+            err.starts_with("f: key `docker_host (from DOCKER_HOST)`: "),
+            "{err}"
+        );
     }
 
     #[test]

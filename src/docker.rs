@@ -167,12 +167,13 @@ pub fn check_address(address: &str) -> Result<(), String> {
         if path.starts_with('/') && path.len() > 1 {
             return Ok(());
         }
-        return Err(format!("{expected}; the socket path must be absolute, got {address:?}"));
+        return Err(format!(
+            "{expected}; the socket path must be absolute, got {address:?}"
+        ));
     }
     if let Some(authority) = address.strip_prefix("tcp://") {
         if let Some((host, port)) = authority.rsplit_once(':') {
-            if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
-            {
+            if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0) {
                 return Ok(());
             }
         }
@@ -214,6 +215,9 @@ mod tests {
         assert!(error
             .to_string()
             .starts_with("dockerd at unix:///nonexistent/slipway-test.sock is unreachable: "));
-        assert!(error.reason.contains("No such file or directory"), "{error}");
+        assert!(
+            error.reason.contains("No such file or directory"),
+            "{error}"
+        );
     }
 }

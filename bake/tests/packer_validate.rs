@@ -167,7 +167,9 @@ fn a_request_reads_its_template_playbooks_and_key_for_the_bake_key() {
 async fn a_missing_packer_binary_is_named_as_missing() {
     let mut request = amazon_request();
     request.packer = PathBuf::from("/nonexistent/bin/packer");
-    let error = validate(&request).await.expect_err("there is no such binary");
+    let error = validate(&request)
+        .await
+        .expect_err("there is no such binary");
     assert!(
         matches!(&error, BakeError::PackerMissing { program } if program == &request.packer),
         "{error:?}"

@@ -134,14 +134,9 @@ impl DeployManager {
         let mut environments = Vec::new();
         for project in &config.projects {
             for (index, environment) in project.environments.iter().enumerate() {
-                let target = targets::build(
-                    &project.name,
-                    environment,
-                    server_id,
-                    &docker,
-                    &mut tasks,
-                )
-                .await?;
+                let target =
+                    targets::build(&project.name, environment, server_id, &docker, &mut tasks)
+                        .await?;
                 environments.push(Arc::new(EnvironmentHandle {
                     project: project.name.clone(),
                     index,

@@ -53,9 +53,7 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
         check_database(&state),
         state.docker.check(),
         check_packer(&state),
-        futures::future::join_all(
-            aws_environments.iter().map(|(_, _, aws)| check_aws(aws))
-        ),
+        futures::future::join_all(aws_environments.iter().map(|(_, _, aws)| check_aws(aws))),
     );
     let mut healthy = database.is_ok() && docker.is_ok() && packer.is_ok();
     let database = match database {
@@ -121,7 +119,9 @@ async fn check_packer(state: &AppState) -> Result<String, String> {
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(CHECK_TIMEOUT, output).await {
-        Err(_) => Err(format!("`packer version` gave no answer within {CHECK_TIMEOUT:?}")),
+        Err(_) => Err(format!(
+            "`packer version` gave no answer within {CHECK_TIMEOUT:?}"
+        )),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(format!("not found: {} is not installed", packer.display()))
         }
@@ -148,17 +148,23 @@ async fn check_aws(aws: &AwsEnvironment) -> (String, Result<(), String>) {
     let address = match reqwest::Url::parse(&endpoint) {
         Ok(url) => match (url.host_str(), url.port_or_known_default()) {
             (Some(host), Some(port)) => format!("{host}:{port}"),
-            _ => return (endpoint, Err("the endpoint URL names no host and port".into())),
+            _ => {
+                return (
+                    endpoint,
+                    Err("the endpoint URL names no host and port".into()),
+                )
+            }
         },
         Err(e) => return (endpoint, Err(format!("not a URL: {e}"))),
     };
-    let result = match tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(&address))
-        .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("cannot connect to {address}: {e}")),
-        Err(_) => Err(format!("no connection to {address} within {CHECK_TIMEOUT:?}")),
-    };
+    let result =
+        match tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(&address)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot connect to {address}: {e}")),
+            Err(_) => Err(format!(
+                "no connection to {address} within {CHECK_TIMEOUT:?}"
+            )),
+        };
     (endpoint, result)
 }
 

@@ -73,10 +73,7 @@ impl OwnDockerd {
     fn start() -> OwnDockerd {
         let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let netns = format!("slipway-deps-{id}");
-        let root = tempfile::Builder::new()
-            .prefix("sw-dd-")
-            .tempdir()
-            .unwrap();
+        let root = tempfile::Builder::new().prefix("sw-dd-").tempdir().unwrap();
         run("ip", &["netns", "add", &netns]);
         let mut dockerd = OwnDockerd {
             netns,
@@ -226,13 +223,28 @@ async fn builds_queued_while_dockerd_is_down_run_when_it_comes_back() {
     let up = Instant::now();
     let build = wait_for_build(&app, first, Duration::from_secs(120)).await;
     assert_eq!(build["status"], "passed", "{build}");
-    eprintln!("dockerd down at start: the queued build passed {:?} after it came up", up.elapsed());
+    eprintln!(
+        "dockerd down at start: the queued build passed {:?} after it came up",
+        up.elapsed()
+    );
     let until = (chrono::Utc::now().timestamp() + 1).to_string();
     let (ok, created) = dockerd.docker(&[
-        "events", "--since", &since, "--until", &until, "--filter", "type=container",
-        "--filter", "event=create", "--format", "{{.Actor.Attributes.image}}",
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--format",
+        "{{.Actor.Attributes.image}}",
     ]);
-    assert!(ok && created.contains("slipway/debian:bookworm"), "{created}");
+    assert!(
+        ok && created.contains("slipway/debian:bookworm"),
+        "{created}"
+    );
     assert_eq!(healthz(&app).await, (200, json!({"status": "ok"})));
 
     // dockerd goes away under a running build: it errors, saying why.
@@ -265,8 +277,18 @@ async fn builds_queued_while_dockerd_is_down_run_when_it_comes_back() {
     assert_eq!(health["database"]["status"], "ok", "{health}");
 
     // Builds pushed now stay queued, not errored, for as long as dockerd is down.
-    let second = push(&app, "main", &commit_pipeline(repo.path(), QUICK_PIPELINE, "two")).await;
-    let third = push(&app, "main", &commit_pipeline(repo.path(), QUICK_PIPELINE, "three")).await;
+    let second = push(
+        &app,
+        "main",
+        &commit_pipeline(repo.path(), QUICK_PIPELINE, "two"),
+    )
+    .await;
+    let third = push(
+        &app,
+        "main",
+        &commit_pipeline(repo.path(), QUICK_PIPELINE, "three"),
+    )
+    .await;
     let outage = Instant::now();
     while outage.elapsed() < Duration::from_secs(30) {
         for number in [second, third] {
@@ -291,7 +313,11 @@ async fn builds_queued_while_dockerd_is_down_run_when_it_comes_back() {
     assert_eq!(healthz(&app).await, (200, json!({"status": "ok"})));
 
     // What the cut-off build could not tear down was reaped once dockerd was back.
-    for kind in [&["ps", "-aq"][..], &["network", "ls", "-q"], &["volume", "ls", "-q"]] {
+    for kind in [
+        &["ps", "-aq"][..],
+        &["network", "ls", "-q"],
+        &["volume", "ls", "-q"],
+    ] {
         let (ok, left) = dockerd.docker(&[kind, &["--filter", "label=slipway.server"]].concat());
         assert!(ok && left.trim().is_empty(), "{kind:?} left: {left}");
     }
@@ -323,10 +349,7 @@ async fn health_names_what_is_missing_while_healthz_says_only_unavailable() {
     let docker = &health["docker"];
     assert_eq!(docker["status"], "unavailable", "{health}");
     assert_eq!(docker["address"], socket.as_str(), "{health}");
-    assert!(
-        docker["reason"].as_str().unwrap().len() > 10,
-        "{health}"
-    );
+    assert!(docker["reason"].as_str().unwrap().len() > 10, "{health}");
     let packer = &health["packer"];
     assert_eq!(packer["status"], "unavailable", "{health}");
     assert_eq!(packer["binary"], "/nonexistent/bin/packer", "{health}");

@@ -21,10 +21,16 @@ async fn healthz_says_ok_and_the_authenticated_health_gives_the_detail() {
         health["docker"]["address"], "unix:///var/run/docker.sock",
         "{health}"
     );
-    assert!(health["docker"]["api_version"].as_str().unwrap().starts_with("1."));
+    assert!(health["docker"]["api_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("1."));
     assert_eq!(health["packer"]["status"], "ok", "{health}");
     assert!(
-        health["packer"]["version"].as_str().unwrap().starts_with("Packer v"),
+        health["packer"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("Packer v"),
         "{health}"
     );
     assert_eq!(health["aws"], serde_json::json!([]));

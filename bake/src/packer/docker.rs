@@ -18,7 +18,10 @@ pub const CONTAINER_LABEL: &str = "slipway.bake";
 pub const IMAGE_LABEL: &str = "slipway.baked-by";
 
 /// The id of the image `reference` names, or `None` when there is no such image.
-pub(crate) async fn image_id(docker: &Docker, reference: &str) -> Result<Option<String>, BakeError> {
+pub(crate) async fn image_id(
+    docker: &Docker,
+    reference: &str,
+) -> Result<Option<String>, BakeError> {
     match docker.inspect_image(reference).await {
         Ok(image) => Ok(image.id),
         Err(DockerError::DockerResponseServerError {
@@ -61,7 +64,10 @@ pub(crate) async fn remove_leftovers(
             ..Default::default()
         };
         match docker.remove_container(container, Some(options)).await {
-            Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+            Ok(())
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
             Err(e) => return Err(failed("rm", e)),
         }
     }
@@ -95,7 +101,10 @@ pub(crate) async fn remove_leftovers(
             ..Default::default()
         };
         match docker.remove_image(&image.id, Some(options), None).await {
-            Ok(_) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+            Ok(_)
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
             Err(e) => return Err(failed("rmi", e)),
         }
     }
