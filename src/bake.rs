@@ -16,6 +16,8 @@
 //! - A failed bake marks the release `bake_status = failed` with Ansible's error line as the
 //!   reason; the build stays `passed` (its pipeline passed and the package is published), and
 //!   the bake crate removes whatever the failed bake left.
+//! - dockerd is the server's one [`DockerClient`]: the image lookups go through it, and Packer's
+//!   docker builder (which runs the `docker` command) gets its address as `DOCKER_HOST`.
 //! - Template and playbook come from `$SLIPWAY_SHARE_DIR/packer/slipway.json` and
 //!   `$SLIPWAY_SHARE_DIR/ansible/`; without the variable, from the source tree the binary was
 //!   built from.
@@ -32,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::docker::DockerClient;
 use crate::store::releases::{bake_id, BakeLogLine, BakeRecipe, BakedImage, Release};
 use crate::store::Store;
 
@@ -57,12 +60,21 @@ pub struct Baker {
     apt_key_path: PathBuf,
     /// The first 8 hex digits of the server id, in image names.
     server_tag: String,
+    docker: DockerClient,
+    packer: PathBuf,
 }
 
 impl Baker {
     /// A baker for the server listening on `server_addr` (whose `/apt/` the build container
-    /// reaches over the host network) with its data in `data_dir`.
-    pub fn new(data_dir: &Path, server_addr: SocketAddr, server_id: Uuid) -> Baker {
+    /// reaches over the host network) with its data in `data_dir`, baking on `docker` with
+    /// the Packer binary `packer`.
+    pub fn new(
+        data_dir: &Path,
+        server_addr: SocketAddr,
+        server_id: Uuid,
+        docker: DockerClient,
+        packer: PathBuf,
+    ) -> Baker {
         let share_dir = std::env::var_os(SHARE_DIR_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
@@ -76,6 +88,8 @@ impl Baker {
             apt_url: format!("http://{reachable}/apt/"),
             apt_key_path: data_dir.join("apt/key.gpg"),
             server_tag: server_id.simple().to_string()[..8].to_string(),
+            docker,
+            packer,
         }
     }
 
@@ -160,14 +174,23 @@ impl Baker {
             .package
             .as_ref()
             .context("a published release has a package")?;
-        let (base_image, base_image_id, base_note) = self.base_image(store, release).await?;
+        // dockerd down or the base image missing: the bake fails now, saying which.
+        let (base_image, base_image_id, base_note) = match self.base_image(store, release).await {
+            Ok(base) => base,
+            Err(e) => {
+                let reason = format!("cannot start the bake: {e:#}");
+                tracing::warn!(%reason, "bake failed");
+                store.mark_bake_failed(release.id, &reason).await?;
+                return Ok(());
+            }
+        };
         let exposed_ports = recipe
             .exposed_ports
             .iter()
             .map(|&port| u16::try_from(port).context("exposed ports are 16-bit"))
             .collect::<anyhow::Result<Vec<u16>>>()?;
         let request = BakeRequest {
-            packer: PathBuf::from("packer"),
+            packer: self.packer.clone(),
             template: self.template.clone(),
             playbook_dir: self.playbook_dir.clone(),
             source: BakeSource::Docker(DockerSource {
@@ -187,7 +210,7 @@ impl Baker {
             security_updates: false,
             bake_id: bake_id(release.id),
             timeout: BAKE_TIMEOUT,
-            env: Default::default(),
+            env: [("DOCKER_HOST".to_string(), self.docker.address().to_string())].into(),
         };
         let key = match request.bake_key(&base_image_id, &record.sha256) {
             Ok(key) => key,
@@ -219,7 +242,7 @@ impl Baker {
                 return Ok(());
             }
         }
-        let result = slipway_bake::bake(&request, &mut log, cancel).await;
+        let result = slipway_bake::bake(&request, &self.docker.client(), &mut log, cancel).await;
         let ansible_error = log.ansible_error.take();
         log.finish().await;
         match result {
@@ -232,9 +255,12 @@ impl Baker {
                 store.mark_baked(release.id, &image).await?;
             }
             Err(error) => {
-                let reason = match ansible_error {
-                    Some(line) => format!("{line} ({error})"),
-                    None => error.to_string(),
+                let reason = match (ansible_error, &error) {
+                    (Some(line), _) => format!("{line} ({error})"),
+                    (None, slipway_bake::BakeError::PackerMissing { .. }) => format!(
+                        "{error} (install Packer, or set `packer` in slipway.toml to its path)"
+                    ),
+                    (None, _) => error.to_string(),
                 };
                 tracing::warn!(%reason, "bake failed");
                 store.mark_bake_failed(release.id, &reason).await?;
@@ -265,19 +291,19 @@ impl Baker {
             .previous_baked_image(&release.project, release.number)
             .await?
         {
-            if local_image_id(&previous.image).await?.as_deref() == Some(&previous.image_id) {
+            if self.local_image_id(&previous.image).await?.as_deref() == Some(&previous.image_id) {
                 let note = format!(
                     "==> slipway: incremental bake from {} ({})",
                     previous.image, previous.image_id
                 );
                 return Ok((previous.image, previous.image_id, note));
             }
-            if local_image_id(&previous.image_id).await?.is_some() {
+            if self.local_image_id(&previous.image_id).await?.is_some() {
                 let note = format!("==> slipway: incremental bake from {}", previous.image_id);
                 return Ok((previous.image_id.clone(), previous.image_id, note));
             }
         }
-        let id = local_image_id(BASE_IMAGE).await?.with_context(|| {
+        let id = self.local_image_id(BASE_IMAGE).await?.with_context(|| {
             format!("the base image {BASE_IMAGE} is missing (scripts/bootstrap builds it)")
         })?;
         let note = format!("==> slipway: full bake from {BASE_IMAGE} ({id})");
@@ -294,17 +320,31 @@ impl Baker {
         let Some(image) = store.baked_image_with_key(&release.project, key).await? else {
             return Ok(None);
         };
-        let exists = local_image_id(&image.image).await?.as_deref() == Some(&image.image_id);
+        let exists = self.local_image_id(&image.image).await?.as_deref() == Some(&image.image_id);
         Ok(exists.then_some(image))
+    }
+
+    /// The id of the image `reference` names on dockerd, or `None` when there is none.
+    async fn local_image_id(&self, reference: &str) -> anyhow::Result<Option<String>> {
+        match self.docker.client().inspect_image(reference).await {
+            Ok(image) => Ok(image.id),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(anyhow::anyhow!(
+                "cannot inspect the image {reference} on dockerd at {}: {e}",
+                self.docker.address()
+            )),
+        }
     }
 }
 
 /// On server start: removes what bakes interrupted by a stop or crash left (by bake id, the
 /// release id), and marks those releases' bakes failed.
-pub async fn reap_interrupted_bakes(store: &Store) -> anyhow::Result<()> {
+pub async fn reap_interrupted_bakes(store: &Store, docker: &DockerClient) -> anyhow::Result<()> {
     for release in store.releases_baking().await? {
         let id = bake_id(release.id);
-        if let Err(e) = slipway_bake::reap_bake(&id).await {
+        if let Err(e) = slipway_bake::reap_bake(&docker.client(), &id).await {
             tracing::error!(error = %e, bake = %id, "cannot remove what an interrupted bake left; remove it by label");
         }
         store
@@ -345,19 +385,6 @@ fn exec_start(unit: &str) -> Option<Vec<String>> {
                 .collect::<Vec<_>>()
         })
         .rfind(|words| !words.is_empty())
-}
-
-/// The id of the local image `reference` names, or `None` when there is none.
-async fn local_image_id(reference: &str) -> anyhow::Result<Option<String>> {
-    let output = tokio::process::Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", reference])
-        .output()
-        .await
-        .context("running docker image inspect")?;
-    Ok(output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string()))
 }
 
 /// Feeds Packer's lines to a task that appends them to the release's bake log in batches, and
@@ -442,6 +469,8 @@ mod tests {
             Path::new("/data"),
             "0.0.0.0:8080".parse().unwrap(),
             Uuid::parse_str("1a2b3c4d-0000-0000-0000-000000000000").unwrap(),
+            DockerClient::new("unix:///nonexistent/docker.sock").unwrap(),
+            PathBuf::from("packer"),
         );
         assert_eq!(baker.image_repository("hello"), "slipway/hello-1a2b3c4d");
         assert_eq!(baker.image_repository("libc++"), "slipway/libc---1a2b3c4d");

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 mod clone_url;
 pub use clone_url::CloneCredentials;
+use crate::docker::DEFAULT_DOCKER_HOST;
 
 /// Where the server listens when neither the file, the environment nor a flag says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -49,6 +50,10 @@ pub struct RawConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    /// dockerd's address: `unix:///path` or `tcp://host:port`.
+    pub docker_host: Option<String>,
+    /// The Packer binary: a path, or a name looked up on `PATH`.
+    pub packer: Option<PathBuf>,
     /// How many builds run at once.
     pub max_concurrent_builds: Option<usize>,
     /// Per-step cap on stored log bytes; output past it is cut, and the log says so.
@@ -148,6 +153,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `None`: the embedded PostgreSQL cluster in `data_dir`.
     pub database_url: Option<Secret>,
+    /// dockerd's address, checked: `unix:///path` or `tcp://host:port`.
+    pub docker_host: String,
+    pub packer: PathBuf,
     pub max_concurrent_builds: usize,
     pub step_log_limit_bytes: u64,
     pub webhook_max_body_bytes: usize,
@@ -259,6 +267,20 @@ pub fn resolve(
     let database_url = env("SLIPWAY_DATABASE_URL")
         .or(raw.database_url)
         .map(Secret::new);
+    // The file wins over DOCKER_HOST: the variable may be set for someone's docker CLI.
+    let (docker_host_key, docker_host) = match (raw.docker_host, env("DOCKER_HOST")) {
+        (Some(host), _) => ("docker_host", host),
+        (None, Some(host)) => ("docker_host (from DOCKER_HOST)", host),
+        (None, None) => ("docker_host", DEFAULT_DOCKER_HOST.to_string()),
+    };
+    crate::docker::check_address(&docker_host).map_err(|m| invalid(docker_host_key, m))?;
+    let packer = raw.packer.unwrap_or_else(|| PathBuf::from("packer"));
+    if packer.as_os_str().is_empty() {
+        return Err(invalid(
+            "packer",
+            "expected the Packer binary's path or name, got \"\"".into(),
+        ));
+    }
     let max_concurrent_builds = raw.max_concurrent_builds.unwrap_or(2);
     if max_concurrent_builds == 0 {
         return Err(invalid(
@@ -283,6 +305,8 @@ pub fn resolve(
         listen,
         data_dir,
         database_url,
+        docker_host,
+        packer,
         max_concurrent_builds,
         step_log_limit_bytes: raw.step_log_limit_bytes.unwrap_or(4 * 1024 * 1024),
         webhook_max_body_bytes: raw.webhook_max_body_bytes.unwrap_or(1024 * 1024),
@@ -566,6 +590,32 @@ mod tests {
         let config = resolve(raw, "f", &flags, &env).unwrap();
         assert_eq!(config.listen.port(), 3);
         assert_eq!(config.data_dir, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn docker_host_comes_from_the_file_then_docker_host_then_the_local_socket() {
+        assert_eq!(load("").unwrap().docker_host, DEFAULT_DOCKER_HOST);
+        let from_env = |k: &str| (k == "DOCKER_HOST").then(|| "tcp://10.0.0.5:2375".to_string());
+        let raw = parse("", "f").unwrap();
+        let config = resolve(raw, "f", &Overrides::default(), &from_env).unwrap();
+        assert_eq!(config.docker_host, "tcp://10.0.0.5:2375");
+        let raw = parse("docker_host = \"unix:///run/other.sock\"\n", "f").unwrap();
+        let config = resolve(raw, "f", &Overrides::default(), &from_env).unwrap();
+        assert_eq!(config.docker_host, "unix:///run/other.sock");
+
+        let err = load("docker_host = \"/var/run/docker.sock\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "slipway.toml: key `docker_host`: expected `unix:///path/to/docker.sock` or `tcp://host:port`, got \"/var/run/docker.sock\"");
+        let raw = parse("", "f").unwrap();
+        let bad_env = |k: &str| (k == "DOCKER_HOST").then(|| "ssh://me@host".to_string());
+        let err = resolve(raw, "f", &Overrides::default(), &bad_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f: key `docker_host (from DOCKER_HOST)`: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //!
 //! The queue itself lives in the store, so a restart loses nothing: builds still queued run
 //! after it, and builds that were running when a server died end as errored with that reason.
+//!
+//! While dockerd or the store is unreachable, nothing is claimed: queued builds stay queued
+//! and the dispatcher retries with a capped backoff (see [`crate::outage`]), so they run once
+//! the dependency is back, whether it was down at start or went away later. Leftovers of
+//! interrupted builds are reaped the first time dockerd answers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bollard::Docker;
 use slipway_pipeline::DockerEngine;
 use tokio::sync::{broadcast, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -17,9 +21,11 @@ use uuid::Uuid;
 
 use crate::bake::Baker;
 use crate::config::Config;
+use crate::docker::DockerClient;
+use crate::outage::Outage;
 use crate::releases::Repository;
 use crate::runner;
-use crate::store::builds::LogChunkRecord;
+use crate::store::builds::{BuildStatus, LogChunkRecord};
 use crate::store::Store;
 
 /// What live readers of a build's log receive: each chunk once it is stored.
@@ -44,10 +50,9 @@ struct Inner {
     store: Store,
     repository: Repository,
     baker: Baker,
-    /// For health checks.
-    docker: Option<Docker>,
-    /// For builds.
-    engine: Option<DockerEngine>,
+    docker: DockerClient,
+    /// The pipeline's engine over `docker`'s client.
+    engine: DockerEngine,
     sources: runner::Sources,
     server_id: Uuid,
     wake: Notify,
@@ -62,12 +67,13 @@ struct RunningBuild {
 }
 
 impl BuildQueue {
-    /// Recovers from a previous server's death, then starts dispatching.
+    /// Recovers from a previous server's death, then starts dispatching builds on `docker`.
     pub async fn start(
         config: Arc<Config>,
         store: Store,
         repository: Repository,
         baker: Baker,
+        docker: DockerClient,
         server_id: Uuid,
     ) -> anyhow::Result<BuildQueue> {
         let interrupted = store.error_interrupted_builds().await?;
@@ -77,23 +83,7 @@ impl BuildQueue {
                 "marked builds interrupted by a server stop as errored"
             );
         }
-        let docker = match Docker::connect_with_local_defaults() {
-            Ok(docker) => docker.negotiate_version().await.ok(),
-            Err(e) => {
-                tracing::warn!(error = %e, "no Docker client; builds will error until Docker is reachable");
-                None
-            }
-        };
-        let engine = match DockerEngine::connect(None).await {
-            Ok(engine) => Some(engine),
-            Err(e) => {
-                tracing::warn!(error = %e, "Docker is not reachable; builds will error until it is");
-                None
-            }
-        };
-        if let Some(engine) = &engine {
-            runner::reap_leftovers(engine, server_id).await;
-        }
+        let engine = DockerEngine::with_client(docker.client());
         let sources = runner::Sources::open(&config.data_dir)?;
         let queue = BuildQueue {
             inner: Arc::new(Inner {
@@ -137,15 +127,6 @@ impl BuildQueue {
         }
     }
 
-    pub async fn docker_ping(&self) -> Result<(), String> {
-        let docker = self
-            .inner
-            .docker
-            .as_ref()
-            .ok_or("no Docker daemon answered at start")?;
-        docker.ping().await.map(|_| ()).map_err(|e| e.to_string())
-    }
-
     /// Stops dispatching, cancels running builds and waits for their teardown.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
@@ -158,16 +139,43 @@ impl BuildQueue {
 
     async fn dispatch(&self) {
         let slots = Arc::new(Semaphore::new(self.inner.config.max_concurrent_builds));
+        let mut docker_outage = Outage::new("dockerd", "queued builds wait");
+        let mut store_outage = Outage::new("the state store", "queued builds wait");
+        // Leftovers of interrupted builds are reaped when dockerd first answers, and again
+        // after each outage (a build cut off by it could not tear down); only while no build
+        // of this server runs, since reaping goes by the server's label.
+        let mut reap_pending = true;
         loop {
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 _ = self.inner.shutdown.cancelled() => return,
             };
+            // A build claimed while dockerd is down could only error: leave it queued.
+            if let Err(e) = self.inner.docker.check().await {
+                drop(permit);
+                if !self.pause(docker_outage.failed(&e)).await {
+                    return;
+                }
+                continue;
+            }
+            if docker_outage.recovered() {
+                reap_pending = true;
+            }
+            if reap_pending && self.inner.running.lock().expect("queue lock").is_empty() {
+                runner::reap_leftovers(&self.inner.engine, self.inner.server_id).await;
+                reap_pending = false;
+            }
             let claimed = match self.inner.store.claim_next_build().await {
-                Ok(claimed) => claimed,
+                Ok(claimed) => {
+                    store_outage.recovered();
+                    claimed
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read the build queue");
-                    None
+                    drop(permit);
+                    if !self.pause(store_outage.failed(&e)).await {
+                        return;
+                    }
+                    continue;
                 }
             };
             let Some(build) = claimed else {
@@ -191,13 +199,12 @@ impl BuildQueue {
             let queue = self.clone();
             self.inner.tasks.spawn(async move {
                 let id = build.id;
-                let outcome = match (&queue.inner.engine, queue.inner.config.project(&build.project)) {
-                    (None, _) => runner::Outcome::errored("Docker is not reachable"),
-                    (_, None) => runner::Outcome::errored("the project is no longer configured"),
-                    (Some(engine), Some(project)) => {
+                let outcome = match queue.inner.config.project(&build.project) {
+                    None => runner::Outcome::errored("the project is no longer configured"),
+                    Some(project) => {
                         let context = runner::Context {
                             store: &queue.inner.store,
-                            engine,
+                            engine: &queue.inner.engine,
                             sources: &queue.inner.sources,
                             repository: &queue.inner.repository,
                             baker: &queue.inner.baker,
@@ -206,7 +213,8 @@ impl BuildQueue {
                             live: &live,
                             cancel: &cancel,
                         };
-                        runner::run(&context, project, &build).await
+                        let outcome = runner::run(&context, project, &build).await;
+                        queue.blame_vanished_docker(outcome).await
                     }
                 };
                 let status = outcome.status;
@@ -218,6 +226,33 @@ impl BuildQueue {
                 queue.inner.running.lock().expect("queue lock").remove(&id);
                 drop(permit);
             });
+        }
+    }
+
+    /// Sleeps `wait` unless the queue shuts down first; false when it did.
+    async fn pause(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = self.inner.shutdown.cancelled() => false,
+        }
+    }
+
+    /// A build that errored or failed while its dockerd went away errors, saying so first:
+    /// a step killed by a stopping dockerd is not the commit's failure, and the engine's own
+    /// error (a broken stream, a refused connection) rarely names the cause.
+    async fn blame_vanished_docker(&self, outcome: runner::Outcome) -> runner::Outcome {
+        if !matches!(outcome.status, BuildStatus::Errored | BuildStatus::Failed) {
+            return outcome;
+        }
+        match self.inner.docker.check().await {
+            Ok(_) => outcome,
+            Err(e) => {
+                let detail = outcome.reason.as_deref().unwrap_or("no detail");
+                runner::Outcome::errored(format!(
+                    "dockerd at {} became unreachable during the build ({detail})",
+                    e.address
+                ))
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ mod packer_support;
 
 use std::time::{Duration, Instant};
 
-use packer_support::{free_port, Fixture, BASE_IMAGE};
+use packer_support::{free_port, local_docker, Fixture, BASE_IMAGE};
 use slipway_bake::{bake, BakeRequest, BakeSource};
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,8 @@ async fn timed_bake(
     let mut log = Vec::new();
     let mut observer = |line: &str| log.push(line.to_string());
     let started = Instant::now();
-    let result = bake(request, &mut observer, &CancellationToken::new()).await;
+    let docker = local_docker().await;
+    let result = bake(request, &docker, &mut observer, &CancellationToken::new()).await;
     let elapsed = started.elapsed();
     match result {
         Ok(artifact) => Ok((elapsed, artifact.name)),

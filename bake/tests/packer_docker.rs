@@ -5,7 +5,7 @@ mod packer_support;
 
 use std::time::Duration;
 
-use packer_support::{docker, free_port, Fixture, BASE_IMAGE, PACKAGE};
+use packer_support::{docker, free_port, local_docker, Fixture, BASE_IMAGE, PACKAGE};
 use slipway_bake::{bake, reap_bake, ArtifactKind, BakeError, CONTAINER_LABEL, IMAGE_LABEL};
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +21,7 @@ async fn bake_logged(
         log.push_str(line);
         log.push('\n');
     };
-    let result = bake(request, &mut observer, cancel).await;
+    let result = bake(request, &local_docker().await, &mut observer, cancel).await;
     (result, log)
 }
 
@@ -177,7 +177,8 @@ async fn reaping_a_bake_removes_what_a_killed_packer_left() {
     let (ok, output) = docker(&["commit", "--change", &image_label, container.trim(), &image]);
     assert!(ok, "{output}");
 
-    reap_bake(&bake_id).await.unwrap();
+    let client = local_docker().await;
+    reap_bake(&client, &bake_id).await.unwrap();
     assert_nothing_left(&fixture, &bake_id, "v1");
-    reap_bake(&bake_id).await.unwrap();
+    reap_bake(&client, &bake_id).await.unwrap();
 }

@@ -162,3 +162,20 @@ fn a_request_reads_its_template_playbooks_and_key_for_the_bake_key() {
     request.release = 43;
     assert_ne!(key, request.bake_key("ami-0123", &"ab".repeat(32)).unwrap());
 }
+
+#[tokio::test]
+async fn a_missing_packer_binary_is_named_as_missing() {
+    let mut request = amazon_request();
+    request.packer = PathBuf::from("/nonexistent/bin/packer");
+    let error = validate(&request)
+        .await
+        .expect_err("there is no such binary");
+    assert!(
+        matches!(&error, BakeError::PackerMissing { program } if program == &request.packer),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "Packer is not installed: `/nonexistent/bin/packer` was not found"
+    );
+}

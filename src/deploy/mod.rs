@@ -13,7 +13,6 @@ pub mod targets;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bollard::Docker;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slipway_deployer::{
@@ -24,6 +23,8 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::config::{Config, Environment};
+use crate::docker::DockerClient;
+use crate::outage::{self, Outage};
 use crate::store::deployments::{DeployableRelease, PgDeployments, PgLocks};
 use crate::store::{Store, StoreResult};
 use progress::{Progress, ProgressObserver};
@@ -119,39 +120,23 @@ struct Inner {
 }
 
 impl DeployManager {
-    /// Builds every environment's target (docker proxies start listening now), then, in
-    /// the background, recovers each environment and starts the auto-deploy and retirement
-    /// loops.
+    /// Builds every environment's target (docker proxies start listening now; docker
+    /// targets share the server's client, so dockerd may come later), then, in the
+    /// background, recovers each environment and starts the auto-deploy and retirement loops.
     pub async fn start(
         config: &Config,
         store: Store,
         server_id: Uuid,
+        docker: &DockerClient,
     ) -> anyhow::Result<DeployManager> {
         let mut tasks = JoinSet::new();
-        let needs_docker = config
-            .projects
-            .iter()
-            .flat_map(|p| &p.environments)
-            .any(|e| e.target == crate::config::TargetKind::Docker);
-        let docker = match needs_docker {
-            true => Some(
-                Docker::connect_with_local_defaults()?
-                    .negotiate_version()
-                    .await?,
-            ),
-            false => None,
-        };
+        let docker = docker.client();
         let mut environments = Vec::new();
         for project in &config.projects {
             for (index, environment) in project.environments.iter().enumerate() {
-                let target = targets::build(
-                    &project.name,
-                    environment,
-                    server_id,
-                    docker.as_ref(),
-                    &mut tasks,
-                )
-                .await?;
+                let target =
+                    targets::build(&project.name, environment, server_id, &docker, &mut tasks)
+                        .await?;
                 environments.push(Arc::new(EnvironmentHandle {
                     project: project.name.clone(),
                     index,
@@ -300,9 +285,13 @@ impl DeployManager {
         }
     }
 
-    /// Recovers the environment in the background; it stays busy until done.
+    /// Recovers the environment in the background; it stays busy while a recovery runs.
+    /// dockerd, AWS or the store may be down at start: a failed recovery is tried again with
+    /// backoff, leaving the environment free in between (an operation run meanwhile finishes
+    /// earlier deployments itself).
     fn recover(&self, environment: Arc<EnvironmentHandle>) {
-        let Ok(guard) = self.occupy(&environment, "recovering after a restart") else {
+        const BUSY_WITH: &str = "recovering after a restart";
+        let Ok(first) = self.occupy(&environment, BUSY_WITH) else {
             return;
         };
         let (sender, recorded) = mpsc::unbounded_channel();
@@ -315,21 +304,43 @@ impl DeployManager {
         let deployer = self
             .deployer(&environment)
             .with_observer(Arc::new(ProgressObserver::new(sender)));
+        let manager = self.clone();
         self.spawn(async move {
-            let _busy = BusyGuard {
-                environment: &environment,
-                _guard: guard,
-            };
             let project = environment.project.clone();
             let name = environment.config.name.clone();
-            match deployer.recover().await {
-                Ok(recovered) if recovered.resumed.is_empty() && recovered.leaked.is_empty() => {}
-                Ok(recovered) => {
-                    tracing::info!(%project, environment = %name, resumed = recovered.resumed.len(), leaked = recovered.leaked.len(), "recovered deployments");
-                }
-                Err(error) => {
-                    tracing::error!(%project, environment = %name, %error, "recovering deployments failed");
-                }
+            let mut outage = Outage::new(
+                "a deployment target or the store",
+                "recovery of interrupted deployments waits",
+            );
+            let mut guard = Some(first);
+            loop {
+                let claimed = guard.take().map_or_else(
+                    || manager.occupy(&environment, BUSY_WITH).ok(),
+                    Some,
+                );
+                // Busy with an operation of its own: look again later.
+                let wait = match claimed {
+                    None => outage::MAX_RETRY,
+                    Some(claimed) => {
+                        let _busy = BusyGuard {
+                            environment: &environment,
+                            _guard: claimed,
+                        };
+                        match deployer.recover().await {
+                            Ok(recovered) => {
+                                outage.recovered();
+                                if !recovered.resumed.is_empty() || !recovered.leaked.is_empty() {
+                                    tracing::info!(%project, environment = %name, resumed = recovered.resumed.len(), leaked = recovered.leaked.len(), "recovered deployments");
+                                }
+                                break;
+                            }
+                            Err(error) => {
+                                outage.failed(&format!("recovering {project}/{name}: {error}"))
+                            }
+                        }
+                    }
+                };
+                tokio::time::sleep(wait).await;
             }
             // Dropping the deployer and its observer ends the recorder.
         });
@@ -375,8 +386,11 @@ async fn run(
 /// Deploys each project's newest baked release to its first environment, once: a release
 /// with any deployment recorded there (failed ones included) is not tried again.
 async fn auto_deploy(manager: DeployManager) {
+    let mut store_outage = Outage::new("the state store", "new releases wait for deployment");
+    let mut wait = AUTO_DEPLOY_EVERY;
     loop {
-        tokio::time::sleep(AUTO_DEPLOY_EVERY).await;
+        tokio::time::sleep(wait).await;
+        wait = AUTO_DEPLOY_EVERY;
         let firsts = manager.inner.environments.iter().filter(|e| e.index == 0);
         for environment in firsts {
             if environment.busy().is_some() {
@@ -388,12 +402,18 @@ async fn auto_deploy(manager: DeployManager) {
                 .await
             {
                 Ok(Some(release)) => {
+                    store_outage.recovered();
                     tracing::info!(project = %environment.project, environment = %environment.config.name, release = %release.version, "deploying a new release");
                     // Busy meanwhile: the next round tries again.
                     let _ = manager.start_operation(environment, Operation::Deploy(release));
                 }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "looking for new releases failed"),
+                Ok(None) => {
+                    store_outage.recovered();
+                }
+                Err(error) => {
+                    wait = wait.max(store_outage.failed(&error));
+                    break;
+                }
             }
         }
     }
@@ -401,17 +421,25 @@ async fn auto_deploy(manager: DeployManager) {
 
 /// Retires warm fleets whose retention window has ended.
 async fn retire_expired(manager: DeployManager) {
+    let mut store_outage = Outage::new("the state store", "warm fleets wait for retirement");
+    let mut wait = RETIRE_EVERY;
     loop {
-        tokio::time::sleep(RETIRE_EVERY).await;
+        tokio::time::sleep(wait).await;
+        wait = RETIRE_EVERY;
         for environment in &manager.inner.environments {
             // Only an expired window takes the environment, so promotions are not refused
             // for the sake of a check that finds nothing to do.
             match manager.retirement_due(environment).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "looking for warm fleets to retire failed");
+                Ok(true) => {
+                    store_outage.recovered();
+                }
+                Ok(false) => {
+                    store_outage.recovered();
                     continue;
+                }
+                Err(error) => {
+                    wait = wait.max(store_outage.failed(&error));
+                    break;
                 }
             }
             let Ok(guard) = manager.occupy(environment, "retiring a warm fleet") else {

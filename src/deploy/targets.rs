@@ -32,7 +32,7 @@ pub async fn build(
     project: &str,
     environment: &Environment,
     server_id: Uuid,
-    docker: Option<&Docker>,
+    docker: &Docker,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<Arc<dyn Target>> {
     let mut labels = BTreeMap::new();
@@ -61,7 +61,6 @@ pub async fn build(
                     environment.name
                 )
             })?;
-            let docker = docker.context("a docker environment needs the Docker engine")?;
             let (proxy, serve) = Proxy::bind(listen).await.with_context(|| {
                 format!(
                     "cannot listen on {listen} for environment {} of {project}",

@@ -1,4 +1,4 @@
-//! The JSON API under `/api/v1` (bearer-token protected) and `/healthz`.
+//! The JSON API under `/api/v1` (bearer-token protected).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -32,34 +32,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/projects/{project}/builds/{number}/rebuild", post(rebuild))
         .route("/projects/{project}/releases", get(list_releases))
         .route("/tokens", post(create_token))
+        .merge(super::health::routes())
         .merge(super::releases_api::routes())
         .merge(super::deploy_api::routes())
         .layer(middleware::from_fn_with_state(state, require_token))
-}
-
-/// `GET /healthz`: 200 when the store and Docker answer, 503 (with which one failed) otherwise.
-pub async fn healthz(State(state): State<AppState>) -> Response {
-    let store = match state.store.ping().await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => format!("unreachable: {e}"),
-    };
-    let docker = match state.queue.docker_ping().await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => format!("unreachable: {e}"),
-    };
-    let healthy = store == "ok" && docker == "ok";
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({
-        "status": if healthy { "ok" } else { "degraded" },
-        "store": store,
-        "docker": docker,
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    (status, Json(body)).into_response()
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -1,14 +1,15 @@
 //! `slipway server`: assembles the store, the build queue and the HTTP API, and runs them
 //! until SIGINT/SIGTERM.
 //!
-//! [`Application::build`] resolves everything (data dir, database, Docker client, listener);
-//! [`Application::run_until`] serves until the given future completes, then shuts down
+//! [`Application::build`] resolves everything (data dir, database, the one Docker client,
+//! listener); [`Application::run_until`] serves until the given future completes, then shuts down
 //! gracefully: in-flight requests finish, running builds are stopped and torn down, and the
 //! embedded PostgreSQL (when Slipway started it) is stopped.
 
 mod api;
 mod deploy_api;
 mod error;
+mod health;
 mod hooks;
 mod releases_api;
 
@@ -25,6 +26,7 @@ use tower_http::services::{ServeDir, ServeFile};
 use crate::bake::Baker;
 use crate::config::Config;
 use crate::deploy::DeployManager;
+use crate::docker::DockerClient;
 use crate::queue::BuildQueue;
 use crate::releases::Repository;
 use crate::store::embedded::EmbeddedPostgres;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub repository: Repository,
     pub baker: Baker,
     pub deploys: DeployManager,
+    /// The one client of dockerd the queue, the deployments and the bakes share.
+    pub docker: DockerClient,
 }
 
 pub struct Application {
@@ -61,15 +65,24 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let repository = Repository::open(&config.data_dir).await?;
-        let baker = Baker::new(&config.data_dir, listener.local_addr()?, server_id);
-        crate::bake::reap_interrupted_bakes(&store).await?;
+        // Built without contacting dockerd: it may come later, and the queue waits for it.
+        let docker = DockerClient::new(&config.docker_host)?;
+        let baker = Baker::new(
+            &config.data_dir,
+            listener.local_addr()?,
+            server_id,
+            docker.clone(),
+            config.packer.clone(),
+        );
+        crate::bake::reap_interrupted_bakes(&store, &docker).await?;
         let config = Arc::new(config);
-        let deploys = DeployManager::start(&config, store.clone(), server_id).await?;
+        let deploys = DeployManager::start(&config, store.clone(), server_id, &docker).await?;
         let queue = BuildQueue::start(
             config.clone(),
             store.clone(),
             repository.clone(),
             baker.clone(),
+            docker.clone(),
             server_id,
         )
         .await?;
@@ -82,6 +95,7 @@ impl Application {
                 repository,
                 baker,
                 deploys,
+                docker,
             },
             embedded,
         })
@@ -128,7 +142,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.webhook_max_body_bytes;
     let apt = state.repository.root();
     Router::new()
-        .route("/healthz", get(api::healthz))
+        .route("/healthz", get(health::healthz))
         .route(
             "/hooks/bitbucket",
             post(hooks::bitbucket).layer(axum::extract::DefaultBodyLimit::max(max_body)),

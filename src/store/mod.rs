@@ -8,10 +8,15 @@ pub mod releases;
 pub mod tokens;
 
 use std::str::FromStr;
+use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
+
+/// How long a request waits for a connection (a free one, or a new one to PostgreSQL) before
+/// it fails: an unreachable database gives 503 and a retry, never a request that hangs.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 mod embedded_migrations {
     refinery::embed_migrations!("migrations");
@@ -53,6 +58,10 @@ impl Store {
         );
         let pool = Pool::builder(manager)
             .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECTION_TIMEOUT))
+            .create_timeout(Some(CONNECTION_TIMEOUT))
+            .recycle_timeout(Some(CONNECTION_TIMEOUT))
             .build()
             .map_err(|e| StoreError::BadUrl(e.to_string()))?;
         let store = Store { pool };

@@ -1,7 +1,7 @@
 use crate::helpers::TestApp;
 
 #[tokio::test]
-async fn healthz_reports_store_and_docker() {
+async fn healthz_says_ok_and_the_authenticated_health_gives_the_detail() {
     let app = TestApp::spawn("").await;
     let response = app
         .http
@@ -11,9 +11,29 @@ async fn healthz_reports_store_and_docker() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["status"], "ok");
-    assert_eq!(body["store"], "ok");
-    assert_eq!(body["docker"], "ok");
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+
+    let health = app.get_json("/api/v1/health").await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["database"]["status"], "ok", "{health}");
+    assert_eq!(health["docker"]["status"], "ok", "{health}");
+    assert_eq!(
+        health["docker"]["address"], "unix:///var/run/docker.sock",
+        "{health}"
+    );
+    assert!(health["docker"]["api_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("1."));
+    assert_eq!(health["packer"]["status"], "ok", "{health}");
+    assert!(
+        health["packer"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("Packer v"),
+        "{health}"
+    );
+    assert_eq!(health["aws"], serde_json::json!([]));
     app.stop().await;
 }
 

@@ -43,7 +43,11 @@ pub fn project_config(repository: &str, secret: &str, clone_url: &str, branches:
 impl TestApp {
     /// Starts the app with `config_text` as its slipway.toml (listen and data dir overridden).
     pub async fn spawn(config_text: &str) -> TestApp {
-        let database_url = test_database();
+        TestApp::spawn_with_database(config_text, test_database()).await
+    }
+
+    /// Like [`TestApp::spawn`], with `database_url` as the server's database.
+    pub async fn spawn_with_database(config_text: &str, database_url: String) -> TestApp {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let raw = config::parse(config_text, "test config").expect("test config parses");
         let overrides = Overrides {

@@ -6,6 +6,7 @@ mod helpers;
 mod bake;
 mod builds;
 mod cli;
+mod dependencies;
 mod deploy;
 mod health;
 mod logs;

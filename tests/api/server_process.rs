@@ -94,7 +94,7 @@ async fn starts_with_no_config_survives_kill_9_and_stops_cleanly() {
     let data_dir = dir.path().join(".slipway");
 
     let first = start(dir.path());
-    assert_eq!(healthz(&first).await["store"], "ok");
+    assert_eq!(healthz(&first).await["status"], "ok");
     assert!(data_dir.join("postgres/PG_VERSION").exists());
     let token_file = data_dir.join("admin.token");
     assert_eq!(

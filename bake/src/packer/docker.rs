@@ -1,7 +1,14 @@
-//! The docker commands around a docker-source bake: what the target tag pointed at before,
-//! and removing what a failed bake left (found by its labels).
+//! dockerd's side of a docker-source bake, through the caller's bollard client: what the
+//! target tag pointed at before, and removing what a failed bake left (found by its labels).
 
-use tokio::process::Command;
+use std::collections::HashMap;
+
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{
+    ListContainersOptions, ListImagesOptions, RemoveContainerOptions, RemoveImageOptions,
+    TagImageOptions,
+};
+use bollard::Docker;
 
 use super::error::BakeError;
 
@@ -11,101 +18,140 @@ pub const CONTAINER_LABEL: &str = "slipway.bake";
 pub const IMAGE_LABEL: &str = "slipway.baked-by";
 
 /// The id of the image `reference` names, or `None` when there is no such image.
-pub(crate) async fn image_id(reference: &str) -> Result<Option<String>, BakeError> {
-    let output = docker(
-        "image inspect",
-        &["image", "inspect", "--format", "{{.Id}}", reference],
-    )
-    .await?;
-    if output.status.success() {
-        return Ok(Some(
-            String::from_utf8_lossy(&output.stdout).trim().to_string(),
-        ));
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if stderr.contains("No such image") {
-        Ok(None)
-    } else {
-        Err(BakeError::Docker {
-            action: "image inspect",
-            stderr: stderr.trim().to_string(),
-        })
+pub(crate) async fn image_id(
+    docker: &Docker,
+    reference: &str,
+) -> Result<Option<String>, BakeError> {
+    match docker.inspect_image(reference).await {
+        Ok(image) => Ok(image.id),
+        Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(failed("image inspect", e)),
     }
 }
 
 /// Removes every container and image a docker-source bake with this id left, whatever stopped
 /// it: for a server restarting after a crash killed Packer mid-bake. Idempotent.
-#[tracing::instrument(err)]
-pub async fn reap_bake(bake_id: &str) -> Result<(), BakeError> {
-    remove_leftovers(bake_id, None).await
+#[tracing::instrument(skip(docker), err)]
+pub async fn reap_bake(docker: &Docker, bake_id: &str) -> Result<(), BakeError> {
+    remove_leftovers(docker, bake_id, None).await
 }
 
 /// Removes the bake's containers and images; with `restore` = (target, previous image), first
 /// points the target tag back at the image it named before, so a failed rebake keeps the old.
 pub(crate) async fn remove_leftovers(
+    docker: &Docker,
     bake_id: &str,
     restore: Option<(&str, &str)>,
 ) -> Result<(), BakeError> {
-    let containers = list(&["ps", "-aq", "--filter", &label(CONTAINER_LABEL, bake_id)]).await?;
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(label_filter(CONTAINER_LABEL, bake_id)),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| failed("list containers", e))?;
+    let containers: Vec<String> = containers.into_iter().filter_map(|c| c.id).collect();
     if !containers.is_empty() {
         tracing::info!(bake = %bake_id, count = containers.len(), "removing the bake's containers");
-        checked("rm", &[&["rm", "-f"][..], &strs(&containers)].concat()).await?;
     }
-    if let Some((target, previous)) = restore {
-        if image_id(target).await?.as_deref() != Some(previous) {
-            checked("tag", &["tag", previous, target]).await?;
+    for container in &containers {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match docker.remove_container(container, Some(options)).await {
+            Ok(())
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(failed("rm", e)),
         }
     }
-    let images = list(&[
-        "images",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        &label(IMAGE_LABEL, bake_id),
-    ])
-    .await?;
+    if let Some((target, previous)) = restore {
+        if image_id(docker, target).await?.as_deref() != Some(previous) {
+            let (repo, tag) = split_reference(target);
+            let options = TagImageOptions {
+                repo: Some(repo.to_owned()),
+                tag: tag.map(str::to_owned),
+            };
+            docker
+                .tag_image(previous, Some(options))
+                .await
+                .map_err(|e| failed("tag", e))?;
+        }
+    }
+    let images = docker
+        .list_images(Some(ListImagesOptions {
+            all: true,
+            filters: Some(label_filter(IMAGE_LABEL, bake_id)),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| failed("list images", e))?;
     if !images.is_empty() {
         tracing::info!(bake = %bake_id, count = images.len(), "removing the bake's images");
-        checked("rmi", &[&["rmi", "-f"][..], &strs(&images)].concat()).await?;
+    }
+    for image in images {
+        let options = RemoveImageOptions {
+            force: true,
+            ..Default::default()
+        };
+        match docker.remove_image(&image.id, Some(options), None).await {
+            Ok(_)
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(failed("rmi", e)),
+        }
     }
     Ok(())
 }
 
-fn label(name: &str, value: &str) -> String {
-    format!("label={name}={value}")
+fn label_filter(name: &str, value: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), vec![format!("{name}={value}")])])
 }
 
-fn strs(values: &[String]) -> Vec<&str> {
-    values.iter().map(String::as_str).collect()
-}
-
-async fn list(args: &[&str]) -> Result<Vec<String>, BakeError> {
-    let stdout = checked("list", args).await?;
-    let mut ids: Vec<String> = stdout.split_whitespace().map(str::to_string).collect();
-    ids.sort();
-    ids.dedup();
-    Ok(ids)
-}
-
-async fn checked(action: &'static str, args: &[&str]) -> Result<String, BakeError> {
-    let output = docker(action, args).await?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(BakeError::Docker {
-            action,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        })
+/// `repo[:tag]`, where a `:` before the last `/` belongs to a registry's port.
+fn split_reference(reference: &str) -> (&str, Option<&str>) {
+    let name_start = reference.rfind('/').map_or(0, |slash| slash + 1);
+    match reference[name_start..].rfind(':') {
+        Some(colon) => {
+            let at = name_start + colon;
+            (&reference[..at], Some(&reference[at + 1..]))
+        }
+        None => (reference, None),
     }
 }
 
-async fn docker(action: &'static str, args: &[&str]) -> Result<std::process::Output, BakeError> {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .await
-        .map_err(|source| BakeError::Spawn {
-            program: format!("docker ({action})").into(),
-            source,
-        })
+fn failed(action: &'static str, error: DockerError) -> BakeError {
+    BakeError::Docker {
+        action,
+        message: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_repository_and_tag() {
+        assert_eq!(
+            split_reference("slipway/hello-1a2b3c4d:v3"),
+            ("slipway/hello-1a2b3c4d", Some("v3"))
+        );
+        assert_eq!(split_reference("slipway/hello"), ("slipway/hello", None));
+        assert_eq!(
+            split_reference("127.0.0.1:5000/hello:v1"),
+            ("127.0.0.1:5000/hello", Some("v1"))
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/hello"),
+            ("127.0.0.1:5000/hello", None)
+        );
+    }
 }

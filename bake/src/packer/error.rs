@@ -32,18 +32,22 @@ pub enum BakeError {
     #[error("packer build of {artifact} was cancelled")]
     Cancelled { artifact: String },
 
-    /// A program (Packer, docker) could not be run at all.
+    /// The Packer binary is not there: install Packer or name where it is.
+    #[error("Packer is not installed: `{}` was not found", program.display())]
+    PackerMissing { program: PathBuf },
+
+    /// Packer could not be run for another reason (permissions, resources).
     #[error("running `{}`: {source}", program.display())]
     Spawn {
         program: PathBuf,
         source: std::io::Error,
     },
 
-    /// A docker command the bake relies on (inspect, tag, cleanup) failed.
-    #[error("docker {action} failed: {stderr}")]
+    /// A request to dockerd the bake relies on (inspect, tag, cleanup) failed.
+    #[error("docker {action} failed: {message}")]
     Docker {
         action: &'static str,
-        stderr: String,
+        message: String,
     },
 
     #[error("{context} `{}`: {source}", path.display())]

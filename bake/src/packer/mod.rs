@@ -21,13 +21,14 @@ mod run;
 
 use std::collections::BTreeMap;
 
+use bollard::Docker;
 use tokio_util::sync::CancellationToken;
 
 pub use docker::{reap_bake, CONTAINER_LABEL, IMAGE_LABEL};
 pub use error::BakeError;
 pub use key::{bake_key, read_playbook_dir, BakeKeyInputs};
 pub use request::{AmazonEbsSource, BakeRequest, BakeSource, DockerSource};
-use run::{run_packer, Ending, PackerRun};
+use run::{run_packer, spawn_error, Ending, PackerRun};
 
 /// Receives Packer's output, one human-readable line at a time, as it is produced
 /// (Packer's own lines and, prefixed with the source name, Ansible's).
@@ -64,18 +65,21 @@ pub enum ArtifactKind {
     },
 }
 
-/// Bakes `request`. Stops Packer's whole process group when `request.timeout` passes or
-/// `cancel` fires, then cleans up; dropping the future instead kills the group without cleanup.
+/// Bakes `request`, with `docker` as the client of the dockerd a docker-source bake runs on
+/// (Packer itself reaches it through the `DOCKER_HOST` of `request.env`, or the local socket).
+/// Stops Packer's whole process group when `request.timeout` passes or `cancel` fires, then
+/// cleans up; dropping the future instead kills the group without cleanup.
 #[tracing::instrument(skip_all, fields(app = %request.app, release = request.release, source = request.source.template_name(), bake = %request.bake_id), err)]
 pub async fn bake(
     request: &BakeRequest,
+    docker: &Docker,
     observer: &mut (dyn BakeObserver + Send),
     cancel: &CancellationToken,
 ) -> Result<BakeArtifact, BakeError> {
     request.check()?;
     let name = request.artifact_name();
     let previous_image = match &request.source {
-        BakeSource::Docker(_) => docker::image_id(&name).await?,
+        BakeSource::Docker(_) => docker::image_id(docker, &name).await?,
         BakeSource::AmazonEbs(_) => None,
     };
     let mut args = vec![
@@ -94,13 +98,13 @@ pub async fn bake(
         cancel,
     )
     .await?;
-    let result = artifact_of(request, name.clone(), run).await;
+    let result = artifact_of(request, docker, name.clone(), run).await;
     if let (Err(error), BakeSource::Docker(_)) = (&result, &request.source) {
         tracing::warn!(%error, "bake failed, removing what it left");
         let restore = previous_image
             .as_deref()
             .map(|previous| (name.as_str(), previous));
-        if let Err(cleanup) = docker::remove_leftovers(&request.bake_id, restore).await {
+        if let Err(cleanup) = docker::remove_leftovers(docker, &request.bake_id, restore).await {
             tracing::error!(error = %cleanup, bake = %request.bake_id, "a failed bake left docker objects behind; remove them by label");
         }
     }
@@ -124,10 +128,10 @@ pub async fn validate(request: &BakeRequest) -> Result<(), BakeError> {
         .arg(&request.template)
         .envs(&request.env)
         .env("CHECKPOINT_DISABLE", "1");
-    let output = command.output().await.map_err(|source| BakeError::Spawn {
-        program: request.packer.clone(),
-        source,
-    })?;
+    let output = command
+        .output()
+        .await
+        .map_err(|source| spawn_error(&request.packer, source))?;
     if output.status.success() {
         return Ok(());
     }
@@ -154,6 +158,7 @@ fn var_arguments(request: &BakeRequest) -> Vec<String> {
 
 async fn artifact_of(
     request: &BakeRequest,
+    docker: &Docker,
     name: String,
     run: PackerRun,
 ) -> Result<BakeArtifact, BakeError> {
@@ -180,7 +185,7 @@ async fn artifact_of(
     }
     match &request.source {
         // The docker-tag post-processor's artifact is the tag; the image id comes from it.
-        BakeSource::Docker(_) => match docker::image_id(&name).await? {
+        BakeSource::Docker(_) => match docker::image_id(docker, &name).await? {
             Some(id) => Ok(BakeArtifact {
                 kind: ArtifactKind::DockerImage,
                 id,

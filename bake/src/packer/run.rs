@@ -75,10 +75,7 @@ pub(crate) async fn run_packer(
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|source| BakeError::Spawn {
-            program: packer.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| spawn_error(packer, source))?;
     let mut group = ProcessGroup {
         pgid: child
             .id()
@@ -135,6 +132,20 @@ pub(crate) async fn run_packer(
     group.signal(Signal::SIGKILL);
     group.pgid = None;
     Ok(collected.into_run(stopping.unwrap_or(Ending::Exited(status))))
+}
+
+/// A missing binary is named as such: it is the one cause an operator fixes by installing.
+pub(crate) fn spawn_error(packer: &Path, source: std::io::Error) -> BakeError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        BakeError::PackerMissing {
+            program: packer.to_path_buf(),
+        }
+    } else {
+        BakeError::Spawn {
+            program: packer.to_path_buf(),
+            source,
+        }
+    }
 }
 
 async fn next_line<R>(lines: &mut Option<tokio::io::Lines<R>>) -> Option<String>

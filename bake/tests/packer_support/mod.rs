@@ -17,6 +17,15 @@ use slipway_bake::{
 };
 
 pub const BASE_IMAGE: &str = "slipway/debian:bookworm";
+
+/// A client of the local dockerd (or `DOCKER_HOST`'s), its API version negotiated.
+pub async fn local_docker() -> bollard::Docker {
+    bollard::Docker::connect_with_defaults()
+        .expect("a Docker client")
+        .negotiate_version()
+        .await
+        .expect("dockerd answers")
+}
 pub const PACKAGE: &str = "bakeapp";
 
 /// Answers every GET with the installed VERSION file's contents.

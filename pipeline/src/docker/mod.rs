@@ -53,10 +53,16 @@ impl DockerEngine {
             .negotiate_version()
             .await
             .map_err(|e| EngineError::failed("negotiate API version", e))?;
-        Ok(DockerEngine {
+        Ok(DockerEngine::with_client(docker))
+    }
+
+    /// An engine over a client the caller made and shares (a server has one per dockerd);
+    /// nothing is contacted here, and the caller negotiates the API version.
+    pub fn with_client(docker: Docker) -> DockerEngine {
+        DockerEngine {
             docker,
             helper_image: DEFAULT_HELPER_IMAGE.to_owned(),
-        })
+        }
     }
 
     /// Uses another local image for the workspace copy helper.
