@@ -61,7 +61,10 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let repository = Repository::open(&config.data_dir).await?;
-        let baker = Baker::new(&config.data_dir, listener.local_addr()?, server_id);
+        let baker = Baker::new(&config.data_dir, listener.local_addr()?, server_id)
+            .with_log_limit(config.bake_log_limit_bytes);
+        crate::releases::claim_declared_packages(&store, &config.projects).await?;
+        crate::releases::fail_interrupted_releases(&store).await?;
         crate::bake::reap_interrupted_bakes(&store).await?;
         let config = Arc::new(config);
         let deploys = DeployManager::start(&config, store.clone(), server_id).await?;

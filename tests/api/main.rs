@@ -9,6 +9,7 @@ mod cli;
 mod deploy;
 mod health;
 mod pipeline_cli;
+mod release_guards;
 mod releases;
 mod server_process;
 mod webhooks;
