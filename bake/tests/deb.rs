@@ -114,13 +114,29 @@ fn building_twice_gives_byte_identical_packages() {
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let a = deb::build(&hello_definition(first.path(), "7"), first.path(), first.path()).unwrap();
-    let b = deb::build(&hello_definition(second.path(), "7"), second.path(), out.path()).unwrap();
-    let (a_bytes, b_bytes) = (std::fs::read(&a.path).unwrap(), std::fs::read(&b.path).unwrap());
+    let a = deb::build(
+        &hello_definition(first.path(), "7"),
+        first.path(),
+        first.path(),
+    )
+    .unwrap();
+    let b = deb::build(
+        &hello_definition(second.path(), "7"),
+        second.path(),
+        out.path(),
+    )
+    .unwrap();
+    let (a_bytes, b_bytes) = (
+        std::fs::read(&a.path).unwrap(),
+        std::fs::read(&b.path).unwrap(),
+    );
     assert_eq!(a_bytes, b_bytes);
     assert_eq!(a.info, b.info);
     assert_eq!(a.info.size, a_bytes.len() as u64);
-    assert_eq!(a.info.sha256, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&a_bytes)));
+    assert_eq!(
+        a.info.sha256,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&a_bytes))
+    );
     let names = |dir: &std::path::Path| {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -129,7 +145,11 @@ fn building_twice_gives_byte_identical_packages() {
         names.sort();
         names
     };
-    assert_eq!(names(out.path()), vec!["hello_7_all.deb"], "no temporary file is left");
+    assert_eq!(
+        names(out.path()),
+        vec!["hello_7_all.deb"],
+        "no temporary file is left"
+    );
 }
 
 #[test]

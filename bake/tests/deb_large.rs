@@ -74,9 +74,11 @@ fn a_package_of_364_mb_of_files_is_built_and_published_with_flat_memory() {
         extra_files: Vec::new(),
         source_date_epoch: EPOCH,
     };
-    let signer =
-        Signer::open_or_create(&data.path().join("gpg"), "Slipway apt <apt@slipway.example>")
-            .unwrap();
+    let signer = Signer::open_or_create(
+        &data.path().join("gpg"),
+        "Slipway apt <apt@slipway.example>",
+    )
+    .unwrap();
     let repository = AptRepository::open(&data.path().join("apt"), signer).unwrap();
     let out = tempfile::tempdir().unwrap();
 
@@ -106,11 +108,7 @@ fn a_package_of_364_mb_of_files_is_built_and_published_with_flat_memory() {
         "sha256sum",
         &[
             package.path.to_str().unwrap(),
-            repository
-                .root()
-                .join(&record.pool_path)
-                .to_str()
-                .unwrap(),
+            repository.root().join(&record.pool_path).to_str().unwrap(),
         ],
     );
     assert!(ok, "{sums}");
@@ -125,8 +123,10 @@ fn a_package_of_364_mb_of_files_is_built_and_published_with_flat_memory() {
     assert!(ok, "{contents}");
     for (size, name) in [(ZEROS_BYTES, "zeros.bin"), (NOISE_BYTES, "noise.bin")] {
         assert!(
-            contents.lines().any(|line| line.contains(&format!(" {size} "))
-                && line.ends_with(&format!("./usr/share/bigapp/{name}"))),
+            contents
+                .lines()
+                .any(|line| line.contains(&format!(" {size} "))
+                    && line.ends_with(&format!("./usr/share/bigapp/{name}"))),
             "{contents}"
         );
     }

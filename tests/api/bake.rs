@@ -401,8 +401,12 @@ impl ServerProcess {
     }
 
     pub(crate) async fn releases(&self, token: &str) -> Value {
+        self.get(token, "/api/v1/projects/hello/releases").await
+    }
+
+    pub(crate) async fn get(&self, token: &str, path: &str) -> Value {
         reqwest::Client::new()
-            .get(format!("{}/api/v1/projects/hello/releases", self.address))
+            .get(format!("{}{path}", self.address))
             .bearer_auth(token)
             .send()
             .await

@@ -162,11 +162,18 @@ async fn a_package_name_declared_in_the_config_belongs_to_its_project_even_befor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_killed_while_packaging_is_failed_with_a_reason_by_the_next_start() {
     use std::os::unix::fs::PermissionsExt;
-    // 200 MB of zeros: tiny in git, yet compressing it keeps the release `packaging` long
-    // enough to see it and kill the server.
+    // 150 MB of one repeated line: small in git, yet packaging it takes long enough to see
+    // the release `packaging` and kill the server. (Not zeros: a sparse checkout file would
+    // reach dockerd as a sparse tar entry, which it refuses.)
     let repo = tiny_repository("big\n");
-    let big = std::fs::File::create(repo.path().join("big.bin")).unwrap();
-    big.set_len(200_000_000).unwrap();
+    let line = "slipway packaging test line\n".repeat(1 << 15);
+    let mut big =
+        std::io::BufWriter::new(std::fs::File::create(repo.path().join("big.bin")).unwrap());
+    for _ in 0..(150_000_000 / line.len()) {
+        std::io::Write::write_all(&mut big, line.as_bytes()).unwrap();
+    }
+    std::io::Write::flush(&mut big).unwrap();
+    drop(big);
     let spec = std::fs::read_to_string(repo.path().join(".slipway.yml")).unwrap();
     std::fs::write(
         repo.path().join(".slipway.yml"),
@@ -204,10 +211,11 @@ async fn a_release_killed_while_packaging_is_failed_with_a_reason_by_the_next_st
         if releases[0]["status"] == "packaging" {
             break;
         }
-        assert!(
-            Instant::now() < deadline && releases.as_array().is_some_and(|r| r.is_empty()),
-            "never seen packaging: {releases}"
-        );
+        let build = first.get(&token, "/api/v1/projects/hello/builds/1").await;
+        let over = build["finished_at"].is_string() || Instant::now() > deadline;
+        if over || !releases.as_array().is_some_and(|r| r.is_empty()) {
+            panic!("never seen packaging: releases {releases}, build {build}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(first); // kill -9 while packaging
@@ -248,7 +256,10 @@ async fn a_bake_log_is_stored_up_to_its_cap_with_a_notice_where_it_was_cut() {
         assert!(Instant::now() < deadline, "still baking: {releases}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(v1["bake_status"], "baked", "the cap does not affect the bake: {v1}");
+    assert_eq!(
+        v1["bake_status"], "baked",
+        "the cap does not affect the bake: {v1}"
+    );
 
     let lines: Vec<String> = app
         .get_json("/api/v1/projects/hello/releases/v1/bake-log")
@@ -264,7 +275,11 @@ async fn a_bake_log_is_stored_up_to_its_cap_with_a_notice_where_it_was_cut() {
         .unwrap_or_else(|| panic!("no cut notice in {lines:#?}"));
     let kept: usize = lines[..cut].iter().map(|l| l.len() + 1).sum();
     assert!(kept <= LIMIT, "{kept} bytes kept before the notice");
-    assert_eq!(lines.len(), cut + 2, "the notice, then one summary: {lines:#?}");
+    assert_eq!(
+        lines.len(),
+        cut + 2,
+        "the notice, then one summary: {lines:#?}"
+    );
     assert!(
         lines[cut + 1].contains("of bake output were not stored"),
         "{lines:#?}"

@@ -98,16 +98,21 @@ pub(crate) fn write_data_tar<W: Write>(
     for (path, file) in entries {
         let name = format!("./{path}");
         let Some(file) = file else {
-            append(&mut tar, &format!("{name}/"), directory_header(epoch), io::empty())
-                .map_err(failed)?;
+            append(
+                &mut tar,
+                &format!("{name}/"),
+                directory_header(epoch),
+                io::empty(),
+            )
+            .map_err(failed)?;
             continue;
         };
         let header = file_header(epoch, file.mode, &file.owner, &file.group, file.size);
         let mut reader = match &file.contents {
             DataContents::Generated(bytes) => Md5Reader::new(Box::new(&bytes[..])),
             DataContents::Source(source) => {
-                let opened = std::fs::File::open(source)
-                    .io_context("reading package source", source)?;
+                let opened =
+                    std::fs::File::open(source).io_context("reading package source", source)?;
                 Md5Reader::new(Box::new(opened.take(file.size)))
             }
         };
@@ -283,12 +288,7 @@ fn well_known_id(name: &str, table: &[(&str, u64)]) -> u64 {
         .map_or(0, |(_, id)| *id)
 }
 
-fn append_in_memory(
-    tar: &mut tar::Builder<Vec<u8>>,
-    path: &str,
-    header: Header,
-    contents: &[u8],
-) {
+fn append_in_memory(tar: &mut tar::Builder<Vec<u8>>, path: &str, header: Header, contents: &[u8]) {
     append(tar, path, header, contents).expect("writing a tar in memory");
 }
 

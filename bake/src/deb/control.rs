@@ -91,9 +91,6 @@ pub(crate) fn default_docs(definition: &PackageDefinition) -> Vec<(String, Vec<u
 
 /// dpkg-gencontrol's rule: each file rounded up to a KiB, plus one KiB per directory.
 fn installed_size_kib(files: &BTreeMap<String, DataFile>) -> u64 {
-    let file_kib: u64 = files
-        .values()
-        .map(|f| f.size.div_ceil(1024))
-        .sum();
+    let file_kib: u64 = files.values().map(|f| f.size.div_ceil(1024)).sum();
     file_kib + archive::directories(files).len() as u64
 }

@@ -181,7 +181,8 @@ fn write_data_tar(
     epoch: u64,
     out_dir: &Path,
 ) -> Result<(File, u64, BTreeMap<String, String>)> {
-    let data = tempfile::tempfile_in(out_dir).io_context("creating a temporary file in", out_dir)?;
+    let data =
+        tempfile::tempfile_in(out_dir).io_context("creating a temporary file in", out_dir)?;
     let (data, md5s) = archive::write_data_tar(files, epoch, BufWriter::new(data))?;
     let mut data = data
         .into_inner()

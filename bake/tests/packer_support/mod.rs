@@ -80,7 +80,9 @@ impl Fixture {
             .depends
             .extend(depends.iter().map(|name| name.to_string()));
         let package = deb::build(&definition, &workspace, &workspace).unwrap();
-        self.repository.publish(&package.path, &package.info).unwrap();
+        self.repository
+            .publish(&package.path, &package.info)
+            .unwrap();
         package.info
     }
 
