@@ -298,7 +298,9 @@ pub fn resolve(
         max_concurrent_builds,
         step_log_limit_bytes: raw.step_log_limit_bytes.unwrap_or(4 * 1024 * 1024),
         webhook_max_body_bytes: raw.webhook_max_body_bytes.unwrap_or(1024 * 1024),
-        bake_log_limit_bytes: raw.bake_log_limit_bytes.unwrap_or(4 * 1024 * 1024),
+        bake_log_limit_bytes: raw
+            .bake_log_limit_bytes
+            .unwrap_or(crate::bake::DEFAULT_LOG_LIMIT_BYTES),
         projects,
     })
 }
