@@ -13,6 +13,9 @@
 //!   release's reuses that image instead of baking again, unless a rebake is asked for
 //!   ([`Baker::rebake`], `POST .../releases/{version}/rebake`): the first bake records the
 //!   image's command and ports on the release, so a rebake needs no checkout.
+//! - The stored bake log is capped (`bake_log_limit_bytes`, 4 MiB by default): past the cap a
+//!   notice says where it was cut, output is counted but not kept, and a last line says how
+//!   much was left out.
 //! - A failed bake marks the release `bake_status = failed` with Ansible's error line as the
 //!   reason; the build stays `passed` (its pipeline passed and the package is published), and
 //!   the bake crate removes whatever the failed bake left.
@@ -62,7 +65,12 @@ pub struct Baker {
     server_tag: String,
     docker: DockerClient,
     packer: PathBuf,
+    /// Bytes of a bake's output stored in its log; the rest is cut.
+    log_limit_bytes: u64,
 }
+
+/// The bake log cap when none is configured.
+pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
 
 impl Baker {
     /// A baker for the server listening on `server_addr` (whose `/apt/` the build container
@@ -90,7 +98,14 @@ impl Baker {
             server_tag: server_id.simple().to_string()[..8].to_string(),
             docker,
             packer,
+            log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
         }
+    }
+
+    /// Stores at most `bytes` of each bake's output in its log.
+    pub fn with_log_limit(mut self, bytes: u64) -> Baker {
+        self.log_limit_bytes = bytes;
+        self
     }
 
     /// Bakes the published `release` of `package` (whose checkout is in `workspace`) and records
@@ -226,7 +241,7 @@ impl Baker {
         } else {
             store.mark_bake_started(release.id, &key, recipe).await?;
         }
-        let mut log = BakeLog::start(store.clone(), release.id);
+        let mut log = BakeLog::start(store.clone(), release.id, self.log_limit_bytes);
         if rebake {
             log.line("==> slipway: rebake requested: baking again even if an image with this bake key exists");
         }
@@ -388,16 +403,18 @@ fn exec_start(unit: &str) -> Option<Vec<String>> {
 }
 
 /// Feeds Packer's lines to a task that appends them to the release's bake log in batches, and
-/// keeps Ansible's first error line for the bake reason.
+/// keeps Ansible's first error line for the bake reason. The cap bounds both what is stored
+/// and what waits in the channel.
 struct BakeLog {
     lines: mpsc::UnboundedSender<BakeLogLine>,
     seq: i64,
+    cap: LogCap,
     ansible_error: Option<String>,
     writer: tokio::task::JoinHandle<()>,
 }
 
 impl BakeLog {
-    fn start(store: Store, release: Uuid) -> BakeLog {
+    fn start(store: Store, release: Uuid, limit_bytes: u64) -> BakeLog {
         let (lines, mut received) = mpsc::unbounded_channel();
         let writer = tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -413,13 +430,26 @@ impl BakeLog {
         BakeLog {
             lines,
             seq: 0,
+            cap: LogCap::new(limit_bytes),
             ansible_error: None,
             writer,
         }
     }
 
-    /// Waits until every line is stored.
-    async fn finish(self) {
+    fn store(&mut self, line: String) {
+        self.seq += 1;
+        let _ = self.lines.send(BakeLogLine {
+            seq: self.seq,
+            at: Utc::now(),
+            line,
+        });
+    }
+
+    /// Says what the cap left out, then waits until every line is stored.
+    async fn finish(mut self) {
+        if let Some(summary) = self.cap.summary() {
+            self.store(summary);
+        }
         drop(self.lines);
         if let Err(e) = self.writer.await {
             tracing::error!(error = %e, "the bake log writer failed");
@@ -432,12 +462,68 @@ impl BakeObserver for BakeLog {
         if self.ansible_error.is_none() && is_ansible_error(line) {
             self.ansible_error = Some(line.trim().chars().take(REASON_LIMIT).collect());
         }
-        self.seq += 1;
-        let _ = self.lines.send(BakeLogLine {
-            seq: self.seq,
-            at: Utc::now(),
-            line: line.to_string(),
-        });
+        match self.cap.admit(line.len()) {
+            Admit::Store => self.store(line.to_string()),
+            Admit::Cut(notice) => self.store(notice),
+            Admit::Drop => {}
+        }
+    }
+}
+
+/// Counts a bake's output against the cap and decides what is stored.
+#[derive(Debug)]
+struct LogCap {
+    limit: u64,
+    stored: u64,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Store,
+    /// The line that reached the cap is replaced by this notice; later lines are dropped.
+    Cut(String),
+    Drop,
+}
+
+impl LogCap {
+    fn new(limit: u64) -> LogCap {
+        LogCap {
+            limit,
+            stored: 0,
+            dropped_lines: 0,
+            dropped_bytes: 0,
+        }
+    }
+
+    fn admit(&mut self, bytes: usize) -> Admit {
+        // A line costs its bytes plus its line break.
+        let cost = bytes as u64 + 1;
+        let already_cut = self.dropped_lines > 0;
+        if !already_cut && self.stored + cost <= self.limit {
+            self.stored += cost;
+            return Admit::Store;
+        }
+        self.dropped_lines += 1;
+        self.dropped_bytes += cost;
+        if already_cut {
+            return Admit::Drop;
+        }
+        Admit::Cut(format!(
+            "==> slipway: bake log cut at {} bytes (bake_log_limit_bytes): the rest of the bake's output is not stored",
+            self.limit
+        ))
+    }
+
+    /// The last line of a cut log: how much was left out.
+    fn summary(&self) -> Option<String> {
+        (self.dropped_lines > 0).then(|| {
+            format!(
+                "==> slipway: {} lines ({} bytes) of bake output were not stored",
+                self.dropped_lines, self.dropped_bytes
+            )
+        })
     }
 }
 
@@ -476,6 +562,28 @@ mod tests {
         assert_eq!(baker.image_repository("libc++"), "slipway/libc---1a2b3c4d");
         assert_eq!(baker.apt_url, "http://127.0.0.1:8080/apt/");
         assert_eq!(baker.apt_key_path, Path::new("/data/apt/key.gpg"));
+    }
+
+    #[test]
+    fn the_log_cap_stores_lines_up_to_the_limit_then_one_notice_and_a_summary() {
+        let mut cap = LogCap::new(10);
+        assert_eq!(cap.admit(4), Admit::Store);
+        assert_eq!(cap.admit(4), Admit::Store);
+        assert_eq!(cap.summary(), None);
+        match cap.admit(1) {
+            Admit::Cut(notice) => assert!(notice.contains("cut at 10 bytes"), "{notice}"),
+            other => panic!("expected a cut, got {other:?}"),
+        }
+        // Shorter lines after the cut are not stored either: the log stays a prefix.
+        assert_eq!(cap.admit(0), Admit::Drop);
+        assert_eq!(cap.admit(100), Admit::Drop);
+        assert_eq!(
+            cap.summary().unwrap(),
+            "==> slipway: 3 lines (104 bytes) of bake output were not stored"
+        );
+        // One line longer than the whole cap is cut at once.
+        let mut cap = LogCap::new(10);
+        assert!(matches!(cap.admit(50), Admit::Cut(_)));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct RawConfig {
     pub step_log_limit_bytes: Option<u64>,
     /// Largest webhook body accepted, in bytes.
     pub webhook_max_body_bytes: Option<usize>,
+    /// Cap on a release's stored bake log; output past it is cut, and the log says so.
+    pub bake_log_limit_bytes: Option<u64>,
     #[serde(default)]
     pub projects: Vec<RawProject>,
 }
@@ -81,6 +83,9 @@ pub struct RawProject {
     pub secrets: BTreeMap<String, RawSecret>,
     #[serde(default)]
     pub environments: Vec<RawEnvironment>,
+    /// Debian package names this project owns in the shared apt repository.
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +164,7 @@ pub struct Config {
     pub max_concurrent_builds: usize,
     pub step_log_limit_bytes: u64,
     pub webhook_max_body_bytes: usize,
+    pub bake_log_limit_bytes: u64,
     pub projects: Vec<Project>,
 }
 
@@ -175,6 +181,8 @@ pub struct Project {
     pub deploy_branch: String,
     pub secrets: BTreeMap<String, Secret>,
     pub environments: Vec<Environment>,
+    /// Package names declared as this project's: no other project may publish them.
+    pub packages: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +299,7 @@ pub fn resolve(
 
     let mut names = HashSet::new();
     let mut projects = Vec::new();
+    let mut package_owners: BTreeMap<String, String> = BTreeMap::new();
     for (i, raw_project) in raw.projects.into_iter().enumerate() {
         let project = resolve_project(raw_project, i, &invalid, env)?;
         if !names.insert(project.name.clone()) {
@@ -298,6 +307,17 @@ pub fn resolve(
                 &format!("projects[{i}].name"),
                 format!("project `{}` is declared twice", project.name),
             ));
+        }
+        for package in &project.packages {
+            if let Some(owner) = package_owners.insert(package.clone(), project.name.clone()) {
+                return Err(invalid(
+                    &format!("projects[{i}].packages"),
+                    format!(
+                        "package `{package}` is declared by both project `{owner}` and project `{}`",
+                        project.name
+                    ),
+                ));
+            }
         }
         projects.push(project);
     }
@@ -310,6 +330,9 @@ pub fn resolve(
         max_concurrent_builds,
         step_log_limit_bytes: raw.step_log_limit_bytes.unwrap_or(4 * 1024 * 1024),
         webhook_max_body_bytes: raw.webhook_max_body_bytes.unwrap_or(1024 * 1024),
+        bake_log_limit_bytes: raw
+            .bake_log_limit_bytes
+            .unwrap_or(crate::bake::DEFAULT_LOG_LIMIT_BYTES),
         projects,
     })
 }
@@ -390,6 +413,25 @@ fn resolve_project(
         };
         secrets.insert(name, Secret::new(value));
     }
+    let mut packages: Vec<String> = Vec::new();
+    for package in raw.packages {
+        if !is_package_name(&package) {
+            return Err(invalid(
+                &key("packages"),
+                format!(
+                    "expected Debian package names (a-z 0-9 + - ., 2 to 100 characters, starting with a letter or digit), got {}",
+                    shown(&package)
+                ),
+            ));
+        }
+        if packages.contains(&package) {
+            return Err(invalid(
+                &key("packages"),
+                format!("package `{package}` is listed twice"),
+            ));
+        }
+        packages.push(package);
+    }
     let mut environments = Vec::new();
     let mut env_names = HashSet::new();
     for (j, raw_env) in raw.environments.into_iter().enumerate() {
@@ -413,6 +455,7 @@ fn resolve_project(
         deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".to_string()),
         secrets,
         environments,
+        packages,
     })
 }
 
@@ -528,6 +571,24 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse()
         .map_err(|_| format!("expected an address like 127.0.0.1:8080, got {text:?}"))
+}
+
+/// A value for an error message: quoted, or only its length when it is long.
+fn shown(value: &str) -> String {
+    if value.chars().count() > 100 {
+        format!("a value of {} characters", value.chars().count())
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// Debian policy 5.6.1, bounded in length.
+fn is_package_name(name: &str) -> bool {
+    (2..=100).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }
 
 fn is_name(name: &str) -> bool {
@@ -664,6 +725,38 @@ mod tests {
         let project = &config.projects[0];
         assert_eq!(project.webhook_secret.as_ref().unwrap().expose(), "s3cr3t");
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_package_declared_by_two_projects_names_both() {
+        let project = |name: &str, packages: &str| {
+            format!("[[projects]]\nname = \"{name}\"\nrepository = \"acme/{name}\"\nclone_url = \"x\"\npackages = {packages}\n")
+        };
+        let config = load(&format!(
+            "{}{}",
+            project("one", "[\"hello\", \"hello-tools\"]"),
+            project("two", "[\"other\"]")
+        ))
+        .unwrap();
+        assert_eq!(config.projects[0].packages, ["hello", "hello-tools"]);
+        let err = load(&format!(
+            "{}{}",
+            project("one", "[\"hello\"]"),
+            project("two", "[\"other\", \"hello\"]")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "slipway.toml: key `projects[1].packages`: package `hello` is declared by both project `one` and project `two`"
+        );
+        let err = load(&project("one", "[\"Hello_World\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("projects[0].packages") && err.contains("\"Hello_World\""),
+            "{err}"
+        );
     }
 
     #[test]

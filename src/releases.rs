@@ -3,6 +3,11 @@
 //!
 //! The release row and its number are committed first (numbers are never reused, even when
 //! packaging then fails); the package is built and published; the row records the outcome.
+//!
+//! A package name belongs to one project: the one whose config declares it (`packages`), else
+//! the first to package it. Another project's release of that name fails before anything is
+//! built, and the apt repository is left as it was. A release the server stopped while
+//! packaging is failed at the next start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,22 +18,30 @@ use slipway_bake::{
 };
 use slipway_pipeline::PackageSpec;
 
+use crate::config::Project;
 use crate::store::builds::Build;
 use crate::store::releases::{PackageRecord, Release};
 use crate::store::Store;
 
 /// The signing identity of the repository key Slipway makes on first start.
 const SIGNER_UID: &str = "Slipway release signing <slipway@localhost>";
+/// The reason of releases that were packaging when the server stopped.
+pub const INTERRUPTED_REASON: &str =
+    "the server stopped while this release was packaging; push again to release the commit";
 
 /// The server's apt repository, under `<data_dir>/apt`, signed with the key in `<data_dir>/gpg`.
 #[derive(Clone)]
 pub struct Repository {
     apt: Arc<AptRepository>,
+    /// Where packages are built before they are published (`<data_dir>/staging`): on the data
+    /// directory's disk, since a package may be large.
+    staging: PathBuf,
 }
 
 impl Repository {
     /// Opens the repository, making the signing key and the directories on first start.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Repository> {
+        let staging = data_dir.join("staging");
         let data_dir = data_dir.to_path_buf();
         let apt = tokio::task::spawn_blocking(move || {
             let signer = Signer::open_or_create(&data_dir.join("gpg"), SIGNER_UID)?;
@@ -36,7 +49,17 @@ impl Repository {
         })
         .await?
         .context("opening the apt repository")?;
-        Ok(Repository { apt: Arc::new(apt) })
+        // What a stopped server left being built is of no use: start empty.
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("cannot empty {}", staging.display()))?;
+        }
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("cannot create {}", staging.display()))?;
+        Ok(Repository {
+            apt: Arc::new(apt),
+            staging,
+        })
     }
 
     /// The repository's directory: `dists/`, `pool/` and `key.gpg` are served under `/apt/`.
@@ -59,14 +82,30 @@ pub async fn publish(
     let (id, number) = store
         .create_release(&build.project, build.id, &build.commit)
         .await?;
+    let name = package.name.as_str();
+    let owner = store.claim_package(name, &build.project).await?;
+    if owner.project != build.project {
+        let how = if owner.declared {
+            "its config declares it"
+        } else {
+            "it packaged it first"
+        };
+        let reason = format!(
+            "packaging v{number} failed: package `{name}` belongs to project `{}` ({how}); \
+             choose another package name in .slipway.yml",
+            owner.project
+        );
+        store.mark_release_failed(id, &reason).await?;
+        anyhow::bail!(reason);
+    }
     let definition = definition(package, number, build, commit_time);
     let apt = repository.apt.clone();
     let workspace = workspace.to_path_buf();
+    let staging = repository.staging.clone();
     let published = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let built = deb::build(&definition, &workspace)?;
-        let staging = tempfile::tempdir()?;
-        let path = built.write_to(staging.path())?;
-        apt.publish(&path, &built.info)?;
+        let staging = tempfile::tempdir_in(&staging)?;
+        let built = deb::build(&definition, &workspace, staging.path())?;
+        apt.publish(&built.path, &built.info)?;
         Ok(built.info)
     })
     .await?;
@@ -93,6 +132,30 @@ pub async fn publish(
         .into_iter()
         .find(|r| r.id == id)
         .context("the release just recorded is missing")
+}
+
+/// On server start: records the package names each project declares as its own.
+pub async fn claim_declared_packages(store: &Store, projects: &[Project]) -> anyhow::Result<()> {
+    let declared: Vec<(String, String)> = projects
+        .iter()
+        .flat_map(|project| {
+            project
+                .packages
+                .iter()
+                .map(|package| (package.clone(), project.name.clone()))
+        })
+        .collect();
+    store.claim_declared_packages(&declared).await?;
+    Ok(())
+}
+
+/// On server start: fails the releases the previous server stopped while packaging. Their
+/// checkout is gone, so they cannot be finished; their number stays used.
+pub async fn fail_interrupted_releases(store: &Store) -> anyhow::Result<()> {
+    for release in store.fail_interrupted_packaging(INTERRUPTED_REASON).await? {
+        tracing::warn!(project = %release.project, release = %release.version, "marked a release interrupted by a server stop while packaging as failed");
+    }
+    Ok(())
 }
 
 /// The Debian package of release `number`: version `number`, files from the checkout, and

@@ -122,8 +122,8 @@ fn build_packages(
             extra_files: Vec::new(),
             source_date_epoch: 1_700_000_000,
         };
-        let package = deb::build(&definition, &source_root)?;
-        packages.push((package.write_to(&debs)?, package.info));
+        let package = deb::build(&definition, &source_root, &debs)?;
+        packages.push((package.path, package.info));
     }
     Ok(packages)
 }

@@ -13,11 +13,10 @@
 //! use slipway_bake::{deb, AptRepository, PackageDefinition, PublishRecord, Result, Signer};
 //!
 //! fn release(definition: &PackageDefinition, checkout: &Path, data_dir: &Path) -> Result<PublishRecord> {
-//!     let package = deb::build(definition, checkout)?;
-//!     let deb_path = package.write_to(&data_dir.join("artifacts"))?;
+//!     let package = deb::build(definition, checkout, &data_dir.join("artifacts"))?;
 //!     let signer = Signer::open_or_create(&data_dir.join("gpg"), "Slipway <slipway@example.com>")?;
 //!     let repository = AptRepository::open(&data_dir.join("apt"), signer)?;
-//!     repository.publish(&deb_path, &package.info)
+//!     repository.publish(&package.path, &package.info)
 //! }
 //! ```
 

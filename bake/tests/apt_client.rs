@@ -109,9 +109,8 @@ impl Drop for Container {
 }
 
 fn publish_hello(repository: &AptRepository, workspace: &Path, version: &str) {
-    let package = deb::build(&hello_definition(workspace, version), workspace).unwrap();
-    let path = package.write_to(workspace).unwrap();
-    repository.publish(&path, &package.info).unwrap();
+    let package = deb::build(&hello_definition(workspace, version), workspace, workspace).unwrap();
+    repository.publish(&package.path, &package.info).unwrap();
 }
 
 fn assert_clean_update(container: &Container) {

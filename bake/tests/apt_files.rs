@@ -20,8 +20,8 @@ fn build_into(
     workspace: &Path,
     definition: &slipway_bake::PackageDefinition,
 ) -> (std::path::PathBuf, PackageInfo) {
-    let package = deb::build(definition, workspace).unwrap();
-    (package.write_to(workspace).unwrap(), package.info)
+    let package = deb::build(definition, workspace, workspace).unwrap();
+    (package.path, package.info)
 }
 
 fn read(path: impl AsRef<Path>) -> String {

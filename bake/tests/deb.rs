@@ -12,10 +12,10 @@ fn built_hello(version: &str) -> (tempfile::TempDir, PathBuf, slipway_bake::Pack
     let package = deb::build(
         &hello_definition(workspace.path(), version),
         workspace.path(),
+        workspace.path(),
     )
     .unwrap();
-    let path = package.write_to(workspace.path()).unwrap();
-    (workspace, path, package.info)
+    (workspace, package.path, package.info)
 }
 
 #[test]
@@ -113,11 +113,43 @@ fn lintian_reports_no_errors_on_a_realistic_package() {
 fn building_twice_gives_byte_identical_packages() {
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
-    let a = deb::build(&hello_definition(first.path(), "7"), first.path()).unwrap();
-    let b = deb::build(&hello_definition(second.path(), "7"), second.path()).unwrap();
-    assert_eq!(a.bytes, b.bytes);
+    let out = tempfile::tempdir().unwrap();
+    let a = deb::build(
+        &hello_definition(first.path(), "7"),
+        first.path(),
+        first.path(),
+    )
+    .unwrap();
+    let b = deb::build(
+        &hello_definition(second.path(), "7"),
+        second.path(),
+        out.path(),
+    )
+    .unwrap();
+    let (a_bytes, b_bytes) = (
+        std::fs::read(&a.path).unwrap(),
+        std::fs::read(&b.path).unwrap(),
+    );
+    assert_eq!(a_bytes, b_bytes);
     assert_eq!(a.info, b.info);
-    assert_eq!(a.info.size, a.bytes.len() as u64);
+    assert_eq!(a.info.size, a_bytes.len() as u64);
+    assert_eq!(
+        a.info.sha256,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&a_bytes))
+    );
+    let names = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(out.path()),
+        vec!["hello_7_all.deb"],
+        "no temporary file is left"
+    );
 }
 
 #[test]
@@ -137,7 +169,7 @@ fn sources_escaping_the_workspace_are_refused_naming_the_entry() {
         definition
             .files
             .push(PackageFile::new(&source, "/usr/share/hello/stolen", 0o644));
-        let error = deb::build(&definition, workspace.path()).unwrap_err();
+        let error = deb::build(&definition, workspace.path(), workspace.path()).unwrap_err();
         assert!(
             matches!(error, Error::PathEscapesRoot { .. }),
             "{source:?}: {error}"
@@ -156,7 +188,7 @@ fn bad_destinations_conffiles_names_and_versions_are_refused() {
     let refused = |change: &dyn Fn(&mut slipway_bake::PackageDefinition), needle: &str| {
         let mut definition = hello_definition(workspace.path(), "1");
         change(&mut definition);
-        let message = deb::build(&definition, workspace.path())
+        let message = deb::build(&definition, workspace.path(), workspace.path())
             .unwrap_err()
             .to_string();
         assert!(

@@ -73,7 +73,10 @@ impl Application {
             server_id,
             docker.clone(),
             config.packer.clone(),
-        );
+        )
+        .with_log_limit(config.bake_log_limit_bytes);
+        crate::releases::claim_declared_packages(&store, &config.projects).await?;
+        crate::releases::fail_interrupted_releases(&store).await?;
         crate::bake::reap_interrupted_bakes(&store, &docker).await?;
         let config = Arc::new(config);
         let deploys = DeployManager::start(&config, store.clone(), server_id, &docker).await?;

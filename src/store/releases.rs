@@ -49,6 +49,13 @@ pub struct PackageRecord {
     pub sha256: String,
 }
 
+/// The project a package name belongs to, and whether the config declares it so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageOwner {
+    pub project: String,
+    pub declared: bool,
+}
+
 /// An image a bake produced: its name and the Docker image id (or AMI id) behind it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BakedImage {
@@ -135,6 +142,73 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok((id, number))
+    }
+
+    /// Claims package name `package` for `project` unless a project holds it already, and
+    /// returns its owner. A name once claimed stays claimed (by its first claimant, or by the
+    /// project whose config declares it).
+    pub async fn claim_package(&self, package: &str, project: &str) -> StoreResult<PackageOwner> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO package_owners (package, project) VALUES ($1, $2) ON CONFLICT (package) DO NOTHING",
+                &[&package, &project],
+            )
+            .await?;
+        // A separate statement: it sees a claim a concurrent insert committed first.
+        let row = client
+            .query_one(
+                "SELECT project, declared FROM package_owners WHERE package = $1",
+                &[&package],
+            )
+            .await?;
+        Ok(PackageOwner {
+            project: row.get(0),
+            declared: row.get(1),
+        })
+    }
+
+    /// Records the package names each project declares in the config as theirs, taking over
+    /// names another project claimed by packaging them first.
+    pub async fn claim_declared_packages(&self, declared: &[(String, String)]) -> StoreResult<()> {
+        if declared.is_empty() {
+            return Ok(());
+        }
+        let (packages, projects): (Vec<&str>, Vec<&str>) = declared
+            .iter()
+            .map(|(package, project)| (package.as_str(), project.as_str()))
+            .unzip();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO package_owners (package, project, declared)
+                 SELECT package, project, true FROM unnest($1::text[], $2::text[]) AS d (package, project)
+                 ON CONFLICT (package) DO UPDATE SET project = excluded.project, declared = true,
+                 claimed_at = CASE WHEN package_owners.project = excluded.project AND package_owners.declared
+                                   THEN package_owners.claimed_at ELSE now() END",
+                &[&packages, &projects],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Fails every release still `packaging`: after a restart, the ones the previous server
+    /// left. Returns them (as they were).
+    pub async fn fail_interrupted_packaging(&self, reason: &str) -> StoreResult<Vec<Release>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "WITH failed AS (UPDATE releases SET status = 'failed', reason = $1
+                     WHERE status = 'packaging' RETURNING id)
+                     SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id
+                     WHERE r.id IN (SELECT id FROM failed)"
+                ),
+                &[&reason],
+            )
+            .await?;
+        Ok(rows.iter().map(from_row).collect())
     }
 
     pub async fn mark_release_published(

@@ -359,13 +359,13 @@ async fn a_bake_ansible_fails_leaves_the_build_passed_the_release_published_and_
 }
 
 /// `slipway server` (the real binary) in `dir`, killed with SIGKILL on drop.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: std::process::Child,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl ServerProcess {
-    fn start(dir: &std::path::Path) -> ServerProcess {
+    pub(crate) fn start(dir: &std::path::Path) -> ServerProcess {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
             .args(["server", "--listen", "127.0.0.1:0"])
@@ -400,9 +400,13 @@ impl ServerProcess {
         }
     }
 
-    async fn releases(&self, token: &str) -> Value {
+    pub(crate) async fn releases(&self, token: &str) -> Value {
+        self.get(token, "/api/v1/projects/hello/releases").await
+    }
+
+    pub(crate) async fn get(&self, token: &str, path: &str) -> Value {
         reqwest::Client::new()
-            .get(format!("{}/api/v1/projects/hello/releases", self.address))
+            .get(format!("{}{path}", self.address))
             .bearer_auth(token)
             .send()
             .await

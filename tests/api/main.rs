@@ -11,6 +11,7 @@ mod deploy;
 mod health;
 mod logs;
 mod pipeline_cli;
+mod release_guards;
 mod releases;
 mod server_process;
 mod sources;

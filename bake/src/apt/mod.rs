@@ -11,14 +11,14 @@ mod generation;
 mod index;
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::deb::{deb_filename, md5_hex, validate_identity, PackageInfo};
+use crate::deb::{deb_filename, validate_identity, PackageInfo};
 use crate::error::{Error, IoContext, Result};
 use crate::signing::Signer;
 use catalogue::{Catalogue, CatalogueEntry};
@@ -93,13 +93,14 @@ impl AptRepository {
 
     /// Adds the .deb at `deb` (described by `info`) to the pool and the signed index.
     /// Publishing the same file again is a no-op; a different file under the same name is refused.
+    /// The file is streamed (hashed, then copied), never read whole into memory.
     #[tracing::instrument(skip_all, fields(package = %info.filename), err)]
     pub fn publish(&self, deb: &Path, info: &PackageInfo) -> Result<PublishRecord> {
-        let bytes = fs::read(deb).io_context("reading package", deb)?;
-        check_matches(&bytes, info)?;
+        let digests = FileDigests::of(deb)?;
+        check_matches(&digests, info)?;
         let pool_path = pool_path(info);
         let _guard = self.lock()?;
-        self.copy_into_pool(&pool_path, &bytes, info)?;
+        self.copy_into_pool(&pool_path, deb, info)?;
         let mut catalogue = Catalogue::load(&self.root)?;
         let same_file = catalogue
             .find(&info.filename)
@@ -112,10 +113,9 @@ impl AptRepository {
                 })
             }
             None => {
-                let md5 = md5_hex(&bytes);
                 catalogue.packages.push(CatalogueEntry {
                     info: info.clone(),
-                    md5,
+                    md5: digests.md5,
                     pool_path: pool_path.clone(),
                 });
                 // Index first, catalogue second: a package in the catalogue is always in the
@@ -149,20 +149,43 @@ impl AptRepository {
         Dists::new(&self.root).publish(&indexes, &release, &in_release, &release_gpg)
     }
 
-    fn copy_into_pool(&self, pool_path: &str, bytes: &[u8], info: &PackageInfo) -> Result<()> {
+    /// Copies `deb` into the pool unless the pool holds it already; the copy is checked
+    /// against `info` as it is written, so a file changed since it was checked is not kept.
+    fn copy_into_pool(&self, pool_path: &str, deb: &Path, info: &PackageInfo) -> Result<()> {
         let path = self.root.join(pool_path);
-        match fs::read(&path) {
-            Ok(existing) if existing == bytes => Ok(()),
-            Ok(_) => Err(Error::PoolConflict {
-                filename: info.filename.clone(),
-            }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let dir = path.parent().expect("pool paths have a directory");
-                fs::create_dir_all(dir).io_context("creating pool directory", dir)?;
-                write_atomically(&path, bytes)
+        let conflict = || Error::PoolConflict {
+            filename: info.filename.clone(),
+        };
+        match FileDigests::of(&path) {
+            Ok(existing) if existing.sha256 == info.sha256 && existing.size == info.size => {
+                return Ok(())
             }
-            Err(error) => Err(error).io_context("reading pool file", path),
+            Ok(_) => return Err(conflict()),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
         }
+        let dir = path.parent().expect("pool paths have a directory");
+        fs::create_dir_all(dir).io_context("creating pool directory", dir)?;
+        let mut temporary =
+            tempfile::NamedTempFile::new_in(dir).io_context("creating pool file in", dir)?;
+        let mut source = File::open(deb).io_context("reading package", deb)?;
+        let copied = FileDigests::copy(&mut source, temporary.as_file_mut())
+            .io_context("copying package into", &path)?;
+        if copied.sha256 != info.sha256 || copied.size != info.size {
+            return Err(Error::PackageMismatch {
+                filename: info.filename.clone(),
+                reason: "the file changed while it was being published".into(),
+            });
+        }
+        temporary
+            .as_file()
+            .sync_all()
+            .io_context("syncing", &path)?;
+        temporary
+            .persist(&path)
+            .map_err(|e| e.error)
+            .io_context("replacing", &path)?;
+        Ok(())
     }
 
     /// Serializes publishers: the mutex within this process, `flock` across processes.
@@ -178,8 +201,47 @@ impl AptRepository {
     }
 }
 
+/// The size and hashes of a file, computed in one streaming pass.
+struct FileDigests {
+    size: u64,
+    sha256: String,
+    md5: String,
+}
+
+impl FileDigests {
+    fn of(path: &Path) -> Result<FileDigests> {
+        let mut file = File::open(path).io_context("reading package", path)?;
+        FileDigests::copy(&mut file, &mut std::io::sink()).io_context("reading package", path)
+    }
+
+    /// Copies `from` into `to`, hashing what passes.
+    fn copy(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<FileDigests> {
+        let mut sha256 = Sha256::new();
+        let mut md5 = <md5::Md5 as md5::Digest>::new();
+        let mut size = 0u64;
+        let mut buffer = vec![0u8; 256 * 1024];
+        loop {
+            let read = match from.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            sha256.update(&buffer[..read]);
+            md5::Digest::update(&mut md5, &buffer[..read]);
+            to.write_all(&buffer[..read])?;
+            size += read as u64;
+        }
+        Ok(FileDigests {
+            size,
+            sha256: hex::encode(sha256.finalize()),
+            md5: hex::encode(md5::Digest::finalize(md5)),
+        })
+    }
+}
+
 /// The file must be what `info` says: its name, size and SHA-256 go into the signed index.
-fn check_matches(bytes: &[u8], info: &PackageInfo) -> Result<()> {
+fn check_matches(file: &FileDigests, info: &PackageInfo) -> Result<()> {
     validate_identity(&info.name, &info.version, &info.architecture)?;
     let mismatch = |reason: String| {
         Err(Error::PackageMismatch {
@@ -191,8 +253,8 @@ fn check_matches(bytes: &[u8], info: &PackageInfo) -> Result<()> {
     if info.filename != expected_name {
         return mismatch(format!("file name should be `{expected_name}`"));
     }
-    if bytes.len() as u64 != info.size {
-        return mismatch(format!("size is {} bytes, not {}", bytes.len(), info.size));
+    if file.size != info.size {
+        return mismatch(format!("size is {} bytes, not {}", file.size, info.size));
     }
     // The control paragraph goes into the index verbatim: it must be one paragraph, this package's.
     let control = &info.control;
@@ -208,9 +270,8 @@ fn check_matches(bytes: &[u8], info: &PackageInfo) -> Result<()> {
     if !own_paragraph {
         return mismatch("control is not this package's single control paragraph".into());
     }
-    let sha256 = hex::encode(Sha256::digest(bytes));
-    if sha256 != info.sha256 {
-        return mismatch(format!("sha256 is {sha256}, not {}", info.sha256));
+    if file.sha256 != info.sha256 {
+        return mismatch(format!("sha256 is {}, not {}", file.sha256, info.sha256));
     }
     Ok(())
 }

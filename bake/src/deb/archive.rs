@@ -1,16 +1,19 @@
 //! The byte-level containers of a .deb: an `ar` archive holding gzip-compressed tarballs.
 //!
 //! Everything here is deterministic: fixed timestamps, sorted entries, no gzip name or time.
+//! `data.tar.gz` and the `ar` archive are streamed to files, so a package's size never sits
+//! in memory; only the small `control.tar.gz` is built in memory.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::io::{self, Read, Write};
 
 use flate2::{Compression, GzBuilder};
+use md5::{Digest as _, Md5};
+use sha2::Sha256;
 use tar::{EntryType, Header};
 
-use super::validate::WorkspaceRoot;
-use super::{control, DataFile, PackageDefinition};
-use crate::error::Result;
+use super::{DataContents, DataFile, PackageDefinition};
+use crate::error::{Error, IoContext, Result};
 
 /// Gzip with no file name and a zero timestamp (`gzip -n`); packages use `Compression::best()`.
 pub(crate) fn gzip(bytes: &[u8], level: Compression) -> Vec<u8> {
@@ -38,84 +41,32 @@ pub(crate) fn directories(files: &BTreeMap<String, DataFile>) -> BTreeSet<String
 /// `control.tar.gz`: control, md5sums, conffiles and maintainer scripts, sorted by name.
 pub(crate) fn control_tar(
     definition: &PackageDefinition,
-    root: &WorkspaceRoot,
     control_paragraph: &str,
-    files: &BTreeMap<String, DataFile>,
-) -> Result<Vec<u8>> {
+    md5sums: &str,
+    scripts: Vec<(&'static str, Vec<u8>)>,
+) -> Vec<u8> {
     let mut members: BTreeMap<&str, (Vec<u8>, u32)> = BTreeMap::new();
     members.insert("control", (control_paragraph.as_bytes().to_vec(), 0o644));
-    members.insert(
-        "md5sums",
-        (control::md5sums(definition, files).into_bytes(), 0o644),
-    );
+    members.insert("md5sums", (md5sums.as_bytes().to_vec(), 0o644));
     if !definition.conffiles.is_empty() {
         members.insert(
             "conffiles",
-            (control::conffiles(definition).into_bytes(), 0o644),
+            (super::control::conffiles(definition).into_bytes(), 0o644),
         );
     }
-    let scripts = &definition.maintainer_scripts;
-    for (name, source) in [
-        ("preinst", &scripts.preinst),
-        ("postinst", &scripts.postinst),
-        ("prerm", &scripts.prerm),
-        ("postrm", &scripts.postrm),
-    ] {
-        if let Some(source) = source {
-            let script = root.read(source, name)?;
-            if !script.starts_with(b"#!") {
-                return Err(crate::Error::invalid(
-                    name,
-                    "maintainer script must start with `#!`",
-                ));
-            }
-            members.insert(name, (script, 0o755));
-        }
+    for (name, script) in scripts {
+        members.insert(name, (script, 0o755));
     }
     let epoch = definition.source_date_epoch;
     let mut tar = tar::Builder::new(Vec::new());
-    append(&mut tar, "./", directory_header(epoch), &[]);
+    append_in_memory(&mut tar, "./", directory_header(epoch), &[]);
     for (name, (contents, mode)) in members {
-        append(
+        append_in_memory(
             &mut tar,
             &format!("./{name}"),
-            file_header(epoch, mode, "root", "root", contents.len()),
+            file_header(epoch, mode, "root", "root", contents.len() as u64),
             &contents,
         );
-    }
-    Ok(gzip(
-        &tar.into_inner().expect("finishing a tar in memory"),
-        Compression::best(),
-    ))
-}
-
-/// `data.tar.gz`: every directory (parents first), then files, in path order.
-pub(crate) fn data_tar(files: &BTreeMap<String, DataFile>, epoch: u64) -> Vec<u8> {
-    let directories = directories(files);
-    let mut entries: BTreeMap<&str, Option<&DataFile>> =
-        directories.iter().map(|d| (d.as_str(), None)).collect();
-    entries.extend(files.iter().map(|(path, file)| (path.as_str(), Some(file))));
-    let mut tar = tar::Builder::new(Vec::new());
-    append(&mut tar, "./", directory_header(epoch), &[]);
-    for (path, file) in entries {
-        match file {
-            None => append(
-                &mut tar,
-                &format!("./{path}/"),
-                directory_header(epoch),
-                &[],
-            ),
-            Some(file) => {
-                let header = file_header(
-                    epoch,
-                    file.mode,
-                    &file.owner,
-                    &file.group,
-                    file.contents.len(),
-                );
-                append(&mut tar, &format!("./{path}"), header, &file.contents);
-            }
-        }
     }
     gzip(
         &tar.into_inner().expect("finishing a tar in memory"),
@@ -123,28 +74,165 @@ pub(crate) fn data_tar(files: &BTreeMap<String, DataFile>, epoch: u64) -> Vec<u8
     )
 }
 
-/// The `ar` archive: `debian-binary`, `control.tar.gz`, `data.tar.gz`, in that order.
-pub(crate) fn ar_deb(control_tar_gz: &[u8], data_tar_gz: &[u8], epoch: u64) -> Vec<u8> {
-    let mut ar = b"!<arch>\n".to_vec();
-    for (name, contents) in [
-        ("debian-binary", &b"2.0\n"[..]),
-        ("control.tar.gz", control_tar_gz),
-        ("data.tar.gz", data_tar_gz),
-    ] {
+/// Streams `data.tar.gz` into `out`: every directory (parents first), then files, in path
+/// order; sources are read in pieces as they are written. Returns `out` and the lower-case
+/// hex MD5 of every regular file by path, as read while writing (for `md5sums`).
+pub(crate) fn write_data_tar<W: Write>(
+    files: &BTreeMap<String, DataFile>,
+    epoch: u64,
+    out: W,
+) -> Result<(W, BTreeMap<String, String>)> {
+    let failed = |source: io::Error| Error::Io {
+        context: "writing data.tar.gz",
+        path: "data.tar.gz".into(),
+        source,
+    };
+    let directories = directories(files);
+    let mut entries: BTreeMap<&str, Option<&DataFile>> =
+        directories.iter().map(|d| (d.as_str(), None)).collect();
+    entries.extend(files.iter().map(|(path, file)| (path.as_str(), Some(file))));
+    let encoder = GzBuilder::new().mtime(0).write(out, Compression::best());
+    let mut tar = tar::Builder::new(encoder);
+    let mut md5s = BTreeMap::new();
+    append(&mut tar, "./", directory_header(epoch), io::empty()).map_err(failed)?;
+    for (path, file) in entries {
+        let name = format!("./{path}");
+        let Some(file) = file else {
+            append(
+                &mut tar,
+                &format!("{name}/"),
+                directory_header(epoch),
+                io::empty(),
+            )
+            .map_err(failed)?;
+            continue;
+        };
+        let header = file_header(epoch, file.mode, &file.owner, &file.group, file.size);
+        let mut reader = match &file.contents {
+            DataContents::Generated(bytes) => Md5Reader::new(Box::new(&bytes[..])),
+            DataContents::Source(source) => {
+                let opened =
+                    std::fs::File::open(source).io_context("reading package source", source)?;
+                Md5Reader::new(Box::new(opened.take(file.size)))
+            }
+        };
+        append(&mut tar, &name, header, &mut reader).map_err(|e| match &file.contents {
+            DataContents::Source(source) => Error::Io {
+                context: "reading package source",
+                path: source.clone(),
+                source: e,
+            },
+            DataContents::Generated(_) => failed(e),
+        })?;
+        if reader.count != file.size {
+            return Err(Error::invalid(
+                format!("/{path}"),
+                "source file changed size while it was being packaged",
+            ));
+        }
+        md5s.insert(path.to_string(), hex::encode(reader.md5.finalize()));
+    }
+    let encoder = tar.into_inner().map_err(failed)?;
+    let out = encoder.finish().map_err(failed)?;
+    Ok((out, md5s))
+}
+
+/// Streams the `ar` archive into `out`: `debian-binary`, `control.tar.gz`, then `data_len`
+/// bytes of `data.tar.gz` read from `data`. Returns the archive's size and lower-case hex
+/// SHA-256, computed as it is written.
+pub(crate) fn write_ar_deb(
+    out: impl Write,
+    control_tar_gz: &[u8],
+    data: impl Read,
+    data_len: u64,
+    epoch: u64,
+) -> io::Result<(u64, String)> {
+    let mut out = HashingWriter::new(out);
+    out.write_all(b"!<arch>\n")?;
+    let members: [(&str, u64, Box<dyn Read + '_>); 3] = [
+        ("debian-binary", 4, Box::new(&b"2.0\n"[..])),
+        (
+            "control.tar.gz",
+            control_tar_gz.len() as u64,
+            Box::new(control_tar_gz),
+        ),
+        ("data.tar.gz", data_len, Box::new(data.take(data_len))),
+    ];
+    for (name, size, mut contents) in members {
         let header = format!(
             "{name:<16}{epoch:<12}{:<6}{:<6}{:<8o}{:<10}`\n",
-            0,
-            0,
-            0o100644,
-            contents.len()
+            0, 0, 0o100644, size
         );
-        ar.extend_from_slice(header.as_bytes());
-        ar.extend_from_slice(contents);
-        if contents.len() % 2 == 1 {
-            ar.push(b'\n');
+        out.write_all(header.as_bytes())?;
+        let copied = io::copy(&mut contents, &mut out)?;
+        if copied != size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{name} ended after {copied} of {size} bytes"),
+            ));
+        }
+        if size % 2 == 1 {
+            out.write_all(b"\n")?;
         }
     }
-    ar
+    out.flush()?;
+    Ok((out.count, hex::encode(sha2::Digest::finalize(out.sha256))))
+}
+
+/// Counts and hashes (MD5) what passes through, for `md5sums`.
+struct Md5Reader<'a> {
+    inner: Box<dyn Read + 'a>,
+    md5: Md5,
+    count: u64,
+}
+
+impl<'a> Md5Reader<'a> {
+    fn new(inner: Box<dyn Read + 'a>) -> Md5Reader<'a> {
+        Md5Reader {
+            inner,
+            md5: Md5::new(),
+            count: 0,
+        }
+    }
+}
+
+impl Read for Md5Reader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.md5.update(&buf[..read]);
+        self.count += read as u64;
+        Ok(read)
+    }
+}
+
+/// Counts and hashes (SHA-256) what is written through it.
+struct HashingWriter<W> {
+    inner: W,
+    sha256: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> HashingWriter<W> {
+        HashingWriter {
+            inner,
+            sha256: <Sha256 as sha2::Digest>::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.sha256, &buf[..written]);
+        self.count += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn directory_header(epoch: u64) -> Header {
@@ -154,10 +242,10 @@ fn directory_header(epoch: u64) -> Header {
     header
 }
 
-fn file_header(epoch: u64, mode: u32, owner: &str, group: &str, size: usize) -> Header {
+fn file_header(epoch: u64, mode: u32, owner: &str, group: &str, size: u64) -> Header {
     let mut header = base_header(epoch, mode, owner, group);
     header.set_entry_type(EntryType::Regular);
-    header.set_size(size as u64);
+    header.set_size(size);
     header
 }
 
@@ -200,9 +288,18 @@ fn well_known_id(name: &str, table: &[(&str, u64)]) -> u64 {
         .map_or(0, |(_, id)| *id)
 }
 
+fn append_in_memory(tar: &mut tar::Builder<Vec<u8>>, path: &str, header: Header, contents: &[u8]) {
+    append(tar, path, header, contents).expect("writing a tar in memory");
+}
+
 /// Appends an entry whose name keeps dpkg's `./` prefix, with a GNU long-name record when
 /// the path does not fit the 100-byte name field.
-fn append(tar: &mut tar::Builder<Vec<u8>>, path: &str, mut header: Header, contents: &[u8]) {
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    mut header: Header,
+    contents: impl Read,
+) -> io::Result<()> {
     let name = path.as_bytes();
     if name.len() > 100 {
         let mut long = Header::new_gnu();
@@ -214,12 +311,10 @@ fn append(tar: &mut tar::Builder<Vec<u8>>, path: &str, mut header: Header, conte
         long.set_cksum();
         let mut data = name.to_vec();
         data.push(0);
-        tar.append(&long, &data[..])
-            .expect("writing a tar in memory");
+        tar.append(&long, &data[..])?;
     }
     let shown = name.len().min(100);
     header.as_old_mut().name[..shown].copy_from_slice(&name[..shown]);
     header.set_cksum();
     tar.append(&header, contents)
-        .expect("writing a tar in memory");
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{archive, md5_hex, DataFile, PackageDefinition};
+use super::{archive, DataFile, PackageDefinition};
 
 /// The `control` file: fields in the order dpkg writes them.
 pub(crate) fn control_paragraph(
@@ -33,20 +33,17 @@ pub(crate) fn control_paragraph(
     text
 }
 
-/// `md5sums` of every regular file except conffiles (dpkg tracks those separately).
-pub(crate) fn md5sums(
-    definition: &PackageDefinition,
-    files: &BTreeMap<String, DataFile>,
-) -> String {
-    files
-        .iter()
+/// `md5sums` of every regular file except conffiles (dpkg tracks those separately), from
+/// the MD5 of each file by path.
+pub(crate) fn md5sums(definition: &PackageDefinition, md5s: &BTreeMap<String, String>) -> String {
+    md5s.iter()
         .filter(|(path, _)| {
             !definition
                 .conffiles
                 .iter()
                 .any(|c| c.trim_start_matches('/') == path.as_str())
         })
-        .map(|(path, file)| format!("{}  {path}\n", md5_hex(&file.contents)))
+        .map(|(path, md5)| format!("{md5}  {path}\n"))
         .collect()
 }
 
@@ -94,9 +91,6 @@ pub(crate) fn default_docs(definition: &PackageDefinition) -> Vec<(String, Vec<u
 
 /// dpkg-gencontrol's rule: each file rounded up to a KiB, plus one KiB per directory.
 fn installed_size_kib(files: &BTreeMap<String, DataFile>) -> u64 {
-    let file_kib: u64 = files
-        .values()
-        .map(|f| (f.contents.len() as u64).div_ceil(1024))
-        .sum();
+    let file_kib: u64 = files.values().map(|f| f.size.div_ceil(1024)).sum();
     file_kib + archive::directories(files).len() as u64
 }

@@ -3,16 +3,20 @@
 //! The same definition, workspace contents and `source_date_epoch` give a byte-identical .deb:
 //! every timestamp is `source_date_epoch`, entries are sorted, owners default to root/root and
 //! gzip carries no name or time.
+//!
+//! Memory stays flat whatever the package's size: sources are streamed into a compressed
+//! `data.tar.gz` in a temporary file, then into the .deb on disk, hashed as it is written.
 
 mod archive;
 mod control;
 mod validate;
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -98,57 +102,127 @@ pub struct PackageInfo {
     pub control: String,
 }
 
-/// A built .deb, in memory.
+/// A built .deb, on disk.
 #[derive(Debug, Clone)]
 pub struct DebPackage {
-    pub bytes: Vec<u8>,
+    /// `<out_dir>/<filename>`.
+    pub path: PathBuf,
     pub info: PackageInfo,
 }
 
-impl DebPackage {
-    /// Writes the .deb as `<dir>/<filename>` and returns that path.
-    pub fn write_to(&self, dir: &Path) -> Result<PathBuf> {
-        let path = dir.join(&self.info.filename);
-        std::fs::write(&path, &self.bytes).io_context("writing package", &path)?;
-        Ok(path)
-    }
-}
+/// The largest maintainer script accepted: they are read whole into `control.tar.gz`.
+pub const MAINTAINER_SCRIPT_LIMIT: u64 = 1024 * 1024;
 
 /// One regular file of `data.tar`, keyed by its path without the leading `/`.
 pub(crate) struct DataFile {
-    pub contents: Vec<u8>,
+    pub contents: DataContents,
+    pub size: u64,
     pub mode: u32,
     pub owner: String,
     pub group: String,
 }
 
-/// Builds the .deb for `definition`, reading sources under `workspace_root`.
+/// Where a data file's bytes come from: generated here, or a workspace file read while writing.
+pub(crate) enum DataContents {
+    Generated(Vec<u8>),
+    /// A canonical path inside the workspace root.
+    Source(PathBuf),
+}
+
+/// Builds the .deb for `definition`, reading sources under `workspace_root`, and writes it as
+/// `<out_dir>/<filename>` (replacing any file of that name). Temporary files go to `out_dir`
+/// too, and nothing is left there when the build fails.
 #[tracing::instrument(skip_all, fields(package = %definition.name, version = %definition.version), err(level = tracing::Level::WARN))]
-pub fn build(definition: &PackageDefinition, workspace_root: &Path) -> Result<DebPackage> {
+pub fn build(
+    definition: &PackageDefinition,
+    workspace_root: &Path,
+    out_dir: &Path,
+) -> Result<DebPackage> {
     validate::control_fields(definition)?;
     let root = validate::WorkspaceRoot::new(workspace_root)?;
     let files = collect_data_files(definition, &root)?;
     validate::no_file_is_a_directory(&files)?;
     validate::conffiles(definition, &files)?;
+    let scripts = maintainer_scripts(definition, &root)?;
     let control = control::control_paragraph(definition, &files);
-    let control_tar = archive::control_tar(definition, &root, &control, &files)?;
-    let data_tar = archive::data_tar(&files, definition.source_date_epoch);
-    let bytes = archive::ar_deb(&control_tar, &data_tar, definition.source_date_epoch);
+    let epoch = definition.source_date_epoch;
+
+    let (data, data_len, md5s) = write_data_tar(&files, epoch, out_dir)?;
+    let control_tar = archive::control_tar(
+        definition,
+        &control,
+        &control::md5sums(definition, &md5s),
+        scripts,
+    );
+    let filename = deb_filename(
+        &definition.name,
+        &definition.version,
+        &definition.architecture,
+    );
+    let path = out_dir.join(&filename);
+    let (size, sha256) = write_deb(&path, &control_tar, data, data_len, epoch)?;
     let info = PackageInfo {
         name: definition.name.clone(),
         version: definition.version.clone(),
         architecture: definition.architecture.clone(),
-        size: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(&bytes)),
-        filename: deb_filename(
-            &definition.name,
-            &definition.version,
-            &definition.architecture,
-        ),
+        size,
+        sha256,
+        filename,
         control,
     };
     tracing::debug!(size = info.size, sha256 = %info.sha256, "built package");
-    Ok(DebPackage { bytes, info })
+    Ok(DebPackage { path, info })
+}
+
+/// `data.tar.gz` in an anonymous temporary file in `out_dir`, rewound; its length and the MD5
+/// of each file by path.
+fn write_data_tar(
+    files: &BTreeMap<String, DataFile>,
+    epoch: u64,
+    out_dir: &Path,
+) -> Result<(File, u64, BTreeMap<String, String>)> {
+    let data =
+        tempfile::tempfile_in(out_dir).io_context("creating a temporary file in", out_dir)?;
+    let (data, md5s) = archive::write_data_tar(files, epoch, BufWriter::new(data))?;
+    let mut data = data
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .io_context("writing data.tar.gz in", out_dir)?;
+    let len = data
+        .stream_position()
+        .and_then(|len| data.rewind().map(|()| len))
+        .io_context("reading data.tar.gz in", out_dir)?;
+    Ok((data, len, md5s))
+}
+
+/// Writes the .deb to a temporary file beside `path`, then renames it to `path`, so `path` is
+/// whole or absent; returns its size and SHA-256.
+fn write_deb(
+    path: &Path,
+    control_tar: &[u8],
+    data: File,
+    data_len: u64,
+    epoch: u64,
+) -> Result<(u64, String)> {
+    let dir = path.parent().expect("a package path has a directory");
+    let mut output =
+        tempfile::NamedTempFile::new_in(dir).io_context("creating a temporary file in", dir)?;
+    let mut writer = BufWriter::new(output.as_file_mut());
+    let (size, sha256) = archive::write_ar_deb(
+        &mut writer,
+        control_tar,
+        BufReader::new(data),
+        data_len,
+        epoch,
+    )
+    .and_then(|written| writer.flush().map(|()| written))
+    .io_context("writing package", path)?;
+    drop(writer);
+    output
+        .persist(path)
+        .map_err(|e| e.error)
+        .io_context("writing package", path)?;
+    Ok((size, sha256))
 }
 
 /// Lower-case hex MD5, which `md5sums` and apt indexes still carry next to SHA-256.
@@ -170,8 +244,10 @@ fn collect_data_files(
     for file in &definition.files {
         validate::owner_name(&file.owner, &file.dest)?;
         validate::owner_name(&file.group, &file.dest)?;
+        let (source, size) = root.resolve(&file.source, &file.dest)?;
         let data = DataFile {
-            contents: root.read(&file.source, &file.dest)?,
+            contents: DataContents::Source(source),
+            size,
             mode: file.mode,
             owner: file.owner.clone(),
             group: file.group.clone(),
@@ -180,21 +256,56 @@ fn collect_data_files(
     }
     if let Some(unit) = &definition.systemd_unit {
         let dest = format!("/lib/systemd/system/{}.service", definition.name);
-        insert_file(&mut files, &dest, root_file(root.read(unit, &dest)?, 0o644))?;
+        let (source, size) = root.resolve(unit, &dest)?;
+        let data = DataFile {
+            contents: DataContents::Source(source),
+            size,
+            mode: 0o644,
+            owner: "root".into(),
+            group: "root".into(),
+        };
+        insert_file(&mut files, &dest, data)?;
     }
     for extra in &definition.extra_files {
         insert_file(
             &mut files,
             &extra.dest,
-            root_file(extra.contents.clone(), extra.mode),
+            generated_file(extra.contents.clone(), extra.mode),
         )?;
     }
     for (dest, contents) in control::default_docs(definition) {
         if !files.contains_key(dest.trim_start_matches('/')) {
-            insert_file(&mut files, &dest, root_file(contents, 0o644))?;
+            insert_file(&mut files, &dest, generated_file(contents, 0o644))?;
         }
     }
     Ok(files)
+}
+
+/// The maintainer scripts, read and checked before the long data pass so a bad one fails fast.
+fn maintainer_scripts(
+    definition: &PackageDefinition,
+    root: &validate::WorkspaceRoot,
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let scripts = &definition.maintainer_scripts;
+    let mut read = Vec::new();
+    for (name, source) in [
+        ("preinst", &scripts.preinst),
+        ("postinst", &scripts.postinst),
+        ("prerm", &scripts.prerm),
+        ("postrm", &scripts.postrm),
+    ] {
+        if let Some(source) = source {
+            let script = root.read_small(source, name, MAINTAINER_SCRIPT_LIMIT)?;
+            if !script.starts_with(b"#!") {
+                return Err(Error::invalid(
+                    name,
+                    "maintainer script must start with `#!`",
+                ));
+            }
+            read.push((name, script));
+        }
+    }
+    Ok(read)
 }
 
 fn insert_file(files: &mut BTreeMap<String, DataFile>, dest: &str, file: DataFile) -> Result<()> {
@@ -205,9 +316,10 @@ fn insert_file(files: &mut BTreeMap<String, DataFile>, dest: &str, file: DataFil
     Ok(())
 }
 
-fn root_file(contents: Vec<u8>, mode: u32) -> DataFile {
+fn generated_file(contents: Vec<u8>, mode: u32) -> DataFile {
     DataFile {
-        contents,
+        size: contents.len() as u64,
+        contents: DataContents::Generated(contents),
         mode,
         owner: "root".into(),
         group: "root".into(),

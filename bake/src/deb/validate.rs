@@ -1,6 +1,7 @@
 //! Checks a package definition against Debian policy and the workspace boundary before building.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use super::{DataFile, PackageDefinition};
@@ -210,8 +211,9 @@ impl WorkspaceRoot {
         Ok(WorkspaceRoot { canonical })
     }
 
-    /// Reads `source` (relative to the root), naming `entry` in any error.
-    pub(crate) fn read(&self, source: &Path, entry: &str) -> Result<Vec<u8>> {
+    /// The canonical path and size of the regular file `source` (relative to the root),
+    /// naming `entry` in any error.
+    pub(crate) fn resolve(&self, source: &Path, entry: &str) -> Result<(PathBuf, u64)> {
         let escapes = || Error::PathEscapesRoot {
             entry: entry.to_string(),
             path: source.to_path_buf(),
@@ -229,12 +231,34 @@ impl WorkspaceRoot {
         if !resolved.starts_with(&self.canonical) {
             return Err(escapes());
         }
-        if !resolved.is_file() {
+        let metadata = resolved
+            .metadata()
+            .io_context("reading package source", &resolved)?;
+        if !metadata.is_file() {
             return Err(Error::invalid(
                 entry,
                 format!("source `{}` is not a regular file", source.display()),
             ));
         }
-        std::fs::read(&resolved).io_context("reading package source", &resolved)
+        Ok((resolved, metadata.len()))
+    }
+
+    /// Reads the small file `source` (a maintainer script) whole, refusing one over `limit` bytes.
+    pub(crate) fn read_small(&self, source: &Path, entry: &str, limit: u64) -> Result<Vec<u8>> {
+        let (resolved, size) = self.resolve(source, entry)?;
+        if size > limit {
+            return Err(Error::invalid(
+                entry,
+                format!(
+                    "source `{}` is {size} bytes; at most {limit} are allowed",
+                    source.display()
+                ),
+            ));
+        }
+        let mut contents = Vec::new();
+        std::fs::File::open(&resolved)
+            .and_then(|file| file.take(limit).read_to_end(&mut contents))
+            .io_context("reading package source", &resolved)?;
+        Ok(contents)
     }
 }

@@ -18,6 +18,9 @@ use super::BakeObserver;
 
 /// How long Packer gets after SIGTERM to stop its container or instance before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(30);
+/// Error lines kept per kind for the failure reason: the first ones say why; the observer
+/// sees every line, so memory does not grow with a chatty failing bake.
+const KEPT_ERRORS: usize = 50;
 
 /// How one Packer run ended, with what it reported.
 #[derive(Debug)]
@@ -159,6 +162,13 @@ where
     }
 }
 
+/// Appends `item` unless `KEPT_ERRORS` are kept already.
+fn keep(kept: &mut Vec<String>, item: String) {
+    if kept.len() < KEPT_ERRORS {
+        kept.push(item);
+    }
+}
+
 #[derive(Default)]
 struct Collected {
     artifact_ids: Vec<String>,
@@ -175,11 +185,11 @@ impl Collected {
                     observer.line(text_line);
                 }
                 if error {
-                    self.ui_errors.push(text.trim().to_string());
+                    keep(&mut self.ui_errors, text.trim().to_string());
                 }
             }
-            PackerEvent::ArtifactId { id, .. } => self.artifact_ids.push(id),
-            PackerEvent::BuildError { message } => self.build_errors.push(message),
+            PackerEvent::ArtifactId { id, .. } => keep(&mut self.artifact_ids, id),
+            PackerEvent::BuildError { message } => keep(&mut self.build_errors, message),
             PackerEvent::Plain(text) => observer.line(&text),
             PackerEvent::Other => {}
         }
@@ -187,7 +197,7 @@ impl Collected {
 
     fn stderr_line(&mut self, line: String, observer: &mut (dyn BakeObserver + Send)) {
         observer.line(&line);
-        self.stderr.push(line);
+        keep(&mut self.stderr, line);
     }
 
     fn into_run(self, ending: Ending) -> PackerRun {

@@ -88,9 +88,10 @@ impl Fixture {
         definition
             .depends
             .extend(depends.iter().map(|name| name.to_string()));
-        let package = deb::build(&definition, &workspace).unwrap();
-        let path = package.write_to(&workspace).unwrap();
-        self.repository.publish(&path, &package.info).unwrap();
+        let package = deb::build(&definition, &workspace, &workspace).unwrap();
+        self.repository
+            .publish(&package.path, &package.info)
+            .unwrap();
         package.info
     }
 
