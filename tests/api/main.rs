@@ -11,4 +11,5 @@ mod health;
 mod pipeline_cli;
 mod releases;
 mod server_process;
+mod tokens;
 mod webhooks;
