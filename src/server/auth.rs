@@ -5,7 +5,7 @@ use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Json, RequestExt};
 use serde_json::json;
 
 use super::{ApiError, AppState};
@@ -63,8 +63,11 @@ pub async fn require_token(
         Err(e) => return ApiError::from(e).into_response(),
     };
     // A path that matched no route has nothing to protect: the fallback answers 404.
-    if let Some(route) = request.extensions().get::<MatchedPath>() {
-        let route = route.as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|route| route.as_str().to_owned());
+    if let Some(route) = route {
         let environment = match request.extract_parts::<RawPathParams>().await {
             Ok(params) => params
                 .iter()

@@ -227,7 +227,7 @@ async fn start(
             error: message,
             internal,
         } => {
-            let status = match internal {
+            let status = match *internal {
                 true => StatusCode::INTERNAL_SERVER_ERROR,
                 false => StatusCode::CONFLICT,
             };

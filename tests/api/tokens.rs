@@ -116,6 +116,14 @@ async fn seed_build_and_release(app: &TestApp, project: &str) {
         )
         .await
         .unwrap();
+    // The numbers are taken, as if the server had given them.
+    client
+        .execute(
+            "INSERT INTO counters (project, kind, last) VALUES ($1, 'build', 1), ($1, 'release', 1)",
+            &[&project],
+        )
+        .await
+        .unwrap();
     client
         .execute(
             "INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image)
@@ -596,32 +604,40 @@ async fn a_store_failure_in_a_deployment_answers_500_without_the_database_error(
     app.stop().await;
 }
 
+/// Runs the `slipway` binary against `app` (the test's runtime keeps serving meanwhile);
+/// whether it succeeded, its stdout and its stderr.
+async fn slipway(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    // The token goes in the environment, not the arguments `ps` shows.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(args)
+        .args(["--server", &app.address])
+        .env("SLIPWAY_TOKEN", &app.token)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    (output.status.success(), stdout, stderr)
+}
+
 #[tokio::test]
 async fn the_token_and_audit_commands_make_list_revoke_and_show() {
     let project = Project::new();
     let app = TestApp::spawn(&project.config()).await;
-    let slipway = |args: &[&str]| {
-        // The token goes in the environment, not the arguments `ps` shows.
-        let output = Command::new(env!("CARGO_BIN_EXE_slipway"))
-            .args(args)
-            .args(["--server", &app.address])
-            .env("SLIPWAY_TOKEN", &app.token)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-        (output.status.success(), stdout, stderr)
-    };
-    let (ok, token, stderr) = slipway(&[
-        "token",
-        "create",
-        "--name",
-        "deployer",
-        "--scope",
-        "read",
-        "--scope",
-        "deploy:dev",
-    ]);
+    let (ok, token, stderr) = slipway(
+        &app,
+        &[
+            "token",
+            "create",
+            "--name",
+            "deployer",
+            "--scope",
+            "read",
+            "--scope",
+            "deploy:dev",
+        ],
+    )
+    .await;
     assert!(ok, "{stderr}");
     let token = token.trim();
     assert!(token.starts_with("slw_") && token.len() == 68, "{token}");
@@ -629,19 +645,23 @@ async fn the_token_and_audit_commands_make_list_revoke_and_show() {
     let (status, _) = call(&app, Method::GET, "/projects", token, None).await;
     assert_eq!(status, 200);
 
-    let (ok, _, stderr) = slipway(&["token", "create", "--name", "x"]);
+    let (ok, _, stderr) = slipway(&app, &["token", "create", "--name", "x"]).await;
     assert!(
         !ok && stderr.contains("--scope"),
         "a scope is required: {stderr}"
     );
-    let (ok, _, stderr) = slipway(&["token", "create", "--name", "x", "--scope", "deploy:qa"]);
+    let (ok, _, stderr) = slipway(
+        &app,
+        &["token", "create", "--name", "x", "--scope", "deploy:qa"],
+    )
+    .await;
     assert!(!ok, "unknown environment");
     assert!(
         stderr.contains("400") && stderr.contains("environments: dev, prod"),
         "{stderr}"
     );
 
-    let (ok, list, stderr) = slipway(&["token", "list"]);
+    let (ok, list, stderr) = slipway(&app, &["token", "list"]).await;
     assert!(ok, "{stderr}");
     let line = list
         .lines()
@@ -650,13 +670,13 @@ async fn the_token_and_audit_commands_make_list_revoke_and_show() {
     assert!(line.contains("read,deploy:dev"), "{list}");
     assert!(!list.contains(token), "{list}");
 
-    let (ok, out, stderr) = slipway(&["token", "revoke", "2"]);
+    let (ok, out, stderr) = slipway(&app, &["token", "revoke", "2"]).await;
     assert!(ok, "{stderr}");
     assert!(out.contains("token 2 (deployer) revoked at"), "{out}");
     let (status, _) = call(&app, Method::GET, "/projects", token, None).await;
     assert_eq!(status, 401);
 
-    let (ok, out, stderr) = slipway(&["audit"]);
+    let (ok, out, stderr) = slipway(&app, &["audit"]).await;
     assert!(ok, "{stderr}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
