@@ -66,9 +66,17 @@ pub enum Command {
     /// Work with a .slipway.yml pipeline locally.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
-    /// Manage API tokens.
+    /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Show who asked for deployments, cancels, rebuilds, rebakes and token changes (admin).
+    Audit {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// How many events, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -131,8 +139,24 @@ pub enum TokenCommand {
     Create {
         #[command(flatten)]
         client: ClientArgs,
-        /// What the token is for.
+        /// What the token is for (1 to 100 printable characters).
         #[arg(long)]
         name: String,
+        /// What it may do: read, build, deploy:<environment>, deploy (every environment) or
+        /// admin; may be repeated. Every scope includes read.
+        #[arg(long = "scope", value_name = "SCOPE", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List the tokens: id, name, scopes, when made and last used, revoked.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token: requests with it are refused from then on.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The token's id, as `slipway token list` shows it.
+        id: i64,
     },
 }

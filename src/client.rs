@@ -40,6 +40,11 @@ impl ApiClient {
         self.send(request).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let request = self.http.delete(self.url(path));
+        self.send(request).await
+    }
+
     /// Posts `body` and returns the response when the server accepted it (to read a stream
     /// of events from), or the server's error message.
     pub async fn post_stream(&self, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {

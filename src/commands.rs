@@ -14,12 +14,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Server(args) => server(args).await,
         Command::Pipeline(command) => crate::runner::local::run(command).await,
-        Command::Token(TokenCommand::Create { client, name }) => {
-            let client = ApiClient::new(&client)?;
-            let created: Value = client.post("/tokens", &json!({ "name": name })).await?;
-            println!("{}", created["token"].as_str().unwrap_or_default());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Token(command) => token(command).await,
+        Command::Audit { client, limit } => audit(client, limit).await,
         Command::Promote {
             client,
             env,
@@ -50,6 +46,110 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the server")?;
     app.run_until(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create {
+            client,
+            name,
+            scopes,
+        } => {
+            let client = ApiClient::new(&client)?;
+            let body = json!({ "name": name, "scopes": scopes });
+            let created: Value = client.post("/tokens", &body).await?;
+            // The token alone on stdout, for scripts; what it is on stderr.
+            eprintln!(
+                "token {} ({}) with scopes {}; it is shown this once",
+                created["id"],
+                text(&created["name"]),
+                list(&created["scopes"])
+            );
+            println!("{}", text(&created["token"]));
+        }
+        TokenCommand::List { client } => {
+            let client = ApiClient::new(&client)?;
+            let tokens: Vec<Value> = client.get("/tokens").await?;
+            println!(
+                "{:>4}  {:<24} {:<32} {:<19} {:<19} REVOKED",
+                "ID", "NAME", "SCOPES", "CREATED", "LAST USED"
+            );
+            for token in &tokens {
+                println!(
+                    "{:>4}  {:<24} {:<32} {:<19} {:<19} {}",
+                    token["id"],
+                    text(&token["name"]),
+                    list(&token["scopes"]),
+                    time(&token["created_at"]),
+                    time(&token["last_used_at"]),
+                    time(&token["revoked_at"]),
+                );
+            }
+        }
+        TokenCommand::Revoke { client, id } => {
+            let client = ApiClient::new(&client)?;
+            let revoked: Value = client.delete(&format!("/tokens/{id}")).await?;
+            println!(
+                "token {id} ({}) revoked at {}",
+                text(&revoked["name"]),
+                time(&revoked["revoked_at"])
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(args: ClientArgs, limit: u32) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(&args)?;
+    let mut path = format!("/audit?limit={limit}");
+    if let Some(project) = &args.project {
+        path.push_str(&format!("&project={project}"));
+    }
+    let events: Vec<Value> = client.get(&path).await?;
+    println!(
+        "{:<19} {:<24} {:<13} {:<12} {:<8} {:<16} DEPLOYMENT",
+        "AT", "TOKEN", "ACTION", "PROJECT", "ENV", "SUBJECT"
+    );
+    for event in &events {
+        let token = format!(
+            "{} ({})",
+            text(&event["token"]["name"]),
+            event["token"]["id"]
+        );
+        println!(
+            "{:<19} {:<24} {:<13} {:<12} {:<8} {:<16} {}",
+            time(&event["at"]),
+            token,
+            text(&event["action"]),
+            text(&event["project"]),
+            text(&event["environment"]),
+            text(&event["subject"]),
+            text(&event["deployment"]),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A JSON string as text, `-` when absent.
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or("-").to_string()
+}
+
+/// A list of JSON strings, comma-separated.
+fn list(value: &Value) -> String {
+    let items: Vec<&str> = value
+        .as_array()
+        .map(|items| items.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    items.join(",")
+}
+
+/// An RFC 3339 time as `2026-11-30 11:07:44`, `-` when absent.
+fn time(value: &Value) -> String {
+    match value.as_str() {
+        Some(at) => at.chars().take(19).collect::<String>().replace('T', " "),
+        None => "-".to_string(),
+    }
 }
 
 async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {

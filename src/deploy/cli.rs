@@ -77,7 +77,7 @@ fn show(event: &Progress) -> Option<ExitCode> {
             println!("  health: {healthy}/{instances} instances healthy");
             None
         }
-        Progress::Refused { error, .. } | Progress::Errored { error } => {
+        Progress::Refused { error, .. } | Progress::Errored { error, .. } => {
             eprintln!("error: {error}");
             Some(ExitCode::FAILURE)
         }
@@ -183,6 +183,7 @@ mod tests {
         assert_eq!(parse_frame(": keep-alive\n\n").map(|e| e.name()), None);
         let refused = Progress::Errored {
             error: "release v2 already has fleet dev-v2".to_owned(),
+            internal: false,
         };
         assert_eq!(show(&refused), Some(ExitCode::FAILURE));
     }

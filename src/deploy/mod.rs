@@ -223,9 +223,7 @@ impl DeployManager {
                 }
                 Err(error) => {
                     tracing::warn!(project = %environment.project, environment = %environment.config.name, %error, "deployment operation failed");
-                    Progress::Errored {
-                        error: error.to_string(),
-                    }
+                    Progress::errored(&environment.config.name, &error)
                 }
             };
             let _ = sender.send(last);

@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use slipway_deployer::{
-    Deployment, DeploymentState, HealthState, InstanceHealth, LockHolder, Observer,
+    DeployError, Deployment, DeploymentState, HealthState, InstanceHealth, LockHolder, Observer,
+    StoreError, TargetError,
 };
 use tokio::sync::mpsc;
 
@@ -41,9 +42,14 @@ pub enum Progress {
     Refused { error: String, holder: LockHolder },
     /// The operation ended with this deployment; its state says how.
     Finished { deployment: Box<Deployment> },
-    /// The operation stopped without a decision (a platform or store error, a release that
-    /// is already live).
-    Errored { error: String },
+    /// The operation stopped without a decision: a conflict in user terms (a release that is
+    /// already live, no warm fleet to switch back to), or a platform or store failure, named
+    /// by what was being done, whose cause stays in the server log (`internal`).
+    Errored {
+        error: String,
+        #[serde(skip)]
+        internal: bool,
+    },
 }
 
 impl Progress {
@@ -56,6 +62,43 @@ impl Progress {
             Progress::Refused { .. } => "refused",
             Progress::Finished { .. } => "finished",
             Progress::Errored { .. } => "errored",
+        }
+    }
+
+    /// The event that ends an operation on `environment` with `error`. Platform and store
+    /// causes (addresses, driver messages, error chains) are not the client's business.
+    pub fn errored(environment: &str, error: &DeployError) -> Progress {
+        let internal = |error: String| Progress::Errored {
+            error,
+            internal: true,
+        };
+        match error {
+            DeployError::Target(TargetError::Platform { action, .. }) => internal(format!(
+                "the platform of environment {environment} failed to {action}; the cause is in the server log"
+            )),
+            DeployError::Store(StoreError { action, .. }) => internal(format!(
+                "the state store failed to {action}; the cause is in the server log"
+            )),
+            DeployError::WrongEnvironment { .. } | DeployError::NoGreenFleet { .. } => {
+                internal(format!(
+                    "a deployment record of environment {environment} is inconsistent; see the server log"
+                ))
+            }
+            conflict => Progress::Errored {
+                error: conflict.to_string(),
+                internal: false,
+            },
+        }
+    }
+
+    /// The deployment the event is about, once there is one.
+    pub fn deployment_id(&self) -> Option<&str> {
+        match self {
+            Progress::StepStarted { deployment, .. }
+            | Progress::StepFinished { deployment, .. }
+            | Progress::Health { deployment, .. } => Some(deployment),
+            Progress::Finished { deployment } => Some(&deployment.id),
+            Progress::Refused { .. } | Progress::Errored { .. } => None,
         }
     }
 
@@ -162,5 +205,60 @@ pub async fn record(
         if last {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(event: &Progress) -> (&str, bool) {
+        match event {
+            Progress::Errored { error, internal } => (error, *internal),
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn platform_and_store_causes_stay_out_of_the_message() {
+        let platform = DeployError::Target(TargetError::platform(
+            "create container hello-prod-v2-1",
+            "error trying to connect: No such file or directory (os error 2) at /run/docker.sock",
+        ));
+        let event = Progress::errored("prod", &platform);
+        let (text, internal) = message(&event);
+        assert!(internal);
+        assert_eq!(
+            text,
+            "the platform of environment prod failed to create container hello-prod-v2-1; the cause is in the server log"
+        );
+        let store = DeployError::Store(StoreError {
+            action: "save deployment".to_owned(),
+            source: "db error: ERROR: relation \"deployments\" does not exist".into(),
+        });
+        let event = Progress::errored("prod", &store);
+        let (text, internal) = message(&event);
+        assert!(internal);
+        assert!(
+            !text.contains("relation") && text.contains("save deployment"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn conflicts_keep_their_words() {
+        let running = DeployError::ReleaseAlreadyRunning {
+            environment: "prod".to_owned(),
+            release: "v2".to_owned(),
+            fleet: "prod-v2".to_owned(),
+        };
+        let event = Progress::errored("prod", &running);
+        assert_eq!(
+            message(&event),
+            (
+                "release v2 already has fleet prod-v2 in environment prod",
+                false
+            )
+        );
     }
 }

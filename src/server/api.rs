@@ -3,21 +3,30 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures::Stream;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::auth::Caller;
+use super::tokens_api::audit;
 use super::{ApiError, AppState};
 use crate::queue::LiveEvent;
+use crate::store::audit::NewAuditEvent;
 use crate::store::builds::{Build, LogChunkRecord, LogLineRecord, NewBuild};
+
+/// The largest request body the API reads: its requests are a few small fields.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -31,32 +40,28 @@ pub fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/projects/{project}/builds/{number}/rebuild", post(rebuild))
         .route("/projects/{project}/releases", get(list_releases))
-        .route("/tokens", post(create_token))
         .merge(super::health::routes())
         .merge(super::releases_api::routes())
         .merge(super::deploy_api::routes())
-        .layer(middleware::from_fn_with_state(state, require_token))
+        .merge(super::tokens_api::routes())
+        .layer(middleware::from_fn_with_state(
+            state,
+            super::auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token (Authorization: Bearer <token>)",
-        )
-        .into_response();
-    };
-    match state.store.check_token(token).await {
-        Ok(Some(_)) => next.run(request).await,
-        Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unknown token").into_response(),
-        Err(e) => ApiError::from(e).into_response(),
-    }
+/// The JSON body of a request, or a 400 that says why not (too large, not the JSON asked for).
+pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::bad_request(format!(
+            "the request body is over {MAX_REQUEST_BYTES} bytes, the most an API request may carry"
+        )),
+        _ => ApiError::bad_request("the request body could not be read"),
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the request body is not what was expected: {e}"))
+    })
 }
 
 async fn list_projects(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -286,20 +291,31 @@ where
 
 async fn cancel_build(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((project, number)): Path<(String, i64)>,
 ) -> Result<Json<Build>, ApiError> {
-    find_build(&state, &project, number).await?;
+    let before = find_build(&state, &project, number).await?;
     let build = state
         .store
         .request_cancel(&project, number)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("project `{project}` has no build {number}")))?;
     state.queue.cancel(build.id);
+    let event = NewAuditEvent {
+        action: "cancel",
+        project: Some(&project),
+        environment: None,
+        subject: format!("build {number}"),
+        deployment_id: None,
+        detail: json!({ "status_before": before.status }),
+    };
+    audit(&state, &caller, event).await;
     Ok(Json(build))
 }
 
 async fn rebuild(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((project, number)): Path<(String, i64)>,
 ) -> Result<(StatusCode, Json<Build>), ApiError> {
     let old = find_build(&state, &project, number).await?;
@@ -319,6 +335,15 @@ async fn rebuild(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing was queued"))?;
+    let event = NewAuditEvent {
+        action: "rebuild",
+        project: Some(&project),
+        environment: None,
+        subject: format!("build {number}"),
+        deployment_id: None,
+        detail: json!({ "queued": build.number }),
+    };
+    audit(&state, &caller, event).await;
     Ok((StatusCode::CREATED, Json(build)))
 }
 
@@ -328,24 +353,4 @@ async fn list_releases(
 ) -> Result<Json<Vec<crate::store::releases::Release>>, ApiError> {
     known_project(&state, &project)?;
     Ok(Json(state.store.list_releases(&project).await?))
-}
-
-#[derive(Deserialize)]
-struct NewToken {
-    name: String,
-}
-
-async fn create_token(
-    State(state): State<AppState>,
-    Json(request): Json<NewToken>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    if request.name.trim().is_empty() {
-        return Err(ApiError::bad_request("a token needs a non-empty name"));
-    }
-    let token = crate::store::tokens::generate_token();
-    state.store.insert_token(&request.name, &token).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "name": request.name, "token": token })),
-    ))
 }

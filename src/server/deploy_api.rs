@@ -7,21 +7,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::api::json_body;
+use super::auth::Caller;
+use super::tokens_api::audit;
 use super::{ApiError, AppState};
 use crate::config::Project;
 use crate::deploy::progress::Progress;
 use crate::deploy::{EnvironmentHandle, Operation};
+use crate::store::audit::NewAuditEvent;
 use crate::store::deployments::DeployableRelease;
 
 /// How many past deployments `GET .../environments` shows per environment.
@@ -55,12 +60,13 @@ struct RollbackRequest {
 /// environment before this one.
 async fn promote(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((project, environment)): Path<(String, String)>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
-    let request: PromoteRequest = match body.is_empty() {
-        true => PromoteRequest::default(),
-        false => parse(&body)?,
+    let request: PromoteRequest = match &body {
+        Ok(bytes) if bytes.is_empty() => PromoteRequest::default(),
+        _ => json_body(body)?,
     };
     let target = find_environment(&state, &project, &environment)?;
     let wanted = match request.release {
@@ -68,19 +74,20 @@ async fn promote(
         None => live_before(&state, &target).await?,
     };
     let release = deployable(&state, &project, &wanted).await?;
-    start(&state, &target, Operation::Deploy(release)).await
+    start(&state, &caller, &target, Operation::Deploy(release)).await
 }
 
 /// `POST .../rollback {to}`: switches back to the release's warm fleet, else deploys it.
 async fn rollback(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((project, environment)): Path<(String, String)>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
-    let request: RollbackRequest = parse(&body)?;
+    let request: RollbackRequest = json_body(body)?;
     let target = find_environment(&state, &project, &environment)?;
     let release = deployable(&state, &project, &request.to).await?;
-    start(&state, &target, Operation::Rollback(release)).await
+    start(&state, &caller, &target, Operation::Rollback(release)).await
 }
 
 /// `GET .../environments`: for each environment, its live release and fleet health, what
@@ -107,7 +114,13 @@ async fn environments(
                 (json!(live), health)
             }
             Ok(None) => (Value::Null, Value::Null),
-            Err(error) => (Value::Null, json!({ "error": error.to_string() })),
+            Err(error) => {
+                // The cause may name hosts and platform internals: it stays in the log.
+                tracing::warn!(%project, environment = %name, error = %format!("{error:#}"), "checking the live fleet's health failed");
+                let message =
+                    "the live fleet's health could not be checked; the cause is in the server log";
+                (Value::Null, json!({ "error": message }))
+            }
         };
         let deployments = state
             .store
@@ -151,18 +164,30 @@ async fn deployment(
         .deployment_steps(&id)
         .await
         .map_err(store_down)?;
+    let requested_by = state
+        .store
+        .deployment_requester(&id)
+        .await
+        .map_err(store_down)?;
     let mut body = json!(deployment);
     body["steps"] = json!(steps);
+    body["requested_by"] = json!(requested_by);
     Ok(Json(body))
 }
 
 /// Starts the operation and streams its events; refusals before any step (the environment
 /// is busy here or locked by another server, the release is live already) are plain errors.
+/// An operation that starts is recorded in the audit trail with the caller's token.
 async fn start(
     state: &AppState,
+    caller: &Caller,
     environment: &Arc<EnvironmentHandle>,
     operation: Operation,
 ) -> Result<Response, Refusal> {
+    let (action, release) = match &operation {
+        Operation::Deploy(release) => ("promote", release.version.clone()),
+        Operation::Rollback(release) => ("rollback", release.version.clone()),
+    };
     let mut events = match state.deploys.start_operation(environment, operation) {
         Ok(events) => events,
         Err(busy) => {
@@ -198,11 +223,27 @@ async fn start(
                 json!({ "holder": holder }),
             ));
         }
-        Progress::Errored { error: message } => {
-            return Err(error(StatusCode::CONFLICT, message, json!({})));
+        Progress::Errored {
+            error: message,
+            internal,
+        } => {
+            let status = match *internal {
+                true => StatusCode::INTERNAL_SERVER_ERROR,
+                false => StatusCode::CONFLICT,
+            };
+            return Err(error(status, message, json!({})));
         }
         _ => {}
     }
+    let event = NewAuditEvent {
+        action,
+        project: Some(&environment.project),
+        environment: Some(&environment.config.name),
+        subject: release,
+        deployment_id: first.deployment_id(),
+        detail: json!({}),
+    };
+    audit(state, caller, event).await;
     Ok(Sse::new(stream(first, events))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -332,12 +373,6 @@ fn find_environment(
             .into())
         }
     }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!("the request body is not what was expected: {e}")).into()
-    })
 }
 
 /// Why a request was refused: a plain [`ApiError`], or a message with details (the lock's

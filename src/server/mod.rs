@@ -7,11 +7,13 @@
 //! embedded PostgreSQL (when Slipway started it) is stopped.
 
 mod api;
+mod auth;
 mod deploy_api;
 mod error;
 mod health;
 mod hooks;
 mod releases_api;
+mod tokens_api;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -189,7 +191,9 @@ async fn ensure_admin_token(store: &Store, data_dir: &Path) -> anyhow::Result<()
     let path = data_dir.join("admin.token");
     write_private(&path, &format!("{token}\n"))
         .with_context(|| format!("cannot write {}", path.display()))?;
-    store.insert_token("admin", &token).await?;
+    store
+        .insert_token("admin", &[tokens::Scope::Admin], &token)
+        .await?;
     tracing::info!(path = %path.display(), "wrote the initial admin token");
     Ok(())
 }

@@ -3,10 +3,14 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Caller;
+use super::tokens_api::audit;
 use super::{ApiError, AppState};
+use crate::store::audit::NewAuditEvent;
 use crate::store::releases::{BakeLogLine, Release};
 
 pub fn routes() -> Router<AppState> {
@@ -37,6 +41,7 @@ async fn bake_log(
 /// name the releases that can be rebaked.
 async fn rebake(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((project, version)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
     if state.config.project(&project).is_none() {
@@ -73,6 +78,15 @@ async fn rebake(
             ),
         ));
     };
+    let event = NewAuditEvent {
+        action: "rebake",
+        project: Some(&project),
+        environment: None,
+        subject: claimed.version.clone(),
+        deployment_id: None,
+        detail: json!({}),
+    };
+    audit(&state, &caller, event).await;
     let store = state.store.clone();
     let release = claimed.clone();
     tokio::spawn(async move {

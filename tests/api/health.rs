@@ -59,7 +59,7 @@ async fn api_requires_a_valid_bearer_token() {
         .http
         .post(format!("{}/api/v1/tokens", app.address))
         .bearer_auth(&app.token)
-        .json(&serde_json::json!({"name": "ci"}))
+        .json(&serde_json::json!({"name": "ci", "scopes": ["read"]}))
         .send()
         .await
         .unwrap()

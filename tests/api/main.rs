@@ -15,4 +15,5 @@ mod release_guards;
 mod releases;
 mod server_process;
 mod sources;
+mod tokens;
 mod webhooks;

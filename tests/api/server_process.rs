@@ -105,7 +105,7 @@ async fn starts_with_no_config_survives_kill_9_and_stops_cleanly() {
     let created: serde_json::Value = reqwest::Client::new()
         .post(format!("{}/api/v1/tokens", first.address))
         .bearer_auth(&admin)
-        .json(&serde_json::json!({"name": "kept"}))
+        .json(&serde_json::json!({"name": "kept", "scopes": ["read"]}))
         .send()
         .await
         .unwrap()

@@ -1,0 +1,178 @@
+//! Who is asking and whether they may: the bearer token of every `/api/v1` request, and the
+//! scope each route needs (one table, [`needed_scope`], so no route is left without one).
+
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, RequestExt};
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::store::audit::Actor;
+use crate::store::tokens::{Presented, Scope, TokenRecord};
+
+/// The token a request came with, once it passed authentication; handlers take it as an
+/// `Extension<Caller>` to record who asked.
+#[derive(Debug, Clone)]
+pub struct Caller(pub TokenRecord);
+
+impl Caller {
+    pub fn actor(&self) -> Actor {
+        Actor {
+            id: self.0.id,
+            name: self.0.name.clone(),
+        }
+    }
+}
+
+/// Answers 401 without a valid, unrevoked token and 403 when the token lacks the route's
+/// scope; otherwise passes the request on with its [`Caller`].
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (Authorization: Bearer <token>)",
+        )
+        .into_response();
+    };
+    let caller = match state.store.check_token(token).await {
+        Ok(Presented::Valid(record)) => record,
+        Ok(Presented::Revoked(record)) => {
+            let revoked = record.revoked_at.map(|at| at.to_rfc3339());
+            let message = format!(
+                "this token (id {}) was revoked at {}",
+                record.id,
+                revoked.unwrap_or_default()
+            );
+            return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        }
+        Ok(Presented::Unknown) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unknown token").into_response()
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    // A path that matched no route has nothing to protect: the fallback answers 404.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|route| route.as_str().to_owned());
+    if let Some(route) = route {
+        let environment = match request.extract_parts::<RawPathParams>().await {
+            Ok(params) => params
+                .iter()
+                .find(|(key, _)| *key == "environment")
+                .map(|(_, value)| value.to_owned()),
+            Err(rejection) => return rejection.into_response(),
+        };
+        let needed = needed_scope(request.method(), &route, environment);
+        if !caller.scopes.iter().any(|scope| scope.allows(&needed)) {
+            return forbidden(&caller, request.method(), &route, &needed);
+        }
+    }
+    request.extensions_mut().insert(Caller(caller));
+    next.run(request).await
+}
+
+/// The scope a request to `route` (the route's pattern, like `/projects/{project}/builds`)
+/// needs. Reads need `read` (which every scope includes), except the token list and the
+/// audit trail; any other method on a route not named here needs `admin`, so a new route is
+/// closed until it is given its scope.
+pub fn needed_scope(method: &Method, route: &str, environment: Option<String>) -> Scope {
+    let route = route.strip_prefix("/api/v1").unwrap_or(route);
+    match (method, route) {
+        (&Method::GET, "/tokens" | "/audit") => Scope::Admin,
+        (&Method::GET, _) => Scope::Read,
+        (
+            &Method::POST,
+            "/projects/{project}/builds/{number}/cancel"
+            | "/projects/{project}/builds/{number}/rebuild",
+        ) => Scope::Build,
+        (
+            &Method::POST,
+            "/projects/{project}/environments/{environment}/promote"
+            | "/projects/{project}/environments/{environment}/rollback",
+        ) => Scope::Deploy(environment),
+        _ => Scope::Admin,
+    }
+}
+
+/// 403 naming the scope the token lacks and those it has.
+fn forbidden(token: &TokenRecord, method: &Method, route: &str, needed: &Scope) -> Response {
+    let also = match needed {
+        Scope::Deploy(Some(_)) => " (or deploy:*, or admin)",
+        Scope::Admin => "",
+        _ => " (or admin)",
+    };
+    let has: Vec<String> = token.scopes.iter().map(Scope::to_string).collect();
+    let message = format!(
+        "this token (id {}) lacks the scope {needed}{also} that {method} {route} needs; it has: {}",
+        token.id,
+        has.join(", ")
+    );
+    let body = json!({ "error": message, "missing_scope": needed });
+    (StatusCode::FORBIDDEN, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_needs_more_than_read() {
+        let read = Scope::Read;
+        for (method, route) in [
+            (
+                Method::POST,
+                "/api/v1/projects/{project}/builds/{number}/cancel",
+            ),
+            (
+                Method::POST,
+                "/api/v1/projects/{project}/builds/{number}/rebuild",
+            ),
+            (
+                Method::POST,
+                "/api/v1/projects/{project}/releases/{version}/rebake",
+            ),
+            (
+                Method::POST,
+                "/api/v1/projects/{project}/environments/{environment}/promote",
+            ),
+            (Method::POST, "/api/v1/tokens"),
+            (Method::GET, "/api/v1/tokens"),
+            (Method::DELETE, "/api/v1/tokens/{id}"),
+            (Method::GET, "/api/v1/audit"),
+            (Method::PUT, "/api/v1/some/route/added/later"),
+        ] {
+            let needed = needed_scope(&method, route, Some("prod".into()));
+            assert!(!read.allows(&needed), "{method} {route} needs {needed}");
+        }
+        let build_logs = needed_scope(
+            &Method::GET,
+            "/api/v1/projects/{project}/builds/{number}/logs",
+            None,
+        );
+        assert_eq!(build_logs, Scope::Read);
+    }
+
+    #[test]
+    fn promotion_needs_the_environment_in_the_path() {
+        let needed = needed_scope(
+            &Method::POST,
+            "/projects/{project}/environments/{environment}/rollback",
+            Some("prod".into()),
+        );
+        assert_eq!(needed, Scope::Deploy(Some("prod".into())));
+        assert!(!Scope::Deploy(Some("dev".into())).allows(&needed));
+    }
+}
