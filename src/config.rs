@@ -15,8 +15,8 @@ use regex::Regex;
 use serde::Deserialize;
 
 mod clone_url;
-pub use clone_url::CloneCredentials;
 use crate::docker::DEFAULT_DOCKER_HOST;
+pub use clone_url::CloneCredentials;
 
 /// Where the server listens when neither the file, the environment nor a flag says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
