@@ -8,6 +8,7 @@ mod builds;
 mod cli;
 mod deploy;
 mod health;
+mod hostile_input;
 mod pipeline_cli;
 mod releases;
 mod server_process;
