@@ -335,7 +335,7 @@ fn ref_rule_broken(name: &str) -> Option<&'static str> {
         ('\\', "it contains `\\`"),
     ];
     if let Some((_, why)) = FORBIDDEN.iter().find(|(c, _)| name.contains(*c)) {
-        return Some(why);
+        return Some(*why);
     }
     if name.contains("..") {
         return Some("it contains `..`");

@@ -269,7 +269,9 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_refused_at_its_position() {
-        let depth = 10_000;
+        // Deeper flow nesting is refused the same way, but libyaml's scanner takes time
+        // quadratic in it before this pass sees the first value (seconds at 10,000 levels).
+        let depth = 1_000;
         let text = format!("steps: {}{}\n", "[".repeat(depth), "]".repeat(depth));
         let started = Instant::now();
         let error = parse(&text).unwrap_err();
