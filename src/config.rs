@@ -630,7 +630,10 @@ mod tests {
         let err = Config::load(Some(&path), &Overrides::default())
             .unwrap_err()
             .to_string();
-        assert!(err.ends_with("the file is over the limit of 1048576 bytes (1024 KiB)"), "{err}");
+        assert!(
+            err.ends_with("the file is over the limit of 1048576 bytes (1024 KiB)"),
+            "{err}"
+        );
     }
 
     #[test]

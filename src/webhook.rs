@@ -285,7 +285,12 @@ fn check_branch(name: &str) -> Result<(), String> {
         ));
     }
     check_printable(name)?;
-    let refused = |why: &str| Err(format!("{} is not a valid branch name: {why}", quoted(name)));
+    let refused = |why: &str| {
+        Err(format!(
+            "{} is not a valid branch name: {why}",
+            quoted(name)
+        ))
+    };
     if name.is_empty() {
         return refused("it is empty");
     }
@@ -541,14 +546,25 @@ mod tests {
 
     #[test]
     fn commits_that_are_not_full_hex_ids_are_refused_naming_the_field() {
-        for commit in ["-f", "origin/evil", "d7f300a", "HEAD", "", &format!("{GOOD}\0"), &format!("{}g", &GOOD[..39])] {
+        for commit in [
+            "-f",
+            "origin/evil",
+            "d7f300a",
+            "HEAD",
+            "",
+            &format!("{GOOD}\0"),
+            &format!("{}g", &GOOD[..39]),
+        ] {
             let (field, problem) = refusal("repo:push", &cloud_push("main", commit));
             assert_eq!(field, "push.changes[0].new.target.hash", "{commit:?}");
             assert!(
                 problem.contains("not a full commit id") || problem.contains("control character"),
                 "{problem}"
             );
-            let (field, _) = refusal("repo:refs_changed", &data_center_push("refs/heads/main", commit));
+            let (field, _) = refusal(
+                "repo:refs_changed",
+                &data_center_push("refs/heads/main", commit),
+            );
             assert_eq!(field, "changes[0].toHash", "{commit:?}");
         }
         let (_, problem) = refusal("repo:push", &cloud_push("main", "a\0b"));
@@ -558,8 +574,12 @@ mod tests {
     #[test]
     fn full_sha1_and_sha256_ids_are_accepted_in_lowercase() {
         let sha256 = "AB".repeat(32);
-        for (given, stored) in [(GOOD.to_uppercase(), GOOD.to_string()), (sha256, "ab".repeat(32))] {
-            let Delivery::Push(push) = parse("repo:push", &cloud_push("main", &given)).unwrap() else {
+        for (given, stored) in [
+            (GOOD.to_uppercase(), GOOD.to_string()),
+            (sha256, "ab".repeat(32)),
+        ] {
+            let Delivery::Push(push) = parse("repo:push", &cloud_push("main", &given)).unwrap()
+            else {
                 panic!("expected a push");
             };
             assert_eq!(push.refs[0].commit.as_deref(), Some(stored.as_str()));
@@ -568,10 +588,23 @@ mod tests {
 
     #[test]
     fn bad_branch_names_are_refused_in_both_payloads() {
-        for branch in ["-f", "a..b", "feature/x.lock", "x@{1}", "a\0b", "tab\there", "", "HEAD", &"b".repeat(256)] {
+        for branch in [
+            "-f",
+            "a..b",
+            "feature/x.lock",
+            "x@{1}",
+            "a\0b",
+            "tab\there",
+            "",
+            "HEAD",
+            &"b".repeat(256),
+        ] {
             let (field, _) = refusal("repo:push", &cloud_push(branch, GOOD));
             assert_eq!(field, "push.changes[0].new.name", "{branch:?}");
-            let (field, _) = refusal("repo:refs_changed", &data_center_push(&format!("refs/heads/{branch}"), GOOD));
+            let (field, _) = refusal(
+                "repo:refs_changed",
+                &data_center_push(&format!("refs/heads/{branch}"), GOOD),
+            );
             assert_eq!(field, "changes[0].refId", "{branch:?}");
         }
         // A deleted branch's name is echoed in the answer, so it is checked too.
@@ -597,10 +630,39 @@ mod tests {
     #[test]
     fn branch_rules_agree_with_git_check_ref_format() {
         let names = [
-            "main", "feature/webhook", "release/2.0", "a-b_c", "ünïcode", "x.y", "v1.2.3",
-            "-f", "--end-of-options", "a..b", "a/.hidden", ".hidden", "x.lock", "a/b.lock/c",
-            "a.lock.b", "x@{1}", "@", "a@b", "a b", "a~1", "a^2", "a:b", "a?", "a*", "a[1]",
-            "a\\b", "/a", "a/", "a//b", "a.", "HEAD", "origin/evil", "a\u{7f}b",
+            "main",
+            "feature/webhook",
+            "release/2.0",
+            "a-b_c",
+            "ünïcode",
+            "x.y",
+            "v1.2.3",
+            "-f",
+            "--end-of-options",
+            "a..b",
+            "a/.hidden",
+            ".hidden",
+            "x.lock",
+            "a/b.lock/c",
+            "a.lock.b",
+            "x@{1}",
+            "@",
+            "a@b",
+            "a b",
+            "a~1",
+            "a^2",
+            "a:b",
+            "a?",
+            "a*",
+            "a[1]",
+            "a\\b",
+            "/a",
+            "a/",
+            "a//b",
+            "a.",
+            "HEAD",
+            "origin/evil",
+            "a\u{7f}b",
         ];
         for name in names {
             let git = std::process::Command::new("git")
@@ -610,10 +672,16 @@ mod tests {
                 .expect("git runs");
             let ours = check_branch(name);
             if ours.is_ok() {
-                assert!(git.status.success(), "{name:?} is accepted here but not by git");
+                assert!(
+                    git.status.success(),
+                    "{name:?} is accepted here but not by git"
+                );
             }
             if !git.status.success() {
-                assert!(ours.is_err(), "{name:?} is refused by git but accepted here");
+                assert!(
+                    ours.is_err(),
+                    "{name:?} is refused by git but accepted here"
+                );
             }
         }
     }

@@ -15,7 +15,9 @@ pub fn parse_and_check(event: &str, data: &[u8]) {
         assert!(!change.branch.chars().any(char::is_control));
         if let Some(commit) = change.commit {
             assert!(matches!(commit.len(), 40 | 64), "{commit:?}");
-            assert!(commit.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            assert!(commit
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         }
     }
 }

@@ -48,7 +48,12 @@ async fn a_commit_that_is_not_a_full_hex_id_gets_400_and_a_fixed_redelivery_queu
         let body = cloud_push("main", commit);
         let delivery = format!("bad-commit-{index}");
         let answer = app
-            .post_hook("repo:push", &body, Some(&sign(SECRET, &body)), Some(&delivery))
+            .post_hook(
+                "repo:push",
+                &body,
+                Some(&sign(SECRET, &body)),
+                Some(&delivery),
+            )
             .await;
         let error = refused(answer).await;
         assert!(
@@ -61,7 +66,12 @@ async fn a_commit_that_is_not_a_full_hex_id_gets_400_and_a_fixed_redelivery_queu
     // Bitbucket redelivers under the same id once the sender is fixed: it must be accepted.
     let body = cloud_push("main", &GOOD_COMMIT.to_uppercase());
     let answer = app
-        .post_hook("repo:push", &body, Some(&sign(SECRET, &body)), Some("bad-commit-0"))
+        .post_hook(
+            "repo:push",
+            &body,
+            Some(&sign(SECRET, &body)),
+            Some("bad-commit-0"),
+        )
         .await;
     assert_eq!(answer.status(), 202);
     let builds = app.builds().await;
@@ -73,7 +83,14 @@ async fn a_commit_that_is_not_a_full_hex_id_gets_400_and_a_fixed_redelivery_queu
 #[tokio::test]
 async fn bad_branch_names_and_control_characters_get_400_naming_the_field() {
     let app = spawn().await;
-    for branch in ["-f", "main\0", "a..b", "feature/x.lock", "x@{1}", "evil\u{1b}[2J"] {
+    for branch in [
+        "-f",
+        "main\0",
+        "a..b",
+        "feature/x.lock",
+        "x@{1}",
+        "evil\u{1b}[2J",
+    ] {
         let body = cloud_push(branch, GOOD_COMMIT);
         let answer = app
             .post_hook("repo:push", &body, Some(&sign(SECRET, &body)), None)
@@ -95,7 +112,12 @@ async fn bad_branch_names_and_control_characters_get_400_naming_the_field() {
     }))
     .unwrap();
     let answer = app
-        .post_hook("repo:refs_changed", &body, Some(&sign(SECRET, &body)), Some("dc-1"))
+        .post_hook(
+            "repo:refs_changed",
+            &body,
+            Some(&sign(SECRET, &body)),
+            Some("dc-1"),
+        )
         .await;
     let error = refused(answer).await;
     assert!(
@@ -106,7 +128,12 @@ async fn bad_branch_names_and_control_characters_get_400_naming_the_field() {
     let body = cloud_push("main", GOOD_COMMIT);
     let long_id = "x".repeat(129);
     let answer = app
-        .post_hook("repo:push", &body, Some(&sign(SECRET, &body)), Some(&long_id))
+        .post_hook(
+            "repo:push",
+            &body,
+            Some(&sign(SECRET, &body)),
+            Some(&long_id),
+        )
         .await;
     assert!(refused(answer).await.starts_with("header X-Request-UUID: "));
     assert!(app.builds().await.is_empty());
@@ -116,7 +143,12 @@ async fn bad_branch_names_and_control_characters_get_400_naming_the_field() {
 fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 #[tokio::test]

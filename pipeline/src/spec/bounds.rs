@@ -32,7 +32,9 @@ pub fn read_file(path: &Path) -> std::io::Result<String> {
     let limit = u64::try_from(MAX_SPEC_BYTES).unwrap_or(u64::MAX);
     file.take(limit + 1).read_to_string(&mut text)?;
     if text.len() > MAX_SPEC_BYTES {
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(limit + 1);
+        let size = std::fs::metadata(path)
+            .map(|m| m.len())
+            .unwrap_or(limit + 1);
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             too_large(size),
@@ -200,7 +202,8 @@ mod tests {
     /// One step of 1,000 commands of 100 bytes (about 100 KB), then steps that are all
     /// `*step` up to the size limit: a file serde_yaml alone expands into gigabytes.
     fn alias_fan_out() -> String {
-        let mut text = String::from("steps:\n- &step\n  name: build\n  image: debian\n  commands:\n");
+        let mut text =
+            String::from("steps:\n- &step\n  name: build\n  image: debian\n  commands:\n");
         for i in 0..1000 {
             text.push_str(&format!("  - \"echo {i:04} {}\"\n", "x".repeat(88)));
         }
@@ -212,7 +215,9 @@ mod tests {
 
     /// The classic: nine levels of nine aliases, a billion `lol`s from under 1 KB.
     fn billion_laughs() -> String {
-        let mut text = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut text = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
         let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
         for pair in names.windows(2) {
             let (previous, next) = (pair[0], pair[1]);
@@ -276,7 +281,10 @@ mod tests {
         let started = Instant::now();
         let error = parse(&text).unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(1));
-        assert!(error.message.contains("nested deeper than 32 levels"), "{error}");
+        assert!(
+            error.message.contains("nested deeper than 32 levels"),
+            "{error}"
+        );
         // The top-level map is the first level, so the 32nd `[` (column 8 + 31) is one too many.
         assert_eq!((error.line, error.column), (1, 8 + 31), "{error}");
     }
@@ -290,7 +298,10 @@ mod tests {
         let error = parse(&text).unwrap_err();
         assert_eq!(
             error.message,
-            format!("the file is {} bytes; the limit is 262144 bytes (256 KiB)", text.len())
+            format!(
+                "the file is {} bytes; the limit is 262144 bytes (256 KiB)",
+                text.len()
+            )
         );
         assert!(error.line > 6000, "{error}");
 
