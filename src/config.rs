@@ -24,6 +24,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = ".slipway";
 /// The config file read from the working directory when `--config` is absent.
 pub const DEFAULT_CONFIG_FILE: &str = "slipway.toml";
+/// Largest config file accepted, in bytes: far above any real one, and small enough that a
+/// wrong path (a log, a disk image) is refused before it is read into memory.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
 /// A configuration problem, with enough context to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -232,15 +235,31 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(read_error)?
+        .take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
     parse(&text, &path.display().to_string())
 }
 
 /// Parses the text of a config file; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Parse {
+            path: origin.to_string(),
+            message: format!(
+                "the file is over the limit of {MAX_CONFIG_BYTES} bytes ({} KiB)",
+                MAX_CONFIG_BYTES / 1024
+            ),
+        });
+    }
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: origin.to_string(),
         message: e.to_string().trim_end().to_string(),
@@ -559,11 +578,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(expected)?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| expected())?;
+    let seconds = |per_unit: u64| {
+        number
+            .checked_mul(per_unit)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("the duration {text:?} is too long"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        "h" => Ok(Duration::from_secs(number * 3600)),
+        "m" => seconds(60),
+        "h" => seconds(3600),
         _ => Err(expected()),
     }
 }
@@ -713,6 +738,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("environments[0].watch"), "{err}");
+        // Minutes or hours past u64 seconds overflowed: a panic with debug assertions.
+        let err = load(&text.replace("500ms", "18446744073709551615m"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is too long"), "{err}");
+    }
+
+    #[test]
+    fn a_config_file_over_the_size_limit_is_refused_unparsed() {
+        let text = format!("# {}\n", "x".repeat(MAX_CONFIG_BYTES));
+        let err = parse(&text, "big.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "big.toml: the file is over the limit of 1048576 bytes (1024 KiB)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slipway.toml");
+        // A sparse file: 50 MB of NULs that take no room, on disk or in the test's memory.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(50 * 1024 * 1024)
+            .unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("the file is over the limit of 1048576 bytes (1024 KiB)"),
+            "{err}"
+        );
     }
 
     #[test]

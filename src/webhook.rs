@@ -3,6 +3,10 @@
 //! Bitbucket Cloud sends `repo:push`, Data Center sends `repo:refs_changed` (and
 //! `diagnostics:ping` when an admin tests the hook). Both sign the raw body with
 //! `X-Hub-Signature: sha256=<hex HMAC-SHA256>`. Parsing is pure: no IO, no store.
+//!
+//! A signed delivery is still checked field by field before anything acts on it: its commits
+//! reach `git` and its branch names reach the store and the build's environment, so a commit
+//! must be a full hex object id and a branch a name `git check-ref-format --branch` accepts.
 
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -44,7 +48,15 @@ pub enum WebhookError {
     WrongSignature,
     #[error("malformed JSON body: {0}")]
     Json(String),
+    /// A field Slipway would act on holds a value it refuses; `field` is its JSON path.
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
 }
+
+/// Longest branch name accepted, in bytes (the limit most file systems put on a path part).
+pub const MAX_BRANCH_BYTES: usize = 255;
+/// Longest repository name (`owner/slug`) accepted, in bytes.
+pub const MAX_REPOSITORY_BYTES: usize = 255;
 
 /// Checks `header` (the value of `X-Hub-Signature`) against the raw body in constant time.
 pub fn verify_signature(
@@ -79,7 +91,11 @@ pub fn repository_of(body: &[u8]) -> Result<Option<String>, WebhookError> {
     }
     let envelope: Envelope =
         serde_json::from_slice(body).map_err(|e| WebhookError::Json(e.to_string()))?;
-    Ok(envelope.repository.and_then(|r| r.full_name()))
+    let Some(name) = envelope.repository.and_then(|r| r.full_name()) else {
+        return Ok(None);
+    };
+    check_repository(&name).map_err(|problem| invalid("repository", problem))?;
+    Ok(Some(name))
 }
 
 /// Parses a delivery given its event key (`X-Event-Key`).
@@ -89,11 +105,11 @@ pub fn parse(event_key: &str, body: &[u8]) -> Result<Delivery, WebhookError> {
         "diagnostics:ping" => Ok(Delivery::Ping),
         "repo:push" => {
             let push: CloudPush = serde_json::from_slice(body).map_err(json)?;
-            Ok(Delivery::Push(push.into_push()))
+            Ok(Delivery::Push(push.into_push()?))
         }
         "repo:refs_changed" => {
             let push: DataCenterPush = serde_json::from_slice(body).map_err(json)?;
-            Ok(Delivery::Push(push.into_push()))
+            Ok(Delivery::Push(push.into_push()?))
         }
         other => {
             // Still reject bodies that are not JSON at all.
@@ -158,27 +174,39 @@ struct CloudTarget {
 }
 
 impl CloudPush {
-    fn into_push(self) -> Push {
-        let refs = self
-            .push
-            .changes
-            .into_iter()
-            .filter_map(|change| match (change.new, change.old) {
-                (Some(new), _) if new.kind == "branch" => Some(RefChange {
-                    branch: new.name,
-                    commit: new.target.map(|t| t.hash),
-                }),
-                (None, Some(old)) if old.kind == "branch" => Some(RefChange {
-                    branch: old.name,
-                    commit: None,
-                }),
-                _ => None,
-            })
-            .collect();
-        Push {
+    fn into_push(self) -> Result<Push, WebhookError> {
+        let mut refs = Vec::new();
+        for (index, change) in self.push.changes.into_iter().enumerate() {
+            let at = |field: &str| format!("push.changes[{index}].{field}");
+            match (change.new, change.old) {
+                (Some(new), _) if new.kind == "branch" => {
+                    check_branch(&new.name).map_err(|p| invalid(&at("new.name"), p))?;
+                    let commit = match new.target {
+                        Some(target) => Some(
+                            commit_id(&target.hash)
+                                .map_err(|p| invalid(&at("new.target.hash"), p))?,
+                        ),
+                        None => None,
+                    };
+                    refs.push(RefChange {
+                        branch: new.name,
+                        commit,
+                    });
+                }
+                (None, Some(old)) if old.kind == "branch" => {
+                    check_branch(&old.name).map_err(|p| invalid(&at("old.name"), p))?;
+                    refs.push(RefChange {
+                        branch: old.name,
+                        commit: None,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(Push {
             repository: self.repository.full_name().unwrap_or_default(),
             refs,
-        }
+        })
     }
 }
 
@@ -198,20 +226,174 @@ struct DataCenterChange {
 }
 
 impl DataCenterPush {
-    fn into_push(self) -> Push {
-        let refs = self
-            .changes
-            .into_iter()
-            .filter_map(|change| {
-                let branch = change.ref_id.strip_prefix("refs/heads/")?.to_string();
-                let commit = (change.kind != "DELETE").then_some(change.to_hash);
-                Some(RefChange { branch, commit })
-            })
-            .collect();
-        Push {
+    fn into_push(self) -> Result<Push, WebhookError> {
+        let mut refs = Vec::new();
+        for (index, change) in self.changes.into_iter().enumerate() {
+            let at = |field: &str| format!("changes[{index}].{field}");
+            // Tags and other refs start no build, but their names are still checked: a
+            // delivery carrying a control character anywhere Slipway reads is refused whole.
+            check_ref(&change.ref_id).map_err(|p| invalid(&at("refId"), p))?;
+            let Some(branch) = change.ref_id.strip_prefix("refs/heads/") else {
+                continue;
+            };
+            check_branch(branch).map_err(|p| invalid(&at("refId"), p))?;
+            let commit = if change.kind == "DELETE" {
+                None
+            } else {
+                Some(commit_id(&change.to_hash).map_err(|p| invalid(&at("toHash"), p))?)
+            };
+            refs.push(RefChange {
+                branch: branch.to_string(),
+                commit,
+            });
+        }
+        Ok(Push {
             repository: self.repository.full_name().unwrap_or_default(),
             refs,
-        }
+        })
+    }
+}
+
+fn invalid(field: &str, problem: String) -> WebhookError {
+    WebhookError::Invalid {
+        field: field.to_string(),
+        problem,
+    }
+}
+
+/// A full object id, 40 hex digits (SHA-1) or 64 (SHA-256), returned in lowercase. Anything
+/// shorter or symbolic (`-f`, `origin/evil`, an abbreviated id) would let git pick the commit.
+fn commit_id(text: &str) -> Result<String, String> {
+    check_printable(text)?;
+    let full_length = matches!(text.len(), 40 | 64);
+    if !full_length || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{} is not a full commit id: expected 40 or 64 hex digits",
+            quoted(text)
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// A branch name as `git check-ref-format --branch` accepts it, at most
+/// [`MAX_BRANCH_BYTES`] long.
+fn check_branch(name: &str) -> Result<(), String> {
+    if name.len() > MAX_BRANCH_BYTES {
+        return Err(format!(
+            "the branch name is {} bytes long; the limit is {MAX_BRANCH_BYTES}",
+            name.len()
+        ));
+    }
+    check_printable(name)?;
+    let refused = |why: &str| {
+        Err(format!(
+            "{} is not a valid branch name: {why}",
+            quoted(name)
+        ))
+    };
+    if name.is_empty() {
+        return refused("it is empty");
+    }
+    if name.starts_with('-') {
+        return refused("it starts with `-`");
+    }
+    if name == "HEAD" {
+        return refused("`HEAD` names the checked-out commit, not a branch");
+    }
+    // `refs/heads/` adds no way to break a rule, so the name is checked on its own.
+    match ref_rule_broken(name) {
+        Some(why) => refused(why),
+        None => Ok(()),
+    }
+}
+
+/// A full ref name (`refs/...`) by the rules of `git check-ref-format`.
+fn check_ref(name: &str) -> Result<(), String> {
+    if name.len() > MAX_BRANCH_BYTES + "refs/heads/".len() {
+        return Err(format!(
+            "the ref name is {} bytes long; the limit is {}",
+            name.len(),
+            MAX_BRANCH_BYTES + "refs/heads/".len()
+        ));
+    }
+    check_printable(name)?;
+    if !name.starts_with("refs/") {
+        return Err(format!("{} does not start with `refs/`", quoted(name)));
+    }
+    match ref_rule_broken(name) {
+        Some(why) => Err(format!("{} is not a valid ref name: {why}", quoted(name))),
+        None => Ok(()),
+    }
+}
+
+/// Which of git's ref name rules `name` breaks, if any (control characters are checked
+/// before, by [`check_printable`]).
+fn ref_rule_broken(name: &str) -> Option<&'static str> {
+    const FORBIDDEN: &[(char, &str)] = &[
+        (' ', "it contains a space"),
+        ('~', "it contains `~`"),
+        ('^', "it contains `^`"),
+        (':', "it contains `:`"),
+        ('?', "it contains `?`"),
+        ('*', "it contains `*`"),
+        ('[', "it contains `[`"),
+        ('\\', "it contains `\\`"),
+    ];
+    if let Some((_, why)) = FORBIDDEN.iter().find(|(c, _)| name.contains(*c)) {
+        return Some(*why);
+    }
+    if name.contains("..") {
+        return Some("it contains `..`");
+    }
+    if name.contains("@{") {
+        return Some("it contains `@{`");
+    }
+    if name == "@" {
+        return Some("it is `@`");
+    }
+    if name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+        return Some("it has an empty path component (a leading, trailing or double `/`)");
+    }
+    if name.ends_with('.') {
+        return Some("it ends with `.`");
+    }
+    if name.split('/').any(|part| part.starts_with('.')) {
+        return Some("a path component starts with `.`");
+    }
+    if name.split('/').any(|part| part.ends_with(".lock")) {
+        return Some("a path component ends with `.lock`");
+    }
+    None
+}
+
+/// `owner/slug` or `PROJECT/slug`: bounded, without control characters.
+fn check_repository(name: &str) -> Result<(), String> {
+    if name.len() > MAX_REPOSITORY_BYTES {
+        return Err(format!(
+            "the repository name is {} bytes long; the limit is {MAX_REPOSITORY_BYTES}",
+            name.len()
+        ));
+    }
+    check_printable(name)
+}
+
+/// Refuses NUL and every other control character, naming the first one and where it is.
+fn check_printable(text: &str) -> Result<(), String> {
+    match text.char_indices().find(|(_, c)| c.is_control()) {
+        Some((at, c)) => Err(format!(
+            "contains the control character U+{:04X} at byte {at}",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The value as it can be shown in an answer: escaped, and cut if long.
+fn quoted(text: &str) -> String {
+    const SHOWN: usize = 80;
+    match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
     }
 }
 
@@ -282,7 +464,7 @@ mod tests {
     fn data_center_refs_changed_lists_branches_and_deletions() {
         let body = br#"{"eventKey":"repo:refs_changed","repository":{"slug":"hello","project":{"key":"ACME"}},
             "changes":[
-              {"ref":{"id":"refs/heads/main","displayId":"main","type":"BRANCH"},"refId":"refs/heads/main","fromHash":"aaa","toHash":"bbb","type":"UPDATE"},
+              {"ref":{"id":"refs/heads/main","displayId":"main","type":"BRANCH"},"refId":"refs/heads/main","fromHash":"aaa","toHash":"BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB","type":"UPDATE"},
               {"ref":{"id":"refs/heads/old","displayId":"old","type":"BRANCH"},"refId":"refs/heads/old","fromHash":"ccc","toHash":"0000000000000000000000000000000000000000","type":"DELETE"},
               {"ref":{"id":"refs/tags/v1","displayId":"v1","type":"TAG"},"refId":"refs/tags/v1","fromHash":"0","toHash":"ddd","type":"ADD"}
             ]}"#;
@@ -295,7 +477,7 @@ mod tests {
             vec![
                 RefChange {
                     branch: "main".into(),
-                    commit: Some("bbb".into())
+                    commit: Some("b".repeat(40))
                 },
                 RefChange {
                     branch: "old".into(),
@@ -335,5 +517,172 @@ mod tests {
             parse("diagnostics:ping", b"{\"test\":true}").unwrap(),
             Delivery::Ping
         );
+    }
+
+    fn cloud_push(branch: &str, hash: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "repository": {"full_name": "acme/hello"},
+            "push": {"changes": [{"old": null, "new": {"type": "branch", "name": branch, "target": {"hash": hash}}}]}
+        }))
+        .unwrap()
+    }
+
+    fn data_center_push(ref_id: &str, hash: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "repository": {"slug": "hello", "project": {"key": "ACME"}},
+            "changes": [{"refId": ref_id, "fromHash": "0", "toHash": hash, "type": "UPDATE"}]
+        }))
+        .unwrap()
+    }
+
+    fn refusal(event: &str, body: &[u8]) -> (String, String) {
+        match parse(event, body) {
+            Err(WebhookError::Invalid { field, problem }) => (field, problem),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    const GOOD: &str = "d7f300a32270053bdfd97a6d64113f58202c33e7";
+
+    #[test]
+    fn commits_that_are_not_full_hex_ids_are_refused_naming_the_field() {
+        for commit in [
+            "-f",
+            "origin/evil",
+            "d7f300a",
+            "HEAD",
+            "",
+            &format!("{GOOD}\0"),
+            &format!("{}g", &GOOD[..39]),
+        ] {
+            let (field, problem) = refusal("repo:push", &cloud_push("main", commit));
+            assert_eq!(field, "push.changes[0].new.target.hash", "{commit:?}");
+            assert!(
+                problem.contains("not a full commit id") || problem.contains("control character"),
+                "{problem}"
+            );
+            let (field, _) = refusal(
+                "repo:refs_changed",
+                &data_center_push("refs/heads/main", commit),
+            );
+            assert_eq!(field, "changes[0].toHash", "{commit:?}");
+        }
+        let (_, problem) = refusal("repo:push", &cloud_push("main", "a\0b"));
+        assert_eq!(problem, "contains the control character U+0000 at byte 1");
+    }
+
+    #[test]
+    fn full_sha1_and_sha256_ids_are_accepted_in_lowercase() {
+        let sha256 = "AB".repeat(32);
+        for (given, stored) in [
+            (GOOD.to_uppercase(), GOOD.to_string()),
+            (sha256, "ab".repeat(32)),
+        ] {
+            let Delivery::Push(push) = parse("repo:push", &cloud_push("main", &given)).unwrap()
+            else {
+                panic!("expected a push");
+            };
+            assert_eq!(push.refs[0].commit.as_deref(), Some(stored.as_str()));
+        }
+    }
+
+    #[test]
+    fn bad_branch_names_are_refused_in_both_payloads() {
+        for branch in [
+            "-f",
+            "a..b",
+            "feature/x.lock",
+            "x@{1}",
+            "a\0b",
+            "tab\there",
+            "",
+            "HEAD",
+            &"b".repeat(256),
+        ] {
+            let (field, _) = refusal("repo:push", &cloud_push(branch, GOOD));
+            assert_eq!(field, "push.changes[0].new.name", "{branch:?}");
+            let (field, _) = refusal(
+                "repo:refs_changed",
+                &data_center_push(&format!("refs/heads/{branch}"), GOOD),
+            );
+            assert_eq!(field, "changes[0].refId", "{branch:?}");
+        }
+        // A deleted branch's name is echoed in the answer, so it is checked too.
+        let body = br#"{"repository":{"full_name":"acme/hello"},"push":{"changes":[
+            {"old":{"type":"branch","name":"gone\u0007","target":{"hash":"abc"}},"new":null}]}}"#;
+        assert_eq!(refusal("repo:push", body).0, "push.changes[0].old.name");
+        // So is a tag's ref, although a tag starts no build.
+        let tag = data_center_push("refs/tags/v1\u{1b}[2J", GOOD);
+        assert_eq!(refusal("repo:refs_changed", &tag).0, "changes[0].refId");
+    }
+
+    #[test]
+    fn a_repository_name_with_a_control_character_is_refused() {
+        let body = br#"{"repository":{"full_name":"acme/hello\u0000"}}"#;
+        assert!(matches!(
+            repository_of(body),
+            Err(WebhookError::Invalid { field, .. }) if field == "repository"
+        ));
+    }
+
+    /// The branch rules agree with git's own: every name git refuses is refused, and every
+    /// name accepted here git accepts too.
+    #[test]
+    fn branch_rules_agree_with_git_check_ref_format() {
+        let names = [
+            "main",
+            "feature/webhook",
+            "release/2.0",
+            "a-b_c",
+            "ünïcode",
+            "x.y",
+            "v1.2.3",
+            "-f",
+            "--end-of-options",
+            "a..b",
+            "a/.hidden",
+            ".hidden",
+            "x.lock",
+            "a/b.lock/c",
+            "a.lock.b",
+            "x@{1}",
+            "@",
+            "a@b",
+            "a b",
+            "a~1",
+            "a^2",
+            "a:b",
+            "a?",
+            "a*",
+            "a[1]",
+            "a\\b",
+            "/a",
+            "a/",
+            "a//b",
+            "a.",
+            "HEAD",
+            "origin/evil",
+            "a\u{7f}b",
+        ];
+        for name in names {
+            let git = std::process::Command::new("git")
+                .args(["check-ref-format", "--branch", name])
+                .current_dir(std::env::temp_dir())
+                .output()
+                .expect("git runs");
+            let ours = check_branch(name);
+            if ours.is_ok() {
+                assert!(
+                    git.status.success(),
+                    "{name:?} is accepted here but not by git"
+                );
+            }
+            if !git.status.success() {
+                assert!(
+                    ours.is_err(),
+                    "{name:?} is refused by git but accepted here"
+                );
+            }
+        }
     }
 }

@@ -97,8 +97,8 @@ fn local_build(branch: &str, commit: &str, event: pipeline::spec::Event) -> pipe
 }
 
 fn read_spec(file: &Path) -> anyhow::Result<pipeline::Spec> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = pipeline::spec::read_file(file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
     pipeline::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))
 }
 

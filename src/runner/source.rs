@@ -87,7 +87,7 @@ impl Drop for Workspace {
 /// Reads and parses `.slipway.yml` from a checkout; errors name the file, line and column.
 pub fn read_spec(dir: &Path) -> Result<Spec, String> {
     let path = dir.join(SPEC_FILE);
-    let text = std::fs::read_to_string(&path)
+    let text = slipway_pipeline::spec::read_file(&path)
         .map_err(|e| format!("cannot read {SPEC_FILE} at the root of the repository: {e}"))?;
     slipway_pipeline::parse(&text).map_err(|e| format!("{SPEC_FILE}: {e}"))
 }

@@ -2,7 +2,10 @@
 //!
 //! The answer comes at once: builds run from the persistent queue. Unknown repositories and
 //! events get a 2xx that says they were ignored and why (Bitbucket retries non-2xx answers);
-//! a missing or wrong signature gets 401 and queues nothing.
+//! a missing or wrong signature gets 401 and queues nothing. A signed delivery with a field
+//! Slipway refuses (a commit that is not a full hex id, a bad branch name, a control
+//! character, an oversized delivery id) gets 400 naming the field, and nothing is queued or
+//! recorded as seen, so a corrected redelivery is accepted.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -56,6 +59,7 @@ pub async fn bitbucket(
         tracing::warn!(project = %project.name, error = %e, "rejected a webhook delivery");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()));
     }
+    let delivery_id = delivery_id(&headers)?;
     let push =
         match webhook::parse(&event, &body).map_err(|e| ApiError::bad_request(e.to_string()))? {
             Delivery::Push(push) => push,
@@ -85,7 +89,6 @@ pub async fn bitbucket(
     if builds.is_empty() {
         return Ok(accepted(json!({ "queued": [], "skipped": skipped })));
     }
-    let delivery_id = header("X-Request-UUID").or_else(|| header("X-Request-Id"));
     let Some(queued) = state.store.enqueue_builds(delivery_id, &builds).await? else {
         return Ok(ignored(format!(
             "delivery {} was already received",
@@ -101,6 +104,27 @@ pub async fn bitbucket(
         .map(|b| json!({ "number": b.number, "branch": b.branch, "commit": b.commit }))
         .collect();
     Ok(accepted(json!({ "queued": queued, "skipped": skipped })))
+}
+
+/// Longest delivery id kept to recognise redeliveries (Bitbucket sends a 36-character UUID).
+const MAX_DELIVERY_ID_BYTES: usize = 128;
+
+/// The delivery's id (Cloud `X-Request-UUID`, Data Center `X-Request-Id`), if it sent one.
+fn delivery_id(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some((name, value)) = ["X-Request-UUID", "X-Request-Id"]
+        .into_iter()
+        .find_map(|name| headers.get(name).map(|value| (name, value)))
+    else {
+        return Ok(None);
+    };
+    let printable = value.as_bytes().iter().all(|b| b.is_ascii_graphic());
+    match value.to_str() {
+        Ok(id) if printable && !id.is_empty() && id.len() <= MAX_DELIVERY_ID_BYTES => Ok(Some(id)),
+        _ => Err(ApiError::bad_request(format!(
+            "header {name}: expected 1 to {MAX_DELIVERY_ID_BYTES} printable ASCII characters without spaces, got {} bytes",
+            value.len()
+        ))),
+    }
 }
 
 fn accepted(body: Value) -> (StatusCode, Json<Value>) {

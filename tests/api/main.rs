@@ -9,6 +9,7 @@ mod cli;
 mod dependencies;
 mod deploy;
 mod health;
+mod hostile_input;
 mod logs;
 mod pipeline_cli;
 mod release_guards;

@@ -1,5 +1,6 @@
 //! The `.slipway.yml` file: typed structs, parsing, and validation with line/column errors.
 
+mod bounds;
 mod locate;
 mod validate;
 mod values;
@@ -8,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use bounds::{read_file, MAX_DEPTH, MAX_EXPANDED_TEXT_BYTES, MAX_SPEC_BYTES, MAX_VALUES};
 pub use values::{
     AccountName, FileMode, InstallPath, Name, PackageName, ScalarText, SpecDuration, VariableName,
     WorkspacePath,
@@ -163,8 +165,19 @@ pub struct MaintainerScripts {
     pub postrm: Option<WorkspacePath>,
 }
 
-/// Parses and validates the text of a `.slipway.yml`.
+/// Parses and validates the text of a `.slipway.yml`. A text over [`MAX_SPEC_BYTES`], or one
+/// whose aliases expand past [`MAX_VALUES`] values or [`MAX_EXPANDED_TEXT_BYTES`] of text, or
+/// nested deeper than [`MAX_DEPTH`], is refused before anything is built from it.
 pub fn parse(text: &str) -> Result<Spec, SpecError> {
+    if text.len() > MAX_SPEC_BYTES {
+        let (line, column) = bounds::position_of_limit(text);
+        return Err(SpecError {
+            line,
+            column,
+            message: bounds::too_large(text.len() as u64),
+        });
+    }
+    bounds::check(text).map_err(|error| from_yaml_error(&error))?;
     let spec: Spec = serde_yaml::from_str(text).map_err(|error| from_yaml_error(&error))?;
     validate::check(&spec).map_err(|problem| {
         let (line, column) = locate::locate(text, &problem.path).unwrap_or((1, 1));
