@@ -69,9 +69,6 @@ pub struct Baker {
     log_limit_bytes: u64,
 }
 
-/// The bake log cap when none is configured.
-pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
-
 impl Baker {
     /// A baker for the server listening on `server_addr` (whose `/apt/` the build container
     /// reaches over the host network) with its data in `data_dir`, baking on `docker` with
@@ -98,7 +95,7 @@ impl Baker {
             server_tag: server_id.simple().to_string()[..8].to_string(),
             docker,
             packer,
-            log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
+            log_limit_bytes: crate::config::DEFAULT_BAKE_LOG_LIMIT_BYTES,
         }
     }
 

@@ -3,7 +3,7 @@
 
 // Compiled in by path (see Cargo.toml); loading from disk is not exercised here.
 #[allow(dead_code)]
-#[path = "../../src/config.rs"]
+#[path = "../../src/config/mod.rs"]
 mod config;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -15,8 +15,13 @@ use regex::Regex;
 use serde::Deserialize;
 
 mod clone_url;
-use crate::docker::DEFAULT_DOCKER_HOST;
+mod docker_host;
 pub use clone_url::CloneCredentials;
+use docker_host::check_address as check_docker_host;
+pub use docker_host::DEFAULT_DOCKER_HOST;
+
+/// The bake log cap when none is configured.
+pub const DEFAULT_BAKE_LOG_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Where the server listens when neither the file, the environment nor a flag says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -300,7 +305,7 @@ pub fn resolve(
         (None, Some(host)) => ("docker_host (from DOCKER_HOST)", host),
         (None, None) => ("docker_host", DEFAULT_DOCKER_HOST.to_string()),
     };
-    crate::docker::check_address(&docker_host).map_err(|m| invalid(docker_host_key, m))?;
+    check_docker_host(&docker_host).map_err(|m| invalid(docker_host_key, m))?;
     let packer = raw.packer.unwrap_or_else(|| PathBuf::from("packer"));
     if packer.as_os_str().is_empty() {
         return Err(invalid(
@@ -351,7 +356,7 @@ pub fn resolve(
         webhook_max_body_bytes: raw.webhook_max_body_bytes.unwrap_or(1024 * 1024),
         bake_log_limit_bytes: raw
             .bake_log_limit_bytes
-            .unwrap_or(crate::bake::DEFAULT_LOG_LIMIT_BYTES),
+            .unwrap_or(DEFAULT_BAKE_LOG_LIMIT_BYTES),
         projects,
     })
 }
