@@ -836,7 +836,7 @@ mod example_file {
     /// The documented example must stay a valid config.
     #[test]
     fn slipway_example_toml_is_valid() {
-        let text = include_str!("../slipway.example.toml");
+        let text = include_str!("../../slipway.example.toml");
         let raw = super::parse(text, "slipway.example.toml").unwrap();
         let env = |key: &str| key.starts_with("HELLO_").then(|| "value".to_string());
         let config =
