@@ -188,8 +188,23 @@ fn follow_logs(
     after: i64,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream(move |tx| async move {
-        // Subscribe before reading the store, then skip what was already sent by seq.
+        // Subscribe before reading the store, then skip what was already sent by seq. A build
+        // still queued (or just claimed) has no live channel yet: wait for it, sending what
+        // is stored meanwhile, until it runs here or ends.
         let mut live = state.queue.subscribe(build.id);
+        let mut after = after;
+        while live.is_none() && !tx.is_closed() {
+            match state.store.build_by_id(build.id).await {
+                Ok(Some(current)) if !current.status.is_final() => {}
+                _ => break,
+            }
+            let Some(sent) = send_stored(&state, &build, after, &tx).await else {
+                return;
+            };
+            after = sent;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            live = state.queue.subscribe(build.id);
+        }
         let Some(mut last_seq) = send_stored(&state, &build, after, &tx).await else {
             return;
         };

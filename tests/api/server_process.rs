@@ -239,6 +239,11 @@ async fn a_build_interrupted_by_kill_9_ends_errored_and_its_containers_are_reape
         build["reason"],
         "the server stopped while this build was running"
     );
+    // The restarted server reaps in the background once dockerd answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !containers().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(
         containers(),
         "",

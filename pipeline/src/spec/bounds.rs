@@ -63,6 +63,36 @@ pub(super) fn position_of_limit(text: &str) -> (usize, usize) {
     (line, column)
 }
 
+/// Finds flow collections (`[...]`, `{...}`) nested deeper than [`MAX_DEPTH`] by a scan of the
+/// text, before libyaml sees it: libyaml's time grows with the square of the nesting depth, so
+/// a file of `[[[[...` would cost minutes of CPU before the walk below could refuse it. The scan
+/// is a guard for the CPU with room to spare (twice the limit); the walk gives the exact
+/// verdict. Comments are skipped; brackets in quoted text count too, so nothing can hide real
+/// nesting from the scan (a quote's extent is not known before parsing). Block nesting needs
+/// indentation, so the size limit already bounds it. Returns the 1-based line and column of
+/// the bracket that goes too deep.
+pub(super) fn flow_too_deep(text: &str) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    for (index, line) in text.split('\n').enumerate() {
+        let mut previous = ' ';
+        for (column, c) in line.chars().enumerate() {
+            match c {
+                '#' if previous.is_whitespace() => break,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > 2 * MAX_DEPTH {
+                        return Some((index + 1, column + 1));
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            previous = c;
+        }
+    }
+    None
+}
+
 /// Walks the document as serde_yaml will deserialise it, aliases expanded, and fails at the
 /// first value past a budget.
 pub(super) fn check(text: &str) -> Result<(), serde_yaml::Error> {
@@ -274,19 +304,40 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_refused_at_its_position() {
-        // Deeper flow nesting is refused the same way, but libyaml's scanner takes time
-        // quadratic in it before this pass sees the first value (seconds at 10,000 levels).
-        let depth = 1_000;
+        let depth = 40;
         let text = format!("steps: {}{}\n", "[".repeat(depth), "]".repeat(depth));
-        let started = Instant::now();
         let error = parse(&text).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(1));
         assert!(
             error.message.contains("nested deeper than 32 levels"),
             "{error}"
         );
         // The top-level map is the first level, so the 32nd `[` (column 8 + 31) is one too many.
         assert_eq!((error.line, error.column), (1, 8 + 31), "{error}");
+    }
+
+    #[test]
+    fn the_deepest_nesting_the_size_limit_allows_is_refused_within_a_second() {
+        // libyaml's scanner takes time quadratic in the depth (minutes at 100,000 levels), so
+        // the text scan must refuse it first; brackets in comments do not count.
+        let depth = 100_000;
+        let text = format!(
+            "# [[[[\nname: x # [[[[\nsteps: {}{}\n",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert!(text.len() < super::MAX_SPEC_BYTES);
+        let started = Instant::now();
+        let error = parse(&text).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            error.message.contains("nested deeper than 32 levels"),
+            "{error}"
+        );
+        assert_eq!((error.line, error.column), (3, 8 + 64), "{error}");
     }
 
     #[test]

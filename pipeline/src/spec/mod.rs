@@ -177,6 +177,13 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
             message: bounds::too_large(text.len() as u64),
         });
     }
+    if let Some((line, column)) = bounds::flow_too_deep(text) {
+        return Err(SpecError {
+            line,
+            column,
+            message: format!("lists and maps are nested deeper than {MAX_DEPTH} levels"),
+        });
+    }
     bounds::check(text).map_err(|error| from_yaml_error(&error))?;
     let spec: Spec = serde_yaml::from_str(text).map_err(|error| from_yaml_error(&error))?;
     validate::check(&spec).map_err(|problem| {
