@@ -332,6 +332,12 @@ impl DeployManager {
                                 }
                                 break;
                             }
+                            // Another server holds the environment: it finishes what it
+                            // runs, and an operation after its lock expires finishes the rest.
+                            Err(error @ slipway_deployer::DeployError::Locked { .. }) => {
+                                tracing::info!(%project, environment = %name, %error, "recovery left to the lock's holder");
+                                break;
+                            }
                             Err(error) => {
                                 outage.failed(&format!("recovering {project}/{name}: {error}"))
                             }

@@ -654,14 +654,24 @@ async fn a_lock_held_by_another_server_refuses_with_its_holder_until_its_heartbe
         .await
         .unwrap();
     tokio::spawn(connection);
-    client
+    // The server's own recovery at start holds the lock for a moment: take it once it is free.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while client
         .execute(
             "INSERT INTO environment_locks (project, environment, owner, acquired_at, heartbeat_at, ttl_ms)
-             VALUES ($1, 'prod', 'slipway-server-elsewhere', now() - interval '1 minute', now(), 600000)",
+             VALUES ($1, 'prod', 'slipway-server-elsewhere', now() - interval '1 minute', now(), 600000)
+             ON CONFLICT DO NOTHING",
             &[&name],
         )
         .await
-        .unwrap();
+        .unwrap()
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the lock never came free");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And its busy mark ends right after it lets the lock go.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let path = format!("/projects/{name}/environments/prod/promote");
     let (status, body) = api.post(&path, json!({ "release": "v1" })).await;
     assert_eq!(status, 409, "{body}");
