@@ -253,12 +253,23 @@ fn base_header(epoch: u64, mode: u32, owner: &str, group: &str) -> Header {
     let mut header = Header::new_gnu();
     header.set_mode(mode & 0o7777);
     header.set_mtime(epoch);
-    header.set_uid(well_known_id(owner, USER_IDS));
-    header.set_gid(well_known_id(group, GROUP_IDS));
+    let (uid, user) = account(owner, USER_IDS);
+    let (gid, group) = account(group, GROUP_IDS);
+    header.set_uid(uid);
+    header.set_gid(gid);
     // Names were validated as short ASCII, which always fits the 32-byte fields.
-    header.set_username(owner).expect("validated user name");
+    header.set_username(user).expect("validated user name");
     header.set_groupname(group).expect("validated group name");
     header
+}
+
+/// The id and name recorded for an owner or group: a numeric one is an id with no name (dpkg
+/// then uses the id as is), a name gets Debian's static id when it has one.
+fn account<'a>(name: &'a str, table: &[(&str, u64)]) -> (u64, &'a str) {
+    match name.parse::<u32>() {
+        Ok(id) => (u64::from(id), ""),
+        Err(_) => (well_known_id(name, table), name),
+    }
 }
 
 /// Debian's static ids (base-passwd). Other names get id 0: dpkg resolves the name on the

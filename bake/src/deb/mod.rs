@@ -9,6 +9,7 @@
 
 mod archive;
 mod control;
+mod sources;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, IoContext, Result};
 
 pub(crate) use archive::gzip;
+pub use sources::MAX_PACKAGE_FILES;
 pub(crate) use validate::identity as validate_identity;
 
 /// What goes into one .deb. Sources are relative to the workspace root passed to [`build`].
@@ -48,12 +50,19 @@ pub struct PackageDefinition {
     pub source_date_epoch: u64,
 }
 
+/// One entry of the package's files. `source` is a file, a directory (every file under it)
+/// or a glob whose components may hold `*` and `?`, and `**` for any number of directories
+/// (`dist/**`, `lib/*.so`). A file lands at `dest` (or under it, when `dest` ends in `/`);
+/// a directory or glob puts each selected file under `dest` at its path relative to the
+/// source's literal prefix. `mode`, `owner` and `group` apply to every selected file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageFile {
     pub source: PathBuf,
     pub dest: String,
     pub mode: u32,
+    /// A user name, or a numeric id.
     pub owner: String,
+    /// A group name, or a numeric id.
     pub group: String,
 }
 
@@ -242,17 +251,25 @@ fn collect_data_files(
 ) -> Result<BTreeMap<String, DataFile>> {
     let mut files = BTreeMap::new();
     for file in &definition.files {
-        validate::owner_name(&file.owner, &file.dest)?;
-        validate::owner_name(&file.group, &file.dest)?;
-        let (source, size) = root.resolve(&file.source, &file.dest)?;
-        let data = DataFile {
-            contents: DataContents::Source(source),
-            size,
-            mode: file.mode,
-            owner: file.owner.clone(),
-            group: file.group.clone(),
-        };
-        insert_file(&mut files, &file.dest, data)?;
+        let entry = sources::entry_name(file);
+        validate::owner_name(&file.owner, &entry)?;
+        validate::owner_name(&file.group, &entry)?;
+        for selected in sources::select(root, file)? {
+            let data = DataFile {
+                contents: DataContents::Source(selected.source),
+                size: selected.size,
+                mode: file.mode,
+                owner: file.owner.clone(),
+                group: file.group.clone(),
+            };
+            insert_file(&mut files, &selected.dest, data)?;
+            if files.len() > MAX_PACKAGE_FILES {
+                return Err(Error::invalid(
+                    entry,
+                    format!("the package would hold more than {MAX_PACKAGE_FILES} files"),
+                ));
+            }
+        }
     }
     if let Some(unit) = &definition.systemd_unit {
         let dest = format!("/lib/systemd/system/{}.service", definition.name);

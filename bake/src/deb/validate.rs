@@ -211,6 +211,10 @@ impl WorkspaceRoot {
         Ok(WorkspaceRoot { canonical })
     }
 
+    pub(crate) fn canonical(&self) -> &Path {
+        &self.canonical
+    }
+
     /// The canonical path and size of the regular file `source` (relative to the root),
     /// naming `entry` in any error.
     pub(crate) fn resolve(&self, source: &Path, entry: &str) -> Result<(PathBuf, u64)> {
