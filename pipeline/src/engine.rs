@@ -109,7 +109,9 @@ impl EngineError {
 /// 4. For each step in turn: `start_with_output`, then reading its output and `wait_exit`
 ///    (concurrently for the same container), and `remove_container` to kill a step that ran
 ///    out of time or was cancelled.
-/// 5. Teardown: `remove_container` for every container of the plan, then `remove_network`,
+/// 5. `export_volume` at most once, after the last step, when the build passed and its
+///    workspace is to be packaged.
+/// 6. Teardown: `remove_container` for every container of the plan, then `remove_network`,
 ///    then `remove_volume`.
 ///
 /// Containers of one build run concurrently (services next to steps); different builds use
@@ -135,6 +137,18 @@ pub trait Engine: Send + Sync {
         source: &Path,
         labels: &Labels,
     ) -> Result<(), EngineError>;
+
+    /// Copies the contents of `volume` into the existing empty host directory `dest`, streamed
+    /// (never held whole in memory), and returns the size of the archive it came as. An
+    /// archive over `limit_bytes` is an error naming the limit; entries never land outside
+    /// `dest`.
+    async fn export_volume(
+        &self,
+        volume: &str,
+        dest: &Path,
+        limit_bytes: u64,
+        labels: &Labels,
+    ) -> Result<u64, EngineError>;
 
     /// Creates and starts a container; the image must already be present.
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError>;

@@ -15,6 +15,6 @@ pub use engine::{Engine, EngineError};
 pub use plan::{compile, BuildInfo, CompileError, Plan};
 pub use runtime::{
     reap, run, BuildOutcome, BuildStatus, LogChunk, Observer, Reaped, RunOptions, StepOutcome,
-    StepResult, StepStatus,
+    StepResult, StepStatus, WorkspaceExport,
 };
 pub use spec::{parse, Event, PackageSpec, Spec, SpecError};

@@ -2,6 +2,7 @@
 
 mod archive;
 mod convert;
+mod export;
 mod lines;
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,8 +14,9 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, LogsOptions,
-    RemoveContainerOptions, RemoveVolumeOptions, UploadToContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
+    InspectContainerOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    UploadToContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
@@ -157,17 +159,7 @@ impl Engine for DockerEngine {
         let operation = format!("copy {} into volume {volume}", source.display());
         let helper = ContainerConfig {
             name: format!("{volume}-copy"),
-            image: self.helper_image.clone(),
-            env: Default::default(),
-            entrypoint: None,
-            cmd: Some(vec!["true".to_owned()]),
-            workdir: None,
-            network: None,
-            mount: Some(VolumeMount {
-                volume: volume.to_owned(),
-                target: "/workspace".to_owned(),
-            }),
-            labels: labels.clone(),
+            ..volume_helper(&self.helper_image, volume, labels)
         };
         self.create(&helper).await?;
         let options = UploadToContainerOptions {
@@ -187,6 +179,34 @@ impl Engine for DockerEngine {
             .map_err(|e| failed(&operation, e));
         let removed = self.remove_container(&helper.name).await;
         uploaded.and(removed)
+    }
+
+    async fn export_volume(
+        &self,
+        volume: &str,
+        dest: &Path,
+        limit_bytes: u64,
+        labels: &Labels,
+    ) -> Result<u64, EngineError> {
+        let operation = format!("export volume {volume}");
+        let helper = ContainerConfig {
+            name: format!("{volume}-export"),
+            ..volume_helper(&self.helper_image, volume, labels)
+        };
+        self.create(&helper).await?;
+        // `/workspace/.` makes dockerd send the volume's contents as `./...`, without the
+        // mount point's own name.
+        let options = DownloadFromContainerOptions {
+            path: "/workspace/.".to_owned(),
+        };
+        let archive = self
+            .docker
+            .download_from_container(&helper.name, Some(options));
+        let exported = export::unpack_stream(archive, dest, limit_bytes, &operation).await;
+        let removed = self.remove_container(&helper.name).await;
+        let size = exported?;
+        removed?;
+        Ok(size)
     }
 
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError> {
@@ -403,6 +423,25 @@ impl Engine for DockerEngine {
                 .map(|v| v.name)
                 .collect(),
         })
+    }
+}
+
+/// A container that is never started, with `volume` at `/workspace`: dockerd's archive API
+/// reads and writes the volume through it.
+fn volume_helper(image: &str, volume: &str, labels: &Labels) -> ContainerConfig {
+    ContainerConfig {
+        name: String::new(),
+        image: image.to_owned(),
+        env: Default::default(),
+        entrypoint: None,
+        cmd: Some(vec!["true".to_owned()]),
+        workdir: None,
+        network: None,
+        mount: Some(VolumeMount {
+            volume: volume.to_owned(),
+            target: "/workspace".to_owned(),
+        }),
+        labels: labels.clone(),
     }
 }
 

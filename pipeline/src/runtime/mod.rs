@@ -1,6 +1,7 @@
 //! Runs a compiled plan over an engine: setup, services, workspace, steps, and teardown that
 //! always runs.
 
+mod export;
 mod observer;
 mod output;
 mod services;
@@ -20,6 +21,7 @@ use crate::engine::{Engine, EngineError};
 use crate::plan::Plan;
 use crate::spec::StatusCondition;
 
+pub use export::WorkspaceExport;
 pub use observer::{
     BuildOutcome, BuildStatus, LogChunk, Observer, StepOutcome, StepResult, StepStatus,
 };
@@ -33,6 +35,8 @@ pub struct RunOptions {
     pub log_cap_bytes_per_step: u64,
     /// How often a service's readiness is probed.
     pub ready_poll_interval: Duration,
+    /// Where to copy the workspace once every step passed (for packaging); `None` skips it.
+    pub export_workspace: Option<WorkspaceExport>,
 }
 
 impl Default for RunOptions {
@@ -40,6 +44,7 @@ impl Default for RunOptions {
         RunOptions {
             log_cap_bytes_per_step: 4 * 1024 * 1024,
             ready_poll_interval: Duration::from_millis(500),
+            export_workspace: None,
         }
     }
 }
@@ -115,9 +120,12 @@ pub async fn run(
         },
     };
     let mut results = Vec::new();
-    let body = AssertUnwindSafe(execute(&build, workspace, &mut results))
-        .catch_unwind()
-        .await;
+    let body = AssertUnwindSafe(async {
+        let halt = execute(&build, workspace, &mut results).await;
+        export::after_steps(&build, halt).await
+    })
+    .catch_unwind()
+    .await;
     let halt = match body {
         Ok(halt) => halt,
         Err(panic) => Some(Halt::Errored(format!(

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 pub use bounds::{read_file, MAX_DEPTH, MAX_EXPANDED_TEXT_BYTES, MAX_SPEC_BYTES, MAX_VALUES};
 pub use values::{
-    AccountName, FileMode, InstallPath, Name, PackageName, ScalarText, SpecDuration, VariableName,
-    WorkspacePath,
+    AccountName, FileMode, InstallDest, InstallPath, Name, PackageName, ScalarText, SpecDuration,
+    VariableName, WorkspacePath,
 };
 
 /// A user error in `.slipway.yml`, located at the offending value.
@@ -141,12 +141,13 @@ pub enum Architecture {
     Riscv64,
 }
 
-/// One file copied from the workspace into the package.
+/// Files copied from the build's workspace into the package: one file, a directory or a glob
+/// (`dist/**`), placed at or under `dest`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PackageFile {
     pub src: WorkspacePath,
-    pub dest: InstallPath,
+    pub dest: InstallDest,
     #[serde(default)]
     pub mode: FileMode,
     #[serde(default = "AccountName::root")]

@@ -172,8 +172,17 @@ fn check_package(package: &PackageSpec) -> Result<(), Problem> {
             ));
         }
     }
+    // A directory's or a glob's files are known only once the build ran: a conffile under a
+    // directory destination is checked when the package is built.
+    let under_a_directory = |conffile: &str| {
+        package.files.iter().any(|file| {
+            conffile
+                .strip_prefix(file.dest.directory())
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+    };
     for (index, conffile) in package.conffiles.iter().enumerate() {
-        if !destinations.contains(conffile.as_str()) {
+        if !destinations.contains(conffile.as_str()) && !under_a_directory(conffile.as_str()) {
             return Err(problem(
                 path(&[key("conffiles"), at(index)]),
                 format!(

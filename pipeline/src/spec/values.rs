@@ -310,7 +310,47 @@ impl<'de> Deserialize<'de> for InstallPath {
     }
 }
 
-/// A Unix user or group name.
+/// Where a package entry installs: an absolute file path, or a directory ending in `/` (the
+/// place of a directory's or a glob's files, or of a file under its own name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct InstallDest(String);
+
+impl InstallDest {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The directory every file lands in or under: the path without its trailing `/`.
+    pub fn directory(&self) -> &str {
+        self.0.trim_end_matches('/')
+    }
+}
+
+impl<'de> Deserialize<'de> for InstallDest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked(deserializer, |text| {
+            let text = text.to_owned();
+            let problem = if !text.starts_with('/') {
+                Some("it is not absolute")
+            } else if text.split('/').any(|part| part == ".." || part == ".") {
+                Some("it contains `..` or `.`")
+            } else if text.contains("//") {
+                Some("it has an empty part")
+            } else {
+                None
+            };
+            match problem {
+                None => Ok(InstallDest(text)),
+                Some(why) => Err(format!(
+                    "`{text}` is refused: expected an absolute path like /usr/lib/app/main.py, or a directory like /usr/lib/app/, but {why}"
+                )),
+            }
+        })
+    }
+}
+
+/// A Unix user or group name, or a numeric id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct AccountName(String);
@@ -333,15 +373,19 @@ impl<'de> Deserialize<'de> for AccountName {
             let first_ok = bytes
                 .next()
                 .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-            if first_ok
-                && text.len() <= 32
-                && bytes
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            let numeric_id =
+                text.parse::<u32>().is_ok() && text.bytes().all(|b| b.is_ascii_digit());
+            if numeric_id
+                || first_ok
+                    && text.len() <= 32
+                    && bytes.all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    })
             {
                 Ok(AccountName(text))
             } else {
                 Err(format!(
-                    "`{text}` is not a valid user or group name: expected lowercase letters, digits, `_` or `-`"
+                    "`{text}` is not a valid user or group: expected a name of lowercase letters, digits, `_` or `-`, or a numeric id"
                 ))
             }
         })

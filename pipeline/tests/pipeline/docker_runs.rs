@@ -11,7 +11,7 @@ use slipway_pipeline::engine::{ContainerConfig, Engine, NetworkAttachment};
 use slipway_pipeline::spec::Event;
 use slipway_pipeline::{
     compile, parse, reap, run, BuildInfo, BuildOutcome, BuildStatus, DockerEngine, RunOptions,
-    StepStatus,
+    StepStatus, WorkspaceExport,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -325,6 +325,57 @@ async fn a_loud_step_is_cut_at_the_cap_and_still_drains_to_completion() {
         "[slipway] log cut at 10000 bytes: the rest of this step's output is not kept"
     );
     assert!(!lines.contains(&"done".to_owned()));
+}
+
+#[tokio::test]
+async fn a_passing_builds_workspace_is_exported_with_what_its_steps_made_within_a_limit() {
+    let yaml = r#"
+steps:
+  - name: build
+    image: slipway/debian:bookworm
+    commands:
+      - mkdir -p dist && printf built > dist/app && chmod 0750 dist/app
+      - mkfifo dist/pipe && ln -s /etc/passwd dist/passwd
+"#;
+    let export = |dir: &Path, limit_bytes| Options {
+        run: RunOptions {
+            export_workspace: Some(WorkspaceExport {
+                dir: dir.to_owned(),
+                limit_bytes,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let exported = tempfile::tempdir().unwrap();
+    let run = run_docker(yaml, export(exported.path(), 1 << 20)).await;
+    assert_eq!(run.outcome.status, BuildStatus::Passed, "{:?}", run.outcome);
+    let app = exported.path().join("dist/app");
+    assert_eq!(std::fs::read_to_string(&app).unwrap(), "built");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(app.metadata().unwrap().permissions().mode() & 0o777, 0o750);
+    assert_eq!(
+        std::fs::read_to_string(exported.path().join("from-host.txt")).unwrap(),
+        "hello from the host\n"
+    );
+    assert_eq!(
+        std::fs::read_link(exported.path().join("dist/passwd")).unwrap(),
+        Path::new("/etc/passwd"),
+        "a link is kept as a link, never followed"
+    );
+    assert!(
+        !exported.path().join("dist/pipe").exists(),
+        "a pipe is not content"
+    );
+
+    let small = tempfile::tempdir().unwrap();
+    let run = run_docker(yaml, export(small.path(), 2048)).await;
+    assert_eq!(run.outcome.status, BuildStatus::Errored);
+    let message = run.outcome.message.unwrap();
+    assert!(
+        message.contains("export") && message.contains("larger than the limit of 2048 bytes"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

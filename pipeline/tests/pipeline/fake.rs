@@ -184,6 +184,22 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    async fn export_volume(
+        &self,
+        volume: &str,
+        dest: &Path,
+        _: u64,
+        _: &Labels,
+    ) -> Result<u64, EngineError> {
+        let missing = !self.state.lock().unwrap().copied.contains(volume);
+        let violation = missing.then(|| "volume was never filled".to_owned());
+        self.call(
+            format!("export_volume {volume} {}", dest.display()),
+            violation,
+        )?;
+        Ok(0)
+    }
+
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError> {
         let alias = config
             .network
