@@ -68,8 +68,8 @@ impl Repository {
     }
 }
 
-/// Numbers, packages and publishes a release of `build`, whose checkout is in `workspace` and
-/// whose commit was made at `commit_time` (seconds since the epoch).
+/// Numbers, packages and publishes a release of `build`, whose workspace as its steps left it
+/// is in `workspace` and whose commit was made at `commit_time` (seconds since the epoch).
 #[tracing::instrument(skip_all, fields(project = %build.project, build = build.number), err)]
 pub async fn publish(
     store: &Store,
@@ -158,7 +158,8 @@ pub async fn fail_interrupted_releases(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Debian package of release `number`: version `number`, files from the checkout, and
+/// The Debian package of release `number`: version `number`, files from the build's workspace
+/// (a file, a directory or a glob each), and
 /// `/usr/share/<name>/VERSION` holding `v<number>` so the application can report it.
 fn definition(
     spec: &PackageSpec,

@@ -1,6 +1,7 @@
 //! Runs one queued build: checks out the commit into a workspace, compiles its
 //! `.slipway.yml`, runs the plan with `slipway-pipeline` over dockerd, and streams steps and
-//! log lines to the store and to live readers.
+//! log lines to the store and to live readers. A passing build on the deploy branch has its
+//! workspace volume exported, and its package is made from what the steps produced.
 
 pub mod local;
 mod observer;
@@ -27,6 +28,10 @@ use source::Workspace;
 /// The label that marks everything a server's builds create, so that a restarted server
 /// reaps only its own leftovers.
 pub const SERVER_LABEL: &str = "slipway.server";
+
+/// The largest workspace (as the archive dockerd sends) a passing build may hand to
+/// packaging; a larger one errors the build, naming this limit.
+pub const WORKSPACE_EXPORT_LIMIT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// What a build run needs from the queue.
 pub struct Context<'a> {
@@ -98,8 +103,22 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         context.live.clone(),
     )
     .await;
+    // Only a build that may become a release needs what its steps produced.
+    let releasable = build.branch == project.deploy_branch && plan.package.is_some();
+    let built = if releasable {
+        match workspace.built_dir() {
+            Ok(dir) => Some(dir),
+            Err(e) => return Outcome::errored(e),
+        }
+    } else {
+        None
+    };
     let options = RunOptions {
         log_cap_bytes_per_step: context.step_log_limit_bytes,
+        export_workspace: built.clone().map(|dir| pipeline::WorkspaceExport {
+            dir,
+            limit_bytes: WORKSPACE_EXPORT_LIMIT_BYTES,
+        }),
         ..RunOptions::default()
     };
     let secrets: HashMap<String, String> = project
@@ -122,31 +141,24 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         // A build whose log cannot be read back must not look clean.
         return log_incomplete(&outcome, loss.lines);
     }
-    let package = plan.package.as_ref();
-    if outcome.status == pipeline::BuildStatus::Passed && build.branch == project.deploy_branch {
-        if let Some(package) = package {
+    if outcome.status == pipeline::BuildStatus::Passed {
+        if let (Some(package), Some(built)) = (plan.package.as_ref(), &built) {
             match releases::publish(
                 context.store,
                 context.repository,
                 build,
                 package,
-                workspace.path(),
+                built,
                 commit_time,
             )
             .await
             {
-                // The bake needs the checkout (the package's systemd unit); a failed bake is
-                // recorded on the release and leaves the build passed.
+                // The bake reads the package's systemd unit from the same files; a failed
+                // bake is recorded on the release and leaves the build passed.
                 Ok(release) => {
                     context
                         .baker
-                        .bake(
-                            context.store,
-                            &release,
-                            package,
-                            workspace.path(),
-                            context.cancel,
-                        )
+                        .bake(context.store, &release, package, built, context.cancel)
                         .await
                 }
                 Err(e) => return Outcome::failed(format!("{e:#}")),

@@ -1,8 +1,9 @@
 //! Getting a build's files: a workspace under the data dir holding the commit's tree from the
 //! project's mirror (with `.git` only when the pipeline asks), and its `.slipway.yml`.
 //!
-//! Workspaces live in `<data_dir>/workspaces/<build id>`, go when their build ends, and the
-//! ones a killed server left are removed at the next start.
+//! Workspaces live in `<data_dir>/workspaces/<build id>` (and what a passing build produced,
+//! exported for packaging, in `<build id>.built`), go when their build ends, and the ones a
+//! killed server left are removed at the next start.
 
 use std::path::{Path, PathBuf};
 
@@ -71,14 +72,26 @@ impl Workspace {
     pub fn index_file(&self) -> PathBuf {
         self.dir.with_extension("index")
     }
+
+    /// Next to the workspace: what the steps left in the build's volume, exported after they
+    /// passed; the package is made from it. Made empty here.
+    pub fn built_dir(&self) -> Result<PathBuf, String> {
+        let dir = self.dir.with_extension("built");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir)
+            .map_err(|e| format!("cannot make the directory {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
 }
 
 impl Drop for Workspace {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.index_file());
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(workspace = %self.dir.display(), error = %e, "cannot remove a workspace");
+        for dir in [self.dir.clone(), self.dir.with_extension("built")] {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(workspace = %dir.display(), error = %e, "cannot remove a workspace");
+                }
             }
         }
     }

@@ -8,6 +8,7 @@ mod builds;
 mod cli;
 mod dependencies;
 mod deploy;
+mod greet;
 mod health;
 mod hostile_input;
 mod logs;
