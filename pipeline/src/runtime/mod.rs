@@ -3,6 +3,7 @@
 
 mod observer;
 mod output;
+mod pull;
 mod services;
 mod steps;
 mod teardown;
