@@ -294,8 +294,16 @@ async fn images_are_pulled_from_a_registry_and_the_mirror_as_each_pull_policy_sa
 
     // The tag moves on: `if-not-exists` keeps the image it has, `always` follows the tag, and
     // `never` refuses an absent image by name.
+    let pulled = docker.inspect_image(&tools).await.unwrap().id.unwrap();
     make_image(&docker, &tools, "2").await;
     push_image(&docker, &tools, None).await;
+    // Pushing moved the local name away; the image the first build pulled keeps it.
+    let (name, tag) = tools.rsplit_once(':').unwrap();
+    let options = bollard::query_parameters::TagImageOptions {
+        repo: Some(name.to_string()),
+        tag: Some(tag.to_string()),
+    };
+    docker.tag_image(&pulled, Some(options)).await.unwrap();
     let commit = write_pipeline(
         repo.path(),
         &format!(
