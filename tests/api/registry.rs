@@ -234,14 +234,17 @@ async fn images_are_pulled_from_a_registry_and_the_mirror_as_each_pull_policy_sa
     let hub = format!("slipway-test-{id}/hub:v");
     let on_mirror = format!("{}/{hub}", registry.host);
     let absent = format!("{}/slipway-test-{id}/absent:v", registry.host);
+    let service = format!("{}/slipway-test-{id}/service:v", registry.host);
+    make_image(&docker, &service, "service").await;
+    push_image(&docker, &service, None).await;
     make_image(&docker, &tools, "1").await;
     push_image(&docker, &tools, None).await;
     make_image(&docker, &on_mirror, "hub").await;
     push_image(&docker, &on_mirror, None).await;
-    assert!(!image_present(&tools) && !image_present(&hub));
+    assert!(!image_present(&tools) && !image_present(&hub) && !image_present(&service));
 
     let (repo, commit) = repository(&format!(
-        "steps:\n  - name: private\n    image: {tools}\n    commands: [\"echo version $IMAGE_VERSION\"]\n  - name: hub\n    image: {hub}\n    commands: [\"echo hub $IMAGE_VERSION\"]\n"
+        "services:\n  - name: cache\n    image: {service}\nsteps:\n  - name: private\n    image: {tools}\n    commands: [\"echo version $IMAGE_VERSION\"]\n  - name: hub\n    image: {hub}\n    commands: [\"echo hub $IMAGE_VERSION\"]\n"
     ));
     let config = format!(
         "registry_mirror = \"http://{}\"\n{}",
@@ -255,7 +258,7 @@ async fn images_are_pulled_from_a_registry_and_the_mirror_as_each_pull_policy_sa
     );
     let app = TestApp::spawn(&config).await;
 
-    // Only in the registry: pulled, with a short progress log, and run.
+    // Only in the registry: pulled (the service's image too), with a short progress log, and run.
     let started = Instant::now();
     let number = push(&app, "main", &commit).await;
     let build = wait_for_build(&app, number, Duration::from_secs(300)).await;
@@ -289,6 +292,7 @@ async fn images_are_pulled_from_a_registry_and_the_mirror_as_each_pull_policy_sa
         "{hub_log:?}"
     );
     assert!(hub_log.contains(&"hub hub".to_string()), "{hub_log:?}");
+    assert!(image_present(&service), "the service's image was pulled");
     assert!(image_present(&hub), "the mirror's image keeps its Hub name");
     assert!(!image_present(&on_mirror), "and loses the mirror's");
 
@@ -333,10 +337,10 @@ async fn images_are_pulled_from_a_registry_and_the_mirror_as_each_pull_policy_sa
     );
 
     app.stop().await;
-    for image in [&tools, &hub, &on_mirror] {
+    for image in [&tools, &hub, &on_mirror, &service] {
         remove_image(&docker, image).await;
     }
-    eprintln!("first build with two pulls took {first_build:?}");
+    eprintln!("first build with three pulls took {first_build:?}");
 }
 
 #[tokio::test]
