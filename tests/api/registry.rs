@@ -170,6 +170,20 @@ async fn remove_image(docker: &Docker, reference: &str) {
     let _ = docker.remove_image(reference, Some(options), None).await;
 }
 
+/// Removes the images a test pulled or made, by name or id, even when an assertion failed.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["image", "rm", "-f"])
+            .args(&self.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 fn image_present(reference: &str) -> bool {
     Command::new("docker")
         .args(["image", "inspect", reference])
@@ -235,6 +249,12 @@ async fn images_are_pulled_from_a_registry_and_the_mirror_as_each_pull_policy_sa
     let on_mirror = format!("{}/{hub}", registry.host);
     let absent = format!("{}/slipway-test-{id}/absent:v", registry.host);
     let service = format!("{}/slipway-test-{id}/service:v", registry.host);
+    let mut cleanup = Cleanup(vec![
+        tools.clone(),
+        hub.clone(),
+        on_mirror.clone(),
+        service.clone(),
+    ]);
     make_image(&docker, &service, "service").await;
     push_image(&docker, &service, None).await;
     make_image(&docker, &tools, "1").await;
@@ -299,6 +319,7 @@ async fn images_are_pulled_from_a_registry_and_the_mirror_as_each_pull_policy_sa
     // The tag moves on: `if-not-exists` keeps the image it has, `always` follows the tag, and
     // `never` refuses an absent image by name.
     let pulled = docker.inspect_image(&tools).await.unwrap().id.unwrap();
+    cleanup.0.push(pulled.clone());
     make_image(&docker, &tools, "2").await;
     push_image(&docker, &tools, None).await;
     // Pushing moved the local name away; the image the first build pulled keeps it.
@@ -337,9 +358,6 @@ async fn images_are_pulled_from_a_registry_and_the_mirror_as_each_pull_policy_sa
     );
 
     app.stop().await;
-    for image in [&tools, &hub, &on_mirror, &service] {
-        remove_image(&docker, image).await;
-    }
     eprintln!("first build with three pulls took {first_build:?}");
 }
 
@@ -351,6 +369,7 @@ async fn a_registry_with_a_password_serves_the_right_login_and_names_itself_when
     let id = uuid::Uuid::new_v4().simple().to_string();
     let image = format!("{}/slipway-test-{id}/private:v", registry.host);
     let missing = format!("{}/slipway-test-{id}/missing:v", registry.host);
+    let _cleanup = Cleanup(vec![image.clone()]);
     make_image(&docker, &image, "private").await;
     push_image(&docker, &image, Some((user, password))).await;
 
@@ -446,7 +465,6 @@ async fn a_registry_with_a_password_serves_the_right_login_and_names_itself_when
     }
 
     app.stop().await;
-    remove_image(&docker, &image).await;
 }
 
 /// moto on a free loopback port, serving ECR's GetAuthorizationToken; killed when dropped.
@@ -501,6 +519,7 @@ async fn an_ecr_registry_is_pulled_from_with_the_login_ecr_gives() {
     let registry = LocalRegistry::start(Some((user, password)));
     let id = uuid::Uuid::new_v4().simple().to_string();
     let image = format!("{}/slipway-test-{id}/ecr:v", registry.host);
+    let _cleanup = Cleanup(vec![image.clone()]);
     make_image(&docker, &image, "ecr").await;
     push_image(&docker, &image, Some((user, password))).await;
     let (repo, commit) = repository(&format!(
@@ -574,5 +593,4 @@ async fn an_ecr_registry_is_pulled_from_with_the_login_ecr_gives() {
     );
     assert!(log.contains(&"from ecr"), "{log:?}");
     drop(server);
-    remove_image(&docker, &image).await;
 }
