@@ -15,6 +15,7 @@ pub mod docker;
 pub mod mirror;
 pub mod outage;
 pub mod queue;
+pub mod registries;
 pub mod releases;
 pub mod runner;
 pub mod server;

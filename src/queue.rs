@@ -23,6 +23,7 @@ use crate::bake::Baker;
 use crate::config::Config;
 use crate::docker::DockerClient;
 use crate::outage::Outage;
+use crate::registries::RegistryLogins;
 use crate::releases::Repository;
 use crate::runner;
 use crate::store::builds::{BuildStatus, LogChunkRecord};
@@ -53,6 +54,7 @@ struct Inner {
     docker: DockerClient,
     /// The pipeline's engine over `docker`'s client.
     engine: DockerEngine,
+    registries: RegistryLogins,
     sources: runner::Sources,
     server_id: Uuid,
     wake: Notify,
@@ -84,6 +86,7 @@ impl BuildQueue {
             );
         }
         let engine = DockerEngine::with_client(docker.client());
+        let registries = RegistryLogins::new(&config);
         let sources = runner::Sources::open(&config.data_dir)?;
         let queue = BuildQueue {
             inner: Arc::new(Inner {
@@ -93,6 +96,7 @@ impl BuildQueue {
                 baker,
                 docker,
                 engine,
+                registries,
                 sources,
                 server_id,
                 wake: Notify::new(),
@@ -205,6 +209,7 @@ impl BuildQueue {
                         let context = runner::Context {
                             store: &queue.inner.store,
                             engine: &queue.inner.engine,
+                            registries: &queue.inner.registries,
                             sources: &queue.inner.sources,
                             repository: &queue.inner.repository,
                             baker: &queue.inner.baker,

@@ -7,6 +7,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+use crate::spec::PullPolicy;
+
 /// Labels put on every object a build creates.
 pub type Labels = BTreeMap<String, String>;
 
@@ -71,6 +73,10 @@ pub struct OutputChunk {
 /// A container's output, frame by frame, ending when the container stops.
 pub type OutputChunks = BoxStream<'static, Result<OutputChunk, EngineError>>;
 
+/// Progress of making an image present: one line per change worth showing, ending when the
+/// image is present; an error ends it.
+pub type PullProgress = BoxStream<'static, Result<String, EngineError>>;
+
 /// Objects carrying a label, found by [`Engine::list_labelled`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Leftovers {
@@ -82,9 +88,16 @@ pub struct Leftovers {
 /// Errors of the engine, grouped by what the caller does about them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
-    /// The user names an image that is not on this machine; nothing will fetch it.
-    #[error("image `{image}` is not present on the container engine (no registry pull is attempted: build or load the image on this machine first)")]
+    /// The user names an image that is not on this machine and was not pulled (`pull: never`).
+    #[error("image `{image}` is not present on the container engine (with `pull: never` it is never pulled: build, load or pull it on this machine first)")]
     ImageMissing { image: String },
+    /// The registry refused the pull, or could not be reached.
+    #[error("cannot pull image `{image}` from registry `{registry}`: {reason}")]
+    PullFailed {
+        image: String,
+        registry: String,
+        reason: String,
+    },
     /// The engine could not be reached or refused an operation.
     #[error("container engine: {operation}: {message}")]
     Failed { operation: String, message: String },
@@ -103,10 +116,10 @@ impl EngineError {
 ///
 /// Lifecycle, in call order for one build:
 /// 1. `create_network`, then `create_volume` (setup). Both carry the build's labels.
-/// 2. `start_container` for each service; `tcp_ready` / `exec` probe them, repeatedly,
+/// 2. `pull_image` then `start_container` for each service; `tcp_ready` / `exec` probe them, repeatedly,
 ///    until ready; `recent_output` may be read to explain a service that never got ready.
 /// 3. `copy_into_volume` once, before any step starts.
-/// 4. For each step in turn: `start_with_output`, then reading its output and `wait_exit`
+/// 4. For each step in turn: `pull_image`, `start_with_output`, then reading its output and `wait_exit`
 ///    (concurrently for the same container), and `remove_container` to kill a step that ran
 ///    out of time or was cancelled.
 /// 5. `export_volume` at most once, after the last step, when the build passed and its
@@ -119,8 +132,8 @@ impl EngineError {
 /// per-build state.
 ///
 /// Duties: teardown is idempotent and safe after a failed or partial setup; removing an
-/// object that does not exist succeeds. `start_container` never pulls: a missing image is
-/// [`EngineError::ImageMissing`]. Everything created carries the labels given, so
+/// object that does not exist succeeds. Only `pull_image` pulls: starting a container whose
+/// image is absent is an error. Everything created carries the labels given, so
 /// `list_labelled` finds what a crashed server left behind.
 #[async_trait::async_trait]
 pub trait Engine: Send + Sync {
@@ -149,6 +162,14 @@ pub trait Engine: Send + Sync {
         limit_bytes: u64,
         labels: &Labels,
     ) -> Result<u64, EngineError>;
+
+    /// Makes `image` present as `policy` says, pulling it when needed; the progress stream must
+    /// be read to its end before a container of the image starts. With `never`, an absent image
+    /// is [`EngineError::ImageMissing`]; a failed pull is [`EngineError::PullFailed`], naming
+    /// the image and the registry. This default, for engines without registries, pulls nothing.
+    fn pull_image(&self, _image: &str, _policy: PullPolicy) -> PullProgress {
+        Box::pin(futures::stream::empty())
+    }
 
     /// Creates and starts a container; the image must already be present.
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError>;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{Event, PackageSpec, ReadySpec, Spec, StatusCondition, StepSpec};
+use crate::spec::{Event, PackageSpec, PullPolicy, ReadySpec, Spec, StatusCondition, StepSpec};
 
 /// The label every container, network and volume of a build carries with the build id.
 pub const BUILD_LABEL: &str = "slipway.build";
@@ -64,6 +64,8 @@ pub struct ServicePlan {
     pub image: String,
     pub env: BTreeMap<String, String>,
     pub ready: Option<ReadinessPlan>,
+    #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
+    pub pull: PullPolicy,
 }
 
 /// A readiness check with its deadline.
@@ -97,6 +99,8 @@ pub struct StepPlan {
     pub run_on: Vec<StatusCondition>,
     /// Set when `when.branch` or `when.event` excludes this build: the step never runs.
     pub skipped: Option<String>,
+    #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
+    pub pull: PullPolicy,
 }
 
 /// Compiles `spec` for one build.
@@ -121,6 +125,7 @@ pub fn compile(spec: &Spec, build: &BuildInfo) -> Result<Plan, CompileError> {
             image: service.image.clone(),
             env: environment(&service.environment),
             ready: service.ready.as_ref().map(readiness),
+            pull: service.pull,
         })
         .collect();
     let steps = spec
@@ -193,6 +198,7 @@ fn compile_step(step: &StepSpec, build: &BuildInfo, prefix: &str) -> StepPlan {
             .clone()
             .unwrap_or_else(|| vec![StatusCondition::Success]),
         skipped: skip_reason(step, build),
+        pull: step.pull,
     }
 }
 

@@ -16,9 +16,11 @@ use serde::Deserialize;
 
 mod clone_url;
 mod docker_host;
+mod registries;
 pub use clone_url::CloneCredentials;
 use docker_host::check_address as check_docker_host;
 pub use docker_host::DEFAULT_DOCKER_HOST;
+pub use registries::{RawEcr, RawRegistry, Registry, RegistryLogin, RegistryMirror};
 
 /// The bake log cap when none is configured.
 pub const DEFAULT_BAKE_LOG_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
@@ -70,6 +72,10 @@ pub struct RawConfig {
     pub webhook_max_body_bytes: Option<usize>,
     /// Cap on a release's stored bake log; output past it is cut, and the log says so.
     pub bake_log_limit_bytes: Option<u64>,
+    /// A pull-through mirror for Docker Hub images: `http://host[:port]`.
+    pub registry_mirror: Option<String>,
+    /// Whether an image the mirror cannot serve is pulled from Docker Hub itself.
+    pub registry_mirror_fallback: Option<bool>,
     #[serde(default)]
     pub projects: Vec<RawProject>,
 }
@@ -94,6 +100,9 @@ pub struct RawProject {
     /// Debian package names this project owns in the shared apt repository.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Logins for the registries the project's images come from.
+    #[serde(default)]
+    pub registries: Vec<RawRegistry>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +182,7 @@ pub struct Config {
     pub step_log_limit_bytes: u64,
     pub webhook_max_body_bytes: usize,
     pub bake_log_limit_bytes: u64,
+    pub registry_mirror: Option<RegistryMirror>,
     pub projects: Vec<Project>,
 }
 
@@ -191,6 +201,7 @@ pub struct Project {
     pub environments: Vec<Environment>,
     /// Package names declared as this project's: no other project may publish them.
     pub packages: Vec<String>,
+    pub registries: Vec<Registry>,
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +324,8 @@ pub fn resolve(
             "expected the Packer binary's path or name, got \"\"".into(),
         ));
     }
+    let registry_mirror =
+        registries::resolve_mirror(raw.registry_mirror, raw.registry_mirror_fallback, &invalid)?;
     let max_concurrent_builds = raw.max_concurrent_builds.unwrap_or(2);
     if max_concurrent_builds == 0 {
         return Err(invalid(
@@ -357,6 +370,7 @@ pub fn resolve(
         bake_log_limit_bytes: raw
             .bake_log_limit_bytes
             .unwrap_or(DEFAULT_BAKE_LOG_LIMIT_BYTES),
+        registry_mirror,
         projects,
     })
 }
@@ -456,6 +470,8 @@ fn resolve_project(
         }
         packages.push(package);
     }
+    let registry_key = |j: usize, field: &str| key(&format!("registries[{j}].{field}"));
+    let registries = registries::resolve_registries(raw.registries, &registry_key, invalid, env)?;
     let mut environments = Vec::new();
     let mut env_names = HashSet::new();
     for (j, raw_env) in raw.environments.into_iter().enumerate() {
@@ -480,6 +496,7 @@ fn resolve_project(
         secrets,
         environments,
         packages,
+        registries,
     })
 }
 

@@ -20,6 +20,7 @@ use crate::bake::Baker;
 use crate::config::Project;
 use crate::mirror::CommitId;
 use crate::queue::LiveEvent;
+use crate::registries::RegistryLogins;
 use crate::releases::{self, Repository};
 use crate::store::builds::{Build, BuildStatus};
 use crate::store::Store;
@@ -37,6 +38,8 @@ pub const WORKSPACE_EXPORT_LIMIT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 pub struct Context<'a> {
     pub store: &'a Store,
     pub engine: &'a DockerEngine,
+    /// The logins and mirror a build's engine pulls with.
+    pub registries: &'a RegistryLogins,
     pub sources: &'a Sources,
     pub repository: &'a Repository,
     pub baker: &'a Baker,
@@ -96,6 +99,14 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         Ok(plan) => plan,
         Err(e) => return Outcome::errored(format!("cannot compile the pipeline: {e}")),
     };
+    let engine = match context
+        .registries
+        .engine_for(context.engine, project, &plan)
+        .await
+    {
+        Ok(engine) => engine,
+        Err(e) => return Outcome::errored(format!("{e:#}")),
+    };
     let recorder = observer::StoreObserver::start(
         context.store.clone(),
         build.id,
@@ -128,7 +139,7 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         .collect();
     let outcome = pipeline::run(
         &plan,
-        context.engine,
+        &engine,
         workspace.path(),
         &secrets,
         &recorder,

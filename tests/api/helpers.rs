@@ -48,6 +48,19 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with `database_url` as the server's database.
     pub async fn spawn_with_database(config_text: &str, database_url: String) -> TestApp {
+        TestApp::spawn_with_env(config_text, database_url, &[]).await
+    }
+
+    /// Like [`TestApp::spawn_with_database`], with `vars` as the environment the config reads.
+    pub async fn spawn_with_env(
+        config_text: &str,
+        database_url: String,
+        vars: &[(&str, &str)],
+    ) -> TestApp {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let data_dir = tempfile::tempdir().expect("temp dir");
         let raw = config::parse(config_text, "test config").expect("test config parses");
         let overrides = Overrides {
@@ -55,7 +68,10 @@ impl TestApp {
             data_dir: Some(data_dir.path().to_path_buf()),
         };
         let url = database_url.clone();
-        let env = move |key: &str| (key == "SLIPWAY_DATABASE_URL").then(|| url.clone());
+        let env = move |key: &str| match key {
+            "SLIPWAY_DATABASE_URL" => Some(url.clone()),
+            _ => vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()),
+        };
         let config: Config =
             config::resolve(raw, "test config", &overrides, &env).expect("test config resolves");
         let app = Application::build(config).await.expect("app builds");

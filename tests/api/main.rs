@@ -13,6 +13,7 @@ mod health;
 mod hostile_input;
 mod logs;
 mod pipeline_cli;
+mod registry;
 mod release_guards;
 mod releases;
 mod server_process;

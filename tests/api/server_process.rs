@@ -15,11 +15,17 @@ pub struct Server {
 
 /// Starts `slipway server` in `dir` (with its `slipway.toml`, if any) and waits until it listens.
 pub fn start(dir: &Path) -> Server {
+    start_with_env(dir, &[])
+}
+
+/// Like [`start`], with `vars` added to the server's environment.
+pub fn start_with_env(dir: &Path, vars: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(["server", "--listen", "127.0.0.1:0"])
         .current_dir(dir)
         .env("RUST_LOG", "info")
         .env_remove("SLIPWAY_DATABASE_URL")
+        .envs(vars.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .expect("slipway starts");

@@ -4,9 +4,13 @@ mod archive;
 mod convert;
 mod export;
 mod lines;
+mod pull;
+
+pub use pull::{ImageReference, Mirror, Registries, RegistryLogin, DOCKER_HUB, MAX_PROGRESS_LINES};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::container::LogOutput;
@@ -23,8 +27,9 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::engine::{
     ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputChunk, OutputChunks, OutputLine,
-    OutputStream, VolumeMount,
+    OutputStream, PullProgress, VolumeMount,
 };
+use crate::spec::PullPolicy;
 
 use lines::LineSplitter;
 
@@ -37,6 +42,7 @@ pub const DEFAULT_HELPER_IMAGE: &str = "slipway/debian:bookworm";
 pub struct DockerEngine {
     docker: Docker,
     helper_image: String,
+    registries: Arc<Registries>,
 }
 
 impl DockerEngine {
@@ -64,7 +70,15 @@ impl DockerEngine {
         DockerEngine {
             docker,
             helper_image: DEFAULT_HELPER_IMAGE.to_owned(),
+            registries: Arc::default(),
         }
+    }
+
+    /// Pulls through `registries`' mirror and with its logins (a project's, for one build);
+    /// without it, images come from their registries anonymously.
+    pub fn with_registries(mut self, registries: Registries) -> DockerEngine {
+        self.registries = Arc::new(registries);
+        self
     }
 
     /// Uses another local image for the workspace copy helper.
@@ -207,6 +221,10 @@ impl Engine for DockerEngine {
         let size = exported?;
         removed?;
         Ok(size)
+    }
+
+    fn pull_image(&self, image: &str, policy: PullPolicy) -> PullProgress {
+        pull::pull_image(self.docker.clone(), self.registries.clone(), image, policy)
     }
 
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError> {

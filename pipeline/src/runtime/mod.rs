@@ -4,6 +4,7 @@
 mod export;
 mod observer;
 mod output;
+mod pull;
 mod services;
 mod steps;
 mod teardown;

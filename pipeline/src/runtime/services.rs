@@ -13,6 +13,7 @@ const LINES_SHOWN: usize = 20;
 /// Starts every service, then waits for each one's readiness check to pass.
 pub(super) async fn start_and_wait(build: &Build<'_>) -> Result<(), Halt> {
     for service in &build.plan.services {
+        super::pull::service_image(build, service).await?;
         build
             .engine
             .start_container(&service_container(build.plan, service))

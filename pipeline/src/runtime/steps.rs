@@ -21,6 +21,9 @@ pub(super) async fn run_step(
 ) -> Result<(StepResult, Option<Halt>), EngineError> {
     build.observer.step_started(&step.name).await;
     let started = Instant::now();
+    if let Some((result, halt)) = super::pull::step_image(build, step).await? {
+        return Ok((result, Some(halt)));
+    }
     let engine = build.engine;
     let output = engine
         .start_with_output(&step_container(build.plan, step, build.secrets))

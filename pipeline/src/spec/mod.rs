@@ -55,6 +55,8 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub environment: BTreeMap<VariableName, ScalarText>,
     pub ready: Option<ReadySpec>,
+    #[serde(default)]
+    pub pull: PullPolicy,
 }
 
 /// How to tell that a service accepts work: exactly one of `tcp` or `command`.
@@ -80,6 +82,37 @@ pub struct StepSpec {
     pub timeout: Option<SpecDuration>,
     #[serde(default)]
     pub when: WhenSpec,
+    #[serde(default)]
+    pub pull: PullPolicy,
+}
+
+/// When an image is pulled from its registry before its container starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Pulled only when the container engine does not have it.
+    #[default]
+    IfNotExists,
+    /// Pulled before every run, so a moved tag is followed.
+    Always,
+    /// Never pulled: an absent image is an error.
+    Never,
+}
+
+impl PullPolicy {
+    /// The policy as written in `.slipway.yml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PullPolicy::IfNotExists => "if-not-exists",
+            PullPolicy::Always => "always",
+            PullPolicy::Never => "never",
+        }
+    }
+
+    /// Whether this is the default, which plans leave out.
+    pub fn is_default(&self) -> bool {
+        *self == PullPolicy::default()
+    }
 }
 
 /// Conditions under which a step runs; an absent list places no condition.

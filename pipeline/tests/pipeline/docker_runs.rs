@@ -379,8 +379,8 @@ steps:
 }
 
 #[tokio::test]
-async fn a_missing_image_errors_the_build_without_pulling() {
-    let yaml = "steps:\n  - {name: build, image: \"slipway/absent:1\", commands: [\"true\"]}\n";
+async fn a_missing_image_with_pull_never_errors_the_build_without_pulling() {
+    let yaml = "steps:\n  - {name: build, image: \"slipway/absent:1\", pull: never, commands: [\"true\"]}\n";
     let run = run_docker(yaml, Options::default()).await;
     assert_eq!(run.outcome.status, BuildStatus::Errored);
     let message = run.outcome.message.unwrap();

@@ -190,7 +190,7 @@ async fn a_missing_image_errors_the_build_and_names_the_image() {
     let message = run.outcome.message.clone().unwrap();
     assert!(message.contains("image `img` is not present"), "{message}");
     assert!(
-        message.contains("no registry pull is attempted"),
+        message.contains("with `pull: never` it is never pulled"),
         "{message}"
     );
 }
