@@ -14,8 +14,10 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+mod bake;
 mod clone_url;
 mod docker_host;
+pub use bake::{check_relative_path, BakeSettings, PlaybookRepo, PlaybookSource, RawBake};
 pub use clone_url::CloneCredentials;
 use docker_host::check_address as check_docker_host;
 pub use docker_host::DEFAULT_DOCKER_HOST;
@@ -94,6 +96,8 @@ pub struct RawProject {
     /// Debian package names this project owns in the shared apt repository.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// The team's own provisioning of the project's images.
+    pub bake: Option<RawBake>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +195,8 @@ pub struct Project {
     pub environments: Vec<Environment>,
     /// Package names declared as this project's: no other project may publish them.
     pub packages: Vec<String>,
+    /// `[projects.bake]`; `.slipway.yml`'s `bake:` fills in what it leaves unset.
+    pub bake: BakeSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -456,6 +462,10 @@ fn resolve_project(
         }
         packages.push(package);
     }
+    let bake = bake::resolve(raw.bake.unwrap_or_default(), &|field| {
+        key(&format!("bake.{field}"))
+    })
+    .map_err(|(field, message)| invalid(&field, message))?;
     let mut environments = Vec::new();
     let mut env_names = HashSet::new();
     for (j, raw_env) in raw.environments.into_iter().enumerate() {
@@ -480,6 +490,7 @@ fn resolve_project(
         secrets,
         environments,
         packages,
+        bake,
     })
 }
 

@@ -6,7 +6,7 @@ pub mod local;
 mod observer;
 mod source;
 
-pub use source::Sources;
+pub use source::{read_spec, Sources};
 
 use std::collections::HashMap;
 
@@ -144,6 +144,8 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
                             context.store,
                             &release,
                             package,
+                            project,
+                            spec.bake.as_ref(),
                             workspace.path(),
                             context.cancel,
                         )
