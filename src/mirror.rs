@@ -494,6 +494,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_ref_resolves_to_the_commit_its_tag_or_branch_names_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, mirror) = source_and_mirror(dir.path());
+        let tagged = commit(&source, "a", "1");
+        git_in(&source, &["tag", "v3"]);
+        let newer = commit(&source, "a", "2");
+        assert_eq!(mirror.resolve_ref("v3").await.unwrap(), tagged);
+        assert_eq!(mirror.resolve_ref("main").await.unwrap(), newer);
+        assert_eq!(mirror.resolve_ref(tagged.as_str()).await.unwrap(), tagged);
+        let error = mirror.resolve_ref("v4").await.unwrap_err();
+        assert!(error.contains("no tag or branch named `v4`"), "{error}");
+        // A moved tag is followed: the ref is resolved again for each bake.
+        git_in(&source, &["tag", "-f", "v3", newer.as_str()]);
+        assert_eq!(mirror.resolve_ref("v3").await.unwrap(), newer);
+    }
+
+    #[tokio::test]
     async fn commits_are_fetched_once_and_a_commit_no_branch_holds_is_fetched_by_id() {
         let dir = tempfile::tempdir().unwrap();
         let (source, mirror) = source_and_mirror(dir.path());

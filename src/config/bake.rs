@@ -108,3 +108,68 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, resolve, Config, ConfigError};
+    use super::*;
+
+    fn load(bake: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"file:///srv/hello.git\"\n\n[projects.bake]\n{bake}"
+        );
+        resolve(
+            parse(&text, "slipway.toml")?,
+            "slipway.toml",
+            &Default::default(),
+            &|_| None,
+        )
+    }
+
+    #[test]
+    fn the_issues_settings_resolve() {
+        let config = load(
+            "playbook_repo = { url = \"https://bitbucket.org/acme/ops.git\", ref = \"v3\", path = \"playbooks/app.yml\" }\nextra_vars = { app_env = \"prod\", replicas = 3 }\nbase_image = \"slipway/debian:bookworm\"\n",
+        )
+        .unwrap();
+        let bake = &config.projects[0].bake;
+        assert_eq!(
+            bake.playbook,
+            Some(PlaybookSource::Repo(PlaybookRepo {
+                url: "https://bitbucket.org/acme/ops.git".into(),
+                git_ref: "v3".into(),
+                path: "playbooks/app.yml".into(),
+            }))
+        );
+        assert_eq!(bake.extra_vars["replicas"], 3);
+        assert_eq!(bake.base_image.as_deref(), Some("slipway/debian:bookworm"));
+    }
+
+    #[test]
+    fn bad_settings_name_the_key() {
+        for (bake, key, says) in [
+            ("playbook = \"../ops/bake.yml\"\n", "projects[0].bake.playbook", "without `..`"),
+            (
+                "playbook = \"a.yml\"\nplaybook_repo = { url = \"file:///srv/ops.git\", ref = \"v3\", path = \"a.yml\" }\n",
+                "projects[0].bake.playbook_repo",
+                "not both",
+            ),
+            (
+                "playbook_repo = { url = \"file:///srv/ops.git\", ref = \"v3^\", path = \"a.yml\" }\n",
+                "projects[0].bake.playbook_repo.ref",
+                "not a git ref",
+            ),
+            (
+                "extra_vars = { slipway_package = \"evil\" }\n",
+                "projects[0].bake.extra_vars",
+                "Slipway's own",
+            ),
+            ("base_image = \"a b\"\n", "projects[0].bake.base_image", "not an image"),
+        ] {
+            let error = load(bake).unwrap_err().to_string();
+            assert!(error.contains(key) && error.contains(says), "{bake}: {error}");
+        }
+        let error = load("playbok = \"a.yml\"\n").unwrap_err().to_string();
+        assert!(error.contains("unknown field `playbok`"), "{error}");
+    }
+}
