@@ -63,6 +63,17 @@ const BAKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Longest Ansible error line kept as a bake reason; the whole line stays in the bake log.
 const REASON_LIMIT: usize = 2000;
 
+/// What the build of a release leaves for its first bake.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltRelease<'a> {
+    pub project: &'a Project,
+    pub package: &'a PackageSpec,
+    /// `.slipway.yml`'s `bake:` section.
+    pub file_bake: Option<&'a BakeSpec>,
+    /// The checkout of the release's commit.
+    pub workspace: &'a Path,
+}
+
 /// Bakes releases for one server; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Baker {
@@ -128,8 +139,9 @@ impl Baker {
             .with_context(|| format!("cannot make {}", self.bake_dir.display()))?;
         let scratch = self.scratch_dir();
         match std::fs::remove_dir_all(&scratch) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
-                .with_context(|| format!("cannot remove {}", scratch.display())),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", scratch.display()))
+            }
             _ => Ok(()),
         }
     }
@@ -144,39 +156,35 @@ impl Baker {
         self
     }
 
-    /// Bakes the published `release` of `package` (whose checkout is in `workspace`, and whose
-    /// `.slipway.yml` has the `bake:` section `file_bake`) of `project`, and records the outcome
-    /// on the release. Never fails the build: errors end up in the release.
+    /// Bakes the published `release` from what its `build` left (the checkout, the package and
+    /// the team's bake settings), and records the outcome on the release. Never fails the
+    /// build: errors end up in the release.
     #[tracing::instrument(skip_all, fields(project = %release.project, release = %release.version))]
     pub async fn bake(
         &self,
         store: &Store,
         release: &Release,
-        package: &PackageSpec,
-        project: &Project,
-        file_bake: Option<&BakeSpec>,
-        workspace: &Path,
+        build: &BuiltRelease<'_>,
         cancel: &CancellationToken,
     ) {
-        if let Err(e) = self
-            .bake_recorded(store, release, package, project, file_bake, workspace, cancel)
-            .await
-        {
+        if let Err(e) = self.bake_recorded(store, release, build, cancel).await {
             tracing::error!(error = format!("{e:#}"), "cannot record a bake");
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn bake_recorded(
         &self,
         store: &Store,
         release: &Release,
-        package: &PackageSpec,
-        project: &Project,
-        file_bake: Option<&BakeSpec>,
-        workspace: &Path,
+        build: &BuiltRelease<'_>,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
+        let BuiltRelease {
+            project,
+            package,
+            file_bake,
+            workspace,
+        } = *build;
         let command = match start_command(package, workspace) {
             Ok(command) => command,
             Err(reason) => {
@@ -309,18 +317,16 @@ impl Baker {
             .as_ref()
             .context("a published release has a package")?;
         // dockerd down or the base image missing: the bake fails now, saying which.
-        let (base_image, base_image_id, base_note) = match self
-            .base_image(store, release, staged)
-            .await
-        {
-            Ok(base) => base,
-            Err(e) => {
-                let reason = format!("cannot start the bake: {e:#}");
-                tracing::warn!(%reason, "bake failed");
-                store.mark_bake_failed(release.id, &reason).await?;
-                return Ok(());
-            }
-        };
+        let (base_image, base_image_id, base_note) =
+            match self.base_image(store, release, staged).await {
+                Ok(base) => base,
+                Err(e) => {
+                    let reason = format!("cannot start the bake: {e:#}");
+                    tracing::warn!(%reason, "bake failed");
+                    store.mark_bake_failed(release.id, &reason).await?;
+                    return Ok(());
+                }
+            };
         let exposed_ports = recipe
             .exposed_ports
             .iter()
@@ -462,7 +468,10 @@ impl Baker {
             }
         }
         let (base, hint) = match &staged.base_image {
-            Some(base) => (base.as_str(), "the project's base_image; build or load it on dockerd"),
+            Some(base) => (
+                base.as_str(),
+                "the project's base_image; build or load it on dockerd",
+            ),
             None => (BASE_IMAGE, "scripts/bootstrap builds it"),
         };
         let id = self
@@ -630,7 +639,8 @@ impl BakeObserver for BakeLog {
             self.ansible_error = Some(line.trim().chars().take(REASON_LIMIT).collect());
         } else if self.ansible_error.is_some() && self.ansible_error_at.is_none() {
             if let Some(at) = line.find(ERROR_LOCATION) {
-                self.ansible_error_at = Some(line[at..].trim().chars().take(REASON_LIMIT).collect());
+                self.ansible_error_at =
+                    Some(line[at..].trim().chars().take(REASON_LIMIT).collect());
             }
         }
         match self.cap.admit(line.len()) {

@@ -171,7 +171,10 @@ impl Mirror {
             self.fetch(&["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
                 .await?;
         }
-        for candidate in [format!("refs/tags/{git_ref}"), format!("refs/heads/{git_ref}")] {
+        for candidate in [
+            format!("refs/tags/{git_ref}"),
+            format!("refs/heads/{git_ref}"),
+        ] {
             let output = output(
                 git(Some(&self.git_dir))
                     .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])

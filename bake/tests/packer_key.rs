@@ -107,10 +107,16 @@ fn a_symbolic_link_out_of_the_playbook_directory_is_refused_by_name() {
     std::fs::create_dir_all(dir.path().join("roles/app/files")).unwrap();
     std::fs::write(dir.path().join("bake.yml"), "- hosts: all\n").unwrap();
     // A link inside the directory counts as its target's name.
-    std::os::unix::fs::symlink("../../../bake.yml", dir.path().join("roles/app/files/copy.yml"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        "../../../bake.yml",
+        dir.path().join("roles/app/files/copy.yml"),
+    )
+    .unwrap();
     let files = read_playbook_dir(dir.path()).unwrap();
-    assert_eq!(files["roles/app/files/copy.yml"], b"symlink:../../../bake.yml");
+    assert_eq!(
+        files["roles/app/files/copy.yml"],
+        b"symlink:../../../bake.yml"
+    );
     std::os::unix::fs::symlink("/etc", dir.path().join("roles/app/files/etc")).unwrap();
     let error = read_playbook_dir(dir.path()).unwrap_err().to_string();
     assert!(

@@ -121,7 +121,9 @@ pub async fn stage(
             let dir = tempfile::Builder::new()
                 .prefix("playbook-repo-")
                 .tempdir_in(scratch_dir)
-                .map_err(|e| format!("cannot make a directory in {}: {e}", scratch_dir.display()))?;
+                .map_err(|e| {
+                    format!("cannot make a directory in {}: {e}", scratch_dir.display())
+                })?;
             let index = PathBuf::from(format!("{}.index", dir.path().display()));
             mirror.export_tree(&commit, dir.path(), &index).await?;
             notes.push(format!(
@@ -141,7 +143,10 @@ pub async fn stage(
         }
     };
     if settings.playbook.is_none() && !settings.extra_vars.is_empty() {
-        notes.push("==> slipway: extra_vars are given to Slipway's playbook only: no team playbook is set".into());
+        notes.push(
+            "==> slipway: extra_vars are given to Slipway's playbook only: no team playbook is set"
+                .into(),
+        );
     }
     let provisioning = provisioning(team.as_ref(), settings.base_image.as_deref())?;
     Ok(Staged {
@@ -163,8 +168,8 @@ fn team_playbook(
     settings: &BakeSettings,
 ) -> Result<TeamPlaybook, String> {
     let full = root.join(path);
-    let canonical_root = std::fs::canonicalize(root)
-        .map_err(|e| format!("cannot read {}: {e}", root.display()))?;
+    let canonical_root =
+        std::fs::canonicalize(root).map_err(|e| format!("cannot read {}: {e}", root.display()))?;
     let inside = std::fs::canonicalize(&full)
         .ok()
         .filter(|p| p.starts_with(&canonical_root) && p.is_file());
@@ -217,8 +222,14 @@ fn same_origin(a: &str, b: &str) -> bool {
     fn origin(url: &str) -> Option<String> {
         let (scheme, rest) = url.split_once("://")?;
         let authority = rest.split(['/', '?', '#']).next()?;
-        let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-        Some(format!("{}://{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase()))
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        Some(format!(
+            "{}://{}",
+            scheme.to_ascii_lowercase(),
+            host.to_ascii_lowercase()
+        ))
     }
     origin(a).is_some_and(|a| Some(a) == origin(b))
 }

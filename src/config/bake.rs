@@ -56,31 +56,33 @@ pub struct PlaybookRepo {
 }
 
 /// Checks `[projects.bake]`; `key` names a field in errors (`projects[0].bake.playbook`).
-pub fn resolve(raw: RawBake, key: &dyn Fn(&str) -> String) -> Result<BakeSettings, (String, String)> {
-    let playbook = match (raw.playbook, raw.playbook_repo) {
-        (Some(_), Some(_)) => {
-            return Err((
+pub fn resolve(
+    raw: RawBake,
+    key: &dyn Fn(&str) -> String,
+) -> Result<BakeSettings, (String, String)> {
+    let playbook =
+        match (raw.playbook, raw.playbook_repo) {
+            (Some(_), Some(_)) => return Err((
                 key("playbook_repo"),
                 "set either playbook (in the application repository) or playbook_repo, not both"
                     .into(),
-            ))
-        }
-        (Some(path), None) => {
-            check_relative_path(&path).map_err(|m| (key("playbook"), m))?;
-            Some(PlaybookSource::Repository { path })
-        }
-        (None, Some(repo)) => {
-            check_url_text(&repo.url).map_err(|m| (key("playbook_repo.url"), m))?;
-            check_git_ref(&repo.git_ref).map_err(|m| (key("playbook_repo.ref"), m))?;
-            check_relative_path(&repo.path).map_err(|m| (key("playbook_repo.path"), m))?;
-            Some(PlaybookSource::Repo(PlaybookRepo {
-                url: repo.url,
-                git_ref: repo.git_ref,
-                path: repo.path,
-            }))
-        }
-        (None, None) => None,
-    };
+            )),
+            (Some(path), None) => {
+                check_relative_path(&path).map_err(|m| (key("playbook"), m))?;
+                Some(PlaybookSource::Repository { path })
+            }
+            (None, Some(repo)) => {
+                check_url_text(&repo.url).map_err(|m| (key("playbook_repo.url"), m))?;
+                check_git_ref(&repo.git_ref).map_err(|m| (key("playbook_repo.ref"), m))?;
+                check_relative_path(&repo.path).map_err(|m| (key("playbook_repo.path"), m))?;
+                Some(PlaybookSource::Repo(PlaybookRepo {
+                    url: repo.url,
+                    git_ref: repo.git_ref,
+                    path: repo.path,
+                }))
+            }
+            (None, None) => None,
+        };
     for name in raw.extra_vars.keys() {
         check_extra_var_name(name).map_err(|m| (key("extra_vars"), m))?;
     }

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::bake::Baker;
+use crate::bake::{Baker, BuiltRelease};
 use crate::config::Project;
 use crate::mirror::CommitId;
 use crate::queue::LiveEvent;
@@ -143,10 +143,12 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
                         .bake(
                             context.store,
                             &release,
-                            package,
-                            project,
-                            spec.bake.as_ref(),
-                            workspace.path(),
+                            &BuiltRelease {
+                                project,
+                                package,
+                                file_bake: spec.bake.as_ref(),
+                                workspace: workspace.path(),
+                            },
                             context.cancel,
                         )
                         .await

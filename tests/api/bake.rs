@@ -184,7 +184,10 @@ async fn a_passing_push_is_baked_into_an_image_that_runs_it_and_the_next_bakes_i
         log.contains("full bake from slipway/debian:bookworm"),
         "{log}"
     );
-    assert!(log.contains("TASK [slipway : Install exactly hello=1]"), "{log}");
+    assert!(
+        log.contains("TASK [slipway : Install exactly hello=1]"),
+        "{log}"
+    );
     let answer = run_and_ask(&cleanup, image);
     assert!(answer.contains("\"version\": \"v1\""), "{answer}");
 
@@ -292,7 +295,10 @@ async fn a_rebake_bakes_a_release_again_without_its_checkout_into_a_new_image() 
     assert_eq!(v1["bake_status"], "baked", "{v1}\n{log}");
     assert!(log.contains("rebake requested"), "{log}");
     assert!(!log.contains("reusing"), "{log}");
-    assert!(log.contains("TASK [slipway : Install exactly hello=1]"), "{log}");
+    assert!(
+        log.contains("TASK [slipway : Install exactly hello=1]"),
+        "{log}"
+    );
     let image = v1["image"].as_str().unwrap();
     assert_image_name(image, "v1");
     let second_id = v1["image_id"].as_str().unwrap();

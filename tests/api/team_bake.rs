@@ -59,7 +59,17 @@ fn read_in_image(image: &str, path: &str) -> String {
 
 /// `dpkg -s hello` in a throwaway container of `image`.
 fn hello_status(image: &str) -> String {
-    docker(&["run", "--rm", "--network", "none", image, "dpkg", "-s", "hello"]).1
+    docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image,
+        "dpkg",
+        "-s",
+        "hello",
+    ])
+    .1
 }
 
 /// No container of the bake, no scratch file, and after a failed bake no image either.
@@ -97,10 +107,15 @@ async fn a_teams_playbook_provisions_the_image_after_slipways_package_and_a_brok
 
     let started = Instant::now();
     let build = wait_for_build(&app, push(&app, "main", &first).await, BUILD_AND_BAKE).await;
-    eprintln!("build, publish and bake of v1 with the team's playbook: {:?}", started.elapsed());
+    eprintln!(
+        "build, publish and bake of v1 with the team's playbook: {:?}",
+        started.elapsed()
+    );
     assert_eq!(build["status"], "passed", "{build}");
     let v1 = release(&app, "v1").await;
-    cleanup.bake_ids.push(v1["bake_id"].as_str().unwrap().to_string());
+    cleanup
+        .bake_ids
+        .push(v1["bake_id"].as_str().unwrap().to_string());
     let log = bake_log(&app, "v1").await;
     assert_eq!(v1["bake_status"], "baked", "{v1}\n{log}");
     let image = v1["image"].as_str().unwrap();
@@ -108,21 +123,34 @@ async fn a_teams_playbook_provisions_the_image_after_slipways_package_and_a_brok
     // over .slipway.yml's and .slipway.yml's region.
     let settings = read_in_image(image, "/etc/hello/team.conf");
     let lines: Vec<&str> = settings.lines().collect();
-    assert_eq!(lines, ["app_env=prod", "region=eu-west-1", "hello=1"], "{settings}");
+    assert_eq!(
+        lines,
+        ["app_env=prod", "region=eu-west-1", "hello=1"],
+        "{settings}"
+    );
     let status = hello_status(image);
     assert!(
         status.contains("Status: install ok installed") && status.contains("Version: 1\n"),
         "{status}"
     );
-    assert!(log.contains("TASK [slipway : Install exactly hello=1]"), "{log}");
-    assert!(log.contains("TASK [hello_team : Write the team's settings]"), "{log}");
+    assert!(
+        log.contains("TASK [slipway : Install exactly hello=1]"),
+        "{log}"
+    );
+    assert!(
+        log.contains("TASK [hello_team : Write the team's settings]"),
+        "{log}"
+    );
     assert!(
         log.contains("bake.extra_vars.app_env of .slipway.yml is ignored"),
         "{log}"
     );
     // The variables reach Ansible as a file, never as arguments.
     assert!(log.contains("extra_vars.json"), "{log}");
-    assert!(!log.contains("app_env=prod") && !log.contains("region=eu"), "{log}");
+    assert!(
+        !log.contains("app_env=prod") && !log.contains("region=eu"),
+        "{log}"
+    );
     assert_nothing_left(&app, v1["bake_id"].as_str().unwrap(), false);
 
     // A broken playbook: the bake fails with Ansible's error and where it is, and leaves
@@ -156,20 +184,29 @@ async fn a_teams_playbook_provisions_the_image_after_slipways_package_and_a_brok
     let third = commit_all(repo.path(), "fix the playbook, drop region");
     let started = Instant::now();
     let build = wait_for_build(&app, push(&app, "main", &third).await, BUILD_AND_BAKE).await;
-    eprintln!("build, publish and bake of v3 with a changed role: {:?}", started.elapsed());
+    eprintln!(
+        "build, publish and bake of v3 with a changed role: {:?}",
+        started.elapsed()
+    );
     assert_eq!(build["status"], "passed", "{build}");
     let v3 = release(&app, "v3").await;
-    cleanup.bake_ids.push(v3["bake_id"].as_str().unwrap().to_string());
+    cleanup
+        .bake_ids
+        .push(v3["bake_id"].as_str().unwrap().to_string());
     let log = bake_log(&app, "v3").await;
     assert_eq!(v3["bake_status"], "baked", "{v3}\n{log}");
     assert_ne!(v3["bake_key"], v1["bake_key"]);
     assert!(
-        log.contains("full bake from slipway/debian:bookworm") && log.contains("provisioned differently"),
+        log.contains("full bake from slipway/debian:bookworm")
+            && log.contains("provisioned differently"),
         "{log}"
     );
     let image = v3["image"].as_str().unwrap();
     let settings = read_in_image(image, "/etc/hello/team.conf");
-    assert_eq!(settings.lines().collect::<Vec<_>>(), ["app_env=prod", "hello=3"]);
+    assert_eq!(
+        settings.lines().collect::<Vec<_>>(),
+        ["app_env=prod", "hello=3"]
+    );
     app.stop().await;
 }
 
@@ -205,18 +242,29 @@ async fn a_playbook_repository_is_used_at_its_pinned_ref_and_includes_slipways_r
     let app = TestApp::spawn(&config).await;
     let started = Instant::now();
     let build = wait_for_build(&app, push(&app, "main", &commit).await, BUILD_AND_BAKE).await;
-    eprintln!("build, publish and bake of v1 with a playbook repository: {:?}", started.elapsed());
+    eprintln!(
+        "build, publish and bake of v1 with a playbook repository: {:?}",
+        started.elapsed()
+    );
     assert_eq!(build["status"], "passed", "{build}");
     let v1 = release(&app, "v1").await;
-    cleanup.bake_ids.push(v1["bake_id"].as_str().unwrap().to_string());
+    cleanup
+        .bake_ids
+        .push(v1["bake_id"].as_str().unwrap().to_string());
     let log = bake_log(&app, "v1").await;
     assert_eq!(v1["bake_status"], "baked", "{v1}\n{log}");
     assert!(
-        log.contains(&format!("playbooks/app.yml of file://{} at v3 (commit {pinned})", ops.path().display())),
+        log.contains(&format!(
+            "playbooks/app.yml of file://{} at v3 (commit {pinned})",
+            ops.path().display()
+        )),
         "{log}"
     );
     let image = v1["image"].as_str().unwrap();
-    assert_eq!(read_in_image(image, "/etc/hello/ops-marker"), "ops from v3\n");
+    assert_eq!(
+        read_in_image(image, "/etc/hello/ops-marker"),
+        "ops from v3\n"
+    );
     let status = hello_status(image);
     assert!(status.contains("Status: install ok installed"), "{status}");
     // The image names what provisioned it, so the next bake can tell whether to build on it.

@@ -28,12 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use docker::{reap_bake, CONTAINER_LABEL, IMAGE_LABEL};
 pub use error::BakeError;
-pub use key::{
-    bake_key, read_playbook_dir, BakeKeyInputs, MAX_PLAYBOOK_BYTES, MAX_PLAYBOOK_FILES,
-};
+pub use key::{bake_key, read_playbook_dir, BakeKeyInputs, MAX_PLAYBOOK_BYTES, MAX_PLAYBOOK_FILES};
 pub use request::{AmazonEbsSource, BakeRequest, BakeSource, DockerSource, DEFAULT_PROVISIONING};
-pub use team::TeamPlaybook;
 use run::{run_packer, spawn_error, Ending, PackerRun};
+pub use team::TeamPlaybook;
 
 /// Receives Packer's output, one human-readable line at a time, as it is produced
 /// (Packer's own lines and, prefixed with the source name, Ansible's).
@@ -91,12 +89,7 @@ pub async fn bake(
     let generated = request
         .team
         .as_ref()
-        .map(|team| {
-            team.generate(
-                &request.playbook_dir.join("bake.yml"),
-                &request.scratch_dir,
-            )
-        })
+        .map(|team| team.generate(&request.playbook_dir.join("bake.yml"), &request.scratch_dir))
         .transpose()?;
     let mut args = vec![
         "build".to_string(),

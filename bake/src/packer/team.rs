@@ -188,17 +188,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut bad = team(dir.path());
         bad.playbook = "../bake.yml".into();
-        assert!(bad.check().unwrap_err().to_string().contains("without `..`"));
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("without `..`"));
         let mut bad = team(dir.path());
         bad.playbook = "missing.yml".into();
-        assert!(bad.check().unwrap_err().to_string().contains("cannot be read"));
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be read"));
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("escape.yml")).unwrap();
         let mut bad = team(dir.path());
         bad.playbook = "escape.yml".into();
-        assert!(bad.check().unwrap_err().to_string().contains("not a file inside"));
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("not a file inside"));
         let mut bad = team(dir.path());
         bad.extra_vars.insert("slipway_version".into(), "1".into());
-        assert!(bad.check().unwrap_err().to_string().contains("slipway_version"));
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("slipway_version"));
         assert!(team(dir.path()).check().is_ok());
     }
 

@@ -203,8 +203,10 @@ mod tests {
         assert!(check_remote_url("ssh://git@git.example.test/ops.git").is_ok());
         assert!(check_remote_url("file:///srv/ops.git").is_err());
         assert!(check_remote_url("/srv/ops.git").is_err());
-        assert!(check_remote_url("https://bot:s3cret@git.example.test/ops.git")
-            .unwrap_err()
-            .contains("password"));
+        assert!(
+            check_remote_url("https://bot:s3cret@git.example.test/ops.git")
+                .unwrap_err()
+                .contains("password")
+        );
     }
 }
