@@ -143,10 +143,7 @@ pub async fn stage(
         }
     };
     if settings.playbook.is_none() && !settings.extra_vars.is_empty() {
-        notes.push(
-            "==> slipway: extra_vars are given to Slipway's playbook only: no team playbook is set"
-                .into(),
-        );
+        notes.push("==> slipway: extra_vars are not used: no team playbook is set".into());
     }
     let provisioning = provisioning(team.as_ref(), settings.base_image.as_deref())?;
     Ok(Staged {

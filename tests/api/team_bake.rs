@@ -170,6 +170,7 @@ async fn a_teams_playbook_provisions_the_image_after_slipways_package_and_a_brok
     assert_eq!(v2["bake_status"], "failed", "{v2}\n{log}");
     assert_eq!(v2["image"], serde_json::Value::Null, "{v2}");
     let reason = v2["bake_reason"].as_str().unwrap();
+    eprintln!("bake reason of the broken playbook: {reason}");
     assert!(reason.contains("ERROR!"), "{reason}");
     assert!(reason.contains("deploy/bake.yml': line "), "{reason}");
     assert!(log.contains("ERROR!"), "{log}");
