@@ -62,11 +62,11 @@ pub fn merge(server: &BakeSettings, file: Option<&BakeSpec>) -> (BakeSettings, V
         (server, file) => server.clone().or(file),
     };
     let mut extra_vars = server.extra_vars.clone();
-    for (name, value) in &file.extra_vars {
-        if extra_vars.contains_key(name.as_str()) {
-            notes.push(overridden(&format!("extra_vars.{}", name.as_str())));
+    for (name, value) in &file.extra_vars.0 {
+        if extra_vars.contains_key(name) {
+            notes.push(overridden(&format!("extra_vars.{name}")));
         } else {
-            extra_vars.insert(name.as_str().to_string(), value.clone());
+            extra_vars.insert(name.clone(), value.clone());
         }
     }
     let file_base = file.base_image.as_ref().map(|i| i.as_str().to_string());

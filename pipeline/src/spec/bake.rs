@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::values::WorkspacePath;
@@ -21,7 +24,7 @@ pub struct BakeSpec {
     pub playbook_repo: Option<PlaybookRepoSpec>,
     /// Given to Ansible as a JSON file; names must not start with `slipway_`.
     #[serde(default)]
-    pub extra_vars: BTreeMap<ExtraVarName, serde_json::Value>,
+    pub extra_vars: ExtraVars,
     /// The base image of a full docker bake, instead of `slipway/debian:bookworm`.
     pub base_image: Option<ImageReference>,
 }
@@ -58,11 +61,90 @@ macro_rules! checked_text {
     };
 }
 
-checked_text!(
-    /// An Ansible variable name that is not one of Slipway's own.
-    ExtraVarName,
-    check_extra_var_name
-);
+/// The team's variables by name, each name checked by [`check_extra_var_name`]. A bad name is
+/// reported at its value, so the error names the line of the variable, not of the map.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExtraVars(pub BTreeMap<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for ExtraVars {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ExtraVarsVisitor)
+    }
+}
+
+struct ExtraVarsVisitor;
+
+impl<'de> Visitor<'de> for ExtraVarsVisitor {
+    type Value = ExtraVars;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of Ansible variables")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ExtraVars, A::Error> {
+        let mut vars = BTreeMap::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if let Err(message) = check_extra_var_name(&name) {
+                map.next_value_seed(FailAtValue(message))?;
+            }
+            vars.insert(name, map.next_value()?);
+        }
+        Ok(ExtraVars(vars))
+    }
+}
+
+/// Fails inside reading a value, so the error carries the value's position (as the
+/// locator does, see `locate.rs`).
+struct FailAtValue(String);
+
+impl<'de> DeserializeSeed<'de> for FailAtValue {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FailAtValue {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(self.0))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(self.0))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Err(E::custom(self.0))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Err(E::custom(self.0))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Err(E::custom(self.0))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Err(E::custom(self.0))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Err(E::custom(self.0))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(self.0))
+    }
+}
+
 checked_text!(
     /// A Docker image reference, e.g. `slipway/debian:bookworm`.
     ImageReference,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use bake::{
     check_extra_var_name, check_git_ref, check_image_reference, check_remote_url, check_url_text,
-    BakeSpec, ExtraVarName, GitRef, ImageReference, PlaybookRepoSpec, RepositoryUrl,
+    BakeSpec, ExtraVars, GitRef, ImageReference, PlaybookRepoSpec, RepositoryUrl,
 };
 pub use bounds::{read_file, MAX_DEPTH, MAX_EXPANDED_TEXT_BYTES, MAX_SPEC_BYTES, MAX_VALUES};
 pub use values::{
