@@ -638,10 +638,7 @@ impl BakeObserver for BakeLog {
         if self.ansible_error.is_none() && is_ansible_error(line) {
             self.ansible_error = Some(line.trim().chars().take(REASON_LIMIT).collect());
         } else if self.ansible_error.is_some() && self.ansible_error_at.is_none() {
-            if let Some(at) = line.find(ERROR_LOCATION) {
-                self.ansible_error_at =
-                    Some(line[at..].trim().chars().take(REASON_LIMIT).collect());
-            }
+            self.ansible_error_at = error_location(line);
         }
         match self.cap.admit(line.len()) {
             Admit::Store => self.store(line.to_string()),
@@ -711,6 +708,17 @@ impl LogCap {
 /// How Ansible introduces the place of a playbook's syntax or parse error.
 const ERROR_LOCATION: &str = "The error appears to be in '";
 
+/// `The error appears to be in '<file>': line N, column M` out of Ansible's line, without the
+/// hedge that follows (", but may be elsewhere ...", cut over two lines).
+fn error_location(line: &str) -> Option<String> {
+    let at = line.find(ERROR_LOCATION)?;
+    let location = &line[at..];
+    let location = location
+        .find(", but may")
+        .map_or(location, |end| &location[..end]);
+    Some(location.trim().chars().take(REASON_LIMIT).collect())
+}
+
 /// Ansible's task failures (`fatal: [host]: FAILED! => ...`) and its own errors (`ERROR! ...`).
 fn is_ansible_error(line: &str) -> bool {
     line.contains("fatal: [") || line.contains("FAILED! =>") || line.contains("ERROR!")
@@ -768,6 +776,15 @@ mod tests {
         // One line longer than the whole cap is cut at once.
         let mut cap = LogCap::new(10);
         assert!(matches!(cap.admit(50), Admit::Cut(_)));
+    }
+
+    #[test]
+    fn the_place_of_an_ansible_parse_error_is_kept_without_its_hedge() {
+        assert_eq!(
+            error_location("    docker: The error appears to be in '/w/deploy/bake.yml': line 8, column 1, but may").as_deref(),
+            Some("The error appears to be in '/w/deploy/bake.yml': line 8, column 1")
+        );
+        assert_eq!(error_location("    docker: PLAY RECAP"), None);
     }
 
     #[test]
