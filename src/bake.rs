@@ -6,7 +6,11 @@
 //! - Image: `slipway/<package>-<first 8 hex of the server id>:v<N>`. One dockerd may serve
 //!   several Slipway servers (the demo, test runs), and Packer force-tags, so names are per server.
 //! - Base: the previous baked release's image (an incremental bake) while it still exists
-//!   locally, otherwise `slipway/debian:bookworm`.
+//!   locally and was provisioned the same way (its `slipway.provisioning` label: the team's
+//!   playbook, roles, extra variables and base image), otherwise the project's `base_image` or
+//!   `slipway/debian:bookworm`.
+//! - The team's own playbook (`[projects.bake]`, `.slipway.yml`'s `bake:`; see `team`) runs
+//!   right after Slipway's, in the same Packer run; the bake key covers what the team provides.
 //! - The image's `CMD` is the `ExecStart=` of the package's systemd unit, split on whitespace;
 //!   the app listens on `PORT` (the deployer sets it), and the image exposes 8000.
 //! - The bake key covers everything that shapes the image; a release whose key equals a baked
@@ -25,6 +29,8 @@
 //!   `$SLIPWAY_SHARE_DIR/ansible/`; without the variable, from the source tree the binary was
 //!   built from.
 
+mod team;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,12 +38,15 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use slipway_bake::{BakeObserver, BakeRequest, BakeSource, DockerSource};
+use slipway_pipeline::spec::BakeSpec;
 use slipway_pipeline::PackageSpec;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::Project;
 use crate::docker::DockerClient;
+use crate::mirror::{CommitId, Mirrors};
 use crate::store::releases::{bake_id, BakeLogLine, BakeRecipe, BakedImage, Release};
 use crate::store::Store;
 
@@ -54,6 +63,17 @@ const BAKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Longest Ansible error line kept as a bake reason; the whole line stays in the bake log.
 const REASON_LIMIT: usize = 2000;
 
+/// What the build of a release leaves for its first bake.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltRelease<'a> {
+    pub project: &'a Project,
+    pub package: &'a PackageSpec,
+    /// `.slipway.yml`'s `bake:` section.
+    pub file_bake: Option<&'a BakeSpec>,
+    /// The checkout of the release's commit.
+    pub workspace: &'a Path,
+}
+
 /// Bakes releases for one server; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Baker {
@@ -67,6 +87,12 @@ pub struct Baker {
     packer: PathBuf,
     /// Bytes of a bake's output stored in its log; the rest is cut.
     log_limit_bytes: u64,
+    /// `<data_dir>/bakes`: playbook repositories' mirrors and each bake's scratch files.
+    bake_dir: PathBuf,
+    /// The bare mirrors of playbook repositories.
+    playbook_mirrors: Mirrors,
+    /// The projects' mirrors, for a rebake's checkout of the release's commit.
+    project_mirrors: Mirrors,
 }
 
 impl Baker {
@@ -96,7 +122,32 @@ impl Baker {
             docker,
             packer,
             log_limit_bytes: crate::config::DEFAULT_BAKE_LOG_LIMIT_BYTES,
+            bake_dir: data_dir.join("bakes"),
+            playbook_mirrors: Mirrors::lazy(&data_dir.join("bakes/mirrors")),
+            project_mirrors: Mirrors::lazy(&data_dir.join("mirrors")),
         }
+    }
+
+    /// On server start: makes `<data_dir>/bakes` (private to the server) and removes the
+    /// scratch files bakes interrupted by a stop or crash left.
+    pub fn remove_scratch_leftovers(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.bake_dir)
+            .with_context(|| format!("cannot make {}", self.bake_dir.display()))?;
+        let scratch = self.scratch_dir();
+        match std::fs::remove_dir_all(&scratch) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", scratch.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn scratch_dir(&self) -> PathBuf {
+        self.bake_dir.join("scratch")
     }
 
     /// Stores at most `bytes` of each bake's output in its log.
@@ -105,21 +156,18 @@ impl Baker {
         self
     }
 
-    /// Bakes the published `release` of `package` (whose checkout is in `workspace`) and records
-    /// the outcome on the release. Never fails the build: errors end up in the release.
+    /// Bakes the published `release` from what its `build` left (the checkout, the package and
+    /// the team's bake settings), and records the outcome on the release. Never fails the
+    /// build: errors end up in the release.
     #[tracing::instrument(skip_all, fields(project = %release.project, release = %release.version))]
     pub async fn bake(
         &self,
         store: &Store,
         release: &Release,
-        package: &PackageSpec,
-        workspace: &Path,
+        build: &BuiltRelease<'_>,
         cancel: &CancellationToken,
     ) {
-        if let Err(e) = self
-            .bake_recorded(store, release, package, workspace, cancel)
-            .await
-        {
+        if let Err(e) = self.bake_recorded(store, release, build, cancel).await {
             tracing::error!(error = format!("{e:#}"), "cannot record a bake");
         }
     }
@@ -128,10 +176,15 @@ impl Baker {
         &self,
         store: &Store,
         release: &Release,
-        package: &PackageSpec,
-        workspace: &Path,
+        build: &BuiltRelease<'_>,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
+        let BuiltRelease {
+            project,
+            package,
+            file_bake,
+            workspace,
+        } = *build;
         let command = match start_command(package, workspace) {
             Ok(command) => command,
             Err(reason) => {
@@ -144,7 +197,71 @@ impl Baker {
             command,
             exposed_ports: vec![i32::from(APP_PORT)],
         };
-        self.run_bake(store, release, &recipe, false, cancel).await
+        let staged = match self.stage(project, file_bake, workspace).await {
+            Ok(staged) => staged,
+            Err(reason) => {
+                let reason = format!("cannot start the bake: {reason}");
+                tracing::warn!(%reason, "bake failed");
+                store.mark_bake_failed(release.id, &reason).await?;
+                return Ok(());
+            }
+        };
+        self.run_bake(store, release, &recipe, false, &staged, cancel)
+            .await
+    }
+
+    /// The team's bake settings (the server's, then `.slipway.yml`'s) staged from `checkout`.
+    async fn stage(
+        &self,
+        project: &Project,
+        file_bake: Option<&BakeSpec>,
+        checkout: &Path,
+    ) -> Result<team::Staged, String> {
+        let (settings, overridden) = team::merge(&project.bake, file_bake);
+        let mut staged = team::stage(
+            &settings,
+            project,
+            checkout,
+            &self.playbook_mirrors,
+            &self.scratch_dir(),
+        )
+        .await?;
+        staged.notes.splice(0..0, overridden);
+        Ok(staged)
+    }
+
+    /// Stages a rebake's team settings from the release's commit, checked out anew from the
+    /// project's mirror (the build's checkout is gone).
+    async fn stage_from_commit(
+        &self,
+        project: &Project,
+        release: &Release,
+    ) -> anyhow::Result<team::Staged> {
+        let commit = CommitId::parse(&release.commit).map_err(anyhow::Error::msg)?;
+        let mirror = self.project_mirrors.mirror(project);
+        mirror
+            .fetch_commit(&commit)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let scratch = self.scratch_dir();
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("cannot make {}", scratch.display()))?;
+        let checkout = tempfile::Builder::new()
+            .prefix("checkout-")
+            .tempdir_in(&scratch)
+            .with_context(|| format!("cannot make a directory in {}", scratch.display()))?;
+        let index = PathBuf::from(format!("{}.index", checkout.path().display()));
+        mirror
+            .export_tree(&commit, checkout.path(), &index)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let spec = crate::runner::read_spec(checkout.path()).map_err(anyhow::Error::msg)?;
+        let mut staged = self
+            .stage(project, spec.bake.as_ref(), checkout.path())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        staged.keep(checkout);
+        Ok(staged)
     }
 
     /// Bakes `release` again from what its first bake recorded (no checkout needed), even when
@@ -152,14 +269,26 @@ impl Baker {
     /// The caller has claimed the rebake ([`Store::claim_rebake`]), so the release is `baking`.
     /// Never fails: errors end up in the release.
     #[tracing::instrument(skip_all, fields(project = %release.project, release = %release.version))]
-    pub async fn rebake(&self, store: &Store, release: &Release, cancel: &CancellationToken) {
+    pub async fn rebake(
+        &self,
+        store: &Store,
+        release: &Release,
+        project: &Project,
+        cancel: &CancellationToken,
+    ) {
         let result = match (&release.image_command, &release.exposed_ports) {
             (Some(command), Some(ports)) => {
                 let recipe = BakeRecipe {
                     command: command.clone(),
                     exposed_ports: ports.clone(),
                 };
-                self.run_bake(store, release, &recipe, true, cancel).await
+                match self.stage_from_commit(project, release).await {
+                    Ok(staged) => {
+                        self.run_bake(store, release, &recipe, true, &staged, cancel)
+                            .await
+                    }
+                    Err(e) => Err(e.context("cannot stage the team's bake settings")),
+                }
             }
             _ => Err(anyhow::anyhow!("the release has no recorded bake recipe")),
         };
@@ -180,6 +309,7 @@ impl Baker {
         release: &Release,
         recipe: &BakeRecipe,
         rebake: bool,
+        staged: &team::Staged,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
         let record = release
@@ -187,15 +317,16 @@ impl Baker {
             .as_ref()
             .context("a published release has a package")?;
         // dockerd down or the base image missing: the bake fails now, saying which.
-        let (base_image, base_image_id, base_note) = match self.base_image(store, release).await {
-            Ok(base) => base,
-            Err(e) => {
-                let reason = format!("cannot start the bake: {e:#}");
-                tracing::warn!(%reason, "bake failed");
-                store.mark_bake_failed(release.id, &reason).await?;
-                return Ok(());
-            }
-        };
+        let (base_image, base_image_id, base_note) =
+            match self.base_image(store, release, staged).await {
+                Ok(base) => base,
+                Err(e) => {
+                    let reason = format!("cannot start the bake: {e:#}");
+                    tracing::warn!(%reason, "bake failed");
+                    store.mark_bake_failed(release.id, &reason).await?;
+                    return Ok(());
+                }
+            };
         let exposed_ports = recipe
             .exposed_ports
             .iter()
@@ -223,6 +354,9 @@ impl Baker {
             bake_id: bake_id(release.id),
             timeout: BAKE_TIMEOUT,
             env: [("DOCKER_HOST".to_string(), self.docker.address().to_string())].into(),
+            team: staged.team.clone(),
+            scratch_dir: self.scratch_dir(),
+            provisioning: staged.provisioning.clone(),
         };
         let key = match request.bake_key(&base_image_id, &record.sha256) {
             Ok(key) => key,
@@ -243,6 +377,9 @@ impl Baker {
             log.line("==> slipway: rebake requested: baking again even if an image with this bake key exists");
         }
         log.line(&base_note);
+        for note in &staged.notes {
+            log.line(note);
+        }
         if !rebake {
             if let Some(image) = self.reusable_image(store, release, &key).await? {
                 log.line(&format!(
@@ -255,7 +392,10 @@ impl Baker {
             }
         }
         let result = slipway_bake::bake(&request, &self.docker.client(), &mut log, cancel).await;
-        let ansible_error = log.ansible_error.take();
+        let ansible_error = match (log.ansible_error.take(), log.ansible_error_at.take()) {
+            (Some(error), Some(at)) => Some(format!("{error} ({at})")),
+            (error, _) => error,
+        };
         log.finish().await;
         match result {
             Ok(artifact) => {
@@ -293,33 +433,69 @@ impl Baker {
         format!("slipway/{name}-{}", self.server_tag)
     }
 
-    /// The base image (by name and id) and a log line saying which it is and why.
+    /// The base image (by name and id) and a log line saying which it is and why. Building on
+    /// the previous release's image is right only when it was provisioned as this bake will be:
+    /// a team playbook that changed may no longer make (or remove) what the old one made.
     async fn base_image(
         &self,
         store: &Store,
         release: &Release,
+        staged: &team::Staged,
     ) -> anyhow::Result<(String, String, String)> {
+        let mut why_full = String::new();
         if let Some(previous) = store
             .previous_baked_image(&release.project, release.number)
             .await?
         {
-            if self.local_image_id(&previous.image).await?.as_deref() == Some(&previous.image_id) {
-                let note = format!(
-                    "==> slipway: incremental bake from {} ({})",
-                    previous.image, previous.image_id
+            let reference = if self.local_image_id(&previous.image).await?.as_deref()
+                == Some(&previous.image_id)
+            {
+                Some(format!("{} ({})", previous.image, previous.image_id))
+            } else if self.local_image_id(&previous.image_id).await?.is_some() {
+                Some(previous.image_id.clone())
+            } else {
+                None
+            };
+            if let Some(reference) = reference {
+                let provisioning = self.provisioning_label(&previous.image_id).await?;
+                if provisioning == staged.provisioning {
+                    let note = format!("==> slipway: incremental bake from {reference}");
+                    return Ok((previous.image_id.clone(), previous.image_id, note));
+                }
+                why_full = format!(
+                    ": the previous image {reference} was provisioned differently (the team's playbook, roles, extra_vars or base_image changed)"
                 );
-                return Ok((previous.image, previous.image_id, note));
-            }
-            if self.local_image_id(&previous.image_id).await?.is_some() {
-                let note = format!("==> slipway: incremental bake from {}", previous.image_id);
-                return Ok((previous.image_id.clone(), previous.image_id, note));
             }
         }
-        let id = self.local_image_id(BASE_IMAGE).await?.with_context(|| {
-            format!("the base image {BASE_IMAGE} is missing (scripts/bootstrap builds it)")
-        })?;
-        let note = format!("==> slipway: full bake from {BASE_IMAGE} ({id})");
-        Ok((BASE_IMAGE.to_string(), id, note))
+        let (base, hint) = match &staged.base_image {
+            Some(base) => (
+                base.as_str(),
+                "the project's base_image; build or load it on dockerd",
+            ),
+            None => (BASE_IMAGE, "scripts/bootstrap builds it"),
+        };
+        let id = self
+            .local_image_id(base)
+            .await?
+            .with_context(|| format!("the base image {base} is missing ({hint})"))?;
+        let note = format!("==> slipway: full bake from {base} ({id}){why_full}");
+        Ok((base.to_string(), id, note))
+    }
+
+    /// The image's `slipway.provisioning` label; images baked before it existed count as
+    /// provisioned by default.
+    async fn provisioning_label(&self, image: &str) -> anyhow::Result<String> {
+        let inspected = self
+            .docker
+            .client()
+            .inspect_image(image)
+            .await
+            .with_context(|| format!("cannot inspect the image {image}"))?;
+        Ok(inspected
+            .config
+            .and_then(|config| config.labels)
+            .and_then(|mut labels| labels.remove("slipway.provisioning"))
+            .unwrap_or_else(|| slipway_bake::DEFAULT_PROVISIONING.to_string()))
     }
 
     /// A baked image with this bake key that still exists locally.
@@ -407,6 +583,8 @@ struct BakeLog {
     seq: i64,
     cap: LogCap,
     ansible_error: Option<String>,
+    /// Where Ansible says its error is (`The error appears to be in '<file>': line N, ...`).
+    ansible_error_at: Option<String>,
     writer: tokio::task::JoinHandle<()>,
 }
 
@@ -429,6 +607,7 @@ impl BakeLog {
             seq: 0,
             cap: LogCap::new(limit_bytes),
             ansible_error: None,
+            ansible_error_at: None,
             writer,
         }
     }
@@ -458,6 +637,8 @@ impl BakeObserver for BakeLog {
     fn line(&mut self, line: &str) {
         if self.ansible_error.is_none() && is_ansible_error(line) {
             self.ansible_error = Some(line.trim().chars().take(REASON_LIMIT).collect());
+        } else if self.ansible_error.is_some() && self.ansible_error_at.is_none() {
+            self.ansible_error_at = error_location(line);
         }
         match self.cap.admit(line.len()) {
             Admit::Store => self.store(line.to_string()),
@@ -524,6 +705,20 @@ impl LogCap {
     }
 }
 
+/// How Ansible introduces the place of a playbook's syntax or parse error.
+const ERROR_LOCATION: &str = "The error appears to be in '";
+
+/// `The error appears to be in '<file>': line N, column M` out of Ansible's line, without the
+/// hedge that follows (", but may be elsewhere ...", cut over two lines).
+fn error_location(line: &str) -> Option<String> {
+    let at = line.find(ERROR_LOCATION)?;
+    let location = &line[at..];
+    let location = location
+        .find(", but may")
+        .map_or(location, |end| &location[..end]);
+    Some(location.trim().chars().take(REASON_LIMIT).collect())
+}
+
 /// Ansible's task failures (`fatal: [host]: FAILED! => ...`) and its own errors (`ERROR! ...`).
 fn is_ansible_error(line: &str) -> bool {
     line.contains("fatal: [") || line.contains("FAILED! =>") || line.contains("ERROR!")
@@ -581,6 +776,15 @@ mod tests {
         // One line longer than the whole cap is cut at once.
         let mut cap = LogCap::new(10);
         assert!(matches!(cap.admit(50), Admit::Cut(_)));
+    }
+
+    #[test]
+    fn the_place_of_an_ansible_parse_error_is_kept_without_its_hedge() {
+        assert_eq!(
+            error_location("    docker: The error appears to be in '/w/deploy/bake.yml': line 8, column 1, but may").as_deref(),
+            Some("The error appears to be in '/w/deploy/bake.yml': line 8, column 1")
+        );
+        assert_eq!(error_location("    docker: PLAY RECAP"), None);
     }
 
     #[test]

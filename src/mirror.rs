@@ -58,7 +58,7 @@ impl fmt::Display for CommitId {
 }
 
 /// The mirrors of all projects; one fetch per project at a time. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Mirrors {
     dir: PathBuf,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -74,19 +74,41 @@ impl Mirrors {
         })
     }
 
+    /// Mirrors kept in `dir`, made by the first fetch (inside a private parent directory).
+    pub fn lazy(dir: &Path) -> Mirrors {
+        Mirrors {
+            dir: dir.to_path_buf(),
+            locks: Arc::default(),
+        }
+    }
+
     /// The mirror of `project` (nothing on disk changes until it is fetched).
     pub fn mirror(&self, project: &Project) -> Mirror {
+        self.mirror_named(
+            &project.name,
+            &project.clone_url,
+            project.clone_credentials.clone(),
+        )
+    }
+
+    /// The mirror `<name>.git` of `url` (a name in the directory's own alphabet).
+    pub fn mirror_named(
+        &self,
+        name: &str,
+        url: &str,
+        credentials: Option<CloneCredentials>,
+    ) -> Mirror {
         let lock = self
             .locks
             .lock()
             .expect("mirror locks")
-            .entry(project.name.clone())
+            .entry(name.to_string())
             .or_default()
             .clone();
         Mirror {
-            git_dir: self.dir.join(format!("{}.git", project.name)),
-            url: project.clone_url.clone(),
-            credentials: project.clone_credentials.clone(),
+            git_dir: self.dir.join(format!("{name}.git")),
+            url: url.to_string(),
+            credentials,
             fetch_lock: lock,
         }
     }
@@ -129,6 +151,44 @@ impl Mirror {
         } else {
             Err(format!("commit {commit} is not in {}", self.url))
         }
+    }
+
+    /// Fetches the branches and tags and resolves `git_ref` (checked by the caller: a tag, a
+    /// branch or a full commit id) to the commit it names now: a tag first, then a branch, then
+    /// a commit id.
+    pub async fn resolve_ref(&self, git_ref: &str) -> Result<CommitId, String> {
+        if let Ok(commit) = CommitId::parse(git_ref) {
+            self.fetch_commit(&commit).await?;
+            return Ok(commit);
+        }
+        {
+            let _one_fetch_at_a_time = self.fetch_lock.lock().await;
+            run(git(None)
+                .args(["init", "--bare", "--quiet", "--template="])
+                .arg(&self.git_dir))
+            .await
+            .map_err(|e| format!("cannot make the mirror: {e}"))?;
+            self.fetch(&["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
+                .await?;
+        }
+        for candidate in [
+            format!("refs/tags/{git_ref}"),
+            format!("refs/heads/{git_ref}"),
+        ] {
+            let output = output(
+                git(Some(&self.git_dir))
+                    .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
+                    .arg(format!("{candidate}^{{commit}}")),
+            )
+            .await?;
+            if output.status.success() {
+                return CommitId::parse(String::from_utf8_lossy(&output.stdout).trim());
+            }
+        }
+        Err(format!(
+            "{} has no tag or branch named `{git_ref}`",
+            self.url
+        ))
     }
 
     /// Whether `older` is an ancestor of `newer` (a commit is its own ancestor). Both must be
@@ -434,6 +494,23 @@ mod tests {
         assert!(!mirror.is_ancestor(&second, &side).await.unwrap());
         let unknown = CommitId::parse(&"1".repeat(40)).unwrap();
         assert!(mirror.is_ancestor(&unknown, &second).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_ref_resolves_to_the_commit_its_tag_or_branch_names_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, mirror) = source_and_mirror(dir.path());
+        let tagged = commit(&source, "a", "1");
+        git_in(&source, &["tag", "v3"]);
+        let newer = commit(&source, "a", "2");
+        assert_eq!(mirror.resolve_ref("v3").await.unwrap(), tagged);
+        assert_eq!(mirror.resolve_ref("main").await.unwrap(), newer);
+        assert_eq!(mirror.resolve_ref(tagged.as_str()).await.unwrap(), tagged);
+        let error = mirror.resolve_ref("v4").await.unwrap_err();
+        assert!(error.contains("no tag or branch named `v4`"), "{error}");
+        // A moved tag is followed: the ref is resolved again for each bake.
+        git_in(&source, &["tag", "-f", "v3", newer.as_str()]);
+        assert_eq!(mirror.resolve_ref("v3").await.unwrap(), newer);
     }
 
     #[tokio::test]

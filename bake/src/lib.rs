@@ -33,6 +33,7 @@ pub use deb::{
 pub use error::{Error, Result};
 pub use packer::{
     bake, bake_key, reap_bake, AmazonEbsSource, ArtifactKind, BakeArtifact, BakeError,
-    BakeObserver, BakeRequest, BakeSource, DockerSource, CONTAINER_LABEL, IMAGE_LABEL,
+    BakeObserver, BakeRequest, BakeSource, DockerSource, TeamPlaybook, CONTAINER_LABEL,
+    DEFAULT_PROVISIONING, IMAGE_LABEL,
 };
 pub use signing::Signer;

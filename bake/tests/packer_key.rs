@@ -15,6 +15,7 @@ struct Inputs {
     playbook_files: BTreeMap<String, Vec<u8>>,
     apt_key: Vec<u8>,
     variables: Vec<(&'static str, String)>,
+    team: Option<String>,
 }
 
 impl Inputs {
@@ -29,6 +30,7 @@ impl Inputs {
             ]),
             apt_key: b"key".to_vec(),
             variables: vec![("app", "hello".into()), ("release", "3".into())],
+            team: None,
         }
     }
 
@@ -40,6 +42,7 @@ impl Inputs {
             playbook_files: &self.playbook_files,
             apt_key: &self.apt_key,
             variables: &self.variables,
+            team: self.team.as_deref(),
         })
     }
 }
@@ -74,6 +77,7 @@ fn any_changed_input_changes_the_key() {
         }),
         ("apt key", |i| i.apt_key.push(b'!')),
         ("variable", |i| i.variables[1].1 = "4".into()),
+        ("team playbook added", |i| i.team = Some("ab".repeat(32))),
         // Length prefixes keep field boundaries: moving a byte across them is a change.
         ("boundary", |i| {
             i.base_image_id.push('a');
@@ -95,4 +99,28 @@ fn the_playbook_directory_is_read_recursively_by_relative_path() {
     std::fs::write(dir.path().join("roles/app/tasks/main.yml"), "[]\n").unwrap();
     let files = read_playbook_dir(dir.path()).unwrap();
     assert_eq!(files, Inputs::new().playbook_files);
+}
+
+#[test]
+fn a_symbolic_link_out_of_the_playbook_directory_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("roles/app/files")).unwrap();
+    std::fs::write(dir.path().join("bake.yml"), "- hosts: all\n").unwrap();
+    // A link inside the directory counts as its target's name.
+    std::os::unix::fs::symlink(
+        "../../../bake.yml",
+        dir.path().join("roles/app/files/copy.yml"),
+    )
+    .unwrap();
+    let files = read_playbook_dir(dir.path()).unwrap();
+    assert_eq!(
+        files["roles/app/files/copy.yml"],
+        b"symlink:../../../bake.yml"
+    );
+    std::os::unix::fs::symlink("/etc", dir.path().join("roles/app/files/etc")).unwrap();
+    let error = read_playbook_dir(dir.path()).unwrap_err().to_string();
+    assert!(
+        error.contains("`roles/app/files/etc` is a symbolic link that leads outside"),
+        "{error}"
+    );
 }

@@ -38,6 +38,9 @@ fn amazon_request() -> BakeRequest {
         bake_id: "hello-v42-7".into(),
         timeout: Duration::from_secs(1800),
         env: BTreeMap::new(),
+        team: None,
+        scratch_dir: std::env::temp_dir(),
+        provisioning: slipway_bake::DEFAULT_PROVISIONING.to_string(),
     }
 }
 

@@ -14,9 +14,11 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+mod bake;
 mod clone_url;
 mod docker_host;
 mod registries;
+pub use bake::{check_relative_path, BakeSettings, PlaybookRepo, PlaybookSource, RawBake};
 pub use clone_url::CloneCredentials;
 use docker_host::check_address as check_docker_host;
 pub use docker_host::DEFAULT_DOCKER_HOST;
@@ -103,6 +105,8 @@ pub struct RawProject {
     /// Logins for the registries the project's images come from.
     #[serde(default)]
     pub registries: Vec<RawRegistry>,
+    /// The team's own provisioning of the project's images.
+    pub bake: Option<RawBake>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +206,8 @@ pub struct Project {
     /// Package names declared as this project's: no other project may publish them.
     pub packages: Vec<String>,
     pub registries: Vec<Registry>,
+    /// `[projects.bake]`; `.slipway.yml`'s `bake:` fills in what it leaves unset.
+    pub bake: BakeSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -472,6 +478,10 @@ fn resolve_project(
     }
     let registry_key = |j: usize, field: &str| key(&format!("registries[{j}].{field}"));
     let registries = registries::resolve_registries(raw.registries, &registry_key, invalid, env)?;
+    let bake = bake::resolve(raw.bake.unwrap_or_default(), &|field| {
+        key(&format!("bake.{field}"))
+    })
+    .map_err(|(field, message)| invalid(&field, message))?;
     let mut environments = Vec::new();
     let mut env_names = HashSet::new();
     for (j, raw_env) in raw.environments.into_iter().enumerate() {
@@ -497,6 +507,7 @@ fn resolve_project(
         environments,
         packages,
         registries,
+        bake,
     })
 }
 

@@ -7,7 +7,7 @@ pub mod local;
 mod observer;
 mod source;
 
-pub use source::Sources;
+pub use source::{read_spec, Sources};
 
 use std::collections::HashMap;
 
@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::bake::Baker;
+use crate::bake::{Baker, BuiltRelease};
 use crate::config::Project;
 use crate::mirror::CommitId;
 use crate::queue::LiveEvent;
@@ -164,12 +164,23 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
             )
             .await
             {
-                // The bake reads the package's systemd unit from the same files; a failed
-                // bake is recorded on the release and leaves the build passed.
+                // The bake reads the package's systemd unit and the team's playbook from the
+                // commit's checkout, as a rebake does; a failed bake is recorded on the
+                // release and leaves the build passed.
                 Ok(release) => {
                     context
                         .baker
-                        .bake(context.store, &release, package, built, context.cancel)
+                        .bake(
+                            context.store,
+                            &release,
+                            &BuiltRelease {
+                                project,
+                                package,
+                                file_bake: spec.bake.as_ref(),
+                                workspace: workspace.path(),
+                            },
+                            context.cancel,
+                        )
                         .await
                 }
                 Err(e) => return Outcome::failed(format!("{e:#}")),

@@ -80,6 +80,7 @@ impl Application {
         crate::releases::claim_declared_packages(&store, &config.projects).await?;
         crate::releases::fail_interrupted_releases(&store).await?;
         crate::bake::reap_interrupted_bakes(&store, &docker).await?;
+        baker.remove_scratch_leftovers()?;
         let config = Arc::new(config);
         let deploys = DeployManager::start(&config, store.clone(), server_id, &docker).await?;
         let queue = BuildQueue::start(

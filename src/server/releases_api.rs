@@ -44,9 +44,9 @@ async fn rebake(
     Extension(caller): Extension<Caller>,
     Path((project, version)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
-    if state.config.project(&project).is_none() {
+    let Some(configured) = state.config.project(&project).cloned() else {
         return Err(ApiError::not_found(format!("no project named `{project}`")));
-    }
+    };
     let number = version
         .strip_prefix('v')
         .unwrap_or(&version)
@@ -91,7 +91,7 @@ async fn rebake(
     let release = claimed.clone();
     tokio::spawn(async move {
         baker
-            .rebake(&store, &release, &CancellationToken::new())
+            .rebake(&store, &release, &configured, &CancellationToken::new())
             .await
     });
     Ok((StatusCode::ACCEPTED, Json(claimed)))

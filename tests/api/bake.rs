@@ -13,17 +13,17 @@ use serde_json::Value;
 use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_for_build};
 use crate::helpers::TestApp;
 
-const BUILD_AND_BAKE: Duration = Duration::from_secs(900);
+pub const BUILD_AND_BAKE: Duration = Duration::from_secs(900);
 
 /// Removes, on drop (panics included), the images the test's releases were baked into and the
 /// containers it ran from them.
-struct Cleanup {
+pub struct Cleanup {
     label: String,
-    bake_ids: Vec<String>,
+    pub bake_ids: Vec<String>,
 }
 
 impl Cleanup {
-    fn new() -> Cleanup {
+    pub fn new() -> Cleanup {
         Cleanup {
             label: format!("slipway.test=bake-{}", uuid::Uuid::new_v4().simple()),
             bake_ids: Vec::new(),
@@ -54,7 +54,7 @@ impl Drop for Cleanup {
     }
 }
 
-fn docker(args: &[&str]) -> (bool, String) {
+pub fn docker(args: &[&str]) -> (bool, String) {
     let output = Command::new("docker").args(args).output().unwrap();
     (
         output.status.success(),
@@ -115,7 +115,7 @@ fn http_get(port: u16) -> Option<String> {
         .map(|(_, body)| body.to_string())
 }
 
-async fn release(app: &TestApp, version: &str) -> Value {
+pub async fn release(app: &TestApp, version: &str) -> Value {
     let releases = app.get_json("/api/v1/projects/hello/releases").await;
     releases
         .as_array()
@@ -126,7 +126,7 @@ async fn release(app: &TestApp, version: &str) -> Value {
         .clone()
 }
 
-async fn bake_log(app: &TestApp, version: &str) -> String {
+pub async fn bake_log(app: &TestApp, version: &str) -> String {
     let lines = app
         .get_json(&format!(
             "/api/v1/projects/hello/releases/{version}/bake-log"
@@ -184,7 +184,10 @@ async fn a_passing_push_is_baked_into_an_image_that_runs_it_and_the_next_bakes_i
         log.contains("full bake from slipway/debian:bookworm"),
         "{log}"
     );
-    assert!(log.contains("TASK [Install exactly hello=1]"), "{log}");
+    assert!(
+        log.contains("TASK [slipway : Install exactly hello=1]"),
+        "{log}"
+    );
     let answer = run_and_ask(&cleanup, image);
     assert!(answer.contains("\"version\": \"v1\""), "{answer}");
 
@@ -292,7 +295,10 @@ async fn a_rebake_bakes_a_release_again_without_its_checkout_into_a_new_image() 
     assert_eq!(v1["bake_status"], "baked", "{v1}\n{log}");
     assert!(log.contains("rebake requested"), "{log}");
     assert!(!log.contains("reusing"), "{log}");
-    assert!(log.contains("TASK [Install exactly hello=1]"), "{log}");
+    assert!(
+        log.contains("TASK [slipway : Install exactly hello=1]"),
+        "{log}"
+    );
     let image = v1["image"].as_str().unwrap();
     assert_image_name(image, "v1");
     let second_id = v1["image_id"].as_str().unwrap();

@@ -91,6 +91,11 @@ impl TestApp {
         }
     }
 
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self._data_dir.path()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.address))

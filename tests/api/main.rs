@@ -18,5 +18,6 @@ mod release_guards;
 mod releases;
 mod server_process;
 mod sources;
+mod team_bake;
 mod tokens;
 mod webhooks;

@@ -1,5 +1,6 @@
 //! Packer runs: bake a release into a Docker image (locally) or an AMI, with the template in
-//! `packer/slipway.json` and the playbook in `ansible/bake.yml`.
+//! `packer/slipway.json` and the playbook in `ansible/bake.yml`, followed by the team's own
+//! playbook when the request names one ([`TeamPlaybook`]).
 //!
 //! [`bake`] runs `packer build -machine-readable -only=<source>` in its own process group,
 //! streams Packer's output to a [`BakeObserver`] as readable lines, and returns the
@@ -18,6 +19,7 @@ mod key;
 mod output;
 mod request;
 mod run;
+mod team;
 
 use std::collections::BTreeMap;
 
@@ -26,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use docker::{reap_bake, CONTAINER_LABEL, IMAGE_LABEL};
 pub use error::BakeError;
-pub use key::{bake_key, read_playbook_dir, BakeKeyInputs};
-pub use request::{AmazonEbsSource, BakeRequest, BakeSource, DockerSource};
+pub use key::{bake_key, read_playbook_dir, BakeKeyInputs, MAX_PLAYBOOK_BYTES, MAX_PLAYBOOK_FILES};
+pub use request::{AmazonEbsSource, BakeRequest, BakeSource, DockerSource, DEFAULT_PROVISIONING};
 use run::{run_packer, spawn_error, Ending, PackerRun};
+pub use team::TeamPlaybook;
 
 /// Receives Packer's output, one human-readable line at a time, as it is produced
 /// (Packer's own lines and, prefixed with the source name, Ansible's).
@@ -82,12 +85,27 @@ pub async fn bake(
         BakeSource::Docker(_) => docker::image_id(docker, &name).await?,
         BakeSource::AmazonEbs(_) => None,
     };
+    // Dropped (its directory removed) when the bake ends, whatever the outcome.
+    let generated = request
+        .team
+        .as_ref()
+        .map(|team| team.generate(&request.playbook_dir.join("bake.yml"), &request.scratch_dir))
+        .transpose()?;
     let mut args = vec![
         "build".to_string(),
         "-machine-readable".to_string(),
         format!("-only={}", request.source.template_name()),
     ];
-    args.extend(var_arguments(request));
+    let mut variables = request.variables();
+    if let Some(files) = &generated {
+        for (name, value) in &mut variables {
+            if *name == "playbook_file" {
+                *value = files.playbook.display().to_string();
+            }
+        }
+        variables.push(("extra_vars_file", files.extra_vars.display().to_string()));
+    }
+    args.extend(var_arguments(&variables));
     args.push(request.template.display().to_string());
     let run = run_packer(
         &request.packer,
@@ -124,7 +142,7 @@ pub async fn validate(request: &BakeRequest) -> Result<(), BakeError> {
     command
         .arg("validate")
         .arg(format!("-only={}", request.source.template_name()))
-        .args(var_arguments(request))
+        .args(var_arguments(&request.variables()))
         .arg(&request.template)
         .envs(&request.env)
         .env("CHECKPOINT_DISABLE", "1");
@@ -148,10 +166,9 @@ pub async fn validate(request: &BakeRequest) -> Result<(), BakeError> {
     })
 }
 
-fn var_arguments(request: &BakeRequest) -> Vec<String> {
-    request
-        .variables()
-        .into_iter()
+fn var_arguments(variables: &[(&'static str, String)]) -> Vec<String> {
+    variables
+        .iter()
         .flat_map(|(name, value)| ["-var".to_string(), format!("{name}={value}")])
         .collect()
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::BakeError;
+use super::team::TeamPlaybook;
 
 /// One bake of one release. The root crate fills it from its configuration and release record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,25 @@ pub struct BakeRequest {
     pub timeout: Duration,
     /// Added to Packer's environment, e.g. `AWS_PROFILE` or `AWS_ENDPOINT_URL`.
     pub env: BTreeMap<String, String>,
+    /// The team's own playbook, run after Slipway's; absent: Slipway's playbook only.
+    #[serde(default)]
+    pub team: Option<TeamPlaybook>,
+    /// Where a bake with a team playbook writes its generated files (in a directory of its
+    /// own, removed when the bake ends).
+    #[serde(default = "std::env::temp_dir")]
+    pub scratch_dir: PathBuf,
+    /// What provisioned the image beyond the release (the team's inputs and base image), as
+    /// the caller names it; a docker image carries it as the label `slipway.provisioning`, so
+    /// the next bake can tell whether building on this image is still right.
+    #[serde(default = "default_provisioning")]
+    pub provisioning: String,
+}
+
+/// The provisioning of a bake with Slipway's playbook and base image only.
+pub const DEFAULT_PROVISIONING: &str = "default";
+
+fn default_provisioning() -> String {
+    DEFAULT_PROVISIONING.to_string()
 }
 
 /// The template's two sources.
@@ -115,8 +135,13 @@ impl BakeRequest {
                 "playbook_file",
                 self.playbook_dir.join("bake.yml").display().to_string(),
             ),
+            (
+                "roles_path",
+                self.playbook_dir.join("roles").display().to_string(),
+            ),
             ("security_updates", self.security_updates.to_string()),
             ("bake_id", self.bake_id.clone()),
+            ("provisioning", self.provisioning.clone()),
         ];
         match &self.source {
             BakeSource::Docker(docker) => variables.extend([
@@ -147,6 +172,7 @@ impl BakeRequest {
             ("commit", &self.commit),
             ("apt_url", &self.apt_url),
             ("bake_id", &self.bake_id),
+            ("provisioning", &self.provisioning),
         ];
         if let BakeSource::Docker(docker) = &self.source {
             single_words.extend([
@@ -166,6 +192,7 @@ impl BakeRequest {
         for (field, path) in [
             ("apt_key_path", &self.apt_key_path),
             ("playbook_dir", &self.playbook_dir),
+            ("scratch_dir", &self.scratch_dir),
         ] {
             if path.display().to_string().contains(char::is_whitespace) {
                 return Err(invalid(
@@ -173,6 +200,9 @@ impl BakeRequest {
                     format!("`{}` contains whitespace", path.display()),
                 ));
             }
+        }
+        if let Some(team) = &self.team {
+            team.check()?;
         }
         if let BakeSource::Docker(docker) = &self.source {
             if docker.command.is_empty() {

@@ -135,6 +135,9 @@ impl Fixture {
             bake_id: format!("{}-v{release}", self.id),
             timeout: Duration::from_secs(300),
             env: BTreeMap::new(),
+            team: None,
+            scratch_dir: std::env::temp_dir(),
+            provisioning: slipway_bake::DEFAULT_PROVISIONING.to_string(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The `.slipway.yml` file: typed structs, parsing, and validation with line/column errors.
 
+mod bake;
 mod bounds;
 mod locate;
 mod validate;
@@ -9,6 +10,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use bake::{
+    check_extra_var_name, check_git_ref, check_image_reference, check_remote_url, check_url_text,
+    BakeSpec, ExtraVars, GitRef, ImageReference, PlaybookRepoSpec, RepositoryUrl,
+};
 pub use bounds::{read_file, MAX_DEPTH, MAX_EXPANDED_TEXT_BYTES, MAX_SPEC_BYTES, MAX_VALUES};
 pub use values::{
     AccountName, FileMode, InstallDest, InstallPath, Name, PackageName, ScalarText, SpecDuration,
@@ -35,6 +40,8 @@ pub struct Spec {
     pub timeout: Option<SpecDuration>,
     #[serde(default)]
     pub clone: CloneSpec,
+    /// The team's own bake (playbook, extra variables, base image); see [`BakeSpec`].
+    pub bake: Option<BakeSpec>,
 }
 
 /// How the build's workspace is made from the repository.

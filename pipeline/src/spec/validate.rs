@@ -44,6 +44,14 @@ pub fn check(spec: &Spec) -> Result<(), Problem> {
     if let Some(package) = &spec.package {
         check_package(package)?;
     }
+    if let Some(bake) = spec.bake.as_ref().filter(|b| b.playbook.is_some()) {
+        if bake.playbook_repo.is_some() {
+            return Err(problem(
+                vec![key("bake"), key("playbook_repo")],
+                "set either `playbook` (in this repository) or `playbook_repo`, not both",
+            ));
+        }
+    }
     Ok(())
 }
 
