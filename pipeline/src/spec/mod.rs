@@ -1,6 +1,7 @@
 //! The `.slipway.yml` file: typed structs, parsing, and validation with line/column errors.
 
 mod bounds;
+mod drone;
 mod locate;
 mod validate;
 mod values;
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use bounds::{read_file, MAX_DEPTH, MAX_EXPANDED_TEXT_BYTES, MAX_SPEC_BYTES, MAX_VALUES};
+pub use drone::{EnvValue, SettingName, SettingValue};
 pub use values::{
     AccountName, FileMode, InstallPath, Name, PackageName, ScalarText, SpecDuration, VariableName,
     WorkspacePath,
@@ -74,12 +76,21 @@ pub struct StepSpec {
     pub image: String,
     pub commands: Vec<String>,
     #[serde(default)]
-    pub environment: BTreeMap<VariableName, ScalarText>,
+    pub environment: BTreeMap<VariableName, EnvValue>,
     #[serde(default)]
     pub secrets: Vec<VariableName>,
     pub timeout: Option<SpecDuration>,
     #[serde(default)]
     pub when: WhenSpec,
+    /// The steps this one starts after; when no step of the pipeline has any, each step
+    /// starts after the one before it.
+    pub depends_on: Option<Vec<Name>>,
+    /// Drone plugin settings, each passed as `PLUGIN_<NAME>`.
+    #[serde(default)]
+    pub settings: BTreeMap<SettingName, SettingValue>,
+    /// Runs in the background for the rest of the build; its result never fails the build.
+    #[serde(default)]
+    pub detach: bool,
 }
 
 /// Conditions under which a step runs; an absent list places no condition.
