@@ -99,7 +99,7 @@ pub(super) async fn finish_step(
 }
 
 /// How long the output of a killed step may take to drain before its result is reported.
-const FLUSH_AFTER_KILL: Duration = Duration::from_secs(5);
+const FLUSH_AFTER_KILL: Duration = Duration::from_secs(1);
 
 enum Ended {
     Exited(i64),
