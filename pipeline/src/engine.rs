@@ -106,9 +106,11 @@ impl EngineError {
 /// 2. `start_container` for each service; `tcp_ready` / `exec` probe them, repeatedly,
 ///    until ready; `recent_output` may be read to explain a service that never got ready.
 /// 3. `copy_into_volume` once, before any step starts.
-/// 4. For each step in turn: `start_with_output`, then reading its output and `wait_exit`
-///    (concurrently for the same container), and `remove_container` to kill a step that ran
-///    out of time or was cancelled.
+/// 4. For each step, once the steps it depends on are done (independent steps at the same
+///    time): `start_with_output`, then reading its output and `wait_exit` (concurrently for
+///    the same container), then `remove_container`: once it has exited (while later steps
+///    run), or to kill a step that ran out of time, was cancelled, or was detached and
+///    outlived the other steps.
 /// 5. Teardown: `remove_container` for every container of the plan, then `remove_network`,
 ///    then `remove_volume`.
 ///

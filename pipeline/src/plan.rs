@@ -110,6 +110,40 @@ pub struct StepPlan {
     pub skipped: Option<String>,
 }
 
+impl Plan {
+    /// The steps as a graph a person reads: each step with what it waits for (`<-`),
+    /// whether it is detached, when it runs besides success, and why it is skipped.
+    pub fn graph_text(&self) -> String {
+        let mut text = String::from("steps (each starts once those after <- are done):\n");
+        for step in &self.steps {
+            text.push_str("  ");
+            text.push_str(&step.name);
+            if !step.depends_on.is_empty() {
+                text.push_str(&format!(" <- {}", step.depends_on.join(", ")));
+            }
+            if step.detach {
+                text.push_str(" (detached)");
+            }
+            if step.run_on != [StatusCondition::Success] {
+                let on: Vec<&str> = step
+                    .run_on
+                    .iter()
+                    .map(|status| match status {
+                        StatusCondition::Success => "success",
+                        StatusCondition::Failure => "failure",
+                    })
+                    .collect();
+                text.push_str(&format!(" (runs on {})", on.join(", ")));
+            }
+            if let Some(reason) = &step.skipped {
+                text.push_str(&format!(" (skipped: {reason})"));
+            }
+            text.push('\n');
+        }
+        text
+    }
+}
+
 /// Compiles `spec` for one build.
 pub fn compile(spec: &Spec, build: &BuildInfo) -> Result<Plan, CompileError> {
     check_build_info(build)?;
