@@ -102,17 +102,17 @@ impl EngineError {
 /// A container engine, as the runtime drives it for one build.
 ///
 /// Lifecycle, in call order for one build:
-/// 1. `create_network`, then `create_volume` (setup). Both carry the build's labels.
+/// 1. `create_network` and `create_volume` (setup, concurrently). Both carry the build's labels.
 /// 2. `start_container` for each service; `tcp_ready` / `exec` probe them, repeatedly,
 ///    until ready; `recent_output` may be read to explain a service that never got ready.
-/// 3. `copy_into_volume` once, before any step starts.
+/// 3. `copy_into_volume` once, before any step starts (while the services start).
 /// 4. For each step, once the steps it depends on are done (independent steps at the same
 ///    time): `start_with_output`, then reading its output and `wait_exit` (concurrently for
 ///    the same container), then `remove_container`: once it has exited (while later steps
 ///    run), or to kill a step that ran out of time, was cancelled, or was detached and
 ///    outlived the other steps.
-/// 5. Teardown: `remove_container` for every container of the plan, then `remove_network`,
-///    then `remove_volume`.
+/// 5. Teardown: `remove_container` for every container of the plan (concurrently), then
+///    `remove_network` and `remove_volume` (concurrently).
 ///
 /// Containers of one build run concurrently (services next to steps); different builds use
 /// different names and may call the same engine concurrently, so implementations hold no

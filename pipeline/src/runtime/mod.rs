@@ -158,19 +158,19 @@ async fn execute(
     let setup = async {
         check_secrets(build)?;
         let plan = build.plan;
-        build
-            .engine
-            .create_network(&plan.network, &plan.labels)
-            .await?;
-        build
-            .engine
-            .create_volume(&plan.volume, &plan.labels)
-            .await?;
-        services::start_and_wait(build).await?;
-        build
-            .engine
-            .copy_into_volume(&plan.volume, workspace, &plan.labels)
-            .await?;
+        let engine = build.engine;
+        // Independent setup overlaps: it is time every build pays before its first step.
+        tokio::try_join!(
+            engine.create_network(&plan.network, &plan.labels),
+            engine.create_volume(&plan.volume, &plan.labels),
+        )?;
+        let copy = async {
+            engine
+                .copy_into_volume(&plan.volume, workspace, &plan.labels)
+                .await
+                .map_err(Halt::from)
+        };
+        tokio::try_join!(services::start_and_wait(build), copy)?;
         Ok::<(), Halt>(())
     };
     let setup = tokio::select! {
