@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::steps::{self, Running};
 use super::{Build, Halt, StepResult, StepStatus};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, OutputChunks};
 use crate::plan::StepPlan;
 use crate::spec::StatusCondition;
 
@@ -25,6 +25,8 @@ enum Phase {
 
 /// What a step's future reports back to the scheduler.
 enum Progress {
+    /// A step's container was made ahead of its start.
+    Created(usize, Result<OutputChunks, EngineError>),
     Started(usize, Result<Running, EngineError>),
     Finished(usize, Result<(StepResult, Option<Halt>), EngineError>),
     /// A finished step's container is gone (removed while the next steps run).
@@ -44,6 +46,7 @@ pub(super) async fn run_steps(
     let mut tasks: FuturesUnordered<Task<'_>> = FuturesUnordered::new();
     let mut first_failure: Option<String> = None;
     let mut halt: Option<Halt> = None;
+    let mut ahead = Ahead::default();
     loop {
         while halt.is_none() {
             let Some(index) = graph.next_ready() else {
@@ -53,15 +56,31 @@ pub(super) async fn run_steps(
             match graph.decide(index) {
                 Some(result) => {
                     graph.finish(index, &result);
+                    if ahead.creating == Some(index) || ahead.created.remove(&index).is_some() {
+                        tasks.push(remove(build, step));
+                    }
                     build.observer.step_finished(&step.name, &result).await;
                     results[index] = Some(result);
                 }
                 None => {
                     graph.phase[index] = Phase::Starting;
-                    tasks.push(Box::pin(async move {
-                        Progress::Started(index, steps::start_step(build, step).await)
-                    }));
+                    // A container still being made ahead is started once it exists.
+                    if ahead.creating != Some(index) {
+                        let created = ahead.created.remove(&index);
+                        tasks.push(start(build, step, index, created));
+                    }
                 }
+            }
+        }
+        // The next step's container is made while the running ones run: its start is then
+        // all that stands between one step's end and the next one's first line.
+        if halt.is_none() && ahead.creating.is_none() && ahead.created.is_empty() {
+            if let Some(index) = graph.next_to_create() {
+                let step = &graph.steps[index];
+                ahead.creating = Some(index);
+                tasks.push(Box::pin(async move {
+                    Progress::Created(index, steps::create_step(build, step).await)
+                }));
             }
         }
         if halt.is_some() || graph.only_detached_left() {
@@ -72,6 +91,18 @@ pub(super) async fn run_steps(
         };
         let (index, ended) = match progress {
             Progress::Removed => continue,
+            Progress::Created(index, created) => {
+                ahead.creating = None;
+                let step = &graph.steps[index];
+                match graph.phase[index] {
+                    Phase::Starting => tasks.push(start(build, step, index, Some(created))),
+                    Phase::Waiting => {
+                        ahead.created.insert(index, created);
+                    }
+                    Phase::Running | Phase::Done => tasks.push(remove(build, step)),
+                }
+                continue;
+            }
             Progress::Started(index, Ok(running)) => {
                 let step = &graph.steps[index];
                 graph.phase[index] = Phase::Running;
@@ -108,15 +139,36 @@ pub(super) async fn run_steps(
         let exited = result.exit_code.is_some();
         results[index] = Some(result);
         if halt.is_none() && exited {
-            let container = step.container.as_str();
-            tasks.push(Box::pin(async move {
-                // Teardown removes it again if this fails, so the error can wait for it.
-                let _ = build.engine.remove_container(container).await;
-                Progress::Removed
-            }));
+            tasks.push(remove(build, step));
         }
     }
     halt.or(first_failure.map(Halt::Failed))
+}
+
+/// The container made ahead of its step's start, at most one at a time.
+#[derive(Default)]
+struct Ahead {
+    /// The step whose container is being made.
+    creating: Option<usize>,
+    /// Made and not started yet (or the error making it, reported if the step starts).
+    created: HashMap<usize, Result<OutputChunks, EngineError>>,
+}
+
+fn start<'a>(
+    build: &'a Build<'a>,
+    step: &'a StepPlan,
+    index: usize,
+    created: Option<Result<OutputChunks, EngineError>>,
+) -> Task<'a> {
+    Box::pin(async move { Progress::Started(index, steps::start_step(build, step, created).await) })
+}
+
+fn remove<'a>(build: &'a Build<'a>, step: &'a StepPlan) -> Task<'a> {
+    Box::pin(async move {
+        // Teardown removes it again if this fails, so the error can wait for it.
+        let _ = build.engine.remove_container(&step.container).await;
+        Progress::Removed
+    })
 }
 
 /// The steps, what each depends on, and how far each has come.
@@ -162,6 +214,13 @@ impl<'p> Graph<'p> {
                         || (self.steps[d].detach && self.phase[d] == Phase::Running)
                 })
         })
+    }
+
+    /// The first waiting step (in file order) that the plan does not skip: the step most
+    /// likely to start next, whose container can be made ahead.
+    fn next_to_create(&self) -> Option<usize> {
+        (0..self.steps.len())
+            .find(|&i| self.phase[i] == Phase::Waiting && self.steps[i].skipped.is_none())
     }
 
     /// The first failed step among what `index` depends on, directly or further up.

@@ -20,14 +20,30 @@ pub(super) struct Running {
     started: Instant,
 }
 
-/// Starts `step`'s container, attached to its output.
-pub(super) async fn start_step(build: &Build<'_>, step: &StepPlan) -> Result<Running, EngineError> {
+/// Creates `step`'s container, attached to its output, without starting it.
+pub(super) async fn create_step(
+    build: &Build<'_>,
+    step: &StepPlan,
+) -> Result<OutputChunks, EngineError> {
+    build
+        .engine
+        .create_with_output(&step_container(build.plan, step, build.secrets))
+        .await
+}
+
+/// Starts `step`'s container: the one `created` ahead of time, or a new one.
+pub(super) async fn start_step(
+    build: &Build<'_>,
+    step: &StepPlan,
+    created: Option<Result<OutputChunks, EngineError>>,
+) -> Result<Running, EngineError> {
     build.observer.step_started(&step.name).await;
     let started = Instant::now();
-    let output = build
-        .engine
-        .start_with_output(&step_container(build.plan, step, build.secrets))
-        .await?;
+    let output = match created {
+        Some(created) => created?,
+        None => create_step(build, step).await?,
+    };
+    build.engine.start_created(&step.container).await?;
     Ok(Running { output, started })
 }
 
