@@ -52,7 +52,10 @@ fn compile_prints_the_plan_and_names_the_line_of_a_mistake() {
         .collect();
     assert_eq!(steps, ["migrate", "test", "notify-failure"]);
     assert_eq!(plan["services"][0]["name"], "postgres");
-    assert_eq!(plan["steps"][1]["depends_on"], serde_json::json!(["migrate"]));
+    assert_eq!(
+        plan["steps"][1]["depends_on"],
+        serde_json::json!(["migrate"])
+    );
     let graph = String::from_utf8_lossy(&output.stderr);
     assert!(graph.contains("\n  test <- migrate\n"), "{graph}");
     assert!(

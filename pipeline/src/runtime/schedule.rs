@@ -56,7 +56,8 @@ pub(super) async fn run_steps(
             match graph.decide(index) {
                 Some(result) => {
                     graph.finish(index, &result);
-                    if ahead.creating == Some(index) || ahead.created.remove(&index).is_some() {
+                    // One still being made is removed when it is (see `Progress::Created`).
+                    if ahead.created.remove(&index).is_some() {
                         tasks.push(remove(build, step));
                     }
                     build.observer.step_finished(&step.name, &result).await;
