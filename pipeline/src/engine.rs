@@ -115,17 +115,21 @@ impl EngineError {
 /// A container engine, as the runtime drives it for one build.
 ///
 /// Lifecycle, in call order for one build:
-/// 1. `create_network`, then `create_volume` (setup). Both carry the build's labels.
-/// 2. `pull_image` then `start_container` for each service; `tcp_ready` / `exec` probe them, repeatedly,
-///    until ready; `recent_output` may be read to explain a service that never got ready.
-/// 3. `copy_into_volume` once, before any step starts.
-/// 4. For each step in turn: `pull_image`, `start_with_output`, then reading its output and `wait_exit`
-///    (concurrently for the same container), and `remove_container` to kill a step that ran
-///    out of time or was cancelled.
+/// 1. `create_network` and `create_volume` (setup, concurrently). Both carry the build's labels.
+/// 2. `pull_image` then `start_container` for each service; `tcp_ready` / `exec` probe them,
+///    repeatedly, until ready; `recent_output` may be read to explain a service that never got
+///    ready.
+/// 3. `copy_into_volume` once, before any step starts (while the services start).
+/// 4. For each step, once the steps it depends on are done (independent steps at the same
+///    time): `pull_image`, `create_with_output` (possibly earlier, while other steps run: a
+///    container made ahead is removed unstarted if its step does not run), `start_created`,
+///    then reading its output and `wait_exit` (concurrently for the same container), then
+///    `remove_container`: once it has exited (while later steps run), or to kill a step that
+///    ran out of time, was cancelled, or was detached and outlived the other steps.
 /// 5. `export_volume` at most once, after the last step, when the build passed and its
 ///    workspace is to be packaged.
-/// 6. Teardown: `remove_container` for every container of the plan, then `remove_network`,
-///    then `remove_volume`.
+/// 6. Teardown: `remove_container` for every container of the plan (concurrently), then
+///    `remove_network` and `remove_volume` (concurrently).
 ///
 /// Containers of one build run concurrently (services next to steps); different builds use
 /// different names and may call the same engine concurrently, so implementations hold no
@@ -174,15 +178,18 @@ pub trait Engine: Send + Sync {
     /// Creates and starts a container; the image must already be present.
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError>;
 
-    /// Creates and starts a container like `start_container`, attached to its stdout and
-    /// stderr before it starts, so not a byte is missed; the stream ends when it stops. The
-    /// output goes to this stream only (the engine keeps no log of it): a container waits
-    /// while the stream is read slowly, and once the stream is dropped the rest of its
-    /// output is discarded at once.
-    async fn start_with_output(
+    /// Creates a container like `start_container` but does not start it: it is attached to
+    /// its stdout and stderr first, so not a byte is missed once `start_created` starts it;
+    /// the stream ends when it stops or is removed. The output goes to this stream only (the
+    /// engine keeps no log of it): a container waits while the stream is read slowly, and
+    /// once the stream is dropped the rest of its output is discarded at once.
+    async fn create_with_output(
         &self,
         config: &ContainerConfig,
     ) -> Result<OutputChunks, EngineError>;
+
+    /// Starts a container made by `create_with_output`; one that cannot start is removed.
+    async fn start_created(&self, container: &str) -> Result<(), EngineError>;
 
     /// The last `lines` lines the container wrote.
     async fn recent_output(

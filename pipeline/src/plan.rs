@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{Event, PackageSpec, PullPolicy, ReadySpec, Spec, StatusCondition, StepSpec};
+use crate::spec::{
+    EnvValue, Event, PackageSpec, PullPolicy, ReadySpec, SettingValue, Spec, StatusCondition,
+    StepSpec,
+};
 
 /// The label every container, network and volume of a build carries with the build id.
 pub const BUILD_LABEL: &str = "slipway.build";
@@ -94,6 +97,15 @@ pub struct StepPlan {
     pub commands: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub secrets: Vec<String>,
+    /// Variables whose value is a secret (`{from_secret: NAME}` in `environment` or
+    /// `settings`): variable -> secret name; the values are filled in when the step starts.
+    pub env_from_secrets: BTreeMap<String, String>,
+    /// The steps that must finish before this one starts (a detached step counts as finished
+    /// once it has started). Without `depends_on` in the file, each step depends on the one
+    /// before it.
+    pub depends_on: Vec<String>,
+    /// Runs in the background until the build ends; its result never fails the build.
+    pub detach: bool,
     pub timeout_seconds: Option<u64>,
     /// The build states in which the step runs, decided at run time.
     pub run_on: Vec<StatusCondition>,
@@ -101,6 +113,40 @@ pub struct StepPlan {
     pub skipped: Option<String>,
     #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
     pub pull: PullPolicy,
+}
+
+impl Plan {
+    /// The steps as a graph a person reads: each step with what it waits for (`<-`),
+    /// whether it is detached, when it runs besides success, and why it is skipped.
+    pub fn graph_text(&self) -> String {
+        let mut text = String::from("steps (each starts once those after <- are done):\n");
+        for step in &self.steps {
+            text.push_str("  ");
+            text.push_str(&step.name);
+            if !step.depends_on.is_empty() {
+                text.push_str(&format!(" <- {}", step.depends_on.join(", ")));
+            }
+            if step.detach {
+                text.push_str(" (detached)");
+            }
+            if step.run_on != [StatusCondition::Success] {
+                let on: Vec<&str> = step
+                    .run_on
+                    .iter()
+                    .map(|status| match status {
+                        StatusCondition::Success => "success",
+                        StatusCondition::Failure => "failure",
+                    })
+                    .collect();
+                text.push_str(&format!(" (runs on {})", on.join(", ")));
+            }
+            if let Some(reason) = &step.skipped {
+                text.push_str(&format!(" (skipped: {reason})"));
+            }
+            text.push('\n');
+        }
+        text
+    }
 }
 
 /// Compiles `spec` for one build.
@@ -128,10 +174,28 @@ pub fn compile(spec: &Spec, build: &BuildInfo) -> Result<Plan, CompileError> {
             pull: service.pull,
         })
         .collect();
+    // As in Drone: once any step names its dependencies, the file is a graph and a step
+    // without `depends_on` has none; otherwise each step follows the one before it.
+    let graph = spec.steps.iter().any(|step| step.depends_on.is_some());
     let steps = spec
         .steps
         .iter()
-        .map(|step| compile_step(step, build, &prefix))
+        .enumerate()
+        .map(|(index, step)| {
+            let depends_on = if graph {
+                step.depends_on
+                    .iter()
+                    .flatten()
+                    .map(|name| name.to_string())
+                    .collect()
+            } else {
+                index
+                    .checked_sub(1)
+                    .map(|previous| vec![spec.steps[previous].name.to_string()])
+                    .unwrap_or_default()
+            };
+            compile_step(step, build, &prefix, depends_on)
+        })
         .collect();
     Ok(Plan {
         build: build.clone(),
@@ -171,8 +235,31 @@ fn check_build_info(build: &BuildInfo) -> Result<(), CompileError> {
     Ok(())
 }
 
-fn compile_step(step: &StepSpec, build: &BuildInfo, prefix: &str) -> StepPlan {
-    let mut env = environment(&step.environment);
+fn compile_step(
+    step: &StepSpec,
+    build: &BuildInfo,
+    prefix: &str,
+    depends_on: Vec<String>,
+) -> StepPlan {
+    let mut env = BTreeMap::new();
+    let mut env_from_secrets = BTreeMap::new();
+    for (name, value) in &step.environment {
+        let name = name.as_str().to_owned();
+        match value {
+            EnvValue::Text(text) => env.insert(name, text.0.clone()),
+            EnvValue::FromSecret(secret) => {
+                env_from_secrets.insert(name, secret.as_str().to_owned())
+            }
+        };
+    }
+    for (name, value) in &step.settings {
+        match value {
+            SettingValue::Text(text) => env.insert(name.variable(), text.clone()),
+            SettingValue::FromSecret(secret) => {
+                env_from_secrets.insert(name.variable(), secret.as_str().to_owned())
+            }
+        };
+    }
     env.extend(
         [
             ("CI", "true".to_owned()),
@@ -191,6 +278,9 @@ fn compile_step(step: &StepSpec, build: &BuildInfo, prefix: &str) -> StepPlan {
         commands: step.commands.clone(),
         env,
         secrets: step.secrets.iter().map(|s| s.as_str().to_owned()).collect(),
+        env_from_secrets,
+        depends_on,
+        detach: step.detach,
         timeout_seconds: step.timeout.map(|t| t.0.as_secs()),
         run_on: step
             .when

@@ -29,6 +29,8 @@ pub async fn run(command: PipelineCommand) -> anyhow::Result<ExitCode> {
                     anyhow!("unknown event {event:?}: expected push, pull_request, tag or manual")
                 })?;
             let plan = pipeline::compile(&spec, &local_build(&branch, "local", event))?;
+            // The graph for the reader on stderr; stdout stays the JSON plan for scripts.
+            eprint!("{}", plan.graph_text());
             println!("{}", serde_json::to_string_pretty(&plan)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -52,6 +52,16 @@ fn compile_prints_the_plan_and_names_the_line_of_a_mistake() {
         .collect();
     assert_eq!(steps, ["migrate", "test", "notify-failure"]);
     assert_eq!(plan["services"][0]["name"], "postgres");
+    assert_eq!(
+        plan["steps"][1]["depends_on"],
+        serde_json::json!(["migrate"])
+    );
+    let graph = String::from_utf8_lossy(&output.stderr);
+    assert!(graph.contains("\n  test <- migrate\n"), "{graph}");
+    assert!(
+        graph.contains("\n  notify-failure <- test (runs on failure)\n"),
+        "{graph}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join(".slipway.yml");

@@ -111,17 +111,17 @@ impl DockerEngine {
     }
 
     /// Starts a created container; one that cannot start is removed.
-    async fn start(&self, config: &ContainerConfig) -> Result<(), EngineError> {
+    async fn start(&self, container: &str) -> Result<(), EngineError> {
         let started = self
             .docker
             .start_container(
-                &config.name,
+                container,
                 None::<bollard::query_parameters::StartContainerOptions>,
             )
             .await;
         if let Err(error) = started {
-            self.remove_container(&config.name).await?;
-            return Err(failed(&format!("start container {}", config.name), error));
+            self.remove_container(container).await?;
+            return Err(failed(&format!("start container {container}"), error));
         }
         Ok(())
     }
@@ -229,10 +229,10 @@ impl Engine for DockerEngine {
 
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError> {
         self.create(config).await?;
-        self.start(config).await
+        self.start(&config.name).await
     }
 
-    async fn start_with_output(
+    async fn create_with_output(
         &self,
         config: &ContainerConfig,
     ) -> Result<OutputChunks, EngineError> {
@@ -258,7 +258,6 @@ impl Engine for DockerEngine {
                 return Err(failed(&format!("attach to {}", config.name), error));
             }
         };
-        self.start(config).await?;
         let operation = format!("read output of {}", config.name);
         let chunks = attached.output.filter_map(move |frame| {
             let chunk = match frame {
@@ -278,6 +277,10 @@ impl Engine for DockerEngine {
             futures::future::ready(chunk)
         });
         Ok(chunks.boxed())
+    }
+
+    async fn start_created(&self, container: &str) -> Result<(), EngineError> {
+        self.start(container).await
     }
 
     async fn recent_output(

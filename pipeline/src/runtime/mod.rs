@@ -5,6 +5,7 @@ mod export;
 mod observer;
 mod output;
 mod pull;
+mod schedule;
 mod services;
 mod steps;
 mod teardown;
@@ -20,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineError};
 use crate::plan::Plan;
-use crate::spec::StatusCondition;
 
 pub use export::WorkspaceExport;
 pub use observer::{
@@ -120,7 +120,7 @@ pub async fn run(
             timeout,
         },
     };
-    let mut results = Vec::new();
+    let mut results: Vec<Option<StepResult>> = vec![None; plan.steps.len()];
     let body = AssertUnwindSafe(async {
         let halt = execute(&build, workspace, &mut results).await;
         export::after_steps(&build, halt).await
@@ -134,23 +134,26 @@ pub async fn run(
             panic_message(panic.as_ref())
         ))),
     };
-    for step in plan.steps.iter().skip(results.len()) {
-        let result =
-            StepResult::not_run(StepStatus::Cancelled, "the build stopped before this step");
-        observer.step_finished(&step.name, &result).await;
-        results.push(StepOutcome {
+    let mut steps = Vec::with_capacity(plan.steps.len());
+    for (step, result) in plan.steps.iter().zip(results) {
+        let result = match result {
+            Some(result) => result,
+            None => {
+                let result = StepResult::not_run(
+                    StepStatus::Cancelled,
+                    "the build stopped before this step",
+                );
+                observer.step_finished(&step.name, &result).await;
+                result
+            }
+        };
+        steps.push(StepOutcome {
             name: step.name.clone(),
             result,
         });
     }
     let teardown_errors = teardown::teardown(plan, engine).await;
-    let outcome = outcome(
-        halt,
-        results,
-        started.elapsed(),
-        teardown_errors,
-        &build.stop,
-    );
+    let outcome = outcome(halt, steps, started.elapsed(), teardown_errors, &build.stop);
     tracing::info!(status = ?outcome.status, "Build finished.");
     observer.build_finished(&outcome).await;
     outcome
@@ -159,24 +162,24 @@ pub async fn run(
 async fn execute(
     build: &Build<'_>,
     workspace: &Path,
-    results: &mut Vec<StepOutcome>,
+    results: &mut [Option<StepResult>],
 ) -> Option<Halt> {
     let setup = async {
         check_secrets(build)?;
         let plan = build.plan;
-        build
-            .engine
-            .create_network(&plan.network, &plan.labels)
-            .await?;
-        build
-            .engine
-            .create_volume(&plan.volume, &plan.labels)
-            .await?;
-        services::start_and_wait(build).await?;
-        build
-            .engine
-            .copy_into_volume(&plan.volume, workspace, &plan.labels)
-            .await?;
+        let engine = build.engine;
+        // Independent setup overlaps: it is time every build pays before its first step.
+        tokio::try_join!(
+            engine.create_network(&plan.network, &plan.labels),
+            engine.create_volume(&plan.volume, &plan.labels),
+        )?;
+        let copy = async {
+            engine
+                .copy_into_volume(&plan.volume, workspace, &plan.labels)
+                .await
+                .map_err(Halt::from)
+        };
+        tokio::try_join!(services::start_and_wait(build), copy)?;
         Ok::<(), Halt>(())
     };
     let setup = tokio::select! {
@@ -187,74 +190,7 @@ async fn execute(
     if let Err(halt) = setup {
         return Some(halt);
     }
-    run_steps(build, results).await
-}
-
-async fn run_steps(build: &Build<'_>, results: &mut Vec<StepOutcome>) -> Option<Halt> {
-    let mut first_failure: Option<String> = None;
-    for step in &build.plan.steps {
-        let current = if first_failure.is_some() {
-            StatusCondition::Failure
-        } else {
-            StatusCondition::Success
-        };
-        let result = if let Some(reason) = &step.skipped {
-            StepResult::not_run(StepStatus::Skipped, reason.clone())
-        } else if !step.run_on.contains(&current) {
-            StepResult::not_run(StepStatus::Skipped, status_skip_reason(current))
-        } else {
-            match steps::run_step(build, step).await {
-                Ok((result, None)) => result,
-                Ok((result, Some(halt))) => {
-                    build.observer.step_finished(&step.name, &result).await;
-                    results.push(StepOutcome {
-                        name: step.name.clone(),
-                        result,
-                    });
-                    return Some(halt);
-                }
-                Err(error) => {
-                    let result = StepResult::not_run(StepStatus::Cancelled, error.to_string());
-                    build.observer.step_finished(&step.name, &result).await;
-                    results.push(StepOutcome {
-                        name: step.name.clone(),
-                        result,
-                    });
-                    return Some(error.into());
-                }
-            }
-        };
-        if first_failure.is_none() {
-            first_failure = failure_message(&step.name, &result);
-        }
-        build.observer.step_finished(&step.name, &result).await;
-        results.push(StepOutcome {
-            name: step.name.clone(),
-            result,
-        });
-    }
-    first_failure.map(Halt::Failed)
-}
-
-fn failure_message(step: &str, result: &StepResult) -> Option<String> {
-    match (result.status, result.exit_code) {
-        (StepStatus::Failed, Some(code)) => {
-            Some(format!("step `{step}` failed with exit code {code}"))
-        }
-        (StepStatus::TimedOut, _) => Some(format!(
-            "step `{step}` {}",
-            result.reason.as_deref().unwrap_or("timed out")
-        )),
-        (StepStatus::Failed, None) => Some(format!("step `{step}` failed")),
-        _ => None,
-    }
-}
-
-fn status_skip_reason(current: StatusCondition) -> String {
-    match current {
-        StatusCondition::Success => "runs only after a failure, and nothing failed".to_owned(),
-        StatusCondition::Failure => "an earlier step failed".to_owned(),
-    }
+    schedule::run_steps(build, results).await
 }
 
 fn check_secrets(build: &Build<'_>) -> Result<(), Halt> {
@@ -271,6 +207,16 @@ fn check_secrets(build: &Build<'_>) -> Result<(), Halt> {
         {
             return Err(Halt::Errored(format!(
                 "secret `{missing}` needed by step `{}` was not supplied",
+                step.name
+            )));
+        }
+        if let Some((variable, missing)) = step
+            .env_from_secrets
+            .iter()
+            .find(|(_, name)| !build.secrets.contains_key(*name))
+        {
+            return Err(Halt::Errored(format!(
+                "secret `{missing}` needed by step `{}` (as `{variable}`) was not supplied",
                 step.name
             )));
         }

@@ -7,10 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::OutputStream;
 
-/// Receives a build's progress. Calls come in order, one at a time, from the task running
-/// the build: for each step `step_started` (only for steps that run), `log_chunk`s, then
-/// exactly one `step_finished` (also for skipped steps and steps the build never reached);
-/// finally `build_finished` once, after teardown.
+/// Receives a build's progress, from the task running the build. For each step, in order:
+/// `step_started` (only for steps that run), `log_chunk`s, then exactly one `step_finished`
+/// (also for skipped steps and steps the build never reached). Steps that run at the same
+/// time (independent steps of a `depends_on` graph, detached steps) interleave their calls,
+/// and may await them concurrently: the step name tells them apart. Finally
+/// `build_finished` once, after teardown.
 ///
 /// An implementation may make the build wait (a full channel to a slow store is the
 /// backpressure that bounds memory), but must not block the thread: await instead.

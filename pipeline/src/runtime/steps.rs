@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::output::StepOutput;
 use super::{Build, Halt, LogChunk, StepResult, StepStatus};
@@ -13,36 +14,81 @@ use crate::engine::{
 };
 use crate::plan::{Plan, StepPlan};
 
-/// Runs `step` and returns its result, plus the reason the build must stop if it must.
-#[tracing::instrument(skip_all, fields(build = %build.plan.build.build_id, step = %step.name), err)]
-pub(super) async fn run_step(
+/// A step whose container runs, its output not read yet.
+pub(super) struct Running {
+    output: OutputChunks,
+    started: Instant,
+}
+
+/// Creates `step`'s container, attached to its output, without starting it.
+pub(super) async fn create_step(
     build: &Build<'_>,
     step: &StepPlan,
-) -> Result<(StepResult, Option<Halt>), EngineError> {
+) -> Result<OutputChunks, EngineError> {
+    build
+        .engine
+        .create_with_output(&step_container(build.plan, step, build.secrets))
+        .await
+}
+
+/// A step stopped with the build before its container started: its result and why.
+pub(super) type StoppedBeforeStart = (StepResult, Halt);
+
+/// Makes `step`'s image present as its pull policy says (the pull shows in the step's log),
+/// then starts its container: the one `created` ahead of time, or a new one.
+pub(super) async fn start_step(
+    build: &Build<'_>,
+    step: &StepPlan,
+    created: Option<Result<OutputChunks, EngineError>>,
+) -> Result<Result<Running, StoppedBeforeStart>, EngineError> {
     build.observer.step_started(&step.name).await;
     let started = Instant::now();
-    if let Some((result, halt)) = super::pull::step_image(build, step).await? {
-        return Ok((result, Some(halt)));
+    let pulled = super::pull::step_image(build, step).await;
+    if !matches!(pulled, Ok(None)) {
+        if let Some(Ok(_)) = created {
+            // Teardown removes it again if this fails.
+            let _ = build.engine.remove_container(&step.container).await;
+        }
     }
+    if let Some(stopped) = pulled? {
+        return Ok(Err(stopped));
+    }
+    let output = match created {
+        Some(Ok(output)) => output,
+        // Made ahead before its image was pulled: made again now that it is present.
+        Some(Err(_)) | None => create_step(build, step).await?,
+    };
+    build.engine.start_created(&step.container).await?;
+    Ok(Ok(Running { output, started }))
+}
+
+/// Follows a started step to its end and returns its result, plus the reason the build must
+/// stop if it must. `end_of_build` stops a detached step once the others are done.
+#[tracing::instrument(skip_all, fields(build = %build.plan.build.build_id, step = %step.name), err)]
+pub(super) async fn finish_step(
+    build: &Build<'_>,
+    step: &StepPlan,
+    running: Running,
+    end_of_build: &CancellationToken,
+) -> Result<(StepResult, Option<Halt>), EngineError> {
     let engine = build.engine;
-    let output = engine
-        .start_with_output(&step_container(build.plan, step, build.secrets))
-        .await?;
     let exited = async {
         let (code, ()) = tokio::join!(
             engine.wait_exit(&step.container),
-            forward_output(build, step, output)
+            forward_output(build, step, running.output)
         );
         code
     };
+    tokio::pin!(exited);
     let step_timeout = step.timeout_seconds.map(Duration::from_secs);
     let ended = tokio::select! {
         biased;
         halt = build.stop.interrupted() => Ended::Interrupted(halt),
         _ = sleep_or_forever(step_timeout) => Ended::StepTimedOut,
-        code = exited => Ended::Exited(code?),
+        _ = end_of_build.cancelled(), if step.detach => Ended::Stopped,
+        code = &mut exited => Ended::Exited(code?),
     };
-    let duration = started.elapsed();
+    let duration = running.started.elapsed();
     let (status, exit_code, reason, halt) = match ended {
         Ended::Exited(0) => (StepStatus::Passed, Some(0), None, None),
         Ended::Exited(code) => (StepStatus::Failed, Some(code), None, None),
@@ -50,6 +96,10 @@ pub(super) async fn run_step(
             let seconds = step_timeout.unwrap_or_default().as_secs();
             let reason = format!("timed out after {seconds}s");
             (StepStatus::TimedOut, None, Some(reason), None)
+        }
+        Ended::Stopped => {
+            let reason = "detached: stopped when the other steps had finished".to_owned();
+            (StepStatus::Cancelled, None, Some(reason), None)
         }
         Ended::Interrupted(Halt::BuildTimedOut) => {
             let reason = "the build timed out".to_owned();
@@ -67,6 +117,8 @@ pub(super) async fn run_step(
     };
     if exit_code.is_none() {
         engine.remove_container(&step.container).await?;
+        // The killed container's stream ends now: what it wrote up to here is kept.
+        let _ = tokio::time::timeout(FLUSH_AFTER_KILL, exited).await;
     }
     let result = StepResult {
         status,
@@ -77,9 +129,14 @@ pub(super) async fn run_step(
     Ok((result, halt))
 }
 
+/// How long the output of a killed step may take to drain before its result is reported.
+const FLUSH_AFTER_KILL: Duration = Duration::from_secs(1);
+
 enum Ended {
     Exited(i64),
     StepTimedOut,
+    /// A detached step still running when the build's other steps had finished.
+    Stopped,
     Interrupted(Halt),
 }
 
@@ -156,6 +213,11 @@ pub fn step_container(
     for name in &step.secrets {
         if let Some(value) = secrets.get(name) {
             env.insert(name.clone(), value.clone());
+        }
+    }
+    for (variable, name) in &step.env_from_secrets {
+        if let Some(value) = secrets.get(name) {
+            env.insert(variable.clone(), value.clone());
         }
     }
     ContainerConfig {

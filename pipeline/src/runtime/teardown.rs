@@ -12,16 +12,26 @@ pub(super) async fn teardown(plan: &Plan, engine: &dyn Engine) -> Vec<String> {
         .iter()
         .map(|step| &step.container)
         .chain(plan.services.iter().map(|service| &service.container));
-    let mut errors = Vec::new();
-    for container in containers {
-        if let Err(error) = engine.remove_container(container).await {
-            errors.push(format!("container {container}: {error}"));
-        }
-    }
-    if let Err(error) = engine.remove_network(&plan.network).await {
+    // All at once: most steps' containers are gone already, and each call is a round trip.
+    let removals = containers.map(|container| async move {
+        engine
+            .remove_container(container)
+            .await
+            .map_err(|error| format!("container {container}: {error}"))
+    });
+    let mut errors: Vec<String> = futures::future::join_all(removals)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    let (network, volume) = tokio::join!(
+        engine.remove_network(&plan.network),
+        engine.remove_volume(&plan.volume)
+    );
+    if let Err(error) = network {
         errors.push(format!("network {}: {error}", plan.network));
     }
-    if let Err(error) = engine.remove_volume(&plan.volume).await {
+    if let Err(error) = volume {
         errors.push(format!("volume {}: {error}", plan.volume));
     }
     for error in &errors {

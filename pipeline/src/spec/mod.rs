@@ -2,6 +2,7 @@
 
 mod bake;
 mod bounds;
+mod drone;
 mod locate;
 mod validate;
 mod values;
@@ -15,6 +16,7 @@ pub use bake::{
     BakeSpec, ExtraVars, GitRef, ImageReference, PlaybookRepoSpec, RepositoryUrl,
 };
 pub use bounds::{read_file, MAX_DEPTH, MAX_EXPANDED_TEXT_BYTES, MAX_SPEC_BYTES, MAX_VALUES};
+pub use drone::{EnvValue, SettingName, SettingValue};
 pub use values::{
     AccountName, FileMode, InstallDest, InstallPath, Name, PackageName, ScalarText, SpecDuration,
     VariableName, WorkspacePath,
@@ -83,7 +85,7 @@ pub struct StepSpec {
     pub image: String,
     pub commands: Vec<String>,
     #[serde(default)]
-    pub environment: BTreeMap<VariableName, ScalarText>,
+    pub environment: BTreeMap<VariableName, EnvValue>,
     #[serde(default)]
     pub secrets: Vec<VariableName>,
     pub timeout: Option<SpecDuration>,
@@ -91,6 +93,15 @@ pub struct StepSpec {
     pub when: WhenSpec,
     #[serde(default)]
     pub pull: PullPolicy,
+    /// The steps this one starts after; when no step of the pipeline has any, each step
+    /// starts after the one before it.
+    pub depends_on: Option<Vec<Name>>,
+    /// Drone plugin settings, each passed as `PLUGIN_<NAME>`.
+    #[serde(default)]
+    pub settings: BTreeMap<SettingName, SettingValue>,
+    /// Runs in the background for the rest of the build; its result never fails the build.
+    #[serde(default)]
+    pub detach: bool,
 }
 
 /// When an image is pulled from its registry before its container starts.

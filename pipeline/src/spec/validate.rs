@@ -1,6 +1,6 @@
 //! Checks that span several values of a parsed spec (uniqueness, one-of choices, cross references).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::locate::Segment;
 use super::{PackageSpec, ReadySpec, Spec, StepSpec};
@@ -41,6 +41,7 @@ pub fn check(spec: &Spec) -> Result<(), Problem> {
     for (index, step) in spec.steps.iter().enumerate() {
         check_step(step, vec![key("steps"), at(index)])?;
     }
+    check_dependencies(spec)?;
     if let Some(package) = &spec.package {
         check_package(package)?;
     }
@@ -120,6 +121,7 @@ fn check_step(step: &StepSpec, path: Vec<Segment>) -> Result<(), Problem> {
             "expected a command, found an empty string",
         ));
     }
+    check_settings(step, &path)?;
     let when = [path, vec![key("when")]].concat();
     if let Some(branches) = &step.when.branch {
         if let Some(blank) = branches.iter().position(|b| b.is_empty()) {
@@ -141,6 +143,129 @@ fn check_step(step: &StepSpec, path: Vec<Segment>) -> Result<(), Problem> {
         ));
     }
     Ok(())
+}
+
+/// A setting may not give a variable `environment` gives too: one of them would be lost.
+fn check_settings(step: &StepSpec, path: &[Segment]) -> Result<(), Problem> {
+    let mut given: HashMap<String, String> = step
+        .environment
+        .keys()
+        .map(|name| (name.as_str().to_owned(), "environment".to_owned()))
+        .collect();
+    for name in step.settings.keys() {
+        let variable = name.variable();
+        let here = format!("setting `{}`", name.as_str());
+        if let Some(other) = given.insert(variable.clone(), here.clone()) {
+            return Err(problem(
+                [path, &[key("settings")]].concat(),
+                format!("{here} is passed as `{variable}`, which {other} already sets"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `depends_on` names steps of this pipeline, never a service, and never forms a cycle.
+fn check_dependencies(spec: &Spec) -> Result<(), Problem> {
+    let index: HashMap<&str, usize> = spec
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| (step.name.as_str(), i))
+        .collect();
+    let mut edges: Vec<Vec<(usize, usize)>> = vec![Vec::new(); spec.steps.len()];
+    for (i, step) in spec.steps.iter().enumerate() {
+        let Some(names) = &step.depends_on else {
+            continue;
+        };
+        let path = vec![key("steps"), at(i), key("depends_on")];
+        if names.is_empty() {
+            return Err(problem(
+                path,
+                "expected at least one step name (leave the key out to depend on nothing)",
+            ));
+        }
+        for (j, name) in names.iter().enumerate() {
+            let Some(&target) = index.get(name.as_str()) else {
+                let why = if spec.services.iter().any(|s| &s.name == name) {
+                    "is a service; services are ready before any step starts"
+                } else {
+                    "is no step of this pipeline"
+                };
+                return Err(problem(
+                    [path, vec![at(j)]].concat(),
+                    format!("step `{}` depends on `{name}`, which {why}", step.name),
+                ));
+            };
+            edges[i].push((j, target));
+        }
+    }
+    match find_cycle(&edges) {
+        None => Ok(()),
+        Some(cycle) => {
+            let (step, entry) = cycle[0];
+            let names: Vec<String> = cycle
+                .iter()
+                .map(|&(i, _)| format!("`{}`", spec.steps[i].name))
+                .collect();
+            let message = if cycle.len() == 1 {
+                format!("step {} depends on itself", names[0])
+            } else {
+                format!(
+                    "step {} closes a cycle: {} -> {}, each depending on the next",
+                    names[0],
+                    names.join(" -> "),
+                    names[0]
+                )
+            };
+            Err(problem(
+                vec![key("steps"), at(step), key("depends_on"), at(entry)],
+                message,
+            ))
+        }
+    }
+}
+
+/// A cycle of `edges` (for each step, its `depends_on` entries as (entry, step)), as the
+/// steps along it with the entry leading to the next, starting at its first step in file
+/// order. Kahn's algorithm removes every step not on or behind a cycle, iteratively, so
+/// a long chain cannot exhaust the stack.
+fn find_cycle(edges: &[Vec<(usize, usize)>]) -> Option<Vec<(usize, usize)>> {
+    let count = edges.len();
+    let mut waiting: Vec<usize> = edges.iter().map(Vec::len).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); count];
+    for (step, targets) in edges.iter().enumerate() {
+        for &(_, target) in targets {
+            dependents[target].push(step);
+        }
+    }
+    let mut ready: Vec<usize> = (0..count).filter(|&i| waiting[i] == 0).collect();
+    let mut done = vec![false; count];
+    while let Some(step) = ready.pop() {
+        done[step] = true;
+        for &dependent in &dependents[step] {
+            waiting[dependent] -= 1;
+            if waiting[dependent] == 0 {
+                ready.push(dependent);
+            }
+        }
+    }
+    // Every step left waits for another left: walking to such a step reaches a cycle.
+    let mut step = (0..count).find(|&i| !done[i])?;
+    let mut visited: Vec<(usize, usize)> = Vec::new();
+    let mut seen_at: HashMap<usize, usize> = HashMap::new();
+    loop {
+        if let Some(&start) = seen_at.get(&step) {
+            let mut cycle = visited.split_off(start);
+            let first = (0..cycle.len()).min_by_key(|&k| cycle[k].0).unwrap_or(0);
+            cycle.rotate_left(first);
+            return Some(cycle);
+        }
+        let &(entry, next) = edges[step].iter().find(|&&(_, target)| !done[target])?;
+        seen_at.insert(step, visited.len());
+        visited.push((step, entry));
+        step = next;
+    }
 }
 
 fn check_package(package: &PackageSpec) -> Result<(), Problem> {

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize, Serializer};
 
 /// Deserializes a scalar as text and checks it inside the visitor, so that serde_yaml marks
 /// an error with the position of the scalar itself.
-fn checked<'de, D, T>(deserializer: D, check: fn(&str) -> Result<T, String>) -> Result<T, D::Error>
+pub(super) fn checked<'de, D, T>(
+    deserializer: D,
+    check: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {

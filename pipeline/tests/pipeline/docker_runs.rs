@@ -29,23 +29,23 @@ fn test_id() -> String {
     format!("t{}-{nanos}-{n}", std::process::id())
 }
 
-struct DockerRun {
-    outcome: BuildOutcome,
-    recorder: Recorder,
-    elapsed: Duration,
+pub(super) struct DockerRun {
+    pub(super) outcome: BuildOutcome,
+    pub(super) recorder: Recorder,
+    pub(super) elapsed: Duration,
 }
 
 #[derive(Default)]
-struct Options<'a> {
-    secrets: &'a [(&'a str, &'a str)],
-    run: RunOptions,
-    cancel_after: Option<Duration>,
-    workspace: Option<PathBuf>,
+pub(super) struct Options<'a> {
+    pub(super) secrets: &'a [(&'a str, &'a str)],
+    pub(super) run: RunOptions,
+    pub(super) cancel_after: Option<Duration>,
+    pub(super) workspace: Option<PathBuf>,
 }
 
 /// Runs `yaml` for a fresh build labelled with a fresh test id, then checks that no
 /// container, network or volume with that label is left.
-async fn run_docker(yaml: &str, options: Options<'_>) -> DockerRun {
+pub(super) async fn run_docker(yaml: &str, options: Options<'_>) -> DockerRun {
     let engine = DockerEngine::connect(None).await.expect("dockerd answers");
     let id = test_id();
     let build = BuildInfo {

@@ -31,6 +31,7 @@ struct Container {
     labels: Labels,
     network: Option<String>,
     volume: Option<String>,
+    started: bool,
 }
 
 #[derive(Default)]
@@ -84,6 +85,7 @@ impl FakeEngine {
             labels: labels.clone(),
             network: Some(format!("{name}-net")),
             volume: Some(format!("{name}-vol")),
+            started: true,
         };
         state.containers.insert(name.to_owned(), container);
     }
@@ -131,6 +133,79 @@ impl FakeEngine {
         self.behaviours.get(&container.alias).cloned()
     }
 
+    /// Creates a container, recording the call as `<verb> <alias>`.
+    fn create(&self, config: &ContainerConfig, verb: &str) -> Result<(), EngineError> {
+        let alias = config
+            .network
+            .as_ref()
+            .map(|n| n.alias.clone())
+            .unwrap_or_default();
+        let violation = {
+            let state = self.state.lock().unwrap();
+            let network = config.network.as_ref().map(|n| n.network.as_str());
+            if state.containers.contains_key(&config.name) {
+                Some("a container with this name exists".to_owned())
+            } else if network.is_some_and(|n| !state.networks.contains_key(n)) {
+                Some("its network does not exist".to_owned())
+            } else {
+                None
+            }
+        };
+        // A started container is recorded once, as `start <alias>`, by `start`.
+        if verb != "start" {
+            self.call(format!("{verb} {alias}"), violation)?;
+        } else if let Some(violation) = violation {
+            self.call(format!("start {alias}"), Some(violation))?;
+        }
+        if self.missing_images.contains(&config.image) {
+            return Err(EngineError::ImageMissing {
+                image: config.image.clone(),
+            });
+        }
+        let container = Container {
+            alias,
+            labels: config.labels.clone(),
+            network: config.network.as_ref().map(|n| n.network.clone()),
+            volume: config.mount.as_ref().map(|m| m.volume.clone()),
+            started: false,
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .containers
+            .insert(config.name.clone(), container);
+        Ok(())
+    }
+
+    /// Starts a created container, recording `start <alias>`; returns the alias.
+    fn start(&self, name: &str) -> Result<String, EngineError> {
+        let (alias, violation) = {
+            let state = self.state.lock().unwrap();
+            match state.containers.get(name) {
+                None => (name.to_owned(), Some("no such container".to_owned())),
+                Some(container) => {
+                    let violation = if container.started {
+                        Some("started twice".to_owned())
+                    } else if container
+                        .volume
+                        .as_ref()
+                        .is_some_and(|v| !state.copied.contains(v))
+                    {
+                        Some("a step started before the workspace was copied".to_owned())
+                    } else {
+                        None
+                    };
+                    (container.alias.clone(), violation)
+                }
+            }
+        };
+        self.call(format!("start {alias}"), violation)?;
+        if let Some(container) = self.state.lock().unwrap().containers.get_mut(name) {
+            container.started = true;
+        }
+        Ok(alias)
+    }
+
     fn unknown(&self, container: &str) -> Option<String> {
         let state = self.state.lock().unwrap();
         (!state.containers.contains_key(container)).then(|| "no such container".to_owned())
@@ -154,9 +229,7 @@ impl Engine for FakeEngine {
     }
 
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), EngineError> {
-        let no_network = self.state.lock().unwrap().networks.is_empty();
-        let violation = no_network.then(|| "setup must create the network first".to_owned());
-        self.call(format!("create_volume {name}"), violation)?;
+        self.call(format!("create_volume {name}"), None)?;
         self.state
             .lock()
             .unwrap()
@@ -201,56 +274,19 @@ impl Engine for FakeEngine {
     }
 
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError> {
-        let alias = config
-            .network
-            .as_ref()
-            .map(|n| n.alias.clone())
-            .unwrap_or_default();
-        let violation = {
-            let state = self.state.lock().unwrap();
-            let network = config.network.as_ref().map(|n| n.network.as_str());
-            if state.containers.contains_key(&config.name) {
-                Some("a container with this name exists".to_owned())
-            } else if network.is_some_and(|n| !state.networks.contains_key(n)) {
-                Some("its network does not exist".to_owned())
-            } else if config
-                .mount
-                .as_ref()
-                .is_some_and(|m| !state.copied.contains(&m.volume))
-            {
-                Some("a step started before the workspace was copied".to_owned())
-            } else {
-                None
-            }
-        };
-        self.call(format!("start {alias}"), violation)?;
-        if self.missing_images.contains(&config.image) {
-            return Err(EngineError::ImageMissing {
-                image: config.image.clone(),
-            });
-        }
+        self.create(config, "start")?;
+        let alias = self.start(&config.name)?;
         if matches!(self.behaviours.get(&alias), Some(Behaviour::PanicOnStart)) {
             panic!("fake engine: asked to panic when starting {alias}");
         }
-        let container = Container {
-            alias,
-            labels: config.labels.clone(),
-            network: config.network.as_ref().map(|n| n.network.clone()),
-            volume: config.mount.as_ref().map(|m| m.volume.clone()),
-        };
-        self.state
-            .lock()
-            .unwrap()
-            .containers
-            .insert(config.name.clone(), container);
         Ok(())
     }
 
-    async fn start_with_output(
+    async fn create_with_output(
         &self,
         config: &ContainerConfig,
     ) -> Result<OutputChunks, EngineError> {
-        self.start_container(config).await?;
+        self.create(config, "create")?;
         let (lines, hang) = match self.behaviour_of(&config.name) {
             Some(Behaviour::Exit { lines, .. }) => (lines, false),
             Some(Behaviour::Hang { lines }) => (lines, true),
@@ -267,6 +303,14 @@ impl Engine for FakeEngine {
         } else {
             lines.boxed()
         })
+    }
+
+    async fn start_created(&self, container: &str) -> Result<(), EngineError> {
+        let alias = self.start(container)?;
+        if matches!(self.behaviours.get(&alias), Some(Behaviour::PanicOnStart)) {
+            panic!("fake engine: asked to panic when starting {alias}");
+        }
+        Ok(())
     }
 
     async fn recent_output(
@@ -287,7 +331,14 @@ impl Engine for FakeEngine {
     }
 
     async fn wait_exit(&self, container: &str) -> Result<i64, EngineError> {
-        self.call(format!("wait_exit {container}"), self.unknown(container))?;
+        let never_started = {
+            let state = self.state.lock().unwrap();
+            state.containers.get(container).is_some_and(|c| !c.started)
+        };
+        let violation = self
+            .unknown(container)
+            .or_else(|| never_started.then(|| "it was never started".to_owned()));
+        self.call(format!("wait_exit {container}"), violation)?;
         match self.behaviour_of(container) {
             Some(Behaviour::Exit { code, .. }) => Ok(code),
             Some(Behaviour::Hang { .. }) => std::future::pending().await,

@@ -408,3 +408,30 @@ async fn reap_removes_everything_carrying_the_label_and_nothing_else() {
     remaining.sort();
     assert_eq!(remaining, ["unrelated", "unrelated-net", "unrelated-vol"]);
 }
+
+#[tokio::test]
+async fn a_container_made_ahead_for_a_step_that_is_skipped_never_starts_nor_errors_the_build() {
+    let yaml = r#"
+steps:
+  - {name: first, image: img, commands: ["exit 1"]}
+  - {name: second, image: absent, commands: ["true"]}
+  - {name: on-failure, image: img, commands: ["true"], when: {status: [failure]}}
+"#;
+    let engine = FakeEngine::new()
+        .with("first", exit(1, &[]))
+        .without_image("absent");
+    let run = run_fake(yaml, &engine).await;
+    assert_eq!(run.outcome.status, BuildStatus::Failed, "{:?}", run.outcome);
+    assert_eq!(
+        statuses(&run.outcome),
+        [
+            with_status("first", StepStatus::Failed),
+            with_status("second", StepStatus::Skipped),
+            passed("on-failure"),
+        ]
+    );
+    let calls = engine.calls();
+    // Made while `first` ran, with the image missing: that only matters if the step starts.
+    assert!(calls.contains(&"create second".to_owned()), "{calls:?}");
+    assert!(!calls.contains(&"start second".to_owned()), "{calls:?}");
+}

@@ -4,5 +4,6 @@
 mod docker_runs;
 mod fake;
 mod fake_runs;
+mod graph_runs;
 mod recorder;
 mod snapshots;

@@ -95,3 +95,18 @@ fn a_plan_survives_a_json_round_trip() {
         plan
     );
 }
+
+#[test]
+fn the_graph_text_shows_what_each_step_waits_for() {
+    let text = std::fs::read_to_string(data_dir().join("graph.yml")).unwrap();
+    let plan = compile(&parse(&text).unwrap(), &build_info()).unwrap();
+    assert_eq!(
+        plan.graph_text(),
+        "steps (each starts once those after <- are done):\n\
+         \x20 backend\n\
+         \x20 frontend\n\
+         \x20 fixtures (detached)\n\
+         \x20 package <- backend, frontend, fixtures\n\
+         \x20 notify <- package (runs on failure)\n"
+    );
+}

@@ -1,0 +1,220 @@
+//! Steps along a `depends_on` graph, Drone's settings and detached steps, run against dockerd.
+
+use std::time::Duration;
+
+use slipway_pipeline::{compile, parse, BuildStatus, StepStatus};
+
+use super::docker_runs::{run_docker, Options};
+use super::recorder::statuses;
+use super::snapshots::build_info;
+
+/// Two independent 5-second steps and a third after both.
+const GRAPH: &str = r#"
+steps:
+  - name: slow-a
+    image: slipway/debian:bookworm
+    commands: ["sleep 5"]
+  - name: slow-b
+    image: slipway/debian:bookworm
+    commands: ["sleep 5"]
+  - name: both
+    image: slipway/debian:bookworm
+    depends_on: [slow-a, slow-b]
+    commands: ["sleep 5"]
+"#;
+
+#[tokio::test]
+async fn independent_steps_run_at_once_and_a_step_waits_for_all_it_depends_on() {
+    let plan = compile(&parse(GRAPH).unwrap(), &build_info()).unwrap();
+    let depends_on: Vec<&[String]> = plan.steps.iter().map(|s| &s.depends_on[..]).collect();
+    assert_eq!(
+        depends_on,
+        [&[][..], &[], &["slow-a".to_owned(), "slow-b".to_owned()]]
+    );
+
+    let run = run_docker(GRAPH, Options::default()).await;
+    assert_eq!(run.outcome.status, BuildStatus::Passed, "{:?}", run.outcome);
+    let events = run.recorder.events();
+    let at = |event: &str| events.iter().position(|e| e == event).expect(event);
+    assert!(
+        at("started slow-b") < at("finished slow-a Passed"),
+        "{events:?}"
+    );
+    assert!(
+        at("started slow-a") < at("finished slow-b Passed"),
+        "{events:?}"
+    );
+    assert!(
+        at("started both") > at("finished slow-a Passed"),
+        "{events:?}"
+    );
+    assert!(
+        at("started both") > at("finished slow-b Passed"),
+        "{events:?}"
+    );
+    // 5 s + 5 s along the graph, where one after the other would take 15 s. The bound
+    // compares with the steps' own durations, which include what a loaded dockerd adds to
+    // each container's start: run in a row, the build would take at least their sum.
+    let durations: Duration = run.outcome.steps.iter().map(|s| s.result.duration).sum();
+    println!(
+        "two parallel 5 s steps, then one: {:?} (the steps' durations add up to {durations:?})",
+        run.elapsed
+    );
+    assert!(run.elapsed >= Duration::from_secs(10), "{:?}", run.elapsed);
+    assert!(
+        run.elapsed + Duration::from_secs(3) < durations,
+        "{:?} for steps lasting {durations:?} in all",
+        run.elapsed
+    );
+}
+
+/// A detached web server a later step reads from, a detached step that fails, and plugin
+/// settings and an environment variable taken from secrets.
+const DRONE: &str = r#"
+steps:
+  - name: server
+    image: slipway/debian:bookworm
+    detach: true
+    commands: ["echo serving the workspace", "python3 -m http.server 8000"]
+  - name: crash
+    image: slipway/debian:bookworm
+    detach: true
+    commands: ["exit 4"]
+  - name: notify
+    image: slipway/debian:bookworm
+    environment:
+      DB_PASSWORD: {from_secret: DB_PASSWORD}
+    settings:
+      channel: builds
+      recipients: [ops, dev]
+      webhook-token: {from_secret: SLACK_TOKEN}
+    commands:
+      - echo "$PLUGIN_CHANNEL $PLUGIN_RECIPIENTS $PLUGIN_WEBHOOK_TOKEN $DB_PASSWORD"
+      - for i in $(seq 50); do python3 -c "import urllib.request as u; print(u.urlopen('http://server:8000/from-host.txt').read().decode())" 2>/dev/null && exit 0; sleep 0.2; done; exit 1
+"#;
+
+#[tokio::test]
+async fn settings_and_secrets_reach_a_plugin_and_detached_steps_serve_the_build_without_failing_it()
+{
+    let secrets = [
+        ("SLACK_TOKEN", "xoxb-sl4ck"),
+        ("DB_PASSWORD", "pw-d4t4base"),
+    ];
+    let options = Options {
+        secrets: &secrets,
+        ..Default::default()
+    };
+    let run = run_docker(DRONE, options).await;
+    let notify = run.recorder.lines("notify");
+    assert_eq!(
+        run.outcome.status,
+        BuildStatus::Passed,
+        "{:?}\n{notify:?}",
+        run.outcome
+    );
+    assert_eq!(
+        statuses(&run.outcome),
+        [
+            ("server".to_owned(), StepStatus::Cancelled),
+            ("crash".to_owned(), StepStatus::Failed),
+            ("notify".to_owned(), StepStatus::Passed),
+        ]
+    );
+    assert!(
+        notify.contains(&"builds ops,dev **** ****".to_owned()),
+        "{notify:?}"
+    );
+    assert!(
+        notify.contains(&"hello from the host".to_owned()),
+        "{notify:?}"
+    );
+    let server = &run.outcome.steps[0].result;
+    assert_eq!(
+        server.reason.as_deref(),
+        Some("detached: stopped when the other steps had finished")
+    );
+    let served = run.recorder.lines("server");
+    assert!(
+        served.contains(&"serving the workspace".to_owned()),
+        "{served:?}"
+    );
+    assert!(
+        served.iter().any(|l| l.contains("GET /from-host.txt")),
+        "{served:?}"
+    );
+    assert_eq!(run.outcome.steps[1].result.exit_code, Some(4));
+}
+
+#[tokio::test]
+async fn a_failure_skips_what_waits_for_it_while_other_branches_and_failure_steps_run() {
+    let yaml = r#"
+steps:
+  - name: fail
+    image: slipway/debian:bookworm
+    commands: ["exit 3"]
+  - name: independent
+    image: slipway/debian:bookworm
+    commands: ["sleep 2", "echo independent done"]
+  - name: after-fail
+    image: slipway/debian:bookworm
+    depends_on: [fail]
+    commands: ["echo never"]
+  - name: notify-failure
+    image: slipway/debian:bookworm
+    depends_on: [after-fail, independent]
+    when: {status: [failure]}
+    commands: ["echo build failed"]
+  - name: after-notify
+    image: slipway/debian:bookworm
+    depends_on: [notify-failure]
+    commands: ["echo never"]
+"#;
+    let run = run_docker(yaml, Options::default()).await;
+    assert_eq!(run.outcome.status, BuildStatus::Failed, "{:?}", run.outcome);
+    assert_eq!(
+        run.outcome.message.as_deref(),
+        Some("step `fail` failed with exit code 3")
+    );
+    assert_eq!(
+        statuses(&run.outcome),
+        [
+            ("fail".to_owned(), StepStatus::Failed),
+            ("independent".to_owned(), StepStatus::Passed),
+            ("after-fail".to_owned(), StepStatus::Skipped),
+            ("notify-failure".to_owned(), StepStatus::Passed),
+            ("after-notify".to_owned(), StepStatus::Skipped),
+        ]
+    );
+    assert_eq!(
+        run.outcome.steps[2].result.reason.as_deref(),
+        Some("`fail`, which this step waits for, failed")
+    );
+    assert_eq!(
+        run.recorder.lines("independent"),
+        ["+ sleep 2", "+ echo independent done", "independent done"]
+    );
+    assert_eq!(
+        run.recorder.lines("notify-failure"),
+        ["+ echo build failed", "build failed"]
+    );
+}
+
+#[tokio::test]
+async fn a_from_secret_nobody_supplied_errors_the_build_before_anything_starts() {
+    let yaml = r#"
+steps:
+  - name: notify
+    image: slipway/debian:bookworm
+    commands: ["true"]
+    settings: {webhook: {from_secret: SLACK_WEBHOOK}}
+"#;
+    let run = run_docker(yaml, Options::default()).await;
+    assert_eq!(run.outcome.status, BuildStatus::Errored);
+    assert_eq!(
+        run.outcome.message.as_deref(),
+        Some(
+            "secret `SLACK_WEBHOOK` needed by step `notify` (as `PLUGIN_WEBHOOK`) was not supplied"
+        )
+    );
+    assert_eq!(run.recorder.events()[0], "finished notify Cancelled");
+}
