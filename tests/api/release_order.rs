@@ -292,7 +292,7 @@ async fn insert_baked_release(
     client
         .execute(
             "INSERT INTO builds (id, project, number, branch, commit, event, status)
-             VALUES ($1, $2, $3 + 1000, 'main', $4, 'push', 'passed')",
+             VALUES ($1, $2, $3::bigint + 1000, 'main', $4, 'push', 'passed')",
             &[&build, &project, &number, &commit],
         )
         .await
