@@ -74,8 +74,8 @@ impl Repository {
 
 /// Packages and publishes release `(id, number)` of `build` (numbered by
 /// [`Store::create_release_in_commit_order`]), whose checkout is in `workspace` and whose
-/// commit was made at `commit_time` (seconds since the epoch); then records what lintian says
-/// of the package.
+/// commit was made at `commit_time` (seconds since the epoch); lintian then checks the
+/// published package in the background and its verdict is recorded on the release.
 #[tracing::instrument(skip_all, fields(project = %build.project, build = build.number), err)]
 pub async fn publish(
     store: &Store,
@@ -109,12 +109,12 @@ pub async fn publish(
     let published = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let staging = tempfile::tempdir_in(&staging)?;
         let built = deb::build(&definition, &workspace, staging.path())?;
-        apt.publish(&built.path, &built.info)?;
-        Ok((built.info, built.path, staging))
+        let published = apt.publish(&built.path, &built.info)?;
+        Ok((built.info, published.pool_path))
     })
     .await?;
     match published {
-        Ok((info, deb, _staging)) => {
+        Ok((info, pool_path)) => {
             let record = PackageRecord {
                 name: info.name,
                 version: info.version,
@@ -124,8 +124,15 @@ pub async fn publish(
             };
             store.mark_release_published(id, &record).await?;
             tracing::info!(release = %format!("v{number}"), package = %record.filename, "published a release");
-            let report = lintian(&deb).await;
-            store.record_lintian(id, &report).await?;
+            // Off the release's path: the bake need not wait for lintian. A server that stops
+            // meanwhile leaves the release unchecked (`lintian` null).
+            let (store, deb) = (store.clone(), repository.root().join(pool_path));
+            tokio::spawn(async move {
+                let report = lintian(&deb).await;
+                if let Err(error) = store.record_lintian(id, &report).await {
+                    tracing::warn!(release = %format!("v{number}"), %error, "cannot record what lintian said");
+                }
+            });
         }
         Err(e) => {
             let reason = format!("packaging v{number} failed: {e:#}");

@@ -31,10 +31,8 @@ async fn a_release_records_lintian_errors_and_warnings_and_a_clean_one_none() {
 
     let started = Instant::now();
     release(&app, &name, &flawed).await;
+    let v1 = &checked(&app, &name).await[0];
     eprintln!("build, publish and lintian of v1: {:?}", started.elapsed());
-    let v1 = &app
-        .get_json(&format!("/api/v1/projects/{name}/releases"))
-        .await[0];
     let lintian = &v1["lintian"];
     assert_eq!(lintian["status"], "issues", "{v1}");
     assert_eq!(
@@ -65,9 +63,7 @@ async fn a_release_records_lintian_errors_and_warnings_and_a_clean_one_none() {
     .unwrap();
     let fixed = commit_all(repo.path(), "fixed");
     release(&app, &name, &fixed).await;
-    let v2 = &app
-        .get_json(&format!("/api/v1/projects/{name}/releases"))
-        .await[0];
+    let v2 = &checked(&app, &name).await[0];
     assert_eq!(v2["version"], "v2");
     assert_eq!(
         v2["lintian"],
@@ -100,6 +96,21 @@ async fn a_release_records_lintian_errors_and_warnings_and_a_clean_one_none() {
         "{table}"
     );
     app.stop().await;
+}
+
+/// The releases once lintian checked the newest (it runs after the publish, beside the bake).
+async fn checked(app: &TestApp, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let releases = app
+            .get_json(&format!("/api/v1/projects/{name}/releases"))
+            .await;
+        if !releases[0]["lintian"].is_null() {
+            return releases;
+        }
+        assert!(Instant::now() < deadline, "lintian never ran: {releases}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Pushes `commit` to main and waits until its build passed with a published release.
