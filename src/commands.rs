@@ -163,8 +163,8 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<32} CREATED",
-        "RELEASE", "COMMIT", "BUILD", "STATUS", "PACKAGE", "SHA256", "IMAGE"
+        "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<12} {:<32} CREATED",
+        "RELEASE", "COMMIT", "BUILD", "STATUS", "PACKAGE", "SHA256", "LINTIAN", "IMAGE"
     );
     for release in &releases {
         let text = |key: &str| release[key].as_str().unwrap_or("-").to_string();
@@ -187,14 +187,24 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
             (None, Some(status)) => format!("({status})"),
             (None, None) => "-".to_string(),
         };
+        let lintian = &release["lintian"];
+        let tags = |kind: &str| lintian[kind].as_array().cloned().unwrap_or_default();
+        let (errors, warnings) = (tags("errors"), tags("warnings"));
+        let verdict = match lintian["status"].as_str() {
+            Some("clean") => "clean".to_string(),
+            Some("issues") => format!("{}E {}W", errors.len(), warnings.len()),
+            Some("not_checked") => "not checked".to_string(),
+            _ => "-".to_string(),
+        };
         println!(
-            "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<32} {}",
+            "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<12} {:<32} {}",
             text("version"),
             text("commit").chars().take(12).collect::<String>(),
             release["build"].as_i64().unwrap_or_default(),
             text("status"),
             file,
             sha,
+            verdict,
             image,
             text("created_at")
                 .chars()
@@ -207,6 +217,12 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(reason) = release["bake_reason"].as_str() {
             println!("         bake: {reason}");
+        }
+        for tag in errors.iter().chain(&warnings).filter_map(Value::as_str) {
+            println!("         lintian: {tag}");
+        }
+        if let Some(note) = lintian["note"].as_str() {
+            println!("         lintian: {note}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -65,6 +65,11 @@ pub struct Mirrors {
 }
 
 impl Mirrors {
+    /// The server's mirrors, in `<data_dir>/mirrors`.
+    pub fn in_data_dir(data_dir: &Path) -> std::io::Result<Mirrors> {
+        Mirrors::open(&data_dir.join("mirrors"))
+    }
+
     /// Mirrors kept in `dir` (created, private to the server, when missing).
     pub fn open(dir: &Path) -> std::io::Result<Mirrors> {
         create_private_dir(dir)?;

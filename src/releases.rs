@@ -10,17 +10,21 @@
 //! packaging is failed at the next start.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use slipway_bake::{
     deb, AptRepository, ExtraFile, MaintainerScripts, PackageDefinition, PackageFile, Signer,
 };
 use slipway_pipeline::PackageSpec;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use uuid::Uuid;
 
 use crate::config::Project;
 use crate::store::builds::Build;
-use crate::store::releases::{PackageRecord, Release};
+use crate::store::releases::{LintianReport, PackageRecord, Release};
 use crate::store::Store;
 
 /// The signing identity of the repository key Slipway makes on first start.
@@ -68,20 +72,21 @@ impl Repository {
     }
 }
 
-/// Numbers, packages and publishes a release of `build`, whose workspace as its steps left it
-/// is in `workspace` and whose commit was made at `commit_time` (seconds since the epoch).
+/// Packages and publishes release `(id, number)` of `build` (numbered by
+/// [`Store::create_release_in_commit_order`]), whose workspace as its steps left it is in
+/// `workspace` and whose commit was made at `commit_time` (seconds since the epoch); lintian
+/// then checks the published package in the background and its verdict is recorded on the
+/// release.
 #[tracing::instrument(skip_all, fields(project = %build.project, build = build.number), err)]
 pub async fn publish(
     store: &Store,
     repository: &Repository,
     build: &Build,
+    (id, number): (Uuid, i64),
     package: &PackageSpec,
     workspace: &Path,
     commit_time: u64,
 ) -> anyhow::Result<Release> {
-    let (id, number) = store
-        .create_release(&build.project, build.id, &build.commit)
-        .await?;
     let name = package.name.as_str();
     let owner = store.claim_package(name, &build.project).await?;
     if owner.project != build.project {
@@ -105,12 +110,12 @@ pub async fn publish(
     let published = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let staging = tempfile::tempdir_in(&staging)?;
         let built = deb::build(&definition, &workspace, staging.path())?;
-        apt.publish(&built.path, &built.info)?;
-        Ok(built.info)
+        let published = apt.publish(&built.path, &built.info)?;
+        Ok((built.info, published.pool_path))
     })
     .await?;
     match published {
-        Ok(info) => {
+        Ok((info, pool_path)) => {
             let record = PackageRecord {
                 name: info.name,
                 version: info.version,
@@ -120,6 +125,15 @@ pub async fn publish(
             };
             store.mark_release_published(id, &record).await?;
             tracing::info!(release = %format!("v{number}"), package = %record.filename, "published a release");
+            // Off the release's path: the bake need not wait for lintian. A server that stops
+            // meanwhile leaves the release unchecked (`lintian` null).
+            let (store, deb) = (store.clone(), repository.root().join(pool_path));
+            tokio::spawn(async move {
+                let report = lintian(&deb).await;
+                if let Err(error) = store.record_lintian(id, &report).await {
+                    tracing::warn!(release = %format!("v{number}"), %error, "cannot record what lintian said");
+                }
+            });
         }
         Err(e) => {
             let reason = format!("packaging v{number} failed: {e:#}");
@@ -132,6 +146,120 @@ pub async fn publish(
         .into_iter()
         .find(|r| r.id == id)
         .context("the release just recorded is missing")
+}
+
+/// How long lintian may take over one package; past it the package counts as not checked.
+const LINTIAN_TIMEOUT: Duration = Duration::from_secs(120);
+/// The most of lintian's output (and of its error output) read; the rest is drained unread.
+const LINTIAN_OUTPUT_LIMIT: usize = 64 * 1024;
+/// The most errors, and the most warnings, recorded of one package.
+const LINTIAN_TAGS_LIMIT: usize = 100;
+
+/// Lintian's errors and warnings on the package at `deb`. Lintian's absence, failure or
+/// slowness is no error of the release: the report says the package was not checked, and why.
+pub async fn lintian(deb: &Path) -> LintianReport {
+    run_lintian(Path::new("lintian"), deb).await
+}
+
+async fn run_lintian(program: &Path, deb: &Path) -> LintianReport {
+    let not_checked = |note: String| LintianReport {
+        status: "not_checked".into(),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        note: Some(note),
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(["--allow-root", "--tag-display-limit", "0", "--"])
+        .arg(deb)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return not_checked("lintian is not installed".into())
+        }
+        Err(e) => return not_checked(format!("cannot run lintian: {e}")),
+    };
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let ran = tokio::time::timeout(LINTIAN_TIMEOUT, async {
+        let (out, err) = tokio::join!(read_bounded(stdout), read_bounded(stderr));
+        (child.wait().await, out, err)
+    })
+    .await;
+    let Ok((status, (out, out_cut), (err, _))) = ran else {
+        return not_checked(format!(
+            "lintian took longer than {} s",
+            LINTIAN_TIMEOUT.as_secs()
+        ));
+    };
+    // 0: nothing at `--fail-on` level; 2: something (errors, by default). Else lintian failed.
+    match status.map(|s| s.code()) {
+        Ok(Some(0 | 2)) => {}
+        Ok(code) => {
+            let err = String::from_utf8_lossy(&err);
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            let code = code.map_or("a signal".into(), |c| format!("status {c}"));
+            return not_checked(format!("lintian failed ({code}): {}", last.trim()));
+        }
+        Err(e) => return not_checked(format!("cannot run lintian: {e}")),
+    }
+    parse_lintian(&String::from_utf8_lossy(&out), out_cut)
+}
+
+/// The `E:` and `W:` lines of lintian's output, each kind capped.
+fn parse_lintian(output: &str, cut: bool) -> LintianReport {
+    let tags = |prefix: &str| -> Vec<String> {
+        output
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let (mut errors, mut warnings) = (tags("E: "), tags("W: "));
+    let mut cut = cut;
+    for list in [&mut errors, &mut warnings] {
+        if list.len() > LINTIAN_TAGS_LIMIT {
+            list.truncate(LINTIAN_TAGS_LIMIT);
+            cut = true;
+        }
+    }
+    let status = if errors.is_empty() && warnings.is_empty() {
+        "clean"
+    } else {
+        "issues"
+    };
+    LintianReport {
+        status: status.into(),
+        errors,
+        warnings,
+        note: cut.then(|| {
+            format!(
+                "lintian said more than is kept (at most {LINTIAN_TAGS_LIMIT} errors and warnings each, {LINTIAN_OUTPUT_LIMIT} bytes)"
+            )
+        }),
+    }
+}
+
+/// Reads at most [`LINTIAN_OUTPUT_LIMIT`] bytes, then drains the rest so the writer never
+/// blocks; says whether anything was left unread.
+async fn read_bounded(reader: Option<impl AsyncRead + Unpin>) -> (Vec<u8>, bool) {
+    let Some(reader) = reader else {
+        return (Vec::new(), false);
+    };
+    let mut kept = Vec::new();
+    let mut limited = reader.take(LINTIAN_OUTPUT_LIMIT as u64);
+    let _ = limited.read_to_end(&mut kept).await;
+    let rest = tokio::io::copy(&mut limited.into_inner(), &mut tokio::io::sink())
+        .await
+        .unwrap_or(0);
+    (kept, rest > 0)
 }
 
 /// On server start: records the package names each project declares as its own.
@@ -212,5 +340,31 @@ fn definition(
         }],
         source_date_epoch: commit_time,
         name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lintian_missing_is_recorded_as_not_checked() {
+        let report = run_lintian(Path::new("/nonexistent/lintian"), Path::new("x.deb")).await;
+        assert_eq!(report.status, "not_checked");
+        assert_eq!(report.note.as_deref(), Some("lintian is not installed"));
+    }
+
+    #[test]
+    fn lintian_errors_and_warnings_are_kept_and_capped() {
+        let mut output = String::from("N: a note\nI: hello: info-tag\nE: hello: bad-thing\n");
+        for i in 0..=LINTIAN_TAGS_LIMIT {
+            output.push_str(&format!("W: hello: warning-{i}\n"));
+        }
+        let report = parse_lintian(&output, false);
+        assert_eq!(report.status, "issues");
+        assert_eq!(report.errors, vec!["E: hello: bad-thing"]);
+        assert_eq!(report.warnings.len(), LINTIAN_TAGS_LIMIT);
+        assert!(report.note.unwrap().contains("more than is kept"));
+        assert_eq!(parse_lintian("I: hello: info\n", false).status, "clean");
     }
 }

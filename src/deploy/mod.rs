@@ -22,8 +22,9 @@ use tokio::sync::{mpsc, OwnedMutexGuard};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::config::{Config, Environment};
+use crate::config::{Config, Environment, Project};
 use crate::docker::DockerClient;
+use crate::mirror::{CommitId, Mirrors};
 use crate::outage::{self, Outage};
 use crate::store::deployments::{DeployableRelease, PgDeployments, PgLocks};
 use crate::store::{Store, StoreResult};
@@ -116,6 +117,9 @@ struct Inner {
     store: Store,
     owner: String,
     environments: Vec<Arc<EnvironmentHandle>>,
+    /// For the auto-deploy's ancestry questions (read only: builds fetch the commits).
+    projects: Vec<Project>,
+    mirrors: Mirrors,
     tasks: Mutex<JoinSet<()>>,
 }
 
@@ -152,6 +156,8 @@ impl DeployManager {
                 store,
                 owner: format!("slipway-server-{server_id}"),
                 environments,
+                projects: config.projects.clone(),
+                mirrors: Mirrors::in_data_dir(&config.data_dir)?,
                 tasks: Mutex::new(tasks),
             }),
         };
@@ -364,6 +370,62 @@ impl DeployManager {
         }))
     }
 
+    /// Why `release` must not replace the environment's live release: its commit is an
+    /// ancestor of the live release's commit (defence in depth behind numbering releases in
+    /// commit order). `None` when nothing is live, the commits are the same, or the histories
+    /// are unrelated.
+    async fn older_than_live(
+        &self,
+        environment: &EnvironmentHandle,
+        release: &DeployableRelease,
+    ) -> anyhow::Result<Option<String>> {
+        let store = &self.inner.store;
+        let project = &environment.project;
+        let Some(live) = store.live_fleet(project, &environment.config.name).await? else {
+            return Ok(None);
+        };
+        let number = |version: &str| version.strip_prefix('v').and_then(|n| n.parse().ok());
+        let (Some(live_number), Some(config)) = (
+            number(&live.release),
+            self.inner.projects.iter().find(|p| &p.name == project),
+        ) else {
+            return Ok(None);
+        };
+        let (Some(live_release), Some(candidate)) = (
+            store.release(project, live_number).await?,
+            store.release(project, release.number).await?,
+        ) else {
+            return Ok(None);
+        };
+        // Releases recorded without a full commit id have no history to compare.
+        let (Ok(live_commit), Ok(commit)) = (
+            CommitId::parse(&live_release.commit),
+            CommitId::parse(&candidate.commit),
+        ) else {
+            return Ok(None);
+        };
+        if live_commit == commit {
+            return Ok(None);
+        }
+        let older = self
+            .inner
+            .mirrors
+            .mirror(config)
+            .is_ancestor(&commit, &live_commit)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok(older.then(|| {
+            format!(
+                "commit {} of {} is an ancestor of commit {} of {}, live in {}",
+                &commit.as_str()[..12],
+                release.version,
+                &live_commit.as_str()[..12],
+                live.release,
+                environment.config.name
+            )
+        }))
+    }
+
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
         while tasks.try_join_next().is_some() {}
@@ -388,7 +450,9 @@ async fn run(
 }
 
 /// Deploys each project's newest baked release to its first environment, once: a release
-/// with any deployment recorded there (failed ones included) is not tried again.
+/// with any deployment recorded there (failed ones included) is not tried again. A release
+/// whose commit is an ancestor of the live release's commit is not deployed over it; the
+/// refusal is recorded (and shown with the environment), so it is not tried again either.
 async fn auto_deploy(manager: DeployManager) {
     let mut store_outage = Outage::new("the state store", "new releases wait for deployment");
     let mut wait = AUTO_DEPLOY_EVERY;
@@ -407,6 +471,30 @@ async fn auto_deploy(manager: DeployManager) {
             {
                 Ok(Some(release)) => {
                     store_outage.recovered();
+                    match manager.older_than_live(environment, &release).await {
+                        Ok(None) => {}
+                        Ok(Some(reason)) => {
+                            tracing::warn!(project = %environment.project, environment = %environment.config.name, release = %release.version, %reason, "not deploying a release older than the live one");
+                            if let Err(error) = store
+                                .record_auto_deploy_skip(
+                                    &environment.project,
+                                    &environment.config.name,
+                                    &release.version,
+                                    &reason,
+                                )
+                                .await
+                            {
+                                wait = wait.max(store_outage.failed(&error));
+                                break;
+                            }
+                            continue;
+                        }
+                        // Asked again next round; nothing is deployed meanwhile.
+                        Err(error) => {
+                            tracing::warn!(project = %environment.project, environment = %environment.config.name, release = %release.version, %error, "cannot compare the release with the live one");
+                            continue;
+                        }
+                    }
                     tracing::info!(project = %environment.project, environment = %environment.config.name, release = %release.version, "deploying a new release");
                     // Busy meanwhile: the next round tries again.
                     let _ = manager.start_operation(environment, Operation::Deploy(release));

@@ -23,6 +23,7 @@ use crate::queue::LiveEvent;
 use crate::registries::RegistryLogins;
 use crate::releases::{self, Repository};
 use crate::store::builds::{Build, BuildStatus};
+use crate::store::releases::{NewestRelease, ReleaseSlot};
 use crate::store::Store;
 use source::Workspace;
 
@@ -154,10 +155,22 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
     }
     if outcome.status == pipeline::BuildStatus::Passed {
         if let (Some(package), Some(built)) = (plan.package.as_ref(), &built) {
+            let numbered = match release_in_commit_order(context, project, build).await {
+                Ok(ReleaseSlot::Numbered { id, number }) => (id, number),
+                Ok(ReleaseSlot::Skipped { reason }) => {
+                    tracing::info!(%reason, "the build makes no release");
+                    return Outcome {
+                        status: status_of(outcome.status),
+                        reason: outcome.message,
+                    };
+                }
+                Err(outcome) => return outcome,
+            };
             match releases::publish(
                 context.store,
                 context.repository,
                 build,
+                numbered,
                 package,
                 built,
                 commit_time,
@@ -191,6 +204,51 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         status: status_of(outcome.status),
         reason: outcome.message,
     }
+}
+
+/// Numbers a release of the passing `build` unless its commit is an ancestor of (or is) the
+/// newest release's commit: then the build, recorded with the reason, makes no release, so
+/// a slow build of an older commit never becomes newer than a later commit's release.
+/// Unrelated history (a force push) is no ancestor and releases.
+async fn release_in_commit_order(
+    context: &Context<'_>,
+    project: &Project,
+    build: &Build,
+) -> Result<ReleaseSlot, Outcome> {
+    let commit = CommitId::parse(&build.commit).map_err(Outcome::errored)?;
+    let mirror = context.sources.mirrors().mirror(project);
+    let follows = |newest: NewestRelease| async move {
+        let version = format!("v{}", newest.number);
+        let released = CommitId::parse(&newest.commit)
+            .map_err(|e| format!("{version} has no commit to order releases by: {e}"))?;
+        // Fetched already unless the mirror lost it; a no-op then.
+        mirror.fetch_commit(&released).await?;
+        let skip = mirror.is_ancestor(&commit, &released).await?.then(|| {
+            let (this, that) = (short(commit.as_str()), short(released.as_str()));
+            if commit == released {
+                format!("commit {this} is {version}'s commit already")
+            } else {
+                format!("commit {this} is an ancestor of {version}'s commit {that}")
+            }
+        });
+        Ok(skip)
+    };
+    match context
+        .store
+        .create_release_in_commit_order(&build.project, build.id, &build.commit, follows)
+        .await
+    {
+        Ok(Ok(slot)) => Ok(slot),
+        Ok(Err(e)) => Err(Outcome::errored(format!(
+            "cannot place the release in commit order: {e}"
+        ))),
+        Err(e) => Err(Outcome::errored(format!("cannot number the release: {e}"))),
+    }
+}
+
+/// A commit id as people quote it.
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
 }
 
 /// What a build's workspace holds once the commit is checked out.

@@ -25,9 +25,8 @@ impl Sources {
     /// Opens `<data_dir>/mirrors` and `<data_dir>/workspaces`, and removes the workspaces of
     /// builds that a killed server never finished (no build runs yet when this is called).
     pub fn open(data_dir: &Path) -> anyhow::Result<Sources> {
-        let mirrors_dir = data_dir.join("mirrors");
-        let mirrors = Mirrors::open(&mirrors_dir)
-            .with_context(|| format!("cannot make {}", mirrors_dir.display()))?;
+        let mirrors = Mirrors::in_data_dir(data_dir)
+            .with_context(|| format!("cannot make {}/mirrors", data_dir.display()))?;
         let workspaces = data_dir.join("workspaces");
         let removed = remove_leftovers(&workspaces)
             .with_context(|| format!("cannot clear {}", workspaces.display()))?;

@@ -91,7 +91,7 @@ async fn rollback(
 }
 
 /// `GET .../environments`: for each environment, its live release and fleet health, what
-/// runs on it now, and its last deployments.
+/// runs on it now, its last deployments, and the releases the auto-deploy refused for it.
 async fn environments(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -132,6 +132,11 @@ async fn environments(
             .lock_holder(&project, name)
             .await
             .map_err(store_down)?;
+        let skipped = state
+            .store
+            .auto_deploy_skips(&project, name, HISTORY)
+            .await
+            .map_err(store_down)?;
         listed.push(json!({
             "name": name,
             "target": environment.config.target,
@@ -140,6 +145,7 @@ async fn environments(
             "busy": environment.busy(),
             "lock": lock,
             "deployments": deployments,
+            "auto_deploy_skipped": skipped,
         }));
     }
     Ok(Json(json!(listed)))

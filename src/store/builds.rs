@@ -68,6 +68,10 @@ pub struct Build {
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why this passing deploy-branch build did not become a release (its commit does not
+    /// follow the newest release's), e.g. `commit 1a2b3c4d5e6f is an ancestor of v7's commit
+    /// 9f8e7d6c5b4a`; `None` otherwise.
+    pub release_skipped: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,7 +131,7 @@ pub const LOG_PAGE_BYTES: usize = 1024 * 1024;
 /// Chunks read per query while a page fills.
 const CHUNKS_PER_QUERY: i64 = 4;
 
-const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at";
+const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at, release_skipped";
 
 fn build_from_row(row: &tokio_postgres::Row) -> Build {
     Build {
@@ -142,6 +146,7 @@ fn build_from_row(row: &tokio_postgres::Row) -> Build {
         queued_at: row.get(8),
         started_at: row.get(9),
         finished_at: row.get(10),
+        release_skipped: row.get(11),
     }
 }
 

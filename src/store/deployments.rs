@@ -34,6 +34,14 @@ pub struct StepRecord {
     pub error: Option<String>,
 }
 
+/// A release the auto-deploy did not deploy to an environment, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoDeploySkip {
+    pub release: String,
+    pub reason: String,
+    pub skipped_at: DateTime<Utc>,
+}
+
 /// How often taking a lock retries when its holder lets go while being read.
 const LOCK_ATTEMPTS: usize = 3;
 
@@ -106,12 +114,59 @@ impl Store {
                          SELECT number, image FROM releases WHERE project = $1 AND {DEPLOYABLE}
                          ORDER BY number DESC LIMIT 1) newest
                      WHERE NOT EXISTS (SELECT 1 FROM deployments d WHERE d.project = $1
-                         AND d.environment = $2 AND d.release = 'v' || newest.number)"
+                         AND d.environment = $2 AND d.release = 'v' || newest.number)
+                     AND NOT EXISTS (SELECT 1 FROM auto_deploy_skips s WHERE s.project = $1
+                         AND s.environment = $2 AND s.release = 'v' || newest.number)"
                 ),
                 &[&project, &environment],
             )
             .await?;
         Ok(row.as_ref().map(deployable_from_row))
+    }
+
+    /// Records that the auto-deploy will not deploy `release` to the environment, and why.
+    pub async fn record_auto_deploy_skip(
+        &self,
+        project: &str,
+        environment: &str,
+        release: &str,
+        reason: &str,
+    ) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO auto_deploy_skips (project, environment, release, reason)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&project, &environment, &release, &reason],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The releases the auto-deploy refused for the environment, newest first, at most `limit`.
+    pub async fn auto_deploy_skips(
+        &self,
+        project: &str,
+        environment: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<AutoDeploySkip>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT release, reason, skipped_at FROM auto_deploy_skips
+                 WHERE project = $1 AND environment = $2 ORDER BY skipped_at DESC LIMIT $3",
+                &[&project, &environment, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| AutoDeploySkip {
+                release: row.get(0),
+                reason: row.get(1),
+                skipped_at: row.get(2),
+            })
+            .collect())
     }
 
     /// Inserts or replaces a deployment's record.

@@ -38,6 +38,21 @@ pub struct Release {
     /// `None` until a bake starts; a release without it cannot be rebaked.
     pub image_command: Option<Vec<String>>,
     pub exposed_ports: Option<Vec<i32>>,
+    /// What lintian said of the package; `None` until it ran.
+    pub lintian: Option<LintianReport>,
+}
+
+/// Lintian's errors and warnings on a release's package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LintianReport {
+    /// `clean`, `issues` (errors or warnings listed), or `not_checked` (see `note`).
+    pub status: String,
+    /// Lintian's `E:` lines, e.g. `E: hello: description-starts-with-package-name`.
+    pub errors: Vec<String>,
+    /// Lintian's `W:` lines.
+    pub warnings: Vec<String>,
+    /// Why the package was not checked, or that the list was cut.
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +86,26 @@ pub struct BakeRecipe {
     pub exposed_ports: Vec<i32>,
 }
 
+/// The release a new one must follow in commit order: the project's newest that did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewestRelease {
+    pub number: i64,
+    pub commit: String,
+}
+
+/// What a passing deploy-branch build got: a release number, or the reason it has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseSlot {
+    /// Release `number`, recorded `packaging`.
+    Numbered { id: Uuid, number: i64 },
+    /// No release; the reason is recorded on the build.
+    Skipped { reason: String },
+}
+
+/// The advisory lock class under which a project's releases are decided and numbered (the
+/// project's name hashed is the lock's other half).
+const RELEASE_ORDER_LOCK: i32 = 4242009;
+
 /// One line of a release's bake log.
 #[derive(Debug, Clone, Serialize)]
 pub struct BakeLogLine {
@@ -81,7 +116,8 @@ pub struct BakeLogLine {
 
 const COLUMNS: &str = "r.id, r.number, r.project, b.number, r.commit, r.status, r.reason, r.package_name, r.package_version,
     r.package_filename, r.package_size, r.package_sha256, r.created_at, r.published_at,
-    r.bake_status, r.bake_reason, r.bake_key, r.image, r.image_id, r.baked_at, r.image_command, r.exposed_ports";
+    r.bake_status, r.bake_reason, r.bake_key, r.image, r.image_id, r.baked_at, r.image_command, r.exposed_ports,
+    r.lintian_status, r.lintian_errors, r.lintian_warnings, r.lintian_note";
 
 fn from_row(row: &tokio_postgres::Row) -> Release {
     let number: i64 = row.get(1);
@@ -115,6 +151,14 @@ fn from_row(row: &tokio_postgres::Row) -> Release {
         baked_at: row.get(19),
         image_command: row.get(20),
         exposed_ports: row.get(21),
+        lintian: row
+            .get::<_, Option<String>>(22)
+            .map(|status| LintianReport {
+                status,
+                errors: row.get::<_, Option<Vec<String>>>(23).unwrap_or_default(),
+                warnings: row.get::<_, Option<Vec<String>>>(24).unwrap_or_default(),
+                note: row.get(25),
+            }),
     }
 }
 
@@ -124,15 +168,58 @@ pub fn bake_id(release: Uuid) -> String {
 }
 
 impl Store {
-    /// Records a new release of `build` and allocates its number, in one transaction.
-    pub async fn create_release(
+    /// Numbers a new release of `build` (commit `commit`) unless its commit does not follow
+    /// the project's newest release: `follows` is asked, with that release, for the reason
+    /// the commit does not (`None`: it does). A skipped build records the reason. Decision and
+    /// number are taken under a per-project lock in one transaction, so two builds finishing
+    /// at once are decided one after the other, each seeing the other's release.
+    ///
+    /// Failed releases are not followed: they have no package (and a build whose packaging a
+    /// stop interrupted must be able to release its commit again).
+    pub async fn create_release_in_commit_order<F, Fut>(
         &self,
         project: &str,
         build: Uuid,
         commit: &str,
-    ) -> StoreResult<(Uuid, i64)> {
+        follows: F,
+    ) -> StoreResult<Result<ReleaseSlot, String>>
+    where
+        F: FnOnce(NewestRelease) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<String>, String>>,
+    {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&RELEASE_ORDER_LOCK, &project],
+        )
+        .await?;
+        let newest = tx
+            .query_opt(
+                "SELECT number, commit FROM releases WHERE project = $1 AND status <> 'failed'
+                 ORDER BY number DESC LIMIT 1",
+                &[&project],
+            )
+            .await?;
+        if let Some(row) = newest {
+            let newest = NewestRelease {
+                number: row.get(0),
+                commit: row.get(1),
+            };
+            let skip = match follows(newest).await {
+                Ok(skip) => skip,
+                Err(error) => return Ok(Err(error)),
+            };
+            if let Some(reason) = skip {
+                tx.execute(
+                    "UPDATE builds SET release_skipped = $2 WHERE id = $1",
+                    &[&build, &reason],
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(Ok(ReleaseSlot::Skipped { reason }));
+            }
+        }
         let number = next_number(&tx, project, "release").await?;
         let id = Uuid::new_v4();
         tx.execute(
@@ -141,7 +228,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok((id, number))
+        Ok(Ok(ReleaseSlot::Numbered { id, number }))
     }
 
     /// Claims package name `package` for `project` unless a project holds it already, and
@@ -222,6 +309,18 @@ impl Store {
                 "UPDATE releases SET status = 'published', published_at = now(), package_name = $2, package_version = $3,
                  package_filename = $4, package_size = $5, package_sha256 = $6 WHERE id = $1",
                 &[&id, &package.name, &package.version, &package.filename, &package.size, &package.sha256],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn record_lintian(&self, id: Uuid, report: &LintianReport) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE releases SET lintian_status = $2, lintian_errors = $3, lintian_warnings = $4,
+                 lintian_note = $5 WHERE id = $1",
+                &[&id, &report.status, &report.errors, &report.warnings, &report.note],
             )
             .await?;
         Ok(())

@@ -21,12 +21,12 @@ use crate::helpers::{read_token, test_database, TestApp};
 
 /// The app image of `tag`: `v1`, `v2` (answering / with their version) or `bad` (whose
 /// /health answers 500).
-fn image(tag: &str) -> String {
+pub(crate) fn image(tag: &str) -> String {
     format!("slipway-api-test/app:{tag}")
 }
 
 /// Builds the app images once per test run, from `slipway/debian:bookworm`, without a pull.
-async fn build_images() {
+pub(crate) async fn build_images() {
     static BUILT: OnceCell<()> = OnceCell::const_new();
     BUILT
         .get_or_init(|| async {
@@ -56,13 +56,13 @@ fn free_port() -> u16 {
 
 /// One test's project: a unique name, its environments' ports, and the removal of every
 /// container and network it made (by the `slipway.project` label) when dropped.
-struct Project {
-    name: String,
-    ports: Vec<u16>,
+pub(crate) struct Project {
+    pub(crate) name: String,
+    pub(crate) ports: Vec<u16>,
 }
 
 impl Project {
-    async fn new(environments: usize) -> Project {
+    pub(crate) async fn new(environments: usize) -> Project {
         build_images().await;
         Project {
             name: format!("d{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -84,7 +84,7 @@ impl Project {
         text
     }
 
-    fn url(&self, environment: usize) -> String {
+    pub(crate) fn url(&self, environment: usize) -> String {
         format!("http://127.0.0.1:{}/", self.ports[environment])
     }
 
@@ -160,14 +160,14 @@ async fn insert_release(database_url: &str, project: &str, number: i64, image: &
 
 /// A client of one server's API.
 #[derive(Clone)]
-struct Api {
+pub(crate) struct Api {
     address: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    fn of(app: &TestApp) -> Api {
+    pub(crate) fn of(app: &TestApp) -> Api {
         Api {
             address: app.address.clone(),
             token: app.token.clone(),
@@ -175,7 +175,7 @@ impl Api {
         }
     }
 
-    async fn environment(&self, project: &str, name: &str) -> Value {
+    pub(crate) async fn environment(&self, project: &str, name: &str) -> Value {
         let url = format!("{}/api/v1/projects/{project}/environments", self.address);
         let response = self
             .http
@@ -193,7 +193,7 @@ impl Api {
     }
 
     /// Waits until `check` holds for the environment, for at most `limit`.
-    async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         project: &str,
         name: &str,
@@ -214,7 +214,7 @@ impl Api {
         }
     }
 
-    async fn wait_live(&self, project: &str, name: &str, release: &str) -> Value {
+    pub(crate) async fn wait_live(&self, project: &str, name: &str, release: &str) -> Value {
         self.wait_for(project, name, Duration::from_secs(90), |e| {
             e["live"]["release"] == release && e["busy"].is_null()
         })
