@@ -396,7 +396,8 @@ async fn a_service_that_never_listens_fails_the_build_with_its_last_output() {
 services:
   - name: postgres
     image: slipway/postgres:15
-    ready: {tcp: 6543, timeout: 4s}
+    # Long enough for PostgreSQL to start and say so on a loaded machine.
+    ready: {tcp: 6543, timeout: 20s}
 steps:
   - {name: build, image: slipway/debian:bookworm, commands: ["true"]}
 "#;
@@ -404,7 +405,7 @@ steps:
     assert_eq!(run.outcome.status, BuildStatus::Failed);
     let message = run.outcome.message.unwrap();
     assert!(
-        message.starts_with("service `postgres` (slipway/postgres:15) not ready after 4s"),
+        message.starts_with("service `postgres` (slipway/postgres:15) not ready after 20s"),
         "{message}"
     );
     assert!(message.contains("ready to accept connections"), "{message}");
