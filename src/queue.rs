@@ -205,6 +205,7 @@ impl BuildQueue {
                         let context = runner::Context {
                             store: &queue.inner.store,
                             engine: &queue.inner.engine,
+                            docker: queue.inner.docker.client(),
                             sources: &queue.inner.sources,
                             repository: &queue.inner.repository,
                             baker: &queue.inner.baker,

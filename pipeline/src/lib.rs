@@ -14,7 +14,8 @@ pub use docker::DockerEngine;
 pub use engine::{Engine, EngineError};
 pub use plan::{compile, BuildInfo, CompileError, Plan};
 pub use runtime::{
-    reap, run, BuildOutcome, BuildStatus, LogChunk, Observer, Reaped, RunOptions, StepOutcome,
+    reap, run, BuildOutcome, BuildStatus, LogChunk, Migrator, MigratorHandle, Observer, Reaped,
+    RunOptions, StepOutcome,
     StepResult, StepStatus,
 };
 pub use spec::{parse, Event, PackageSpec, Spec, SpecError};

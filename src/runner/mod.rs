@@ -3,12 +3,14 @@
 //! log lines to the store and to live readers.
 
 pub mod local;
+mod migrations;
 mod observer;
 mod source;
 
 pub use source::Sources;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use slipway_pipeline::{self as pipeline, DockerEngine, RunOptions};
 use tokio::sync::broadcast;
@@ -32,6 +34,8 @@ pub const SERVER_LABEL: &str = "slipway.server";
 pub struct Context<'a> {
     pub store: &'a Store,
     pub engine: &'a DockerEngine,
+    /// The client the build's migrator finds the service sidecar with.
+    pub docker: bollard::Docker,
     pub sources: &'a Sources,
     pub repository: &'a Repository,
     pub baker: &'a Baker,
@@ -100,6 +104,13 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
     .await;
     let options = RunOptions {
         log_cap_bytes_per_step: context.step_log_limit_bytes,
+        migrator: Some(pipeline::MigratorHandle(Arc::new(
+            migrations::BuildMigrator {
+                docker: context.docker.clone(),
+                store: context.store.clone(),
+                build: build.id,
+            },
+        ))),
         ..RunOptions::default()
     };
     let secrets: HashMap<String, String> = project
@@ -138,6 +149,12 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
                 // The bake needs the checkout (the package's systemd unit); a failed bake is
                 // recorded on the release and leaves the build passed.
                 Ok(release) => {
+                    if let Err(e) =
+                        migrations::record_release(context.store, &plan, &release, workspace.path())
+                            .await
+                    {
+                        return Outcome::failed(format!("{e:#}"));
+                    }
                     context
                         .baker
                         .bake(

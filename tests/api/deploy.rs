@@ -21,12 +21,12 @@ use crate::helpers::{read_token, test_database, TestApp};
 
 /// The app image of `tag`: `v1`, `v2` (answering / with their version) or `bad` (whose
 /// /health answers 500).
-fn image(tag: &str) -> String {
+pub(crate) fn image(tag: &str) -> String {
     format!("slipway-api-test/app:{tag}")
 }
 
 /// Builds the app images once per test run, from `slipway/debian:bookworm`, without a pull.
-async fn build_images() {
+pub(crate) async fn build_images() {
     static BUILT: OnceCell<()> = OnceCell::const_new();
     BUILT
         .get_or_init(|| async {
@@ -49,7 +49,7 @@ async fn build_images() {
 }
 
 /// A loopback port nothing listens on now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
@@ -160,14 +160,14 @@ async fn insert_release(database_url: &str, project: &str, number: i64, image: &
 
 /// A client of one server's API.
 #[derive(Clone)]
-struct Api {
+pub(crate) struct Api {
     address: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    fn of(app: &TestApp) -> Api {
+    pub(crate) fn of(app: &TestApp) -> Api {
         Api {
             address: app.address.clone(),
             token: app.token.clone(),
@@ -175,7 +175,7 @@ impl Api {
         }
     }
 
-    async fn environment(&self, project: &str, name: &str) -> Value {
+    pub(crate) async fn environment(&self, project: &str, name: &str) -> Value {
         let url = format!("{}/api/v1/projects/{project}/environments", self.address);
         let response = self
             .http
@@ -193,7 +193,7 @@ impl Api {
     }
 
     /// Waits until `check` holds for the environment, for at most `limit`.
-    async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         project: &str,
         name: &str,
@@ -214,7 +214,7 @@ impl Api {
         }
     }
 
-    async fn wait_live(&self, project: &str, name: &str, release: &str) -> Value {
+    pub(crate) async fn wait_live(&self, project: &str, name: &str, release: &str) -> Value {
         self.wait_for(project, name, Duration::from_secs(90), |e| {
             e["live"]["release"] == release && e["busy"].is_null()
         })
@@ -222,7 +222,7 @@ impl Api {
     }
 
     /// Posts an operation; its status and body (the whole event stream when accepted).
-    async fn post(&self, path: &str, body: Value) -> (u16, String) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, String) {
         let url = format!("{}/api/v1{path}", self.address);
         let response = self
             .http
@@ -235,7 +235,7 @@ impl Api {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
-    async fn deployment(&self, project: &str, id: &str) -> Value {
+    pub(crate) async fn deployment(&self, project: &str, id: &str) -> Value {
         let url = format!(
             "{}/api/v1/projects/{project}/deployments/{id}",
             self.address
@@ -253,7 +253,7 @@ impl Api {
 }
 
 /// The data of each event in a server-sent event stream.
-fn events(stream: &str) -> Vec<Value> {
+pub(crate) fn events(stream: &str) -> Vec<Value> {
     stream
         .lines()
         .filter_map(|line| line.strip_prefix("data:"))

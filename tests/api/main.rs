@@ -14,6 +14,7 @@ mod logs;
 mod pipeline_cli;
 mod release_guards;
 mod releases;
+mod schema;
 mod server_process;
 mod sources;
 mod tokens;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use slipway_deployer::aws::{AwsSettings, AwsTarget};
+use base64::Engine as _;
+use slipway_deployer::aws::{AwsSettings, AwsTarget, InstanceEnvironment};
 use slipway_deployer::{DeployPolicy, DeploymentState, HealthPolicy, Target};
 
 use crate::moto::{Infra, Moto};
@@ -37,6 +38,13 @@ fn settings(infra: &Infra) -> AwsSettings {
         instance_type: Some("t3.small".to_owned()),
         tags: BTreeMap::from([("team".to_owned(), "web".to_owned())]),
         drain_timeout: Duration::from_secs(5),
+        instance_environment: Some(InstanceEnvironment {
+            package: "hello".to_owned(),
+            variables: BTreeMap::from([
+                ("LOG_LEVEL".to_owned(), "info".to_owned()),
+                ("DATABASE_URL".to_owned(), "postgres://app:it's@db/app".to_owned()),
+            ]),
+        }),
     }
 }
 
@@ -76,6 +84,16 @@ async fn v1_then_v2_moves_listener_and_template_and_retires_the_old_group() {
         .unwrap();
     let data = default.launch_template_versions()[0].launch_template_data();
     assert_eq!(data.unwrap().image_id(), Some(infra.amis[1].as_str()));
+    // The instances' configuration reaches them through the version's user data.
+    let user_data = data.unwrap().user_data().expect("the version carries user data");
+    let script = base64::engine::general_purpose::STANDARD
+        .decode(user_data)
+        .unwrap();
+    let script = String::from_utf8(script).unwrap();
+    assert!(
+        script.contains("cat > /etc/default/hello <<'SLIPWAY_END'\nDATABASE_URL='postgres://app:it'\\''s@db/app'\nLOG_LEVEL='info'\nSLIPWAY_END\n"),
+        "{script}"
+    );
     let live = target.current_live().await.unwrap().unwrap();
     assert_eq!(live.id, "hello-prod-v2");
     assert_eq!(

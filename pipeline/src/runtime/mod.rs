@@ -1,6 +1,7 @@
 //! Runs a compiled plan over an engine: setup, services, workspace, steps, and teardown that
 //! always runs.
 
+mod migrations;
 mod observer;
 mod output;
 mod services;
@@ -23,6 +24,7 @@ use crate::spec::StatusCondition;
 pub use observer::{
     BuildOutcome, BuildStatus, LogChunk, Observer, StepOutcome, StepResult, StepStatus,
 };
+pub use migrations::{Migrator, MigratorHandle};
 pub use output::MASK;
 pub use teardown::{reap, Reaped};
 
@@ -33,6 +35,8 @@ pub struct RunOptions {
     pub log_cap_bytes_per_step: u64,
     /// How often a service's readiness is probed.
     pub ready_poll_interval: Duration,
+    /// Applies the plan's `migrations:`; a plan with migrations errors without one.
+    pub migrator: Option<MigratorHandle>,
 }
 
 impl Default for RunOptions {
@@ -40,6 +44,7 @@ impl Default for RunOptions {
         RunOptions {
             log_cap_bytes_per_step: 4 * 1024 * 1024,
             ready_poll_interval: Duration::from_millis(500),
+            migrator: None,
         }
     }
 }
@@ -168,6 +173,7 @@ async fn execute(
             .engine
             .copy_into_volume(&plan.volume, workspace, &plan.labels)
             .await?;
+        migrations::run(build, workspace).await?;
         Ok::<(), Halt>(())
     };
     let setup = tokio::select! {

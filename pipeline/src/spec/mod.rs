@@ -2,6 +2,7 @@
 
 mod bounds;
 mod locate;
+mod migrations;
 mod validate;
 mod values;
 
@@ -9,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use migrations::{MigrationsPlan, MigrationsSpec, MIGRATIONS_STEP};
 pub use bounds::{read_file, MAX_DEPTH, MAX_EXPANDED_TEXT_BYTES, MAX_SPEC_BYTES, MAX_VALUES};
 pub use values::{
     AccountName, FileMode, InstallPath, Name, PackageName, ScalarText, SpecDuration, VariableName,
@@ -32,6 +34,8 @@ pub struct Spec {
     pub services: Vec<ServiceSpec>,
     pub steps: Vec<StepSpec>,
     pub package: Option<PackageSpec>,
+    /// The application's SQL migrations, applied to a service's database before the steps.
+    pub migrations: Option<MigrationsSpec>,
     pub timeout: Option<SpecDuration>,
     #[serde(default)]
     pub clone: CloneSpec,

@@ -44,6 +44,7 @@ pub fn check(spec: &Spec) -> Result<(), Problem> {
     if let Some(package) = &spec.package {
         check_package(package)?;
     }
+    super::migrations::check(spec)?;
     Ok(())
 }
 
