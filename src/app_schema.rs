@@ -56,7 +56,7 @@ pub enum ApplyError {
     Connect(String),
     #[error("migration {name} failed: {message}")]
     Failed { name: String, message: String },
-    #[error("the migrations table {TRACKING_TABLE}: {0}")]
+    #[error("the migrations table slipway_schema_migrations: {0}")]
     Tracking(String),
 }
 

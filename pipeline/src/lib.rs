@@ -15,7 +15,6 @@ pub use engine::{Engine, EngineError};
 pub use plan::{compile, BuildInfo, CompileError, Plan};
 pub use runtime::{
     reap, run, BuildOutcome, BuildStatus, LogChunk, Migrator, MigratorHandle, Observer, Reaped,
-    RunOptions, StepOutcome,
-    StepResult, StepStatus,
+    RunOptions, StepOutcome, StepResult, StepStatus,
 };
 pub use spec::{parse, Event, PackageSpec, Spec, SpecError};

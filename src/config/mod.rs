@@ -594,9 +594,8 @@ fn resolve_environment(
         }
         let value = match raw_value {
             RawSecret::Value(value) => value,
-            RawSecret::FromEnv { env: var } => lookup(&var).ok_or_else(|| {
-                invalid(&field, format!("environment variable {var} is not set"))
-            })?,
+            RawSecret::FromEnv { env: var } => lookup(&var)
+                .ok_or_else(|| invalid(&field, format!("environment variable {var} is not set")))?,
         };
         // A newline or NUL would let a value write more than its own line of the
         // instances' environment file, or cut the docker environment short.
@@ -888,16 +887,26 @@ mod tests {
         );
         assert!(!format!("{config:?}").contains("pw-1234"));
 
-        let err = resolve(parse(text, "f").unwrap(), "f", &Overrides::default(), &|_| None)
+        let err = resolve(
+            parse(text, "f").unwrap(),
+            "f",
+            &Overrides::default(),
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "f: key `projects[0].environments[0].env.DATABASE_URL`: environment variable HELLO_DEV_DATABASE_URL is not set");
+        let err = load(&text.replace("LOG_LEVEL", "PORT"))
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "f: key `projects[0].environments[0].env.DATABASE_URL`: environment variable HELLO_DEV_DATABASE_URL is not set");
-        let err = load(&text.replace("LOG_LEVEL", "PORT")).unwrap_err().to_string();
         assert!(err.contains("environments[0].env.PORT"), "{err}");
         let err = load(&text.replace("\"info\"", "\"a\\nB=c\""))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("env.LOG_LEVEL") && err.contains("newline"), "{err}");
+        assert!(
+            err.contains("env.LOG_LEVEL") && err.contains("newline"),
+            "{err}"
+        );
     }
 
     #[test]

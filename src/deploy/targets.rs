@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bollard::Docker;
+use slipway_deployer::aws::InstanceEnvironment;
 use slipway_deployer::{
     aws, AwsSettings, AwsTarget, DeployPolicy, DockerTarget, HealthPolicy, Proxy, Target,
 };
-use slipway_deployer::aws::InstanceEnvironment;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -55,10 +55,8 @@ pub async fn build(
                 instance_type: Some(settings.instance_type.clone()),
                 tags: labels,
                 drain_timeout: Duration::from_secs(30),
-                instance_environment: (!variables.is_empty()).then(|| InstanceEnvironment {
-                    package,
-                    variables,
-                }),
+                instance_environment: (!variables.is_empty())
+                    .then(|| InstanceEnvironment { package, variables }),
             };
             Ok(Arc::new(AwsTarget::new(&config, settings)))
         }

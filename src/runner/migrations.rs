@@ -33,16 +33,28 @@ impl slipway_pipeline::Migrator for BuildMigrator {
         network: &str,
         workspace: &Path,
     ) -> Result<Vec<String>, (Vec<String>, String)> {
-        let mut lines = Vec::new();
-        let result = migrate(&self.docker, plan, network, workspace, &mut lines).await;
-        match result {
-            Ok(outcome) => {
-                if let Err(error) = self.store.record_build_migrations(self.build, &outcome.applied).await {
-                    return Err((lines, format!("cannot record the applied migrations: {error}")));
-                }
-                Ok(lines)
-            }
-            Err(why) => Err((lines, why)),
+        let (mut lines, mut applied) = (Vec::new(), Vec::new());
+        let result = migrate(
+            &self.docker,
+            plan,
+            network,
+            workspace,
+            &mut lines,
+            &mut applied,
+        )
+        .await;
+        // What ran before a failure stays applied (each in its own transaction): recorded too.
+        let recorded = self
+            .store
+            .record_build_migrations(self.build, &applied)
+            .await;
+        match (result, recorded) {
+            (Err(why), _) => Err((lines, why)),
+            (Ok(_), Err(error)) => Err((
+                lines,
+                format!("cannot record the applied migrations: {error}"),
+            )),
+            (Ok(_), Ok(())) => Ok(lines),
         }
     }
 }
@@ -61,7 +73,16 @@ impl slipway_pipeline::Migrator for LocalMigrator {
         workspace: &Path,
     ) -> Result<Vec<String>, (Vec<String>, String)> {
         let mut lines = Vec::new();
-        match migrate(&self.docker, plan, network, workspace, &mut lines).await {
+        match migrate(
+            &self.docker,
+            plan,
+            network,
+            workspace,
+            &mut lines,
+            &mut Vec::new(),
+        )
+        .await
+        {
             Ok(_) => Ok(lines),
             Err(why) => Err((lines, why)),
         }
@@ -69,13 +90,15 @@ impl slipway_pipeline::Migrator for LocalMigrator {
 }
 
 /// Reads the migrations from `workspace`, finds the service's address on `network` and
-/// applies them; `lines` collects what the step's log shows.
+/// applies them; `lines` collects what the step's log shows, `applied` what ran (also when
+/// a later one fails).
 pub async fn migrate(
     docker: &Docker,
     plan: &MigrationsPlan,
     network: &str,
     workspace: &Path,
     lines: &mut Vec<String>,
+    applied: &mut Vec<app_schema::Applied>,
 ) -> Result<app_schema::Outcome, String> {
     let migrations = app_schema::read_dir(&workspace.join(&plan.dir), &plan.dir)?;
     lines.push(format!(
@@ -88,7 +111,7 @@ pub async fn migrate(
     let ip = service_address(docker, &plan.container, network).await?;
     let mut config = tokio_postgres::Config::new();
     config
-        .host(ip.to_string())
+        .host(&ip.to_string())
         .port(plan.port)
         .user(&plan.user)
         .password(plan.password.as_str())
@@ -97,16 +120,15 @@ pub async fn migrate(
     let mut client = app_schema::connect_with(&config)
         .await
         .map_err(|e| format!("service {}: {e}", plan.service))?;
-    let mut applied_lines = Vec::new();
-    let outcome = app_schema::apply(&mut client, &migrations, &mut |applied| {
-        applied_lines.push(format!(
+    let outcome = app_schema::apply(&mut client, &migrations, &mut |done| {
+        lines.push(format!(
             "applied {} ({} ms)",
-            applied.name,
-            applied.elapsed.as_millis()
-        ))
+            done.name,
+            done.elapsed.as_millis()
+        ));
+        applied.push(done.clone());
     })
     .await;
-    lines.append(&mut applied_lines);
     let outcome = outcome.map_err(|e| e.to_string())?;
     lines.push(match outcome.version {
         Some(version) => format!(

@@ -29,7 +29,11 @@ pub struct EnvironmentSchema {
 }
 
 impl Store {
-    pub async fn record_build_migrations(&self, build: Uuid, applied: &[Applied]) -> StoreResult<()> {
+    pub async fn record_build_migrations(
+        &self,
+        build: Uuid,
+        applied: &[Applied],
+    ) -> StoreResult<()> {
         let client = self.client().await?;
         for migration in applied {
             client
@@ -65,7 +69,11 @@ impl Store {
 
     /// Stores the release's migration files and the schema version it expects (the
     /// highest of them), in one transaction.
-    pub async fn record_release_schema(&self, release: Uuid, migrations: &[Migration]) -> StoreResult<()> {
+    pub async fn record_release_schema(
+        &self,
+        release: Uuid,
+        migrations: &[Migration],
+    ) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         for migration in migrations {

@@ -47,8 +47,8 @@ async fn log_of(app: &TestApp, number: i64, step: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_build_applies_the_migrations_to_its_service_before_the_steps_and_a_broken_one_fails_it(
-) {
+async fn a_build_applies_the_migrations_to_its_service_before_the_steps_and_a_broken_one_fails_it()
+{
     let repo = hello_repository();
     std::fs::write(repo.path().join(".slipway.yml"), PIPELINE).unwrap();
     let commit = commit_all(repo.path(), "migrations: in the pipeline");
@@ -77,11 +77,15 @@ async fn a_build_applies_the_migrations_to_its_service_before_the_steps_and_a_br
         .collect();
     assert_eq!(
         ran,
-        [(1, "001_create_greetings.sql"), (2, "002_create_visits.sql")]
+        [
+            (1, "001_create_greetings.sql"),
+            (2, "002_create_visits.sql")
+        ]
     );
     let log = log_of(&app, number, "migrations").await;
     assert!(
-        log.iter().any(|l| l.starts_with("applied 001_create_greetings.sql (")),
+        log.iter()
+            .any(|l| l.starts_with("applied 001_create_greetings.sql (")),
         "{log:?}"
     );
     assert!(
@@ -102,13 +106,19 @@ async fn a_build_applies_the_migrations_to_its_service_before_the_steps_and_a_br
     assert_eq!(build["status"], "failed", "{build:#}");
     let reason = build["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("migration 003_broken.sql failed: ERROR: relation \"nowhere\" does not exist"),
+        reason.contains(
+            "migration 003_broken.sql failed: ERROR: relation \"nowhere\" does not exist"
+        ),
         "{build:#}"
     );
     assert_eq!(build["steps"][0]["status"], "failed", "{build:#}");
     assert_ne!(build["steps"][1]["status"], "passed", "{build:#}");
     // The two good ones ran again on the fresh sidecar; the broken one is not recorded.
-    assert_eq!(build["migrations"].as_array().unwrap().len(), 2, "{build:#}");
+    assert_eq!(
+        build["migrations"].as_array().unwrap().len(),
+        2,
+        "{build:#}"
+    );
     let log = log_of(&app, number, "migrations").await;
     assert!(
         log.iter().any(|l| l.contains("003_broken.sql failed")),
@@ -210,8 +220,7 @@ async fn app_tables(url: &str) -> (Vec<String>, Vec<i64>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deployment_migrates_the_environments_database_and_an_older_schema_needs_the_override(
-) {
+async fn a_deployment_migrates_the_environments_database_and_an_older_schema_needs_the_override() {
     build_images().await;
     let project = format!("s{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let (dev, prod) = (free_port(), free_port());
@@ -220,7 +229,10 @@ async fn a_deployment_migrates_the_environments_database_and_an_older_schema_nee
     let app_database = test_database();
     let secret = format!("pw{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let database_url = format!("{app_database} password={secret}");
-    let configured = format!("configured-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let configured = format!(
+        "configured-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let config = format!(
         "[[projects]]\nname = \"{project}\"\nrepository = \"acme/{project}\"\nclone_url = \"file:///nonexistent\"\n\
          [[projects.environments]]\nname = \"dev\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:{dev}\"\ninstances = 1\n\
@@ -230,15 +242,24 @@ async fn a_deployment_migrates_the_environments_database_and_an_older_schema_nee
     let app = TestApp::spawn(&config).await;
     let _cleanup = Cleanup(project.clone());
     let api = Api::of(&app);
-    let v1 = [("V1__greetings.sql", "CREATE TABLE greetings (id serial PRIMARY KEY, text text NOT NULL);")];
+    let v1 = [(
+        "V1__greetings.sql",
+        "CREATE TABLE greetings (id serial PRIMARY KEY, text text NOT NULL);",
+    )];
     let v2 = [
         v1[0],
-        ("V2__visits.sql", "CREATE TABLE visits (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());"),
+        (
+            "V2__visits.sql",
+            "CREATE TABLE visits (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());",
+        ),
     ];
     let v3 = [
         v2[0],
         v2[1],
-        ("V3__broken.sql", "CREATE TABLE half (id int); ALTER TABLE nowhere ADD COLUMN x int;"),
+        (
+            "V3__broken.sql",
+            "CREATE TABLE half (id int); ALTER TABLE nowhere ADD COLUMN x int;",
+        ),
     ];
     insert_release(&app.database_url, &project, 1, &image("v1"), &v1).await;
     insert_release(&app.database_url, &project, 2, &image("v2"), &v2).await;
@@ -250,7 +271,12 @@ async fn a_deployment_migrates_the_environments_database_and_an_older_schema_nee
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["version"].as_str().unwrap(), r["schema_version"].as_i64().unwrap()))
+        .map(|r| {
+            (
+                r["version"].as_str().unwrap(),
+                r["schema_version"].as_i64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(expected, [("v2", 2), ("v1", 1)]);
 
@@ -260,7 +286,10 @@ async fn a_deployment_migrates_the_environments_database_and_an_older_schema_nee
     let (status, stream) = api.post(&promote, json!({ "release": "v2" })).await;
     assert_eq!(status, 200, "{stream}");
     let environment = api.wait_live(&project, "prod", "v2").await;
-    eprintln!("promoting v2 with two migrations took {:?}", started.elapsed());
+    eprintln!(
+        "promoting v2 with two migrations took {:?}",
+        started.elapsed()
+    );
     let (tables, versions) = app_tables(&app_database).await;
     assert_eq!(tables, ["greetings", "slipway_schema_migrations", "visits"]);
     assert_eq!(versions, [1, 2]);
@@ -331,11 +360,15 @@ async fn a_deployment_migrates_the_environments_database_and_an_older_schema_nee
     assert_eq!(last["deployment"]["state"], "failed", "{last:#}");
     let reason = last["deployment"]["reason"].as_str().unwrap();
     assert!(
-        reason.contains("migration V3__broken.sql failed: ERROR: relation \"nowhere\" does not exist"),
+        reason.contains(
+            "migration V3__broken.sql failed: ERROR: relation \"nowhere\" does not exist"
+        ),
         "{reason}"
     );
     let environment = api
-        .wait_for(&project, "prod", Duration::from_secs(30), |e| e["busy"].is_null())
+        .wait_for(&project, "prod", Duration::from_secs(30), |e| {
+            e["busy"].is_null()
+        })
         .await;
     assert_eq!(environment["live"]["release"], "v1");
     assert_eq!(environment["schema"]["version"], 2);

@@ -78,7 +78,9 @@ impl AwsTarget {
             .launch_template_versions()
             .iter()
             .filter(|v| v.launch_template_data().and_then(|d| d.image_id()) == Some(image))
-            .filter(|v| environment.is_none() || v.version_description() == Some(&description))
+            .filter(|v| {
+                environment.is_none() || v.version_description() == Some(description.as_str())
+            })
             .filter_map(|v| v.version_number())
             .max();
         if let Some(version) = existing {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use base64::Engine as _;
+use chrono::Utc;
 use slipway_deployer::aws::{AwsSettings, AwsTarget, InstanceEnvironment};
 use slipway_deployer::{DeployPolicy, DeploymentState, HealthPolicy, Target};
 
@@ -42,7 +42,10 @@ fn settings(infra: &Infra) -> AwsSettings {
             package: "hello".to_owned(),
             variables: BTreeMap::from([
                 ("LOG_LEVEL".to_owned(), "info".to_owned()),
-                ("DATABASE_URL".to_owned(), "postgres://app:it's@db/app".to_owned()),
+                (
+                    "DATABASE_URL".to_owned(),
+                    "postgres://app:it's@db/app".to_owned(),
+                ),
             ]),
         }),
     }
@@ -85,7 +88,10 @@ async fn v1_then_v2_moves_listener_and_template_and_retires_the_old_group() {
     let data = default.launch_template_versions()[0].launch_template_data();
     assert_eq!(data.unwrap().image_id(), Some(infra.amis[1].as_str()));
     // The instances' configuration reaches them through the version's user data.
-    let user_data = data.unwrap().user_data().expect("the version carries user data");
+    let user_data = data
+        .unwrap()
+        .user_data()
+        .expect("the version carries user data");
     let script = base64::engine::general_purpose::STANDARD
         .decode(user_data)
         .unwrap();

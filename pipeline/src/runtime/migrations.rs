@@ -96,7 +96,9 @@ pub(super) async fn run(build: &Build<'_>, workspace: &Path) -> Result<(), Halt>
     };
     build.observer.step_finished(MIGRATIONS_STEP, &result).await;
     match failure {
-        Some(why) => Err(Halt::Failed(format!("step `{MIGRATIONS_STEP}` failed: {why}"))),
+        Some(why) => Err(Halt::Failed(format!(
+            "step `{MIGRATIONS_STEP}` failed: {why}"
+        ))),
         None => Ok(()),
     }
 }

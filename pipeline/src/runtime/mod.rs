@@ -21,10 +21,10 @@ use crate::engine::{Engine, EngineError};
 use crate::plan::Plan;
 use crate::spec::StatusCondition;
 
+pub use migrations::{Migrator, MigratorHandle};
 pub use observer::{
     BuildOutcome, BuildStatus, LogChunk, Observer, StepOutcome, StepResult, StepStatus,
 };
-pub use migrations::{Migrator, MigratorHandle};
 pub use output::MASK;
 pub use teardown::{reap, Reaped};
 

@@ -114,3 +114,54 @@ pub fn check(spec: &Spec) -> Result<(), Problem> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::spec::parse;
+
+    const SERVICE: &str = "services:\n  - name: db\n    image: slipway/postgres:15\n    environment: {POSTGRES_USER: app, POSTGRES_PASSWORD: pw}\n";
+    const STEP: &str =
+        "steps:\n  - {name: test, image: slipway/debian:bookworm, commands: [\"true\"]}\n";
+
+    #[test]
+    fn the_service_database_login_comes_from_its_environment() {
+        let text = format!("{SERVICE}migrations: {{dir: db/migrations, service: db}}\n{STEP}");
+        let spec = parse(&text).unwrap();
+        let plan = spec.migrations.as_ref().unwrap().plan(&spec, "c-db".into());
+        assert_eq!(
+            (
+                plan.dir.as_str(),
+                plan.user.as_str(),
+                plan.password.as_str()
+            ),
+            ("db/migrations", "app", "pw")
+        );
+        // POSTGRES_DB defaults to the user, as in the official image.
+        assert_eq!((plan.database.as_str(), plan.port), ("app", 5432));
+    }
+
+    #[test]
+    fn an_unknown_service_or_a_step_named_migrations_is_refused_at_its_line() {
+        let text = format!("{SERVICE}migrations:\n  dir: migrations\n  service: postgres\n{STEP}");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line, 7, "{err}");
+        assert!(
+            err.message.contains("no service is named `postgres`"),
+            "{err}"
+        );
+
+        let text = format!(
+            "{SERVICE}migrations: {{dir: m, service: db}}\n{}",
+            STEP.replace("name: test", "name: migrations")
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.line, 7, "{err}");
+        assert!(err.message.contains("rename this step"), "{err}");
+
+        let err = parse(&format!(
+            "{SERVICE}migrations: {{dir: ../x, service: db}}\n{STEP}"
+        ))
+        .unwrap_err();
+        assert_eq!(err.line, 5, "{err}");
+    }
+}

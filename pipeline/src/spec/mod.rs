@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use migrations::{MigrationsPlan, MigrationsSpec, MIGRATIONS_STEP};
 pub use bounds::{read_file, MAX_DEPTH, MAX_EXPANDED_TEXT_BYTES, MAX_SPEC_BYTES, MAX_VALUES};
+pub use migrations::{MigrationsPlan, MigrationsSpec, MIGRATIONS_STEP};
 pub use values::{
     AccountName, FileMode, InstallPath, Name, PackageName, ScalarText, SpecDuration, VariableName,
     WorkspacePath,
