@@ -896,13 +896,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(err, "f: key `projects[0].environments[0].env.DATABASE_URL`: environment variable HELLO_DEV_DATABASE_URL is not set");
-        let err = load(&text.replace("LOG_LEVEL", "PORT"))
+        let with = |text: &str| {
+            resolve(
+                parse(text, "f").unwrap(),
+                "f",
+                &Overrides::default(),
+                &lookup,
+            )
             .unwrap_err()
-            .to_string();
+            .to_string()
+        };
+        let err = with(&text.replace("LOG_LEVEL", "PORT"));
         assert!(err.contains("environments[0].env.PORT"), "{err}");
-        let err = load(&text.replace("\"info\"", "\"a\\nB=c\""))
-            .unwrap_err()
-            .to_string();
+        let err = with(&text.replace("\"info\"", "\"a\\nB=c\""));
         assert!(
             err.contains("env.LOG_LEVEL") && err.contains("newline"),
             "{err}"
