@@ -56,7 +56,7 @@ pub async fn build(
                 tags: labels,
                 drain_timeout: Duration::from_secs(30),
                 instance_environment: (!variables.is_empty())
-                    .then(|| InstanceEnvironment { package, variables }),
+                    .then_some(InstanceEnvironment { package, variables }),
             };
             Ok(Arc::new(AwsTarget::new(&config, settings)))
         }

@@ -111,7 +111,7 @@ pub async fn migrate(
     let ip = service_address(docker, &plan.container, network).await?;
     let mut config = tokio_postgres::Config::new();
     config
-        .host(&ip.to_string())
+        .host(ip.to_string())
         .port(plan.port)
         .user(&plan.user)
         .password(plan.password.as_str())
