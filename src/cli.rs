@@ -42,6 +42,10 @@ pub enum Command {
         /// The release to deploy, like v42.
         #[arg(long)]
         release: Option<String>,
+        /// Deploy even when the release expects an older database schema than the
+        /// environment's database has.
+        #[arg(long)]
+        allow_older_schema: bool,
     },
     /// Make an earlier release live again in an environment.
     Rollback {
@@ -52,6 +56,10 @@ pub enum Command {
         /// The release to make live, like v42.
         #[arg(long)]
         to: String,
+        /// Roll back even when the release expects an older database schema than the
+        /// environment's database has.
+        #[arg(long)]
+        allow_older_schema: bool,
     },
     /// List a project's releases.
     Releases {

@@ -20,15 +20,25 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             client,
             env,
             release,
+            allow_older_schema,
         } => {
-            let body = match release {
+            let mut body = match release {
                 Some(release) => json!({ "release": release }),
                 None => json!({}),
             };
+            if allow_older_schema {
+                body["allow_older_schema"] = json!(true);
+            }
             crate::deploy::cli::operate(&client, &env, "promote", &body).await
         }
-        Command::Rollback { client, env, to } => {
-            crate::deploy::cli::operate(&client, &env, "rollback", &json!({ "to": to })).await
+        Command::Rollback {
+            client,
+            env,
+            to,
+            allow_older_schema,
+        } => {
+            let body = json!({ "to": to, "allow_older_schema": allow_older_schema });
+            crate::deploy::cli::operate(&client, &env, "rollback", &body).await
         }
         Command::Status { client } => crate::deploy::cli::status(&client).await,
         Command::Releases { client } => releases(client).await,
@@ -163,8 +173,8 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<12} {:<32} CREATED",
-        "RELEASE", "COMMIT", "BUILD", "STATUS", "PACKAGE", "SHA256", "LINTIAN", "IMAGE"
+        "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<12} {:<32} {:>6}  CREATED",
+        "RELEASE", "COMMIT", "BUILD", "STATUS", "PACKAGE", "SHA256", "LINTIAN", "IMAGE", "SCHEMA"
     );
     for release in &releases {
         let text = |key: &str| release[key].as_str().unwrap_or("-").to_string();
@@ -196,8 +206,11 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
             Some("not_checked") => "not checked".to_string(),
             _ => "-".to_string(),
         };
+        let schema = release["schema_version"]
+            .as_i64()
+            .map_or("-".to_string(), |v| v.to_string());
         println!(
-            "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<12} {:<32} {}",
+            "{:<8} {:<12} {:>6}  {:<10} {:<32} {:<14} {:<12} {:<32} {:>6}  {}",
             text("version"),
             text("commit").chars().take(12).collect::<String>(),
             release["build"].as_i64().unwrap_or_default(),
@@ -206,6 +219,7 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
             sha,
             verdict,
             image,
+            schema,
             text("created_at")
                 .chars()
                 .take(19)

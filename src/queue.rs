@@ -210,6 +210,7 @@ impl BuildQueue {
                             store: &queue.inner.store,
                             engine: &queue.inner.engine,
                             registries: &queue.inner.registries,
+                            docker: queue.inner.docker.client(),
                             sources: &queue.inner.sources,
                             repository: &queue.inner.repository,
                             baker: &queue.inner.baker,

@@ -11,7 +11,7 @@ use crate::target::FleetRef;
 /// idempotent.
 ///
 /// ```text
-/// Pending -> Launching -> WaitingHealthy -> Switching -> UpdatingLaunchTemplate -> Watching
+/// Pending -> [Migrating ->] Launching -> WaitingHealthy -> Switching -> UpdatingLaunchTemplate -> Watching
 ///   -> RetainingBlue -> RetiringBlue -> Succeeded          (blue kept warm, then retired)
 ///   any failure -> RollingBack -> Failed                   (green never served)
 ///                              -> RolledBack               (green served, blue serves again)
@@ -20,6 +20,9 @@ use crate::target::FleetRef;
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
     Pending,
+    /// The environment's database gets the release's pending migrations (only when the
+    /// deployer has a [`crate::SchemaMigrator`]); a failure leaves the old fleet serving.
+    Migrating,
     Launching,
     WaitingHealthy,
     Switching,
@@ -48,6 +51,7 @@ impl DeploymentState {
     pub fn name(self) -> &'static str {
         match self {
             DeploymentState::Pending => "pending",
+            DeploymentState::Migrating => "migrating",
             DeploymentState::Launching => "launching",
             DeploymentState::WaitingHealthy => "waiting_healthy",
             DeploymentState::Switching => "switching",

@@ -28,6 +28,7 @@ pub mod fake;
 pub mod health;
 pub mod lock;
 pub mod observer;
+pub mod schema;
 pub mod store;
 pub mod target;
 
@@ -39,5 +40,6 @@ pub use error::{DeployError, StoreError, TargetError};
 pub use health::{wait_healthy, HealthPolicy};
 pub use lock::{Lease, LockHolder, LockStore, MemoryLockStore};
 pub use observer::{NoopObserver, Observer};
+pub use schema::SchemaMigrator;
 pub use store::{DeploymentStore, MemoryDeploymentStore};
 pub use target::{Fleet, FleetRef, HealthState, InstanceHealth, Target};

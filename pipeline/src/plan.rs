@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{
-    EnvValue, Event, PackageSpec, PullPolicy, ReadySpec, SettingValue, Spec, StatusCondition,
-    StepSpec,
+    EnvValue, Event, MigrationsPlan, PackageSpec, PullPolicy, ReadySpec, SettingValue, Spec,
+    StatusCondition, StepSpec,
 };
 
 /// The label every container, network and volume of a build carries with the build id.
@@ -57,6 +57,9 @@ pub struct Plan {
     pub services: Vec<ServicePlan>,
     pub steps: Vec<StepPlan>,
     pub package: Option<PackageSpec>,
+    /// Applied to a service's database after the services are ready, before the steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<MigrationsPlan>,
 }
 
 /// A sidecar to start before the steps.
@@ -209,6 +212,10 @@ pub fn compile(spec: &Spec, build: &BuildInfo) -> Result<Plan, CompileError> {
         services,
         steps,
         package: spec.package.clone(),
+        migrations: spec
+            .migrations
+            .as_ref()
+            .map(|m| m.plan(spec, format!("{prefix}-{}", m.service))),
     })
 }
 

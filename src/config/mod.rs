@@ -144,6 +144,11 @@ pub struct RawEnvironment {
     pub watch: Option<String>,
     /// How long a new fleet may take to pass its health checks, e.g. `60s`.
     pub health_timeout: Option<String>,
+    /// The application's configuration in this environment: variable name to a value or
+    /// `{ env = "VAR" }`. Docker instances get it as their environment, AMI instances as
+    /// `/etc/default/<package>`.
+    #[serde(default)]
+    pub env: BTreeMap<String, RawSecret>,
 }
 
 /// Values given on the command line; they win over the file and the environment.
@@ -221,6 +226,18 @@ pub struct Environment {
     pub watch: Duration,
     pub health_timeout: Duration,
     pub aws: Option<AwsEnvironment>,
+    /// The application's variables in this environment; values never printed.
+    pub env: BTreeMap<String, Secret>,
+}
+
+/// The variable of an environment's `env` whose database the deployments migrate.
+pub const DATABASE_URL_VARIABLE: &str = "DATABASE_URL";
+
+impl Environment {
+    /// The database the application's migrations are applied to, when `env` names one.
+    pub fn database_url(&self) -> Option<&Secret> {
+        self.env.get(DATABASE_URL_VARIABLE)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -486,7 +503,7 @@ fn resolve_project(
     let mut env_names = HashSet::new();
     for (j, raw_env) in raw.environments.into_iter().enumerate() {
         let env_key = |field: &str| key(&format!("environments[{j}].{field}"));
-        let environment = resolve_environment(raw_env, &env_key, invalid)?;
+        let environment = resolve_environment(raw_env, &env_key, invalid, env)?;
         if !env_names.insert(environment.name.clone()) {
             return Err(invalid(
                 &env_key("name"),
@@ -515,6 +532,7 @@ fn resolve_environment(
     raw: RawEnvironment,
     key: &dyn Fn(&str) -> String,
     invalid: &Invalid<'_>,
+    lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Environment, ConfigError> {
     if !is_name(&raw.name) {
         return Err(invalid(
@@ -590,6 +608,33 @@ fn resolve_environment(
             })
         }
     };
+    let mut env = BTreeMap::new();
+    for (name, raw_value) in raw.env {
+        let field = key(&format!("env.{name}"));
+        if !is_variable_name(&name) || name == "PORT" {
+            return Err(invalid(
+                &field,
+                format!(
+                    "expected a variable name of letters, digits and '_' not starting with a digit, other than PORT (Slipway sets it), got {}",
+                    shown(&name)
+                ),
+            ));
+        }
+        let value = match raw_value {
+            RawSecret::Value(value) => value,
+            RawSecret::FromEnv { env: var } => lookup(&var)
+                .ok_or_else(|| invalid(&field, format!("environment variable {var} is not set")))?,
+        };
+        // A newline or NUL would let a value write more than its own line of the
+        // instances' environment file, or cut the docker environment short.
+        if value.contains(['\n', '\r', '\0']) {
+            return Err(invalid(
+                &field,
+                "the value holds a newline or NUL character, which an environment variable cannot carry".into(),
+            ));
+        }
+        env.insert(name, Secret::new(value));
+    }
     Ok(Environment {
         name: raw.name,
         target: raw.target,
@@ -600,6 +645,7 @@ fn resolve_environment(
         watch,
         health_timeout,
         aws,
+        env,
     })
 }
 
@@ -647,6 +693,13 @@ fn is_package_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+}
+
+/// A shell-style variable name, bounded in length.
+fn is_variable_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn is_name(name: &str) -> bool {
@@ -842,6 +895,50 @@ mod tests {
             .to_string();
         assert!(
             err.contains("projects[0].packages") && err.contains("\"Hello_World\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_environments_application_configuration_is_resolved_and_never_printed() {
+        let text = "[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\n[[projects.environments]]\nname = \"dev\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:1\"\n[projects.environments.env]\nDATABASE_URL = { env = \"HELLO_DEV_DATABASE_URL\" }\nLOG_LEVEL = \"info\"\n";
+        let lookup = |k: &str| {
+            (k == "HELLO_DEV_DATABASE_URL").then(|| "postgres://app:pw-1234@db/app".to_string())
+        };
+        let raw = parse(text, "f").unwrap();
+        let config = resolve(raw, "f", &Overrides::default(), &lookup).unwrap();
+        let environment = &config.projects[0].environments[0];
+        assert_eq!(environment.env["LOG_LEVEL"].expose(), "info");
+        assert_eq!(
+            environment.database_url().unwrap().expose(),
+            "postgres://app:pw-1234@db/app"
+        );
+        assert!(!format!("{config:?}").contains("pw-1234"));
+
+        let err = resolve(
+            parse(text, "f").unwrap(),
+            "f",
+            &Overrides::default(),
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "f: key `projects[0].environments[0].env.DATABASE_URL`: environment variable HELLO_DEV_DATABASE_URL is not set");
+        let with = |text: &str| {
+            resolve(
+                parse(text, "f").unwrap(),
+                "f",
+                &Overrides::default(),
+                &lookup,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let err = with(&text.replace("LOG_LEVEL", "PORT"));
+        assert!(err.contains("environments[0].env.PORT"), "{err}");
+        let err = with(&text.replace("\"info\"", "\"a\\nB=c\""));
+        assert!(
+            err.contains("env.LOG_LEVEL") && err.contains("newline"),
             "{err}"
         );
     }

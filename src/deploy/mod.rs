@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod progress;
+pub mod schema;
 pub mod targets;
 
 use std::sync::{Arc, Mutex};
@@ -139,8 +140,7 @@ impl DeployManager {
         for project in &config.projects {
             for (index, environment) in project.environments.iter().enumerate() {
                 let target =
-                    targets::build(&project.name, environment, server_id, &docker, &mut tasks)
-                        .await?;
+                    targets::build(project, environment, server_id, &docker, &mut tasks).await?;
                 environments.push(Arc::new(EnvironmentHandle {
                     project: project.name.clone(),
                     index,
@@ -249,7 +249,7 @@ impl DeployManager {
 
     fn deployer(&self, environment: &EnvironmentHandle) -> Deployer {
         let store = self.inner.store.clone();
-        Deployer::new(
+        let deployer = Deployer::new(
             environment.config.name.clone(),
             self.inner.owner.clone(),
             environment.target.clone(),
@@ -262,7 +262,16 @@ impl DeployManager {
                 project: environment.project.clone(),
             }),
             targets::policy(&environment.config),
-        )
+        );
+        match environment.config.database_url() {
+            Some(url) => deployer.with_migrator(Arc::new(schema::EnvironmentMigrator {
+                store: self.inner.store.clone(),
+                project: environment.project.clone(),
+                environment: environment.config.name.clone(),
+                database_url: url.clone(),
+            })),
+            None => deployer,
+        }
     }
 
     /// Marks the environment busy with `operation`, or says what keeps it busy.

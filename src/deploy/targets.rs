@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bollard::Docker;
+use slipway_deployer::aws::InstanceEnvironment;
 use slipway_deployer::{
     aws, AwsSettings, AwsTarget, DeployPolicy, DockerTarget, HealthPolicy, Proxy, Target,
 };
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::config::{Environment, TargetKind};
+use crate::config::{Environment, Project, TargetKind};
 
 /// The port a release's app listens on inside its container (given as `PORT`).
 pub const APP_PORT: u16 = 8000;
@@ -29,12 +30,15 @@ pub const PROJECT_LABEL: &str = "slipway.project";
 /// The target of `environment` of `project`. A docker environment's proxy binds its listen
 /// address now and serves inside `tasks` until they are aborted.
 pub async fn build(
-    project: &str,
+    project: &Project,
     environment: &Environment,
     server_id: Uuid,
     docker: &Docker,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<Arc<dyn Target>> {
+    let variables = variables(environment);
+    let package = package_of(project);
+    let project = project.name.as_str();
     let mut labels = BTreeMap::new();
     labels.insert(SERVER_LABEL.to_owned(), server_id.to_string());
     labels.insert(PROJECT_LABEL.to_owned(), project.to_owned());
@@ -51,6 +55,8 @@ pub async fn build(
                 instance_type: Some(settings.instance_type.clone()),
                 tags: labels,
                 drain_timeout: Duration::from_secs(30),
+                instance_environment: (!variables.is_empty())
+                    .then_some(InstanceEnvironment { package, variables }),
             };
             Ok(Arc::new(AwsTarget::new(&config, settings)))
         }
@@ -78,10 +84,30 @@ pub async fn build(
                 labels,
                 APP_PORT,
             )
-            .with_health_path(&environment.health_path);
+            .with_health_path(&environment.health_path)
+            .with_variables(variables);
             Ok(Arc::new(target))
         }
     }
+}
+
+/// The application's variables of `environment`, exposed for its instances only.
+fn variables(environment: &Environment) -> BTreeMap<String, String> {
+    environment
+        .env
+        .iter()
+        .map(|(name, value)| (name.clone(), value.expose().to_owned()))
+        .collect()
+}
+
+/// The package whose `/etc/default/` file AMI instances get: the project's first declared
+/// package, else the package named like the project.
+fn package_of(project: &Project) -> String {
+    project
+        .packages
+        .first()
+        .cloned()
+        .unwrap_or_else(|| project.name.clone())
 }
 
 /// The deployer's timings for `environment`.

@@ -76,7 +76,15 @@ async fn exec(
         &secrets,
         &Printer,
         cancel,
-        &RunOptions::default(),
+        &RunOptions {
+            migrator: Some(pipeline::MigratorHandle(std::sync::Arc::new(
+                super::migrations::LocalMigrator {
+                    docker: bollard::Docker::connect_with_local_defaults()
+                        .context("cannot reach Docker")?,
+                },
+            ))),
+            ..RunOptions::default()
+        },
     )
     .await;
     Ok(if outcome.status == pipeline::BuildStatus::Passed {

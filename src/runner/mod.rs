@@ -4,12 +4,14 @@
 //! workspace volume exported, and its package is made from what the steps produced.
 
 pub mod local;
+mod migrations;
 mod observer;
 mod source;
 
 pub use source::{read_spec, Sources};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use slipway_pipeline::{self as pipeline, DockerEngine, RunOptions};
 use tokio::sync::broadcast;
@@ -41,6 +43,8 @@ pub struct Context<'a> {
     pub engine: &'a DockerEngine,
     /// The logins and mirror a build's engine pulls with.
     pub registries: &'a RegistryLogins,
+    /// The client the build's migrator finds the service sidecar with.
+    pub docker: bollard::Docker,
     pub sources: &'a Sources,
     pub repository: &'a Repository,
     pub baker: &'a Baker,
@@ -131,6 +135,13 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
             dir,
             limit_bytes: WORKSPACE_EXPORT_LIMIT_BYTES,
         }),
+        migrator: Some(pipeline::MigratorHandle(Arc::new(
+            migrations::BuildMigrator {
+                docker: context.docker.clone(),
+                store: context.store.clone(),
+                build: build.id,
+            },
+        ))),
         ..RunOptions::default()
     };
     let secrets: HashMap<String, String> = project
@@ -181,6 +192,12 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
                 // commit's checkout, as a rebake does; a failed bake is recorded on the
                 // release and leaves the build passed.
                 Ok(release) => {
+                    if let Err(e) =
+                        migrations::record_release(context.store, &plan, &release, workspace.path())
+                            .await
+                    {
+                        return Outcome::failed(format!("{e:#}"));
+                    }
                     context
                         .baker
                         .bake(

@@ -47,11 +47,16 @@ impl StoreObserver {
         plan: &Plan,
         live: broadcast::Sender<LiveEvent>,
     ) -> StoreObserver {
-        let positions: HashMap<String, i32> = plan
-            .steps
-            .iter()
+        // The `migrations` step, when there is one, runs before the plan's steps.
+        let migrations = plan
+            .migrations
+            .as_ref()
+            .map(|_| slipway_pipeline::spec::MIGRATIONS_STEP.to_owned());
+        let positions: HashMap<String, i32> = migrations
+            .into_iter()
+            .chain(plan.steps.iter().map(|step| step.name.clone()))
             .enumerate()
-            .map(|(i, step)| (step.name.clone(), i as i32))
+            .map(|(i, name)| (name, i as i32))
             .collect();
         for (name, position) in &positions {
             if let Err(e) = store

@@ -132,8 +132,10 @@ async fn get_build(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let build = find_build(&state, &project, number).await?;
     let steps = state.store.steps(build.id).await?;
+    let migrations = state.store.build_migrations(build.id).await?;
     let mut body = serde_json::to_value(&build).expect("builds serialize");
     body["steps"] = json!(steps);
+    body["migrations"] = json!(migrations);
     Ok(Json(body))
 }
 
@@ -365,7 +367,14 @@ async fn rebuild(
 async fn list_releases(
     State(state): State<AppState>,
     Path(project): Path<String>,
-) -> Result<Json<Vec<crate::store::releases::Release>>, ApiError> {
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     known_project(&state, &project)?;
-    Ok(Json(state.store.list_releases(&project).await?))
+    let releases = state.store.list_releases(&project).await?;
+    let schemas = state.store.release_schema_versions(&project).await?;
+    let with_schema = releases.iter().map(|release| {
+        let mut body = serde_json::to_value(release).expect("releases serialize");
+        body["schema_version"] = json!(schemas.get(&release.number));
+        body
+    });
+    Ok(Json(with_schema.collect()))
 }

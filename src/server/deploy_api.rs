@@ -49,11 +49,16 @@ pub fn routes() -> Router<AppState> {
 #[derive(Deserialize, Default)]
 struct PromoteRequest {
     release: Option<String>,
+    /// Deploy even when the release expects an older schema than the environment has.
+    #[serde(default)]
+    allow_older_schema: bool,
 }
 
 #[derive(Deserialize)]
 struct RollbackRequest {
     to: String,
+    #[serde(default)]
+    allow_older_schema: bool,
 }
 
 /// `POST .../promote {release?}`: deploys the named release, or what is live in the
@@ -74,6 +79,9 @@ async fn promote(
         None => live_before(&state, &target).await?,
     };
     let release = deployable(&state, &project, &wanted).await?;
+    if !request.allow_older_schema {
+        schema_guard(&state, &target, &release, "deploy it").await?;
+    }
     start(&state, &caller, &target, Operation::Deploy(release)).await
 }
 
@@ -87,6 +95,9 @@ async fn rollback(
     let request: RollbackRequest = json_body(body)?;
     let target = find_environment(&state, &project, &environment)?;
     let release = deployable(&state, &project, &request.to).await?;
+    if !request.allow_older_schema {
+        schema_guard(&state, &target, &release, "roll back").await?;
+    }
     start(&state, &caller, &target, Operation::Rollback(release)).await
 }
 
@@ -137,9 +148,15 @@ async fn environments(
             .auto_deploy_skips(&project, name, HISTORY)
             .await
             .map_err(store_down)?;
+        let schema = state
+            .store
+            .environment_schema(&project, name)
+            .await
+            .map_err(store_down)?;
         listed.push(json!({
             "name": name,
             "target": environment.config.target,
+            "schema": schema,
             "live": live,
             "health": health,
             "busy": environment.busy(),
@@ -277,6 +294,43 @@ fn stream(
         }
     });
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}
+
+/// Refuses, before anything changes, a release that expects an older schema than the
+/// environment's database has: its code may not run against the newer schema.
+async fn schema_guard(
+    state: &AppState,
+    environment: &EnvironmentHandle,
+    release: &DeployableRelease,
+    anyway: &str,
+) -> Result<(), Refusal> {
+    let name = &environment.config.name;
+    let Some(current) = state
+        .store
+        .environment_schema(&environment.project, name)
+        .await
+        .map_err(store_down)?
+    else {
+        return Ok(());
+    };
+    let (expected, _) = state
+        .store
+        .release_schema(&environment.project, release.number)
+        .await
+        .map_err(store_down)?;
+    let expected = expected.unwrap_or(0);
+    if expected >= current.version {
+        return Ok(());
+    }
+    let message = format!(
+        "release {} expects schema {expected} but {name}'s database is at schema {}; pass --allow-older-schema to {anyway} anyway",
+        release.version, current.version
+    );
+    Err(error(
+        StatusCode::CONFLICT,
+        &message,
+        json!({ "release_schema": expected, "environment_schema": current.version }),
+    ))
 }
 
 /// The release live in the environment before `environment` in the promotion order.

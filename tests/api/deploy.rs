@@ -49,7 +49,7 @@ pub(crate) async fn build_images() {
 }
 
 /// A loopback port nothing listens on now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
@@ -222,7 +222,7 @@ impl Api {
     }
 
     /// Posts an operation; its status and body (the whole event stream when accepted).
-    async fn post(&self, path: &str, body: Value) -> (u16, String) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, String) {
         let url = format!("{}/api/v1{path}", self.address);
         let response = self
             .http
@@ -235,7 +235,7 @@ impl Api {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
-    async fn deployment(&self, project: &str, id: &str) -> Value {
+    pub(crate) async fn deployment(&self, project: &str, id: &str) -> Value {
         let url = format!(
             "{}/api/v1/projects/{project}/deployments/{id}",
             self.address
@@ -253,7 +253,7 @@ impl Api {
 }
 
 /// The data of each event in a server-sent event stream.
-fn events(stream: &str) -> Vec<Value> {
+pub(crate) fn events(stream: &str) -> Vec<Value> {
     stream
         .lines()
         .filter_map(|line| line.strip_prefix("data:"))

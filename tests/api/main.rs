@@ -18,6 +18,7 @@ mod registry;
 mod release_guards;
 mod release_order;
 mod releases;
+mod schema;
 mod server_process;
 mod sources;
 mod team_bake;

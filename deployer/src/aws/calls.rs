@@ -58,8 +58,15 @@ impl AwsTarget {
         Ok(forward.map(str::to_owned))
     }
 
-    /// The launch template version whose AMI is `image`, created when none is.
+    /// The launch template version whose AMI is `image` (and whose user data carries the
+    /// environment's configuration, told apart by its fingerprint in the description),
+    /// created when none is.
     pub(super) async fn template_version(&self, image: &str) -> Result<i64, TargetError> {
+        let environment = self.settings.instance_environment.as_ref();
+        let description = match environment {
+            Some(environment) => format!("slipway {image} config {}", environment.fingerprint()),
+            None => format!("slipway {image}"),
+        };
         let versions = self
             .ec2
             .describe_launch_template_versions()
@@ -71,6 +78,9 @@ impl AwsTarget {
             .launch_template_versions()
             .iter()
             .filter(|v| v.launch_template_data().and_then(|d| d.image_id()) == Some(image))
+            .filter(|v| {
+                environment.is_none() || v.version_description() == Some(description.as_str())
+            })
             .filter_map(|v| v.version_number())
             .max();
         if let Some(version) = existing {
@@ -79,13 +89,14 @@ impl AwsTarget {
         let data = RequestLaunchTemplateData::builder()
             .image_id(image)
             .set_instance_type(self.settings.instance_type.as_deref().map(Into::into))
+            .set_user_data(environment.map(|e| e.user_data()))
             .build();
         let created = self
             .ec2
             .create_launch_template_version()
             .launch_template_id(&self.settings.launch_template_id)
             .source_version("$Default")
-            .version_description(format!("slipway {image}"))
+            .version_description(description)
             .launch_template_data(data)
             .send()
             .await

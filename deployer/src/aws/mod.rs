@@ -4,6 +4,7 @@
 
 mod calls;
 mod convert;
+mod user_data;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,6 +13,8 @@ use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::DisplayErrorContext;
 use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum};
+
+pub use user_data::InstanceEnvironment;
 
 use crate::error::TargetError;
 use crate::target::{Fleet, FleetRef, InstanceHealth, Target};
@@ -34,6 +37,9 @@ pub struct AwsSettings {
     pub tags: BTreeMap<String, String>,
     /// How long a retiring fleet's targets may stay `draining` before it is deleted.
     pub drain_timeout: Duration,
+    /// The application's configuration, written by each launch template version's user
+    /// data to `/etc/default/<package>`; `None` leaves the template's user data as it is.
+    pub instance_environment: Option<InstanceEnvironment>,
 }
 
 /// The SDK configuration for `region`, with `endpoint_url` (moto in tests and the demo)

@@ -17,6 +17,7 @@ use crate::error::DeployError;
 use crate::health::HealthPolicy;
 use crate::lock::{Lease, LockStore};
 use crate::observer::{NoopObserver, Observer};
+use crate::schema::SchemaMigrator;
 use crate::store::DeploymentStore;
 use crate::target::{FleetRef, Target};
 
@@ -70,6 +71,7 @@ pub struct Deployer {
     store: Arc<dyn DeploymentStore>,
     locks: Arc<dyn LockStore>,
     observer: Arc<dyn Observer>,
+    migrator: Option<Arc<dyn SchemaMigrator>>,
     policy: DeployPolicy,
 }
 
@@ -91,6 +93,7 @@ impl Deployer {
             store,
             locks,
             observer: Arc::new(NoopObserver),
+            migrator: None,
             policy,
         }
     }
@@ -98,6 +101,13 @@ impl Deployer {
     /// Reports progress to `observer`.
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Deployer {
         self.observer = observer;
+        self
+    }
+
+    /// Migrates the environment's database with `migrator` before each launch of a new
+    /// fleet (the `migrating` step).
+    pub fn with_migrator(mut self, migrator: Arc<dyn SchemaMigrator>) -> Deployer {
+        self.migrator = Some(migrator);
         self
     }
 

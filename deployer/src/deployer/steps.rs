@@ -118,9 +118,19 @@ impl Deployer {
             })?;
         match step {
             DeploymentState::Pending => Ok(match deployment.kind {
+                DeploymentKind::Deploy if self.migrator.is_some() => DeploymentState::Migrating,
                 DeploymentKind::Deploy => DeploymentState::Launching,
                 DeploymentKind::SwitchBack => DeploymentState::WaitingHealthy,
             }),
+            DeploymentState::Migrating => {
+                if let Some(migrator) = &self.migrator {
+                    migrator
+                        .migrate(&deployment.release)
+                        .await
+                        .map_err(StepError::Failed)?;
+                }
+                Ok(DeploymentState::Launching)
+            }
             DeploymentState::Launching => {
                 let fleet = self
                     .target

@@ -47,16 +47,23 @@ pub fn docker_name(raw: &str) -> String {
         .collect()
 }
 
-/// The create body of one instance: the fleet's image on `network`, told its `PORT`.
+/// The create body of one instance: the fleet's image on `network`, told its `PORT` and
+/// the application's `variables`.
 pub fn instance_body(
     fleet: &FleetRef,
     network: &str,
     port: u16,
     environment_labels: &BTreeMap<String, String>,
+    variables: &BTreeMap<String, String>,
 ) -> ContainerCreateBody {
+    let mut env: Vec<String> = variables
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    env.push(format!("PORT={port}"));
     ContainerCreateBody {
         image: Some(fleet.image.clone()),
-        env: Some(vec![format!("PORT={port}")]),
+        env: Some(env),
         labels: Some(fleet_labels(environment_labels, fleet)),
         host_config: Some(HostConfig {
             network_mode: Some(network.to_owned()),
@@ -142,9 +149,16 @@ mod tests {
     #[test]
     fn instance_body_sets_image_port_network_and_labels() {
         let extra = BTreeMap::from([("test".to_owned(), "t1".to_owned())]);
-        let body = instance_body(&fleet(), "net", 8000, &environment_labels("dev", &extra));
+        let variables = BTreeMap::from([("LOG_LEVEL".to_owned(), "info".to_owned())]);
+        let body = instance_body(
+            &fleet(),
+            "net",
+            8000,
+            &environment_labels("dev", &extra),
+            &variables,
+        );
         assert_eq!(body.image.as_deref(), Some("app:v2"));
-        assert_eq!(body.env.unwrap(), ["PORT=8000"]);
+        assert_eq!(body.env.unwrap(), ["LOG_LEVEL=info", "PORT=8000"]);
         assert_eq!(
             body.host_config.unwrap().network_mode.as_deref(),
             Some("net")

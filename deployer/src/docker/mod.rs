@@ -35,6 +35,8 @@ pub struct DockerTarget {
     labels: BTreeMap<String, String>,
     port: u16,
     health_path: String,
+    /// The application's variables, given to every instance besides `PORT`.
+    variables: BTreeMap<String, String>,
     drain_timeout: Duration,
     health_client: Client<HttpConnector, Empty<Bytes>>,
 }
@@ -61,6 +63,7 @@ impl DockerTarget {
             labels: convert::environment_labels(environment, &labels),
             port,
             health_path: "/health".to_owned(),
+            variables: BTreeMap::new(),
             drain_timeout: Duration::from_secs(30),
             health_client: Client::builder(TokioExecutor::new()).build(connector),
         }
@@ -69,6 +72,12 @@ impl DockerTarget {
     /// Checks `path` instead of `/health`.
     pub fn with_health_path(mut self, path: &str) -> DockerTarget {
         self.health_path = path.to_owned();
+        self
+    }
+
+    /// Gives every instance `variables` in its environment (the application's configuration).
+    pub fn with_variables(mut self, variables: BTreeMap<String, String>) -> DockerTarget {
+        self.variables = variables;
         self
     }
 
@@ -120,7 +129,13 @@ impl DockerTarget {
             name: Some(name.to_owned()),
             ..Default::default()
         };
-        let body = convert::instance_body(fleet, &self.network, self.port, &self.labels);
+        let body = convert::instance_body(
+            fleet,
+            &self.network,
+            self.port,
+            &self.labels,
+            &self.variables,
+        );
         match self.docker.create_container(Some(options), body).await {
             Err(error) if status(&error) != Some(409) => {
                 return Err(platform(format!("create container {name}"), error))

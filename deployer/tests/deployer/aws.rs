@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use chrono::Utc;
-use slipway_deployer::aws::{AwsSettings, AwsTarget};
+use slipway_deployer::aws::{AwsSettings, AwsTarget, InstanceEnvironment};
 use slipway_deployer::{DeployPolicy, DeploymentState, HealthPolicy, Target};
 
 use crate::moto::{Infra, Moto};
@@ -37,6 +38,7 @@ fn settings(infra: &Infra) -> AwsSettings {
         instance_type: Some("t3.small".to_owned()),
         tags: BTreeMap::from([("team".to_owned(), "web".to_owned())]),
         drain_timeout: Duration::from_secs(5),
+        instance_environment: None,
     }
 }
 
@@ -104,6 +106,63 @@ async fn v1_then_v2_moves_listener_and_template_and_retires_the_old_group() {
     assert_eq!(retired[0].state, DeploymentState::Succeeded);
     assert_eq!(groups(&autoscaling).await, ["hello-prod-v2"]);
     assert_eq!(forwarded(&elb, &infra).await, infra.target_groups[0]);
+}
+
+/// moto (5.x) cannot start an Auto Scaling group from a launch template version that has
+/// user data (an assertion in its launch template model), so this checks the version the
+/// target makes, without a group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_launch_template_version_carries_the_environments_configuration_as_user_data() {
+    let moto = Moto::start().await;
+    let config = moto.config().await;
+    let infra = Infra::create(&config).await;
+    let mut settings = settings(&infra);
+    settings.instance_environment = Some(InstanceEnvironment {
+        package: "hello".to_owned(),
+        variables: BTreeMap::from([
+            ("LOG_LEVEL".to_owned(), "info".to_owned()),
+            (
+                "DATABASE_URL".to_owned(),
+                "postgres://app:it's@db/app".to_owned(),
+            ),
+        ]),
+    });
+    let target = AwsTarget::new(&config, settings);
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    let versions = || async {
+        ec2.describe_launch_template_versions()
+            .launch_template_id(&infra.launch_template_id)
+            .send()
+            .await
+            .unwrap()
+            .launch_template_versions()
+            .len()
+    };
+    let before = versions().await;
+    target.update_launch_template(&infra.amis[0]).await.unwrap();
+    let default = ec2
+        .describe_launch_template_versions()
+        .launch_template_id(&infra.launch_template_id)
+        .versions("$Default")
+        .send()
+        .await
+        .unwrap();
+    let data = default.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
+    assert_eq!(data.image_id(), Some(infra.amis[0].as_str()));
+    let user_data = data.user_data().expect("the version carries user data");
+    let script = base64::engine::general_purpose::STANDARD
+        .decode(user_data)
+        .unwrap();
+    let script = String::from_utf8(script).unwrap();
+    assert!(
+        script.contains("cat > /etc/default/hello <<'SLIPWAY_END'\nDATABASE_URL='postgres://app:it'\\''s@db/app'\nLOG_LEVEL='info'\nSLIPWAY_END\n"),
+        "{script}"
+    );
+    // The same image and configuration again: the version is found, not made twice.
+    target.update_launch_template(&infra.amis[0]).await.unwrap();
+    assert_eq!(versions().await, before + 1);
 }
 
 async fn forwarded(elb: &aws_sdk_elasticloadbalancingv2::Client, infra: &Infra) -> String {

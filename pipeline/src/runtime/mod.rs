@@ -2,6 +2,7 @@
 //! always runs.
 
 mod export;
+mod migrations;
 mod observer;
 mod output;
 mod pull;
@@ -23,6 +24,7 @@ use crate::engine::{Engine, EngineError};
 use crate::plan::Plan;
 
 pub use export::WorkspaceExport;
+pub use migrations::{Migrator, MigratorHandle};
 pub use observer::{
     BuildOutcome, BuildStatus, LogChunk, Observer, StepOutcome, StepResult, StepStatus,
 };
@@ -38,6 +40,8 @@ pub struct RunOptions {
     pub ready_poll_interval: Duration,
     /// Where to copy the workspace once every step passed (for packaging); `None` skips it.
     pub export_workspace: Option<WorkspaceExport>,
+    /// Applies the plan's `migrations:`; a plan with migrations errors without one.
+    pub migrator: Option<MigratorHandle>,
 }
 
 impl Default for RunOptions {
@@ -46,6 +50,7 @@ impl Default for RunOptions {
             log_cap_bytes_per_step: 4 * 1024 * 1024,
             ready_poll_interval: Duration::from_millis(500),
             export_workspace: None,
+            migrator: None,
         }
     }
 }
@@ -180,6 +185,7 @@ async fn execute(
                 .map_err(Halt::from)
         };
         tokio::try_join!(services::start_and_wait(build), copy)?;
+        migrations::run(build, workspace).await?;
         Ok::<(), Halt>(())
     };
     let setup = tokio::select! {

@@ -4,6 +4,7 @@ mod bake;
 mod bounds;
 mod drone;
 mod locate;
+mod migrations;
 mod validate;
 mod values;
 
@@ -17,6 +18,7 @@ pub use bake::{
 };
 pub use bounds::{read_file, MAX_DEPTH, MAX_EXPANDED_TEXT_BYTES, MAX_SPEC_BYTES, MAX_VALUES};
 pub use drone::{EnvValue, SettingName, SettingValue};
+pub use migrations::{MigrationsPlan, MigrationsSpec, MIGRATIONS_STEP};
 pub use values::{
     AccountName, FileMode, InstallDest, InstallPath, Name, PackageName, ScalarText, SpecDuration,
     VariableName, WorkspacePath,
@@ -39,6 +41,8 @@ pub struct Spec {
     pub services: Vec<ServiceSpec>,
     pub steps: Vec<StepSpec>,
     pub package: Option<PackageSpec>,
+    /// The application's SQL migrations, applied to a service's database before the steps.
+    pub migrations: Option<MigrationsSpec>,
     pub timeout: Option<SpecDuration>,
     #[serde(default)]
     pub clone: CloneSpec,

@@ -53,6 +53,7 @@ pub fn check(spec: &Spec) -> Result<(), Problem> {
             ));
         }
     }
+    super::migrations::check(spec)?;
     Ok(())
 }
 
