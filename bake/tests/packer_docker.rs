@@ -65,7 +65,7 @@ async fn a_release_bakes_into_an_image_that_runs_it_and_the_next_bakes_increment
     assert_eq!(v1.name, format!("{}:v1", fixture.image_repository()));
     assert!(v1.id.starts_with("sha256:"), "{v1:?}");
     assert!(
-        log.contains("TASK [Install exactly bakeapp=1.0.0]"),
+        log.contains("TASK [slipway : Install exactly bakeapp=1.0.0]"),
         "{log}"
     );
     assert_eq!(fixture.run_and_ask(&v1.name, port), "bakeapp 1.0.0\n");
@@ -122,7 +122,7 @@ async fn a_cancelled_bake_stops_packer_and_leaves_nothing() {
 
     let trigger = cancel.clone();
     let (result, log) = bake_logged(&request, &cancel, move |line| {
-        if line.contains("TASK [Update the package lists]") {
+        if line.contains("TASK [slipway : Update the package lists]") {
             trigger.cancel();
         }
     })
