@@ -6,6 +6,7 @@ pub mod audit;
 pub mod builds;
 pub mod deployments;
 pub mod embedded;
+pub mod release_images;
 pub mod releases;
 pub mod tokens;
 

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::release_images::{images_from_json, ReleaseImage};
 use super::{next_number, Store, StoreResult};
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +41,8 @@ pub struct Release {
     pub exposed_ports: Option<Vec<i32>>,
     /// What lintian said of the package; `None` until it ran.
     pub lintian: Option<LintianReport>,
+    /// Every image of the release, by kind (the Docker image; an AMI per region).
+    pub images: Vec<ReleaseImage>,
 }
 
 /// Lintian's errors and warnings on a release's package.
@@ -106,6 +109,18 @@ pub enum ReleaseSlot {
 /// project's name hashed is the lock's other half).
 const RELEASE_ORDER_LOCK: i32 = 4242009;
 
+/// Copies a release's Docker bake state (`$1`: the release id) into its `release_images` row.
+const SYNC_DOCKER_IMAGE: &str = "INSERT INTO release_images
+        (release_id, kind, region, status, reason, bake_key, image, image_id, started_at, baked_at)
+    SELECT id, 'docker', '', bake_status, bake_reason, bake_key, image, image_id,
+           CASE WHEN bake_status = 'baking' THEN now() END, baked_at
+    FROM releases WHERE id = $1 AND bake_status IS NOT NULL
+    ON CONFLICT (release_id, kind, region) DO UPDATE SET
+        status = EXCLUDED.status, reason = EXCLUDED.reason, bake_key = EXCLUDED.bake_key,
+        image = EXCLUDED.image, image_id = EXCLUDED.image_id,
+        started_at = coalesce(EXCLUDED.started_at, release_images.started_at),
+        baked_at = EXCLUDED.baked_at";
+
 /// One line of a release's bake log.
 #[derive(Debug, Clone, Serialize)]
 pub struct BakeLogLine {
@@ -117,7 +132,14 @@ pub struct BakeLogLine {
 const COLUMNS: &str = "r.id, r.number, r.project, b.number, r.commit, r.status, r.reason, r.package_name, r.package_version,
     r.package_filename, r.package_size, r.package_sha256, r.created_at, r.published_at,
     r.bake_status, r.bake_reason, r.bake_key, r.image, r.image_id, r.baked_at, r.image_command, r.exposed_ports,
-    r.lintian_status, r.lintian_errors, r.lintian_warnings, r.lintian_note";
+    r.lintian_status, r.lintian_errors, r.lintian_warnings, r.lintian_note,
+    (SELECT coalesce(json_agg(json_build_object(
+        'kind', i.kind, 'region', NULLIF(i.region, ''),
+        'id', CASE WHEN i.kind = 'docker' THEN i.image_id ELSE i.image END,
+        'name', CASE WHEN i.kind = 'docker' THEN i.image END,
+        'status', i.status, 'reason', i.reason, 'bake_key', i.bake_key)
+        ORDER BY i.kind DESC, i.region), '[]'::json)
+     FROM release_images i WHERE i.release_id = r.id)";
 
 fn from_row(row: &tokio_postgres::Row) -> Release {
     let number: i64 = row.get(1);
@@ -159,6 +181,7 @@ fn from_row(row: &tokio_postgres::Row) -> Release {
                 warnings: row.get::<_, Option<Vec<String>>>(24).unwrap_or_default(),
                 note: row.get(25),
             }),
+        images: images_from_json(row.get(26)),
     }
 }
 
@@ -426,6 +449,7 @@ impl Store {
             &[&id, &key, &recipe.command, &recipe.exposed_ports],
         )
         .await?;
+        tx.execute(SYNC_DOCKER_IMAGE, &[&id]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -450,6 +474,7 @@ impl Store {
         }
         tx.execute("DELETE FROM bake_log_lines WHERE release_id = $1", &[&id])
             .await?;
+        tx.execute(SYNC_DOCKER_IMAGE, &[&id]).await?;
         let row = tx
             .query_one(
                 &format!("SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id WHERE r.id = $1"),
@@ -469,7 +494,7 @@ impl Store {
                 &[&id, &key],
             )
             .await?;
-        Ok(())
+        self.sync_docker_image(id).await
     }
 
     /// A project's releases that can be rebaked (published, with a recorded recipe), newest first.
@@ -496,7 +521,7 @@ impl Store {
                 &[&id, &image.image, &image.image_id],
             )
             .await?;
-        Ok(())
+        self.sync_docker_image(id).await
     }
 
     pub async fn mark_bake_failed(&self, id: Uuid, reason: &str) -> StoreResult<()> {
@@ -507,6 +532,15 @@ impl Store {
                  WHERE id = $1",
                 &[&id, &reason],
             )
+            .await?;
+        self.sync_docker_image(id).await
+    }
+
+    /// Copies the release's Docker bake state into `release_images`.
+    async fn sync_docker_image(&self, id: Uuid) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(SYNC_DOCKER_IMAGE, &[&id])
             .await?;
         Ok(())
     }

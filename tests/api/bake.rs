@@ -180,6 +180,13 @@ async fn a_passing_push_is_baked_into_an_image_that_runs_it_and_the_next_bakes_i
             .trim(),
         v1["image_id"].as_str().unwrap()
     );
+    // The release lists its one image by kind: the Docker image, no AMI (no aws environment).
+    assert_eq!(
+        v1["images"],
+        serde_json::json!([{"kind": "docker", "id": v1["image_id"], "name": image,
+            "status": "baked", "reason": null, "bake_key": v1["bake_key"]}]),
+        "{v1}"
+    );
     assert!(
         log.contains("full bake from slipway/debian:bookworm"),
         "{log}"
@@ -337,7 +344,10 @@ async fn a_bake_ansible_fails_leaves_the_build_passed_the_release_published_and_
     assert_eq!(v1["status"], "published", "{v1}");
     assert_eq!(v1["bake_status"], "failed", "{v1}\n{log}");
     assert_eq!(v1["image"], Value::Null, "{v1}");
+    assert_eq!(v1["images"][0]["status"], "failed", "{v1}");
+    assert_eq!(v1["images"][0]["id"], Value::Null, "{v1}");
     let reason = v1["bake_reason"].as_str().unwrap();
+    assert_eq!(v1["images"][0]["reason"], reason, "{v1}");
     assert!(
         reason.contains("fatal: [default]: FAILED!") && reason.contains("hello=1"),
         "{reason}"
