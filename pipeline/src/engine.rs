@@ -35,6 +35,10 @@ pub struct ContainerConfig {
 pub struct NetworkAttachment {
     pub network: String,
     pub alias: String,
+    /// A lane (see [`Engine::start_lane`]) whose network namespace the container shares
+    /// instead of getting its own: it is on `network` at the lane's address, and `alias` is
+    /// not registered.
+    pub lane: Option<String>,
 }
 
 /// A named volume mounted into a container.
@@ -112,6 +116,20 @@ impl EngineError {
     }
 }
 
+/// A step's container made ready by [`Engine::stage`]: its output, and the gate that lets
+/// its command run.
+pub struct Staged<'e> {
+    pub output: OutputChunks,
+    pub gate: Box<dyn Gate + 'e>,
+}
+
+/// Holds a staged container's command back until opened.
+#[async_trait::async_trait]
+pub trait Gate: Send {
+    /// Lets the command run.
+    async fn open(self: Box<Self>) -> Result<(), EngineError>;
+}
+
 /// A container engine, as the runtime drives it for one build.
 ///
 /// Lifecycle, in call order for one build:
@@ -119,16 +137,18 @@ impl EngineError {
 /// 2. `pull_image` then `start_container` for each service; `tcp_ready` / `exec` probe them,
 ///    repeatedly, until ready; `recent_output` may be read to explain a service that never got
 ///    ready.
-/// 3. `copy_into_volume` once, before any step starts (while the services start).
+/// 3. `copy_into_volume` once, before any step starts (while the services start), and
+///    `start_lane` for the first lane; more lanes when steps run at once.
 /// 4. For each step, once the steps it depends on are done (independent steps at the same
-///    time): `pull_image`, `create_with_output` (possibly earlier, while other steps run: a
-///    container made ahead is removed unstarted if its step does not run), `start_created`,
-///    then reading its output and `wait_exit` (concurrently for the same container), then
+///    time): `pull_image`, `stage` (possibly earlier, while other steps run: a container
+///    staged ahead is removed, its command never run, if its step does not run), opening its
+///    gate, then reading its output and `wait_exit` (concurrently for the same container), then
 ///    `remove_container`: once it has exited (while later steps run), or to kill a step that
 ///    ran out of time, was cancelled, or was detached and outlived the other steps.
 /// 5. `export_volume` at most once, after the last step, when the build passed and its
 ///    workspace is to be packaged.
-/// 6. Teardown: `remove_container` for every container of the plan (concurrently), then
+/// 6. Teardown: `remove_container` for every container of the plan and every lane
+///    (concurrently), then
 ///    `remove_network` and `remove_volume` (concurrently).
 ///
 /// Containers of one build run concurrently (services next to steps); different builds use
@@ -143,6 +163,17 @@ impl EngineError {
 pub trait Engine: Send + Sync {
     /// Creates a bridge network on which containers reach each other by alias.
     async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), EngineError>;
+
+    /// Starts a lane: a container holding a network namespace on `network` and running
+    /// nothing else, which step containers share (`NetworkAttachment::lane`) one after
+    /// another; joining one is much cheaper than connecting a container of its own. Removed
+    /// with `remove_container`.
+    async fn start_lane(
+        &self,
+        name: &str,
+        network: &str,
+        labels: &Labels,
+    ) -> Result<(), EngineError>;
 
     /// Creates an empty named volume.
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), EngineError>;
@@ -178,18 +209,15 @@ pub trait Engine: Send + Sync {
     /// Creates and starts a container; the image must already be present.
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError>;
 
-    /// Creates a container like `start_container` but does not start it: it is attached to
-    /// its stdout and stderr first, so not a byte is missed once `start_created` starts it;
-    /// the stream ends when it stops or is removed. The output goes to this stream only (the
-    /// engine keeps no log of it): a container waits while the stream is read slowly, and
-    /// once the stream is dropped the rest of its output is discarded at once.
-    async fn create_with_output(
-        &self,
-        config: &ContainerConfig,
-    ) -> Result<OutputChunks, EngineError>;
-
-    /// Starts a container made by `create_with_output`; one that cannot start is removed.
-    async fn start_created(&self, container: &str) -> Result<(), EngineError>;
+    /// Makes a step's container ready to run its command, ahead of the step's turn: created,
+    /// attached to its stdout and stderr (so not a byte is missed), and, where the engine
+    /// can hold the command back, already started with the command waiting at a gate. The
+    /// command runs once `gate.open()` is called, never before; a container whose gate is
+    /// dropped unopened never runs its command. The stream ends when the container stops or
+    /// is removed. The output goes to this stream only (the engine keeps no log of it): a
+    /// container waits while the stream is read slowly, and once the stream is dropped the
+    /// rest of its output is discarded at once.
+    async fn stage(&self, config: &ContainerConfig) -> Result<Staged<'_>, EngineError>;
 
     /// The last `lines` lines the container wrote.
     async fn recent_output(

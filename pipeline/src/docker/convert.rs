@@ -8,7 +8,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, ListVolumesOptions};
 
-use crate::engine::{ContainerConfig, Labels};
+use crate::engine::{ContainerConfig, Labels, NetworkAttachment};
 
 /// The create-container body for `config`: joined to its network under its alias, with the
 /// volume mounted and the labels set.
@@ -27,10 +27,14 @@ pub fn container_body(config: &ContainerConfig) -> ContainerCreateBody {
         }]
     });
     let network_mode = match &config.network {
+        Some(NetworkAttachment {
+            lane: Some(lane), ..
+        }) => format!("container:{lane}"),
         Some(attachment) => attachment.network.clone(),
         None => "none".to_owned(),
     };
-    let networking_config = config.network.as_ref().map(|attachment| {
+    let own_endpoint = config.network.as_ref().filter(|a| a.lane.is_none());
+    let networking_config = own_endpoint.map(|attachment| {
         let endpoint = EndpointSettings {
             aliases: Some(vec![attachment.alias.clone()]),
             ..Default::default()
@@ -64,6 +68,48 @@ pub fn without_log(mut body: ContainerCreateBody) -> ContainerCreateBody {
         typ: Some("none".to_owned()),
         config: None,
     });
+    body
+}
+
+/// A lane's container: `image` sleeping on `network` under `labels`, with no name there but
+/// its address, and no log.
+pub fn lane_body(image: &str, network: &str, labels: &Labels) -> ContainerCreateBody {
+    without_log(ContainerCreateBody {
+        image: Some(image.to_owned()),
+        entrypoint: Some(vec!["sleep".to_owned(), "infinity".to_owned()]),
+        labels: Some(hash_map(labels)),
+        host_config: Some(HostConfig {
+            network_mode: Some(network.to_owned()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// What a gated container's shell waits for on stdin before it runs the command.
+pub const GATE_OPEN: &[u8] = b"go\n";
+
+/// The shell of a gated container: it reads one line from stdin and runs the command (its
+/// arguments) only if the line is `go`. If stdin ends first (whoever staged it went away) it
+/// exits 125 without running anything. The command gets no stdin, like any other container.
+const GATE_SCRIPT: &str =
+    r#"IFS= read -r gate && [ "$gate" = go ] || exit 125; exec "$@" </dev/null"#;
+
+/// `body` (which has an entrypoint) behind a gate: `/bin/sh` runs [`GATE_SCRIPT`] with the
+/// entrypoint and command as its arguments, stdin open to the attached client only.
+pub fn gated(mut body: ContainerCreateBody) -> ContainerCreateBody {
+    let mut command = body.entrypoint.take().unwrap_or_default();
+    command.extend(body.cmd.take().unwrap_or_default());
+    body.entrypoint = Some(vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        GATE_SCRIPT.to_owned(),
+        "slipway-gate".to_owned(),
+    ]);
+    body.cmd = Some(command);
+    body.open_stdin = Some(true);
+    body.stdin_once = Some(true);
+    body.attach_stdin = Some(true);
     body
 }
 
@@ -140,6 +186,7 @@ mod tests {
             network: Some(NetworkAttachment {
                 network: "slipway-hello-1-b1".to_owned(),
                 alias: "test".to_owned(),
+                lane: None,
             }),
             mount: Some(VolumeMount {
                 volume: "slipway-hello-1-b1-workspace".to_owned(),

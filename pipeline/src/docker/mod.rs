@@ -26,15 +26,15 @@ use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::engine::{
-    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputChunk, OutputChunks, OutputLine,
-    OutputStream, PullProgress, VolumeMount,
+    ContainerConfig, Engine, EngineError, Gate, Labels, Leftovers, OutputChunk, OutputLine,
+    OutputStream, PullProgress, Staged, VolumeMount,
 };
 use crate::spec::PullPolicy;
 
 use lines::LineSplitter;
 
-/// The image of the stopped helper container that receives the workspace archive. It never
-/// runs, so any local image works; this one exists wherever Slipway was bootstrapped.
+/// The image of the stopped helper container that receives the workspace archive, and of
+/// the lanes, which run its `sleep`; this one exists wherever Slipway was bootstrapped.
 pub const DEFAULT_HELPER_IMAGE: &str = "slipway/debian:bookworm";
 
 /// A container engine backed by dockerd.
@@ -127,6 +127,42 @@ impl DockerEngine {
     }
 }
 
+/// The gate of a container started with [`convert::gated`]: its shell waits for a line on
+/// stdin, which only this writes.
+struct StdinGate {
+    container: String,
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
+#[async_trait::async_trait]
+impl Gate for StdinGate {
+    async fn open(mut self: Box<Self>) -> Result<(), EngineError> {
+        use tokio::io::AsyncWriteExt;
+        let operation = format!("start the command of {}", self.container);
+        self.input
+            .write_all(convert::GATE_OPEN)
+            .await
+            .map_err(|e| EngineError::failed(&operation, e))?;
+        self.input
+            .flush()
+            .await
+            .map_err(|e| EngineError::failed(&operation, e))
+    }
+}
+
+/// The gate of a container that was only created: opening it starts the container.
+struct StartGate<'e> {
+    engine: &'e DockerEngine,
+    container: String,
+}
+
+#[async_trait::async_trait]
+impl Gate for StartGate<'_> {
+    async fn open(self: Box<Self>) -> Result<(), EngineError> {
+        self.engine.start(&self.container).await
+    }
+}
+
 fn status(error: &DockerError) -> Option<u16> {
     match error {
         DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
@@ -154,6 +190,28 @@ impl Engine for DockerEngine {
             .await
             .map(drop)
             .map_err(|e| failed(&format!("create network {name}"), e))
+    }
+
+    async fn start_lane(
+        &self,
+        name: &str,
+        network: &str,
+        labels: &Labels,
+    ) -> Result<(), EngineError> {
+        let lane = ContainerConfig {
+            name: name.to_owned(),
+            image: self.helper_image.clone(),
+            env: Default::default(),
+            entrypoint: None,
+            cmd: None,
+            workdir: None,
+            network: None,
+            mount: None,
+            labels: labels.clone(),
+        };
+        let body = convert::lane_body(&self.helper_image, network, labels);
+        self.create_with(&lane, body).await?;
+        self.start(name).await
     }
 
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), EngineError> {
@@ -232,17 +290,18 @@ impl Engine for DockerEngine {
         self.start(&config.name).await
     }
 
-    async fn create_with_output(
-        &self,
-        config: &ContainerConfig,
-    ) -> Result<OutputChunks, EngineError> {
-        self.create_with(
-            config,
-            convert::without_log(convert::container_body(config)),
-        )
-        .await?;
+    async fn stage(&self, config: &ContainerConfig) -> Result<Staged<'_>, EngineError> {
+        // Held back by a shell gate when the command is known (a step's always is): the
+        // container then starts now, while earlier steps run, and its command begins the
+        // moment the gate opens. Without an entrypoint the image's own would be lost, so such
+        // a container is only created and started at the gate.
+        let gated = config.entrypoint.is_some();
+        let body = convert::without_log(convert::container_body(config));
+        let body = if gated { convert::gated(body) } else { body };
+        self.create_with(config, body).await?;
         let options = AttachContainerOptions {
             stream: true,
+            stdin: gated,
             stdout: true,
             stderr: true,
             ..Default::default()
@@ -276,11 +335,22 @@ impl Engine for DockerEngine {
             };
             futures::future::ready(chunk)
         });
-        Ok(chunks.boxed())
-    }
-
-    async fn start_created(&self, container: &str) -> Result<(), EngineError> {
-        self.start(container).await
+        let gate: Box<dyn Gate> = if gated {
+            self.start(&config.name).await?;
+            Box::new(StdinGate {
+                container: config.name.clone(),
+                input: attached.input,
+            })
+        } else {
+            Box::new(StartGate {
+                engine: self,
+                container: config.name.clone(),
+            })
+        };
+        Ok(Staged {
+            output: chunks.boxed(),
+            gate,
+        })
     }
 
     async fn recent_output(

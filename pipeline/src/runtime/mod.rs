@@ -2,6 +2,7 @@
 //! always runs.
 
 mod export;
+mod lanes;
 mod migrations;
 mod observer;
 mod output;
@@ -96,6 +97,8 @@ struct Build<'a> {
     observer: &'a dyn Observer,
     options: &'a RunOptions,
     stop: Stop,
+    /// The lanes steps run in (never locked across an await).
+    lanes: std::sync::Mutex<lanes::Lanes>,
 }
 
 /// Runs `plan`: the workspace directory is copied into the build's volume, `secrets` fill the
@@ -124,6 +127,7 @@ pub async fn run(
             deadline: started + timeout,
             timeout,
         },
+        lanes: std::sync::Mutex::new(lanes::Lanes::new(&plan.network)),
     };
     let mut results: Vec<Option<StepResult>> = vec![None; plan.steps.len()];
     let body = AssertUnwindSafe(async {
@@ -157,7 +161,8 @@ pub async fn run(
             result,
         });
     }
-    let teardown_errors = teardown::teardown(plan, engine).await;
+    let lanes = build.lanes.lock().map(|l| l.names()).unwrap_or_default();
+    let teardown_errors = teardown::teardown(plan, engine, &lanes).await;
     let outcome = outcome(halt, steps, started.elapsed(), teardown_errors, &build.stop);
     tracing::info!(status = ?outcome.status, "Build finished.");
     observer.build_finished(&outcome).await;
@@ -184,7 +189,19 @@ async fn execute(
                 .await
                 .map_err(Halt::from)
         };
-        tokio::try_join!(services::start_and_wait(build), copy)?;
+        // The first lane too: a step's container can then be staged in it at once.
+        let first_lane = async {
+            let runs_in_lane =
+                |step: &crate::plan::StepPlan| !step.detach && step.skipped.is_none();
+            if plan.steps.iter().any(runs_in_lane) {
+                let lane = build.lanes.lock().expect("lanes").first();
+                engine
+                    .start_lane(&lane.name, &plan.network, &plan.labels)
+                    .await?;
+            }
+            Ok::<(), Halt>(())
+        };
+        tokio::try_join!(services::start_and_wait(build), copy, first_lane)?;
         migrations::run(build, workspace).await?;
         Ok::<(), Halt>(())
     };

@@ -8,9 +8,10 @@ use std::pin::Pin;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::lanes::Lanes;
 use super::steps::{self, Running, StoppedBeforeStart};
 use super::{Build, Halt, StepResult, StepStatus};
-use crate::engine::{EngineError, OutputChunks};
+use crate::engine::{EngineError, Staged};
 use crate::plan::StepPlan;
 use crate::spec::{PullPolicy, StatusCondition};
 
@@ -24,9 +25,9 @@ enum Phase {
 }
 
 /// What a step's future reports back to the scheduler.
-enum Progress {
-    /// A step's container was made ahead of its start.
-    Created(usize, Result<OutputChunks, EngineError>),
+enum Progress<'a> {
+    /// A step's container was staged ahead of its start.
+    Created(usize, Result<Staged<'a>, EngineError>),
     Started(
         usize,
         Result<Result<Running, StoppedBeforeStart>, EngineError>,
@@ -36,7 +37,7 @@ enum Progress {
     Removed,
 }
 
-type Task<'a> = Pin<Box<dyn Future<Output = Progress> + Send + 'a>>;
+type Task<'a> = Pin<Box<dyn Future<Output = Progress<'a>> + Send + 'a>>;
 
 /// Runs the steps and fills `results` (plan order) for every step it decided; a step left
 /// `None` was never reached. Returns why the build stopped or failed, if it did.
@@ -59,6 +60,7 @@ pub(super) async fn run_steps(
             match graph.decide(index) {
                 Some(result) => {
                     graph.finish(index, &result);
+                    lanes(build).release(index);
                     // One still being made is removed when it is (see `Progress::Created`).
                     if ahead.created.remove(&index).is_some() {
                         tasks.push(remove(build, step));
@@ -71,19 +73,24 @@ pub(super) async fn run_steps(
                     // A container still being made ahead is started once it exists.
                     if ahead.creating != Some(index) {
                         let created = ahead.created.remove(&index);
-                        tasks.push(start(build, step, index, created));
+                        tasks.push(start(build, step, index, created, &mut ahead));
                     }
                 }
             }
         }
-        // The next step's container is made while the running ones run: its start is then
-        // all that stands between one step's end and the next one's first line.
+        // The next step's container is staged while the running ones run: opening its gate
+        // is then all that stands between one step's end and the next one's first line.
         if halt.is_none() && ahead.creating.is_none() && ahead.created.is_empty() {
             if let Some(index) = graph.next_to_create() {
                 let step = &graph.steps[index];
                 ahead.creating = Some(index);
+                let lane =
+                    (!step.detach).then(|| lanes(build).reserve(index, &graph.depends_on[index]));
+                if let Some(lane) = &lane {
+                    ahead.lanes.insert(index, lane.index);
+                }
                 tasks.push(Box::pin(async move {
-                    Progress::Created(index, steps::create_step(build, step).await)
+                    Progress::Created(index, steps::stage_step(build, step, lane.as_ref()).await)
                 }));
             }
         }
@@ -99,7 +106,9 @@ pub(super) async fn run_steps(
                 ahead.creating = None;
                 let step = &graph.steps[index];
                 match graph.phase[index] {
-                    Phase::Starting => tasks.push(start(build, step, index, Some(created))),
+                    Phase::Starting => {
+                        tasks.push(start(build, step, index, Some(created), &mut ahead))
+                    }
                     Phase::Waiting => {
                         ahead.created.insert(index, created);
                     }
@@ -142,6 +151,7 @@ pub(super) async fn run_steps(
             first_failure = failure_message(&step.name, &result);
         }
         graph.finish(index, &result);
+        lanes(build).release(index);
         build.observer.step_finished(&step.name, &result).await;
         let exited = result.exit_code.is_some();
         results[index] = Some(result);
@@ -152,22 +162,50 @@ pub(super) async fn run_steps(
     halt.or(first_failure.map(Halt::Failed))
 }
 
-/// The container made ahead of its step's start, at most one at a time.
+/// The container staged ahead of its step's start, at most one at a time.
 #[derive(Default)]
-struct Ahead {
+struct Ahead<'a> {
     /// The step whose container is being made.
     creating: Option<usize>,
-    /// Made and not started yet (or the error making it, reported if the step starts).
-    created: HashMap<usize, Result<OutputChunks, EngineError>>,
+    /// Staged and not started yet (or the error staging it, reported if the step starts).
+    created: HashMap<usize, Result<Staged<'a>, EngineError>>,
+    /// The lane each step staged ahead was staged in.
+    lanes: HashMap<usize, usize>,
 }
 
+/// The build's lanes, for a decision that does not wait.
+fn lanes<'b>(build: &'b Build<'_>) -> std::sync::MutexGuard<'b, Lanes> {
+    build
+        .lanes
+        .lock()
+        .expect("the lanes' lock is never held across a panic")
+}
+
+/// Starts `step` in a lane (the one it was staged in if still free), with the container
+/// `created` ahead if any; one staged in a lane now taken is staged again.
 fn start<'a>(
     build: &'a Build<'a>,
     step: &'a StepPlan,
     index: usize,
-    created: Option<Result<OutputChunks, EngineError>>,
+    created: Option<Result<Staged<'a>, EngineError>>,
+    ahead: &mut Ahead<'a>,
 ) -> Task<'a> {
-    Box::pin(async move { Progress::Started(index, steps::start_step(build, step, created).await) })
+    let staged_in = ahead.lanes.remove(&index);
+    let lane = (!step.detach).then(|| lanes(build).claim(index, staged_in));
+    let moved = lane
+        .as_ref()
+        .is_some_and(|lane| Some(lane.index) != staged_in);
+    Box::pin(async move {
+        let created = match created {
+            Some(Ok(_)) if moved => {
+                // Teardown removes it again if this fails.
+                let _ = build.engine.remove_container(&step.container).await;
+                None
+            }
+            created => created,
+        };
+        Progress::Started(index, steps::start_step(build, step, lane, created).await)
+    })
 }
 
 fn remove<'a>(build: &'a Build<'a>, step: &'a StepPlan) -> Task<'a> {

@@ -37,6 +37,7 @@ pub fn service_container(plan: &Plan, service: &ServicePlan) -> ContainerConfig 
         network: Some(NetworkAttachment {
             network: plan.network.clone(),
             alias: service.name.clone(),
+            lane: None,
         }),
         mount: None,
         labels: plan.labels.clone(),

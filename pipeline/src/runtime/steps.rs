@@ -7,10 +7,12 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::lanes::Lane;
 use super::output::StepOutput;
 use super::{Build, Halt, LogChunk, StepResult, StepStatus};
 use crate::engine::{
-    ContainerConfig, EngineError, NetworkAttachment, OutputChunks, OutputStream, VolumeMount,
+    ContainerConfig, EngineError, NetworkAttachment, OutputChunks, OutputStream, Staged,
+    VolumeMount,
 };
 use crate::plan::{Plan, StepPlan};
 
@@ -20,14 +22,24 @@ pub(super) struct Running {
     started: Instant,
 }
 
-/// Creates `step`'s container, attached to its output, without starting it.
-pub(super) async fn create_step(
-    build: &Build<'_>,
+/// Stages `step`'s container in `lane` (none: on the network by itself), starting the lane
+/// first if it is new: ready and attached to its output, its command held back.
+pub(super) async fn stage_step<'a>(
+    build: &Build<'a>,
     step: &StepPlan,
-) -> Result<OutputChunks, EngineError> {
+    lane: Option<&Lane>,
+) -> Result<Staged<'a>, EngineError> {
+    if let Some(lane) = lane.filter(|lane| lane.new) {
+        let plan = build.plan;
+        build
+            .engine
+            .start_lane(&lane.name, &plan.network, &plan.labels)
+            .await?;
+    }
+    let lane = lane.map(|lane| lane.name.as_str());
     build
         .engine
-        .create_with_output(&step_container(build.plan, step, build.secrets))
+        .stage(&step_container(build.plan, step, build.secrets, lane))
         .await
 }
 
@@ -35,17 +47,19 @@ pub(super) async fn create_step(
 pub(super) type StoppedBeforeStart = (StepResult, Halt);
 
 /// Makes `step`'s image present as its pull policy says (the pull shows in the step's log),
-/// then starts its container: the one `created` ahead of time, or a new one.
-pub(super) async fn start_step(
-    build: &Build<'_>,
+/// then lets its container run the command: the one `staged` ahead of time (in `lane`), or
+/// a new one.
+pub(super) async fn start_step<'a>(
+    build: &Build<'a>,
     step: &StepPlan,
-    created: Option<Result<OutputChunks, EngineError>>,
+    lane: Option<Lane>,
+    staged: Option<Result<Staged<'a>, EngineError>>,
 ) -> Result<Result<Running, StoppedBeforeStart>, EngineError> {
     build.observer.step_started(&step.name).await;
     let started = Instant::now();
     let pulled = super::pull::step_image(build, step).await;
     if !matches!(pulled, Ok(None)) {
-        if let Some(Ok(_)) = created {
+        if let Some(Ok(_)) = staged {
             // Teardown removes it again if this fails.
             let _ = build.engine.remove_container(&step.container).await;
         }
@@ -53,13 +67,16 @@ pub(super) async fn start_step(
     if let Some(stopped) = pulled? {
         return Ok(Err(stopped));
     }
-    let output = match created {
-        Some(Ok(output)) => output,
-        // Made ahead before its image was pulled: made again now that it is present.
-        Some(Err(_)) | None => create_step(build, step).await?,
+    let staged = match staged {
+        Some(Ok(staged)) => staged,
+        // Staged ahead before its image was pulled: staged again now that it is present.
+        Some(Err(_)) | None => stage_step(build, step, lane.as_ref()).await?,
     };
-    build.engine.start_created(&step.container).await?;
-    Ok(Ok(Running { output, started }))
+    staged.gate.open().await?;
+    Ok(Ok(Running {
+        output: staged.output,
+        started,
+    }))
 }
 
 /// Follows a started step to its end and returns its result, plus the reason the build must
@@ -203,11 +220,13 @@ async fn send(build: &Build<'_>, step: &StepPlan, chunks: Vec<LogChunk>) {
     }
 }
 
-/// The container of a step: `sh -e -c` of its commands, each echoed as `+ command` first.
+/// The container of a step: `sh -e -c` of its commands, each echoed as `+ command` first, in
+/// `lane` when it has one.
 pub fn step_container(
     plan: &Plan,
     step: &StepPlan,
     secrets: &std::collections::HashMap<String, String>,
+    lane: Option<&str>,
 ) -> ContainerConfig {
     let mut env: BTreeMap<String, String> = step.env.clone();
     for name in &step.secrets {
@@ -230,6 +249,7 @@ pub fn step_container(
         network: Some(NetworkAttachment {
             network: plan.network.clone(),
             alias: step.name.clone(),
+            lane: lane.map(str::to_owned),
         }),
         mount: Some(VolumeMount {
             volume: plan.volume.clone(),

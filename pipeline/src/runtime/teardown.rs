@@ -3,15 +3,17 @@
 use crate::engine::{Engine, EngineError};
 use crate::plan::Plan;
 
-/// Removes every container of the plan, then its network and volume. Idempotent: removing
-/// what was never created succeeds. Returns what could not be removed.
+/// Removes every container of the plan and the `lanes` it started, then its network and
+/// volume. Idempotent: removing what was never created succeeds. Returns what could not be
+/// removed.
 #[tracing::instrument(skip_all, fields(build = %plan.build.build_id))]
-pub(super) async fn teardown(plan: &Plan, engine: &dyn Engine) -> Vec<String> {
+pub(super) async fn teardown(plan: &Plan, engine: &dyn Engine, lanes: &[String]) -> Vec<String> {
     let containers = plan
         .steps
         .iter()
         .map(|step| &step.container)
-        .chain(plan.services.iter().map(|service| &service.container));
+        .chain(plan.services.iter().map(|service| &service.container))
+        .chain(lanes);
     // All at once: most steps' containers are gone already, and each call is a round trip.
     let removals = containers.map(|container| async move {
         engine

@@ -429,6 +429,7 @@ async fn reap_removes_what_a_crashed_server_left_behind() {
         network: Some(NetworkAttachment {
             network: name.clone(),
             alias: "left".to_owned(),
+            lane: None,
         }),
         mount: None,
         labels: labels.clone(),

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 use futures::stream::{self, StreamExt};
 use slipway_pipeline::engine::{
-    ContainerConfig, Engine, EngineError, Labels, Leftovers, OutputChunk, OutputChunks, OutputLine,
-    OutputStream,
+    ContainerConfig, Engine, EngineError, Gate, Labels, Leftovers, OutputChunk, OutputLine,
+    OutputStream, Staged,
 };
 
 /// What a container does once started, keyed by its alias (the step or service name).
@@ -143,10 +143,13 @@ impl FakeEngine {
         let violation = {
             let state = self.state.lock().unwrap();
             let network = config.network.as_ref().map(|n| n.network.as_str());
+            let lane = config.network.as_ref().and_then(|n| n.lane.as_ref());
             if state.containers.contains_key(&config.name) {
                 Some("a container with this name exists".to_owned())
             } else if network.is_some_and(|n| !state.networks.contains_key(n)) {
                 Some("its network does not exist".to_owned())
+            } else if lane.is_some_and(|l| !state.containers.get(l).is_some_and(|c| c.started)) {
+                Some("its lane is not running".to_owned())
             } else {
                 None
             }
@@ -212,6 +215,26 @@ impl FakeEngine {
     }
 }
 
+/// Starts its container when opened, as a container that was only created starts.
+struct FakeGate<'e> {
+    engine: &'e FakeEngine,
+    container: String,
+}
+
+#[async_trait::async_trait]
+impl Gate for FakeGate<'_> {
+    async fn open(self: Box<Self>) -> Result<(), EngineError> {
+        let alias = self.engine.start(&self.container)?;
+        if matches!(
+            self.engine.behaviours.get(&alias),
+            Some(Behaviour::PanicOnStart)
+        ) {
+            panic!("fake engine: asked to panic when starting {alias}");
+        }
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl Engine for FakeEngine {
     async fn create_network(&self, name: &str, labels: &Labels) -> Result<(), EngineError> {
@@ -225,6 +248,40 @@ impl Engine for FakeEngine {
             .unwrap()
             .networks
             .insert(name.to_owned(), labels.clone());
+        Ok(())
+    }
+
+    async fn start_lane(
+        &self,
+        name: &str,
+        network: &str,
+        labels: &Labels,
+    ) -> Result<(), EngineError> {
+        let violation = {
+            let state = self.state.lock().unwrap();
+            if state.containers.contains_key(name) {
+                Some("a container with this name exists".to_owned())
+            } else if !state.networks.contains_key(network) {
+                Some("its network does not exist".to_owned())
+            } else {
+                None
+            }
+        };
+        // Recorded by the lane's number: `start_lane lane-0`.
+        let lane = name.rsplit('.').next().unwrap_or(name);
+        self.call(format!("start_lane {lane}"), violation)?;
+        let container = Container {
+            alias: lane.to_owned(),
+            labels: labels.clone(),
+            network: Some(network.to_owned()),
+            volume: None,
+            started: true,
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .containers
+            .insert(name.to_owned(), container);
         Ok(())
     }
 
@@ -282,10 +339,7 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    async fn create_with_output(
-        &self,
-        config: &ContainerConfig,
-    ) -> Result<OutputChunks, EngineError> {
+    async fn stage(&self, config: &ContainerConfig) -> Result<Staged<'_>, EngineError> {
         self.create(config, "create")?;
         let (lines, hang) = match self.behaviour_of(&config.name) {
             Some(Behaviour::Exit { lines, .. }) => (lines, false),
@@ -298,19 +352,18 @@ impl Engine for FakeEngine {
                 bytes: format!("{text}\n").into(),
             })
         }));
-        Ok(if hang {
+        let output = if hang {
             lines.chain(stream::pending()).boxed()
         } else {
             lines.boxed()
+        };
+        Ok(Staged {
+            output,
+            gate: Box::new(FakeGate {
+                engine: self,
+                container: config.name.clone(),
+            }),
         })
-    }
-
-    async fn start_created(&self, container: &str) -> Result<(), EngineError> {
-        let alias = self.start(container)?;
-        if matches!(self.behaviours.get(&alias), Some(Behaviour::PanicOnStart)) {
-            panic!("fake engine: asked to panic when starting {alias}");
-        }
-        Ok(())
     }
 
     async fn recent_output(

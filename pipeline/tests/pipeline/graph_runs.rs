@@ -218,3 +218,95 @@ steps:
     );
     assert_eq!(run.recorder.events()[0], "finished notify Cancelled");
 }
+
+/// Two steps at once binding the same port, then a step in the lane one of them left.
+const SAME_PORT: &str = r#"
+steps:
+  - name: listen-a
+    image: slipway/debian:bookworm
+    commands: &listen
+      - "python3 -c \"import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 8181)); s.listen(); time.sleep(3)\""
+      - echo listened
+  - name: listen-b
+    image: slipway/debian:bookworm
+    commands: *listen
+  - name: after
+    image: slipway/debian:bookworm
+    depends_on: [listen-a, listen-b]
+    commands:
+      - "python3 -c \"import socket; s = socket.socket(); s.bind(('0.0.0.0', 8181)); print('bound again')\""
+      - cat
+      - echo stdin was empty
+"#;
+
+#[tokio::test]
+async fn steps_at_once_never_share_ports_and_a_step_reads_no_input() {
+    let run = run_docker(SAME_PORT, Options::default()).await;
+    assert_eq!(run.outcome.status, BuildStatus::Passed, "{:?}", run.outcome);
+    for step in ["listen-a", "listen-b"] {
+        assert!(
+            run.recorder.lines(step).contains(&"listened".to_owned()),
+            "{:?}",
+            run.recorder.lines(step)
+        );
+    }
+    let events = run.recorder.events();
+    let at = |event: &str| events.iter().position(|e| e == event).expect(event);
+    assert!(
+        at("started listen-b") < at("finished listen-a Passed"),
+        "{events:?}"
+    );
+    let after = run.recorder.lines("after");
+    assert!(after.contains(&"bound again".to_owned()), "{after:?}");
+    assert!(after.contains(&"stdin was empty".to_owned()), "{after:?}");
+}
+
+/// A staged container runs its command only once its gate opens; one whose gate is dropped
+/// (its stager gone, as when the server dies) exits without running it.
+#[tokio::test]
+async fn a_staged_container_runs_its_command_only_through_its_gate() {
+    use futures::StreamExt;
+    use slipway_pipeline::engine::{ContainerConfig, Engine};
+    use slipway_pipeline::DockerEngine;
+
+    let engine = DockerEngine::connect(None).await.unwrap();
+    let unique = format!(
+        "slipway-gate-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let config = |name: &str| ContainerConfig {
+        name: name.to_owned(),
+        image: "slipway/debian:bookworm".to_owned(),
+        env: Default::default(),
+        entrypoint: Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]),
+        cmd: Some(vec!["echo ran; sleep 60".to_owned()]),
+        workdir: None,
+        network: None,
+        mount: None,
+        labels: Default::default(),
+    };
+
+    let dropped = format!("{unique}-dropped");
+    let staged = engine.stage(&config(&dropped)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(staged);
+    let code = tokio::time::timeout(Duration::from_secs(20), engine.wait_exit(&dropped))
+        .await
+        .expect("a container whose gate was dropped stops without running its command");
+    engine.remove_container(&dropped).await.unwrap();
+    assert_eq!(code.unwrap(), 125);
+
+    let opened = format!("{unique}-opened");
+    let staged = engine.stage(&config(&opened)).await.unwrap();
+    staged.gate.open().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(20), staged.output.into_future())
+        .await
+        .unwrap()
+        .0;
+    engine.remove_container(&opened).await.unwrap();
+    assert_eq!(&first.unwrap().unwrap().bytes[..], b"ran\n");
+}
