@@ -97,6 +97,7 @@ pub struct StepPlan {
     pub name: String,
     pub container: String,
     pub image: String,
+    /// The shell commands; none: the image's own entrypoint and command run (a plugin).
     pub commands: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub secrets: Vec<String>,
@@ -282,7 +283,7 @@ fn compile_step(
         name: step.name.to_string(),
         container: format!("{prefix}-{}", step.name),
         image: step.image.clone(),
-        commands: step.commands.clone(),
+        commands: step.commands.clone().unwrap_or_default(),
         env,
         secrets: step.secrets.iter().map(|s| s.as_str().to_owned()).collect(),
         env_from_secrets,

@@ -220,8 +220,8 @@ async fn send(build: &Build<'_>, step: &StepPlan, chunks: Vec<LogChunk>) {
     }
 }
 
-/// The container of a step: `sh -e -c` of its commands, each echoed as `+ command` first, in
-/// `lane` when it has one.
+/// The container of a step: `sh -e -c` of its commands, each echoed as `+ command` first (or
+/// the image's own entrypoint when it has none), in `lane` when it has one.
 pub fn step_container(
     plan: &Plan,
     step: &StepPlan,
@@ -243,8 +243,10 @@ pub fn step_container(
         name: step.container.clone(),
         image: step.image.clone(),
         env,
-        entrypoint: Some(vec!["/bin/sh".to_owned(), "-e".to_owned(), "-c".to_owned()]),
-        cmd: Some(vec![script(&step.commands)]),
+        // A step without commands is a plugin: its image's entrypoint runs.
+        entrypoint: (!step.commands.is_empty())
+            .then(|| vec!["/bin/sh".to_owned(), "-e".to_owned(), "-c".to_owned()]),
+        cmd: (!step.commands.is_empty()).then(|| vec![script(&step.commands)]),
         workdir: Some(plan.workdir.clone()),
         network: Some(NetworkAttachment {
             network: plan.network.clone(),

@@ -81,13 +81,14 @@ pub struct ReadySpec {
     pub timeout: Option<SpecDuration>,
 }
 
-/// One step: shell commands run in order in one container.
+/// One step: shell commands run in order in one container, or without `commands` the image's
+/// own entrypoint (a Drone plugin).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub name: Name,
     pub image: String,
-    pub commands: Vec<String>,
+    pub commands: Option<Vec<String>>,
     #[serde(default)]
     pub environment: BTreeMap<VariableName, EnvValue>,
     #[serde(default)]

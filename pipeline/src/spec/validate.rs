@@ -113,10 +113,14 @@ fn check_ready(ready: &ReadySpec, path: Vec<Segment>) -> Result<(), Problem> {
 fn check_step(step: &StepSpec, path: Vec<Segment>) -> Result<(), Problem> {
     check_image(&step.image, &path)?;
     let commands = [path.clone(), vec![key("commands")]].concat();
-    if step.commands.is_empty() {
-        return Err(problem(commands, "expected at least one command"));
+    let written = step.commands.as_deref().unwrap_or_default();
+    if step.commands.is_some() && written.is_empty() {
+        return Err(problem(
+            commands,
+            "expected at least one command (leave `commands` out to run the image's own entrypoint)",
+        ));
     }
-    if let Some(blank) = step.commands.iter().position(|c| c.trim().is_empty()) {
+    if let Some(blank) = written.iter().position(|c| c.trim().is_empty()) {
         return Err(problem(
             [commands, vec![at(blank)]].concat(),
             "expected a command, found an empty string",

@@ -310,3 +310,42 @@ async fn a_staged_container_runs_its_command_only_through_its_gate() {
     engine.remove_container(&opened).await.unwrap();
     assert_eq!(&first.unwrap().unwrap().bytes[..], b"ran\n");
 }
+
+/// A Drone plugin as its image comes: no `commands`, its own entrypoint reading `PLUGIN_*`.
+#[tokio::test]
+async fn a_step_without_commands_runs_its_images_own_entrypoint_with_its_settings() {
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker runs");
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let unique = format!("{}-{}", std::process::id(), line!());
+    let image = format!("slipway/test-plugin:{unique}");
+    let maker = docker(&["create", "slipway/debian:bookworm", "true"]);
+    docker(&[
+        "commit",
+        "--change",
+        r#"ENTRYPOINT ["/bin/sh", "-c", "echo \"plugin: $PLUGIN_CHANNEL to $PLUGIN_WEBHOOK in $PWD\""]"#,
+        &maker,
+        &image,
+    ]);
+    docker(&["rm", &maker]);
+    let yaml = format!(
+        "steps:\n  - name: notify\n    image: {image}\n    settings:\n      channel: builds\n      webhook: {{from_secret: SLACK_TOKEN}}\n"
+    );
+    let secrets = [("SLACK_TOKEN", "xoxb-pl4gin")];
+    let options = Options {
+        secrets: &secrets,
+        ..Default::default()
+    };
+    let run = run_docker(&yaml, options).await;
+    docker(&["rmi", &image]);
+    assert_eq!(run.outcome.status, BuildStatus::Passed, "{:?}", run.outcome);
+    assert_eq!(
+        run.recorder.lines("notify"),
+        ["plugin: builds to **** in /workspace".to_owned()]
+    );
+}
