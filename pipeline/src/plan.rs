@@ -69,6 +69,9 @@ pub struct ServicePlan {
     pub container: String,
     pub image: String,
     pub env: BTreeMap<String, String>,
+    /// Variables whose values are the named secrets, filled in when the service starts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_from_secrets: BTreeMap<String, String>,
     pub ready: Option<ReadinessPlan>,
     #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
     pub pull: PullPolicy,
@@ -169,13 +172,17 @@ pub fn compile(spec: &Spec, build: &BuildInfo) -> Result<Plan, CompileError> {
     let services = spec
         .services
         .iter()
-        .map(|service| ServicePlan {
-            name: service.name.to_string(),
-            container: format!("{prefix}-{}", service.name),
-            image: service.image.clone(),
-            env: environment(&service.environment),
-            ready: service.ready.as_ref().map(readiness),
-            pull: service.pull,
+        .map(|service| {
+            let (env, env_from_secrets) = environment(&service.environment);
+            ServicePlan {
+                name: service.name.to_string(),
+                container: format!("{prefix}-{}", service.name),
+                image: service.image.clone(),
+                env,
+                env_from_secrets,
+                ready: service.ready.as_ref().map(readiness),
+                pull: service.pull,
+            }
         })
         .collect();
     // As in Drone: once any step names its dependencies, the file is a graph and a step
@@ -249,17 +256,7 @@ fn compile_step(
     prefix: &str,
     depends_on: Vec<String>,
 ) -> StepPlan {
-    let mut env = BTreeMap::new();
-    let mut env_from_secrets = BTreeMap::new();
-    for (name, value) in &step.environment {
-        let name = name.as_str().to_owned();
-        match value {
-            EnvValue::Text(text) => env.insert(name, text.0.clone()),
-            EnvValue::FromSecret(secret) => {
-                env_from_secrets.insert(name, secret.as_str().to_owned())
-            }
-        };
-    }
+    let (mut env, mut env_from_secrets) = environment(&step.environment);
     for (name, value) in &step.settings {
         match value {
             SettingValue::Text(text) => env.insert(name.variable(), text.clone()),
@@ -348,12 +345,20 @@ fn readiness(ready: &ReadySpec) -> ReadinessPlan {
     }
 }
 
+/// An `environment` as plain values, and the variables whose values are named secrets.
 fn environment(
-    spec: &BTreeMap<crate::spec::VariableName, crate::spec::ScalarText>,
-) -> BTreeMap<String, String> {
-    spec.iter()
-        .map(|(name, value)| (name.as_str().to_owned(), value.0.clone()))
-        .collect()
+    spec: &BTreeMap<crate::spec::VariableName, EnvValue>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut env = BTreeMap::new();
+    let mut from_secrets = BTreeMap::new();
+    for (name, value) in spec {
+        let name = name.as_str().to_owned();
+        match value {
+            EnvValue::Text(text) => env.insert(name, text.0.clone()),
+            EnvValue::FromSecret(secret) => from_secrets.insert(name, secret.as_str().to_owned()),
+        };
+    }
+    (env, from_secrets)
 }
 
 /// Docker object names allow `[a-zA-Z0-9_.-]`; everything else in a project or id becomes `-`.

@@ -11,6 +11,7 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use super::observer::{LogChunk, StepResult, StepStatus};
+use super::output::SecretMask;
 use super::{Build, Halt};
 use crate::engine::OutputStream;
 use crate::spec::{MigrationsPlan, MIGRATIONS_STEP};
@@ -59,13 +60,20 @@ pub(super) async fn run(build: &Build<'_>, workspace: &Path) -> Result<(), Halt>
     };
     build.observer.step_started(MIGRATIONS_STEP).await;
     let started = Instant::now();
+    // A password from a secret is filled in only now; `check_secrets` saw it supplied.
+    let mut plan = plan.clone();
+    if let Some(name) = &plan.password_secret {
+        plan.password = build.secrets.get(name).cloned().unwrap_or_default();
+    }
     let result = migrator
         .0
-        .migrate(plan, &build.plan.network, workspace)
+        .migrate(&plan, &build.plan.network, workspace)
         .await;
+    // What the applier says never shows a secret, the password included.
+    let mask = |text: String| SecretMask::new(build.secrets).mask_text(&text);
     let (lines, failure) = match result {
-        Ok(lines) => (lines, None),
-        Err((lines, why)) => (lines, Some(why)),
+        Ok(lines) => (lines.into_iter().map(mask).collect::<Vec<_>>(), None),
+        Err((lines, why)) => (lines.into_iter().map(mask).collect(), Some(mask(why))),
     };
     let mut bytes: Vec<u8> = Vec::new();
     for line in lines.iter().chain(failure.iter()) {

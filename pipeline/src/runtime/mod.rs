@@ -217,6 +217,18 @@ async fn execute(
 }
 
 fn check_secrets(build: &Build<'_>) -> Result<(), Halt> {
+    for service in &build.plan.services {
+        if let Some((variable, missing)) = service
+            .env_from_secrets
+            .iter()
+            .find(|(_, name)| !build.secrets.contains_key(*name))
+        {
+            return Err(Halt::Errored(format!(
+                "secret `{missing}` needed by service `{}` (as `{variable}`) was not supplied",
+                service.name
+            )));
+        }
+    }
     for step in build
         .plan
         .steps

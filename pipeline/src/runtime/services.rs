@@ -16,7 +16,7 @@ pub(super) async fn start_and_wait(build: &Build<'_>) -> Result<(), Halt> {
         super::pull::service_image(build, service).await?;
         build
             .engine
-            .start_container(&service_container(build.plan, service))
+            .start_container(&service_container(build.plan, service, build.secrets))
             .await?;
     }
     for service in &build.plan.services {
@@ -25,12 +25,23 @@ pub(super) async fn start_and_wait(build: &Build<'_>) -> Result<(), Halt> {
     Ok(())
 }
 
-/// The container of a service: the image's own entrypoint, reachable as the service's name.
-pub fn service_container(plan: &Plan, service: &ServicePlan) -> ContainerConfig {
+/// The container of a service: the image's own entrypoint, reachable as the service's name,
+/// its variables from secrets filled in from `secrets`.
+pub fn service_container(
+    plan: &Plan,
+    service: &ServicePlan,
+    secrets: &std::collections::HashMap<String, String>,
+) -> ContainerConfig {
+    let mut env = service.env.clone();
+    for (variable, name) in &service.env_from_secrets {
+        if let Some(value) = secrets.get(name) {
+            env.insert(variable.clone(), value.clone());
+        }
+    }
     ContainerConfig {
         name: service.container.clone(),
         image: service.image.clone(),
-        env: service.env.clone(),
+        env,
         entrypoint: None,
         cmd: None,
         workdir: None,

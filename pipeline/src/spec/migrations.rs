@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::locate::Segment;
 use super::validate::Problem;
-use super::{Name, Spec, WorkspacePath};
+use super::{EnvValue, Name, Spec, WorkspacePath};
 
 /// The name of the build step that applies the migrations.
 pub const MIGRATIONS_STEP: &str = "migrations";
@@ -39,6 +39,10 @@ pub struct MigrationsPlan {
     pub database: String,
     pub user: String,
     pub password: String,
+    /// The secret whose value is the password, filled in when the migrations run (the
+    /// service's `POSTGRES_PASSWORD` is `{from_secret: NAME}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
 }
 
 impl MigrationsSpec {
@@ -48,13 +52,23 @@ impl MigrationsSpec {
             .services
             .iter()
             .find(|s| s.name.as_str() == self.service.as_str());
-        let from_service = |variable: &str| {
+        let value_in_service = |variable: &str| {
             service.and_then(|s| {
                 s.environment
                     .iter()
                     .find(|(name, _)| name.as_str() == variable)
-                    .map(|(_, value)| value.0.clone())
+                    .map(|(_, value)| value)
             })
+        };
+        let from_service = |variable: &str| match value_in_service(variable) {
+            Some(EnvValue::Text(text)) => Some(text.0.clone()),
+            _ => None,
+        };
+        let password_secret = match value_in_service("POSTGRES_PASSWORD") {
+            Some(EnvValue::FromSecret(secret)) if self.password.is_none() => {
+                Some(secret.as_str().to_owned())
+            }
+            _ => None,
         };
         let user = self
             .user
@@ -76,6 +90,7 @@ impl MigrationsSpec {
                 .clone()
                 .or_else(|| from_service("POSTGRES_PASSWORD"))
                 .unwrap_or_default(),
+            password_secret,
             user,
         }
     }
@@ -138,6 +153,27 @@ mod tests {
         );
         // POSTGRES_DB defaults to the user, as in the official image.
         assert_eq!((plan.database.as_str(), plan.port), ("app", 5432));
+    }
+
+    #[test]
+    fn a_password_from_a_secret_is_named_in_the_plan_not_copied() {
+        let service = SERVICE.replace(
+            "POSTGRES_PASSWORD: pw",
+            "POSTGRES_PASSWORD: {from_secret: DB_PW}",
+        );
+        let text = format!("{service}migrations: {{dir: m, service: db}}\n{STEP}");
+        let spec = parse(&text).unwrap();
+        let plan = spec.migrations.as_ref().unwrap().plan(&spec, "c-db".into());
+        assert_eq!(plan.password, "");
+        assert_eq!(plan.password_secret.as_deref(), Some("DB_PW"));
+        // A password written in `migrations:` wins over the service's secret.
+        let text = format!("{service}migrations: {{dir: m, service: db, password: given}}\n{STEP}");
+        let spec = parse(&text).unwrap();
+        let plan = spec.migrations.as_ref().unwrap().plan(&spec, "c-db".into());
+        assert_eq!(
+            (plan.password.as_str(), plan.password_secret),
+            ("given", None)
+        );
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub struct ServiceSpec {
     pub name: Name,
     pub image: String,
     #[serde(default)]
-    pub environment: BTreeMap<VariableName, ScalarText>,
+    pub environment: BTreeMap<VariableName, EnvValue>,
     pub ready: Option<ReadySpec>,
     #[serde(default)]
     pub pull: PullPolicy,

@@ -349,3 +349,60 @@ async fn a_step_without_commands_runs_its_images_own_entrypoint_with_its_setting
         ["plugin: builds to **** in /workspace".to_owned()]
     );
 }
+
+/// A service's password from a secret: the step that knows it gets in, a wrong one does not.
+const SERVICE_SECRET: &str = r#"
+services:
+  - name: db
+    image: slipway/postgres:15
+    environment:
+      POSTGRES_PASSWORD: {from_secret: DB_PASSWORD}
+    ready: {command: "pg_isready -h 127.0.0.1 -U postgres", timeout: 60s}
+steps:
+  - name: right
+    image: slipway/postgres:15
+    environment:
+      PGPASSWORD: {from_secret: DB_PASSWORD}
+    commands: ["psql -h db -U postgres -tAc 'select 40 + 2'"]
+  - name: wrong
+    image: slipway/postgres:15
+    environment:
+      PGPASSWORD: not-the-password
+    commands: ["psql -h db -U postgres -tAc 'select 1'"]
+"#;
+
+#[tokio::test]
+async fn a_service_takes_a_variable_from_a_secret() {
+    let secrets = [("DB_PASSWORD", "s3rvice-pw")];
+    let options = Options {
+        secrets: &secrets,
+        ..Default::default()
+    };
+    let run = run_docker(SERVICE_SECRET, options).await;
+    assert_eq!(
+        statuses(&run.outcome),
+        [
+            ("right".to_owned(), StepStatus::Passed),
+            ("wrong".to_owned(), StepStatus::Failed),
+        ],
+        "{:?}",
+        run.outcome
+    );
+    assert!(
+        run.recorder.lines("right").contains(&"42".to_owned()),
+        "{:?}",
+        run.recorder.lines("right")
+    );
+    let wrong = run.recorder.lines("wrong").join("\n");
+    assert!(wrong.contains("password authentication failed"), "{wrong}");
+
+    // Not supplied: the build errors before anything starts, naming service and secret.
+    let run = run_docker(SERVICE_SECRET, Options::default()).await;
+    assert_eq!(run.outcome.status, BuildStatus::Errored);
+    assert_eq!(
+        run.outcome.message.as_deref(),
+        Some(
+            "secret `DB_PASSWORD` needed by service `db` (as `POSTGRES_PASSWORD`) was not supplied"
+        )
+    );
+}
