@@ -431,11 +431,9 @@ fn describe_images(images: &[ReleaseImage]) -> String {
         .iter()
         .map(|image| {
             let mut text = image.kind.clone();
-            for part in [&image.region, &image.id] {
-                if let Some(part) = part {
-                    text.push(' ');
-                    text.push_str(part);
-                }
+            for part in [&image.region, &image.id].into_iter().flatten() {
+                text.push(' ');
+                text.push_str(part);
             }
             text.push(' ');
             text.push_str(&image.status);
