@@ -1,6 +1,7 @@
 //! Blue/green deployments: their records and steps, each environment's live fleet and lock,
 //! and the releases that can be deployed (with a baked image of the environment's kind).
-//! [`PgDeployments`] and [`PgLocks`] are the deployer's [`DeploymentStore`] and [`LockStore`] over these tables.
+//! [`PgDeployments`] and [`PgLocks`] are the deployer's [`DeploymentStore`] and
+//! [`LockStore`] over these tables.
 
 use std::time::Duration;
 
