@@ -517,3 +517,32 @@ fn error(status: StatusCode, message: &str, mut extra: Value) -> Refusal {
 fn store_down(error: crate::store::StoreError) -> Refusal {
     Refusal::Plain(ApiError::from(error))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_without_the_wanted_image_names_each_image_it_has_and_why_it_failed() {
+        let image =
+            |kind: &str, region: Option<&str>, id: Option<&str>, status: &str| ReleaseImage {
+                kind: kind.to_owned(),
+                region: region.map(str::to_owned),
+                id: id.map(str::to_owned),
+                name: None,
+                status: status.to_owned(),
+                reason: (status == "failed").then(|| "packer exited with 1".to_owned()),
+                bake_key: None,
+            };
+        let images = [
+            image("docker", None, Some("sha256:ab12"), "baked"),
+            image("ami", Some("us-east-1"), Some("ami-0abc"), "baked"),
+            image("ami", Some("eu-west-1"), None, "failed"),
+        ];
+        assert_eq!(
+            describe_images(&images),
+            "docker sha256:ab12 baked, ami us-east-1 ami-0abc baked, ami eu-west-1 failed: packer exited with 1"
+        );
+        assert_eq!(describe_images(&[]), "none");
+    }
+}
