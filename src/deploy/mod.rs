@@ -1,7 +1,8 @@
 //! Blue/green deployments in the server: one [`DeployManager`] per server builds each
-//! environment's target, recovers interrupted deployments at start, deploys new baked
-//! releases to each project's first environment by itself, retires warm fleets past their
-//! retention, and runs the promotions and rollbacks the API asks for.
+//! environment's target, recovers interrupted deployments at start, deploys new releases to
+//! each project's first environment by itself (once the image it deploys, the Docker image or
+//! the AMI of its region, is baked), retires warm fleets past their retention, and runs the
+//! promotions and rollbacks the API asks for.
 //!
 //! One operation per environment runs at a time in this process (a busy marker says which
 //! and since when); across servers sharing a database the deployer's lock decides.
@@ -488,7 +489,8 @@ async fn run(
     }
 }
 
-/// Deploys each project's newest baked release to its first environment, once: a release
+/// Deploys each project's newest release baked into the image its first environment deploys
+/// to that environment, once: a release
 /// with any deployment recorded there (failed ones included) is not tried again. A release
 /// whose commit is an ancestor of the live release's commit is not deployed over it; the
 /// refusal is recorded (and shown with the environment), so it is not tried again either.

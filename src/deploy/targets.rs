@@ -1,6 +1,7 @@
 //! Builds each environment's deployment target from its configuration: a docker
 //! environment gets its proxy (serving from now on) and a [`DockerTarget`]; an aws one an
-//! [`AwsTarget`] over the SDK configured for its region and endpoint.
+//! [`AwsTarget`] over the SDK configured for its region and endpoint. Which image of a
+//! release each environment deploys follows from its target.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
