@@ -499,6 +499,7 @@ async fn kill_9_between_launch_and_switch_on_aws_then_restart_leaves_no_orphan_i
     .await;
     drop(first); // kill -9 with v2's group launched (or launching), traffic still on v1
 
+    let restarted = Instant::now();
     let (_second, api) = setup.start();
     let environment = api
         .wait_for(&name, "prod", Duration::from_secs(90), |e| {
@@ -506,6 +507,10 @@ async fn kill_9_between_launch_and_switch_on_aws_then_restart_leaves_no_orphan_i
             ["succeeded", "rolled_back", "failed"].contains(&state) && e["busy"].is_null()
         })
         .await;
+    eprintln!(
+        "after kill -9 the next start finished the deployment in {:.1} s",
+        restarted.elapsed().as_secs_f64()
+    );
     assert_eq!(
         environment["deployments"][0]["state"], "succeeded",
         "{environment:#}"
