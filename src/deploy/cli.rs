@@ -136,6 +136,7 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             text(&environment["name"]),
             text(&environment["target"])
         );
+        show_aws(&environment["aws"]);
         if let Some(operation) = environment["busy"]["operation"].as_str() {
             println!(
                 "  now: {operation} since {}",
@@ -162,6 +163,48 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An aws environment's launch template and each Auto Scaling group, with its launch
+/// template version, AMI and each instance's target health.
+fn show_aws(aws: &Value) {
+    let text = |value: &Value| match value {
+        Value::String(text) => text.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    if let Some(error) = aws["error"].as_str() {
+        println!("  aws: {error}");
+        return;
+    }
+    let Some(fleets) = aws["fleets"].as_array() else {
+        return;
+    };
+    println!(
+        "  launch template {} (default version {})",
+        text(&aws["launch_template_id"]),
+        text(&aws["default_version"])
+    );
+    for fleet in fleets {
+        let role = match fleet["serving"].as_bool() {
+            Some(true) => "serving",
+            _ => "not serving",
+        };
+        println!(
+            "  auto scaling group {} ({}, {role}): launch template version {}, AMI {}",
+            text(&fleet["auto_scaling_group"]),
+            text(&fleet["release"]),
+            text(&fleet["launch_template_version"]),
+            text(&fleet["ami"])
+        );
+        for instance in fleet["instances"].as_array().into_iter().flatten() {
+            println!(
+                "    {} {}",
+                text(&instance["instance"]),
+                text(&instance["detail"])
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Blue/green deployments in the server: one [`DeployManager`] per server builds each
-//! environment's target, recovers interrupted deployments at start, deploys new baked
-//! releases to each project's first environment by itself, retires warm fleets past their
-//! retention, and runs the promotions and rollbacks the API asks for.
+//! environment's target, recovers interrupted deployments at start, deploys new releases to
+//! each project's first environment by itself (once the image it deploys, the Docker image or
+//! the AMI of its region, is baked), retires warm fleets past their retention, and runs the
+//! promotions and rollbacks the API asks for.
 //!
 //! One operation per environment runs at a time in this process (a busy marker says which
 //! and since when); across servers sharing a database the deployer's lock decides.
@@ -16,8 +17,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use slipway_deployer::aws::FleetDescription;
 use slipway_deployer::{
-    DeployError, DeployRequest, Deployer, DeploymentState, FleetRef, InstanceHealth, Target,
+    AwsTarget, DeployError, DeployRequest, Deployer, DeploymentState, FleetRef, InstanceHealth,
+    Target,
 };
 use tokio::sync::{mpsc, OwnedMutexGuard};
 use tokio::task::JoinSet;
@@ -27,7 +30,7 @@ use crate::config::{Config, Environment, Project};
 use crate::docker::DockerClient;
 use crate::mirror::{CommitId, Mirrors};
 use crate::outage::{self, Outage};
-use crate::store::deployments::{DeployableRelease, PgDeployments, PgLocks};
+use crate::store::deployments::{DeployableRelease, ImageWanted, PgDeployments, PgLocks};
 use crate::store::{Store, StoreResult};
 use progress::{Progress, ProgressObserver};
 
@@ -68,7 +71,10 @@ pub struct EnvironmentHandle {
     /// Its place in the project's promotion order; 0 gets new releases.
     pub index: usize,
     pub config: Environment,
+    /// The image of a release this environment deploys.
+    pub wanted: ImageWanted,
     target: Arc<dyn Target>,
+    aws: Option<Arc<AwsTarget>>,
     guard: Arc<tokio::sync::Mutex<()>>,
     busy: Mutex<Option<Busy>>,
 }
@@ -90,6 +96,29 @@ impl EnvironmentHandle {
         let health = self.target.instance_health(&live).await?;
         Ok(Some((live, health)))
     }
+
+    /// On an aws environment, its groups (each with its instances' target health, launch
+    /// template version and AMI) and the launch template's default version, read from AWS.
+    pub async fn aws_fleets(&self) -> anyhow::Result<Option<AwsFleets>> {
+        let (Some(aws), Some(settings)) = (&self.aws, &self.config.aws) else {
+            return Ok(None);
+        };
+        Ok(Some(AwsFleets {
+            launch_template_id: settings.launch_template_id.clone(),
+            default_version: aws.default_template_version().await?,
+            fleets: aws.describe_fleets().await?,
+        }))
+    }
+}
+
+/// What an aws environment runs, as AWS reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AwsFleets {
+    pub launch_template_id: String,
+    /// The launch template's default version (the live release's AMI once a deployment
+    /// updated it).
+    pub default_version: Option<i64>,
+    pub fleets: Vec<FleetDescription>,
 }
 
 /// Marks its environment busy until dropped.
@@ -139,13 +168,15 @@ impl DeployManager {
         let mut environments = Vec::new();
         for project in &config.projects {
             for (index, environment) in project.environments.iter().enumerate() {
-                let target =
+                let built =
                     targets::build(project, environment, server_id, &docker, &mut tasks).await?;
                 environments.push(Arc::new(EnvironmentHandle {
                     project: project.name.clone(),
                     index,
                     config: environment.clone(),
-                    target,
+                    wanted: targets::image_wanted(environment),
+                    target: built.target,
+                    aws: built.aws,
                     guard: Arc::default(),
                     busy: Mutex::default(),
                 }));
@@ -458,7 +489,8 @@ async fn run(
     }
 }
 
-/// Deploys each project's newest baked release to its first environment, once: a release
+/// Deploys each project's newest release baked into the image its first environment deploys
+/// to that environment, once: a release
 /// with any deployment recorded there (failed ones included) is not tried again. A release
 /// whose commit is an ancestor of the live release's commit is not deployed over it; the
 /// refusal is recorded (and shown with the environment), so it is not tried again either.
@@ -475,7 +507,11 @@ async fn auto_deploy(manager: DeployManager) {
             }
             let store = &manager.inner.store;
             match store
-                .undeployed_release(&environment.project, &environment.config.name)
+                .undeployed_release(
+                    &environment.project,
+                    &environment.config.name,
+                    &environment.wanted,
+                )
                 .await
             {
                 Ok(Some(release)) => {

@@ -1,6 +1,7 @@
 //! Builds each environment's deployment target from its configuration: a docker
 //! environment gets its proxy (serving from now on) and a [`DockerTarget`]; an aws one an
-//! [`AwsTarget`] over the SDK configured for its region and endpoint.
+//! [`AwsTarget`] over the SDK configured for its region and endpoint. Which image of a
+//! release each environment deploys follows from its target.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::config::{Environment, Project, TargetKind};
+use crate::store::deployments::ImageWanted;
 
 /// The port a release's app listens on inside its container (given as `PORT`).
 pub const APP_PORT: u16 = 8000;
@@ -27,6 +29,13 @@ pub const SERVER_LABEL: &str = "slipway.deploy-server";
 /// Label naming the project of a deployed container or network.
 pub const PROJECT_LABEL: &str = "slipway.project";
 
+/// An environment's target, and the same target as an [`AwsTarget`] when it is one (for
+/// what only AWS can show: groups, launch template versions, AMIs).
+pub struct BuiltTarget {
+    pub target: Arc<dyn Target>,
+    pub aws: Option<Arc<AwsTarget>>,
+}
+
 /// The target of `environment` of `project`. A docker environment's proxy binds its listen
 /// address now and serves inside `tasks` until they are aborted.
 pub async fn build(
@@ -35,7 +44,7 @@ pub async fn build(
     server_id: Uuid,
     docker: &Docker,
     tasks: &mut JoinSet<()>,
-) -> anyhow::Result<Arc<dyn Target>> {
+) -> anyhow::Result<BuiltTarget> {
     let variables = variables(environment);
     let package = package_of(project);
     let project = project.name.as_str();
@@ -58,7 +67,11 @@ pub async fn build(
                 instance_environment: (!variables.is_empty())
                     .then_some(InstanceEnvironment { package, variables }),
             };
-            Ok(Arc::new(AwsTarget::new(&config, settings)))
+            let aws = Arc::new(AwsTarget::new(&config, settings));
+            Ok(BuiltTarget {
+                target: aws.clone(),
+                aws: Some(aws),
+            })
         }
         _ => {
             let listen = environment.listen.with_context(|| {
@@ -86,8 +99,21 @@ pub async fn build(
             )
             .with_health_path(&environment.health_path)
             .with_variables(variables);
-            Ok(Arc::new(target))
+            Ok(BuiltTarget {
+                target: Arc::new(target),
+                aws: None,
+            })
         }
+    }
+}
+
+/// The image of a release `environment` deploys: the Docker image, or the AMI of its region.
+pub fn image_wanted(environment: &Environment) -> ImageWanted {
+    match (environment.target, &environment.aws) {
+        (TargetKind::Aws, Some(aws)) => ImageWanted::Ami {
+            region: aws.region.clone(),
+        },
+        _ => ImageWanted::Docker,
     }
 }
 

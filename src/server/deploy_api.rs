@@ -28,6 +28,7 @@ use crate::deploy::progress::Progress;
 use crate::deploy::{EnvironmentHandle, Operation};
 use crate::store::audit::NewAuditEvent;
 use crate::store::deployments::DeployableRelease;
+use crate::store::release_images::ReleaseImage;
 
 /// How many past deployments `GET .../environments` shows per environment.
 const HISTORY: i64 = 10;
@@ -78,7 +79,7 @@ async fn promote(
         Some(release) => release,
         None => live_before(&state, &target).await?,
     };
-    let release = deployable(&state, &project, &wanted).await?;
+    let release = deployable(&state, &target, &wanted).await?;
     if !request.allow_older_schema {
         schema_guard(&state, &target, &release, "deploy it").await?;
     }
@@ -94,15 +95,16 @@ async fn rollback(
 ) -> Result<Response, Refusal> {
     let request: RollbackRequest = json_body(body)?;
     let target = find_environment(&state, &project, &environment)?;
-    let release = deployable(&state, &project, &request.to).await?;
+    let release = deployable(&state, &target, &request.to).await?;
     if !request.allow_older_schema {
         schema_guard(&state, &target, &release, "roll back").await?;
     }
     start(&state, &caller, &target, Operation::Rollback(release)).await
 }
 
-/// `GET .../environments`: for each environment, its live release and fleet health, what
-/// runs on it now, its last deployments, and the releases the auto-deploy refused for it.
+/// `GET .../environments`: for each environment, its live release and fleet health (on
+/// aws, also each Auto Scaling group with its instances' target health, launch template
+/// version and AMI), what runs on it now, its last deployments, and the releases the auto-deploy refused for it.
 async fn environments(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -133,6 +135,13 @@ async fn environments(
                 (Value::Null, json!({ "error": message }))
             }
         };
+        let aws = match environment.aws_fleets().await {
+            Ok(fleets) => json!(fleets),
+            Err(error) => {
+                tracing::warn!(%project, environment = %name, error = %format!("{error:#}"), "reading the environment's fleets from AWS failed");
+                json!({ "error": "the environment's fleets could not be read from AWS; the cause is in the server log" })
+            }
+        };
         let deployments = state
             .store
             .deployments(&project, name, HISTORY)
@@ -159,6 +168,7 @@ async fn environments(
             "schema": schema,
             "live": live,
             "health": health,
+            "aws": aws,
             "busy": environment.busy(),
             "lock": lock,
             "deployments": deployments,
@@ -357,28 +367,38 @@ async fn live_before(state: &AppState, environment: &EnvironmentHandle) -> Resul
     })
 }
 
-/// The release named `vN`, if it baked; else a 404 that lists the deployable releases.
+/// The release named `vN`, if it has a baked image of the kind the environment deploys
+/// (its Docker image, or its AMI of the environment's region); else a 404 that names the
+/// release's images, if it exists, and lists the deployable releases.
 async fn deployable(
     state: &AppState,
-    project: &str,
+    environment: &EnvironmentHandle,
     version: &str,
 ) -> Result<DeployableRelease, Refusal> {
+    let project = &environment.project;
+    let wanted = &environment.wanted;
     let number = version
         .strip_prefix('v')
         .and_then(|n| n.parse::<i64>().ok());
+    let mut known = None;
     if let Some(number) = number {
         if let Some(release) = state
             .store
-            .deployable_release(project, number)
+            .deployable_release(project, number, wanted)
             .await
             .map_err(store_down)?
         {
             return Ok(release);
         }
+        known = state
+            .store
+            .release(project, number)
+            .await
+            .map_err(store_down)?;
     }
     let releases = state
         .store
-        .deployable_releases(project)
+        .deployable_releases(project, wanted)
         .await
         .map_err(store_down)?;
     let versions: Vec<&str> = releases.iter().map(|r| r.version.as_str()).collect();
@@ -386,14 +406,45 @@ async fn deployable(
         true => "none yet".to_owned(),
         false => versions.join(", "),
     };
-    let message = format!(
-        "release {version:?} of {project} is unknown or was not baked; deployable releases: {listed}"
-    );
+    let why = match &known {
+        Some(release) => format!(
+            "release {version} of {project} has no {wanted} baked, which {} deploys (its images: {})",
+            environment.config.name,
+            describe_images(&release.images)
+        ),
+        None => format!("release {version:?} of {project} is unknown or was not baked"),
+    };
+    let images = known.map(|release| release.images);
     Err(error(
         StatusCode::NOT_FOUND,
-        &message,
-        json!({ "deployable": versions }),
+        &format!("{why}; deployable releases: {listed}"),
+        json!({ "deployable": versions, "images": images }),
     ))
+}
+
+/// A release's images in a line: each kind, region, status and why it failed.
+fn describe_images(images: &[ReleaseImage]) -> String {
+    if images.is_empty() {
+        return "none".to_owned();
+    }
+    let described: Vec<String> = images
+        .iter()
+        .map(|image| {
+            let mut text = image.kind.clone();
+            for part in [&image.region, &image.id].into_iter().flatten() {
+                text.push(' ');
+                text.push_str(part);
+            }
+            text.push(' ');
+            text.push_str(&image.status);
+            if let Some(reason) = &image.reason {
+                text.push_str(": ");
+                text.push_str(reason);
+            }
+            text
+        })
+        .collect();
+    described.join(", ")
 }
 
 fn find_project<'a>(state: &'a AppState, project: &str) -> Result<&'a Project, Refusal> {
@@ -465,4 +516,33 @@ fn error(status: StatusCode, message: &str, mut extra: Value) -> Refusal {
 
 fn store_down(error: crate::store::StoreError) -> Refusal {
     Refusal::Plain(ApiError::from(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_without_the_wanted_image_names_each_image_it_has_and_why_it_failed() {
+        let image =
+            |kind: &str, region: Option<&str>, id: Option<&str>, status: &str| ReleaseImage {
+                kind: kind.to_owned(),
+                region: region.map(str::to_owned),
+                id: id.map(str::to_owned),
+                name: None,
+                status: status.to_owned(),
+                reason: (status == "failed").then(|| "packer exited with 1".to_owned()),
+                bake_key: None,
+            };
+        let images = [
+            image("docker", None, Some("sha256:ab12"), "baked"),
+            image("ami", Some("us-east-1"), Some("ami-0abc"), "baked"),
+            image("ami", Some("eu-west-1"), None, "failed"),
+        ];
+        assert_eq!(
+            describe_images(&images),
+            "docker sha256:ab12 baked, ami us-east-1 ami-0abc baked, ami eu-west-1 failed: packer exited with 1"
+        );
+        assert_eq!(describe_images(&[]), "none");
+    }
 }

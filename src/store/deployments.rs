@@ -1,6 +1,7 @@
 //! Blue/green deployments: their records and steps, each environment's live fleet and lock,
-//! and the releases that can be deployed (baked, with an image). [`PgDeployments`] and
-//! [`PgLocks`] are the deployer's [`DeploymentStore`] and [`LockStore`] over these tables.
+//! and the releases that can be deployed (with a baked image of the environment's kind).
+//! [`PgDeployments`] and [`PgLocks`] are the deployer's [`DeploymentStore`] and
+//! [`LockStore`] over these tables.
 
 use std::time::Duration;
 
@@ -13,9 +14,11 @@ use slipway_deployer::{
 };
 use tokio_postgres::types::Json;
 
+use super::release_images::{AMI, DOCKER};
 use super::{Store, StoreError, StoreResult};
 
-/// A release that baked into an image, so it can be deployed.
+/// A release with a baked image of the kind an environment needs, so it can be deployed
+/// there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeployableRelease {
     /// `v<number>`.
@@ -45,7 +48,39 @@ pub struct AutoDeploySkip {
 /// How often taking a lock retries when its holder lets go while being read.
 const LOCK_ATTEMPTS: usize = 3;
 
-const DEPLOYABLE: &str = "bake_status = 'baked' AND image IS NOT NULL";
+/// The image of a release an environment deploys: its Docker image on a docker
+/// environment, its AMI of the environment's region on an aws one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageWanted {
+    Docker,
+    Ami { region: String },
+}
+
+impl ImageWanted {
+    /// The `release_images` row's kind and region.
+    fn key(&self) -> (&str, &str) {
+        match self {
+            ImageWanted::Docker => (DOCKER, ""),
+            ImageWanted::Ami { region } => (AMI, region),
+        }
+    }
+}
+
+impl std::fmt::Display for ImageWanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageWanted::Docker => f.write_str("Docker image"),
+            ImageWanted::Ami { region } => write!(f, "AMI in {region}"),
+        }
+    }
+}
+
+/// The releases of `$1` (project) with a baked image of kind `$2` in region `$3`, as
+/// (number, image): the Docker image's name, or the AMI id.
+const DEPLOYABLE: &str = "SELECT r.number, i.image FROM releases r
+    JOIN release_images i ON i.release_id = r.id AND i.kind = $2 AND i.region = $3
+        AND i.status = 'baked' AND i.image IS NOT NULL
+    WHERE r.project = $1";
 
 fn deployable_from_row(row: &tokio_postgres::Row) -> DeployableRelease {
     let number: i64 = row.get(0);
@@ -68,57 +103,65 @@ fn kind_name(kind: DeploymentKind) -> &'static str {
 }
 
 impl Store {
-    /// The project's deployable releases, newest first.
-    pub async fn deployable_releases(&self, project: &str) -> StoreResult<Vec<DeployableRelease>> {
+    /// The project's releases with a baked image of the kind `wanted`, newest first.
+    pub async fn deployable_releases(
+        &self,
+        project: &str,
+        wanted: &ImageWanted,
+    ) -> StoreResult<Vec<DeployableRelease>> {
+        let (kind, region) = wanted.key();
         let rows = self
             .client()
             .await?
             .query(
-                &format!("SELECT number, image FROM releases WHERE project = $1 AND {DEPLOYABLE} ORDER BY number DESC"),
-                &[&project],
+                &format!("{DEPLOYABLE} ORDER BY r.number DESC"),
+                &[&project, &kind, &region],
             )
             .await?;
         Ok(rows.iter().map(deployable_from_row).collect())
     }
 
-    /// Release `number` of the project, if it can be deployed.
+    /// Release `number` of the project, if it has a baked image of the kind `wanted`.
     pub async fn deployable_release(
         &self,
         project: &str,
         number: i64,
+        wanted: &ImageWanted,
     ) -> StoreResult<Option<DeployableRelease>> {
+        let (kind, region) = wanted.key();
         let row = self
             .client()
             .await?
             .query_opt(
-                &format!("SELECT number, image FROM releases WHERE project = $1 AND number = $2 AND {DEPLOYABLE}"),
-                &[&project, &number],
+                &format!("{DEPLOYABLE} AND r.number = $4"),
+                &[&project, &kind, &region, &number],
             )
             .await?;
         Ok(row.as_ref().map(deployable_from_row))
     }
 
-    /// The project's newest deployable release when no deployment of it to `environment`
-    /// was ever recorded: what auto-deploy sends to the first environment.
+    /// The project's newest release with a baked image of the kind `wanted`, when no
+    /// deployment of it to `environment` was ever recorded: what auto-deploy sends to the
+    /// first environment.
     pub async fn undeployed_release(
         &self,
         project: &str,
         environment: &str,
+        wanted: &ImageWanted,
     ) -> StoreResult<Option<DeployableRelease>> {
+        let (kind, region) = wanted.key();
         let row = self
             .client()
             .await?
             .query_opt(
                 &format!(
-                    "SELECT number, image FROM (
-                         SELECT number, image FROM releases WHERE project = $1 AND {DEPLOYABLE}
-                         ORDER BY number DESC LIMIT 1) newest
+                    "SELECT number, image FROM ({DEPLOYABLE} ORDER BY r.number DESC LIMIT 1) newest
                      WHERE NOT EXISTS (SELECT 1 FROM deployments d WHERE d.project = $1
-                         AND d.environment = $2 AND d.release = 'v' || newest.number)
+                         AND d.environment = $4 AND d.release = 'v' || newest.number)
                      AND NOT EXISTS (SELECT 1 FROM auto_deploy_skips s WHERE s.project = $1
-                         AND s.environment = $2 AND s.release = 'v' || newest.number)"
+                         AND s.environment = $4 AND s.release = 'v' || newest.number)"
                 ),
-                &[&project, &environment],
+                &[&project, &kind, &region, &environment],
             )
             .await?;
         Ok(row.as_ref().map(deployable_from_row))

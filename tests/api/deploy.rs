@@ -150,8 +150,11 @@ async fn insert_release(database_url: &str, project: &str, number: i64, image: &
     let image = baked.then_some(image);
     client
         .execute(
-            "INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image)
-             VALUES ($1, $2, $3, $4, 'abc123', 'published', $5, $6)",
+            "WITH r AS (INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image)
+             VALUES ($1, $2, $3, $4, 'abc123', 'published', $5, $6)
+             RETURNING id, bake_status, image)
+             INSERT INTO release_images (release_id, kind, status, image)
+             SELECT id, 'docker', bake_status, image FROM r",
             &[&uuid::Uuid::new_v4(), &project, &number, &build, &bake_status, &image],
         )
         .await
@@ -167,6 +170,23 @@ pub(crate) struct Api {
 }
 
 impl Api {
+    /// A client of the server at `address` (`http://host:port`) with `token`.
+    pub(crate) fn at(address: &str, token: &str) -> Api {
+        Api {
+            address: address.to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     pub(crate) fn of(app: &TestApp) -> Api {
         Api {
             address: app.address.clone(),

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod aws_deploy;
 mod bake;
 mod builds;
 mod cli;

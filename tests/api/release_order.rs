@@ -299,8 +299,11 @@ async fn insert_baked_release(
         .unwrap();
     client
         .execute(
-            "INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image)
-             VALUES ($1, $2, $3, $4, $5, 'published', 'baked', $6)",
+            "WITH r AS (INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image)
+             VALUES ($1, $2, $3, $4, $5, 'published', 'baked', $6)
+             RETURNING id, bake_status, image)
+             INSERT INTO release_images (release_id, kind, status, image)
+             SELECT id, 'docker', bake_status, image FROM r",
             &[&uuid::Uuid::new_v4(), &project, &number, &build, &commit, &image],
         )
         .await

@@ -153,8 +153,11 @@ async fn insert_release(
         .map(|(name, _)| slipway::app_schema::version_of(name).unwrap());
     client
         .execute(
-            "INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image, schema_version)
-             VALUES ($1, $2, $3, $4, 'abc123', 'published', 'baked', $5, $6)",
+            "WITH r AS (INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image, schema_version)
+             VALUES ($1, $2, $3, $4, 'abc123', 'published', 'baked', $5, $6)
+             RETURNING id, bake_status, image)
+             INSERT INTO release_images (release_id, kind, status, image)
+             SELECT id, 'docker', bake_status, image FROM r",
             &[&release, &project, &number, &build, &image, &versions.clone().max()],
         )
         .await

@@ -126,8 +126,11 @@ async fn seed_build_and_release(app: &TestApp, project: &str) {
         .unwrap();
     client
         .execute(
-            "INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image)
-             VALUES ($1, $2, 1, $3, 'abc123', 'published', 'baked', 'slipway-tokens-test/absent:v1')",
+            "WITH r AS (INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image)
+             VALUES ($1, $2, 1, $3, 'abc123', 'published', 'baked', 'slipway-tokens-test/absent:v1')
+             RETURNING id, bake_status, image)
+             INSERT INTO release_images (release_id, kind, status, image)
+             SELECT id, 'docker', bake_status, image FROM r",
             &[&uuid::Uuid::new_v4(), &project, &build],
         )
         .await

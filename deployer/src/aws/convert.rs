@@ -20,6 +20,8 @@ pub struct Group {
     pub fleet: FleetRef,
     pub target_groups: Vec<String>,
     pub instances: Vec<String>,
+    /// The launch template version the group launches from.
+    pub launch_template_version: Option<String>,
 }
 
 /// The tags of every fleet of the environment: ours plus the caller's extras.
@@ -74,6 +76,10 @@ pub fn group_of(
             .iter()
             .filter_map(|instance| instance.instance_id().map(str::to_owned))
             .collect(),
+        launch_template_version: group
+            .launch_template()
+            .and_then(|template| template.version())
+            .map(str::to_owned),
     })
 }
 

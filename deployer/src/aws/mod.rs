@@ -4,6 +4,7 @@
 
 mod calls;
 mod convert;
+mod describe;
 mod user_data;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::DisplayErrorContext;
 use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum};
 
+pub use describe::FleetDescription;
 pub use user_data::InstanceEnvironment;
 
 use crate::error::TargetError;

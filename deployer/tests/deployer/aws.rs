@@ -46,7 +46,7 @@ fn settings(infra: &Infra) -> AwsSettings {
 async fn v1_then_v2_moves_listener_and_template_and_retires_the_old_group() {
     let moto = Moto::start().await;
     let config = moto.config().await;
-    let infra = Infra::create(&config).await;
+    let infra = Infra::named(&config, "hello-prod").await;
     let target = Arc::new(AwsTarget::new(&config, settings(&infra)));
     let elb = aws_sdk_elasticloadbalancingv2::Client::new(&config);
     let ec2 = aws_sdk_ec2::Client::new(&config);
@@ -115,7 +115,7 @@ async fn v1_then_v2_moves_listener_and_template_and_retires_the_old_group() {
 async fn the_launch_template_version_carries_the_environments_configuration_as_user_data() {
     let moto = Moto::start().await;
     let config = moto.config().await;
-    let infra = Infra::create(&config).await;
+    let infra = Infra::named(&config, "hello-prod").await;
     let mut settings = settings(&infra);
     settings.instance_environment = Some(InstanceEnvironment {
         package: "hello".to_owned(),

@@ -1,6 +1,7 @@
 //! A moto server on a free loopback port for one test, killed when dropped, and the AWS
 //! infrastructure an environment needs beforehand (VPC, subnets, AMIs, launch template,
-//! target group pair, load balancer, listener).
+//! target group pair, load balancer, listener). The server's integration tests include this
+//! file too (tests/api/aws_deploy.rs).
 
 use std::time::Duration;
 
@@ -78,7 +79,9 @@ pub struct Infra {
 }
 
 impl Infra {
-    pub async fn create(config: &SdkConfig) -> Infra {
+    /// The infrastructure of one environment, its resources named after `name` (unique
+    /// within the moto server), in a VPC of its own.
+    pub async fn named(config: &SdkConfig, name: &str) -> Infra {
         let ec2 = aws_sdk_ec2::Client::new(config);
         let elb = aws_sdk_elasticloadbalancingv2::Client::new(config);
         let vpc = ec2
@@ -113,11 +116,11 @@ impl Infra {
             .unwrap();
         let instance = instance.instances()[0].instance_id().unwrap().to_owned();
         let mut amis = Vec::new();
-        for name in ["hello-v1", "hello-v2"] {
+        for release in ["v1", "v2"] {
             let image = ec2
                 .create_image()
                 .instance_id(&instance)
-                .name(name)
+                .name(format!("{name}-{release}"))
                 .send()
                 .await;
             amis.push(image.unwrap().image_id().unwrap().to_owned());
@@ -128,7 +131,7 @@ impl Infra {
             .build();
         let template = ec2
             .create_launch_template()
-            .launch_template_name("hello-prod")
+            .launch_template_name(name)
             .launch_template_data(data)
             .send()
             .await
@@ -141,7 +144,7 @@ impl Infra {
             .to_owned();
         let balancer = elb
             .create_load_balancer()
-            .name("hello-prod")
+            .name(name)
             .set_subnets(Some(subnets.clone()))
             .send()
             .await
@@ -151,10 +154,10 @@ impl Infra {
             .unwrap()
             .to_owned();
         let mut target_groups = Vec::new();
-        for name in ["hello-prod-blue", "hello-prod-green"] {
+        for colour in ["blue", "green"] {
             let group = elb
                 .create_target_group()
-                .name(name)
+                .name(format!("{name}-{colour}"))
                 .protocol(ProtocolEnum::Http)
                 .port(80)
                 .vpc_id(&vpc)

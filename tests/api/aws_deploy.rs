@@ -1,0 +1,544 @@
+//! aws environments through the real `slipway` binary and its CLI, against moto on
+//! loopback: a release reaches the first aws environment by itself once its AMI is baked,
+//! `slipway promote` and `slipway rollback` move the listener (a rollback to the warm Auto
+//! Scaling group launches no instance), warm groups are retired after the retention window,
+//! `slipway status` shows the groups; and kill -9 between launch and switch leaves no orphan.
+//!
+//! Releases are seeded into the test's database, their AMIs (made in moto) recorded with
+//! `Store::record_release_image` as the AMI bake records them. The environments carry no
+//! `env`: moto cannot start a group from a launch template version with user data.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use serde_json::{json, Value};
+use slipway::store::release_images::{ImageRecord, AMI};
+use slipway::store::Store;
+use tokio_postgres::NoTls;
+
+use crate::deploy::Api;
+use crate::helpers::{read_token, test_database};
+use crate::server_process::{self, Server};
+
+#[path = "../../deployer/tests/deployer/moto.rs"]
+mod moto;
+
+use moto::{Infra, Moto, REGION};
+
+/// The server's environment: dummy credentials for moto, and no instance metadata lookups.
+const AWS_VARIABLES: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "slipway-test"),
+    ("AWS_SECRET_ACCESS_KEY", "slipway-test"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+/// One test's moto, project and server directory (its slipway.toml, on the test's database).
+struct Setup {
+    moto: Moto,
+    config: SdkConfig,
+    project: String,
+    dir: tempfile::TempDir,
+    database_url: String,
+    /// Instances moto runs before Slipway does anything (those the AMIs were made from).
+    before: BTreeSet<String>,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let moto = Moto::start().await;
+        let config = moto.config().await;
+        let dir = tempfile::tempdir().unwrap();
+        // The embedded cluster's user must reach the data dir, though this one is unused.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Setup {
+            moto,
+            config,
+            project: format!("a{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            dir,
+            database_url: test_database(),
+            before: BTreeSet::new(),
+        }
+    }
+
+    /// Makes each environment's infrastructure in moto and writes the config: every
+    /// environment aws, in this order, with `extra` settings.
+    async fn environments(&mut self, names: &[&str], extra: &str) -> Vec<Infra> {
+        let mut text = format!(
+            "database_url = \"{}\"\n[[projects]]\nname = \"{1}\"\nrepository = \"acme/{1}\"\nclone_url = \"file:///nonexistent\"\n",
+            self.database_url, self.project
+        );
+        let mut infras = Vec::new();
+        for name in names {
+            let infra = Infra::named(&self.config, &format!("{}-{name}", self.project)).await;
+            text.push_str(&format!(
+                "[[projects.environments]]\nname = \"{name}\"\ntarget = \"aws\"\nregion = \"{REGION}\"\nendpoint_url = \"{}\"\nlistener_arn = \"{}\"\ntarget_groups = [\"{}\", \"{}\"]\nlaunch_template_id = \"{}\"\nsubnets = [\"{}\", \"{}\"]\ninstances = 2\nwatch = \"1s\"\n{extra}\n",
+                self.moto.endpoint,
+                infra.listener_arn,
+                infra.target_groups[0],
+                infra.target_groups[1],
+                infra.launch_template_id,
+                infra.subnets[0],
+                infra.subnets[1],
+            ));
+            infras.push(infra);
+        }
+        std::fs::write(self.dir.path().join("slipway.toml"), text).unwrap();
+        self.before = running_instances(&self.config).await;
+        infras
+    }
+
+    fn start(&self) -> (Server, Api) {
+        let server = server_process::start_with_env(self.dir.path(), &AWS_VARIABLES);
+        let token = read_token(&self.dir.path().join(".slipway"));
+        let api = Api::at(&server.address, &token);
+        (server, api)
+    }
+
+    /// Seeds release `number`, published and baked into a Docker image; its id.
+    async fn release(&self, number: i64) -> uuid::Uuid {
+        let (client, connection) = tokio_postgres::connect(&self.database_url, NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let (build, release) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        client
+            .execute(
+                "INSERT INTO builds (id, project, number, branch, commit, event, status)
+                 VALUES ($1, $2, $3, 'main', 'abc123', 'push', 'passed')",
+                &[&build, &self.project, &number],
+            )
+            .await
+            .unwrap();
+        let image = format!("slipway-aws-test/{}:v{number}", self.project);
+        client
+            .execute(
+                "WITH r AS (INSERT INTO releases (id, project, number, build_id, commit, status, bake_status, image)
+                 VALUES ($1, $2, $3, $4, 'abc123', 'published', 'baked', $5) RETURNING id, image)
+                 INSERT INTO release_images (release_id, kind, status, image) SELECT id, 'docker', 'baked', image FROM r",
+                &[&release, &self.project, &number, &build, &image],
+            )
+            .await
+            .unwrap();
+        release
+    }
+
+    /// Records `ami` as the release's AMI in the region, baked.
+    async fn record_ami(&self, release: uuid::Uuid, ami: &str) {
+        let store = Store::connect(&self.database_url).await.unwrap();
+        let record = ImageRecord {
+            kind: AMI,
+            region: REGION,
+            status: "baked",
+            reason: None,
+            bake_key: None,
+            image: Some(ami),
+            image_id: Some(ami),
+        };
+        store.record_release_image(release, &record).await.unwrap();
+        store.close();
+    }
+
+    fn group(&self, environment: &str, release: &str) -> String {
+        format!("{}-{environment}-{release}", self.project)
+    }
+
+    /// Runs a client command of the CLI against `api`'s server; (succeeded, stdout, stderr).
+    async fn cli(&self, api: &Api, args: &[&str]) -> (bool, String, String) {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(args)
+            .args(["--project", &self.project])
+            .env("SLIPWAY_SERVER", api.address())
+            .env("SLIPWAY_TOKEN", api.token())
+            .output()
+            .await
+            .expect("slipway runs");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (
+            output.status.success(),
+            text(&output.stdout),
+            text(&output.stderr),
+        )
+    }
+}
+
+/// What moto holds of an Auto Scaling group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Group {
+    name: String,
+    target_groups: Vec<String>,
+    instances: BTreeSet<String>,
+}
+
+/// The groups whose name starts with `prefix`, by name.
+async fn groups(config: &SdkConfig, prefix: &str) -> Vec<Group> {
+    let autoscaling = aws_sdk_autoscaling::Client::new(config);
+    let described = autoscaling
+        .describe_auto_scaling_groups()
+        .send()
+        .await
+        .unwrap();
+    let mut groups: Vec<Group> = described
+        .auto_scaling_groups()
+        .iter()
+        .filter(|g| {
+            g.auto_scaling_group_name()
+                .unwrap_or("")
+                .starts_with(prefix)
+        })
+        .map(|g| Group {
+            name: g.auto_scaling_group_name().unwrap().to_owned(),
+            target_groups: g.target_group_arns().to_vec(),
+            instances: g
+                .instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_owned))
+                .collect(),
+        })
+        .collect();
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    groups
+}
+
+async fn group_names(config: &SdkConfig, prefix: &str) -> Vec<String> {
+    let groups = groups(config, prefix).await;
+    groups.into_iter().map(|g| g.name).collect()
+}
+
+/// The group named `name`.
+async fn group(config: &SdkConfig, name: &str) -> Group {
+    let groups = groups(config, name).await;
+    groups
+        .into_iter()
+        .find(|g| g.name == name)
+        .unwrap_or_else(|| panic!("moto has no group {name}"))
+}
+
+/// Instances moto runs (pending or running).
+async fn running_instances(config: &SdkConfig) -> BTreeSet<String> {
+    let ec2 = aws_sdk_ec2::Client::new(config);
+    let described = ec2.describe_instances().send().await.unwrap();
+    described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            i.state().and_then(|s| s.name()).is_some_and(|name| {
+                matches!(
+                    name,
+                    aws_sdk_ec2::types::InstanceStateName::Pending
+                        | aws_sdk_ec2::types::InstanceStateName::Running
+                )
+            })
+        })
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect()
+}
+
+/// The target group the listener forwards to.
+async fn forwarded(config: &SdkConfig, infra: &Infra) -> String {
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(config);
+    let listeners = elb
+        .describe_listeners()
+        .listener_arns(&infra.listener_arn)
+        .send()
+        .await
+        .unwrap();
+    let action = &listeners.listeners()[0].default_actions()[0];
+    action.target_group_arn().unwrap().to_owned()
+}
+
+/// The targets registered with a target group.
+async fn registered(config: &SdkConfig, target_group: &str) -> BTreeSet<String> {
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(config);
+    let health = elb
+        .describe_target_health()
+        .target_group_arn(target_group)
+        .send()
+        .await
+        .unwrap();
+    health
+        .target_health_descriptions()
+        .iter()
+        .filter_map(|d| d.target().and_then(|t| t.id()).map(str::to_owned))
+        .collect()
+}
+
+/// The AMI of the launch template's default version.
+async fn default_ami(config: &SdkConfig, infra: &Infra) -> String {
+    let ec2 = aws_sdk_ec2::Client::new(config);
+    let default = ec2
+        .describe_launch_template_versions()
+        .launch_template_id(&infra.launch_template_id)
+        .versions("$Default")
+        .send()
+        .await
+        .unwrap();
+    let data = default.launch_template_versions()[0].launch_template_data();
+    data.unwrap().image_id().unwrap().to_owned()
+}
+
+/// The AMI of each launch template version Slipway made, in version order.
+async fn slipway_versions(config: &SdkConfig, infra: &Infra) -> Vec<String> {
+    let ec2 = aws_sdk_ec2::Client::new(config);
+    let versions = ec2
+        .describe_launch_template_versions()
+        .launch_template_id(&infra.launch_template_id)
+        .send()
+        .await
+        .unwrap();
+    let mut made: Vec<(i64, String)> = versions
+        .launch_template_versions()
+        .iter()
+        .filter(|v| {
+            v.version_description()
+                .unwrap_or("")
+                .starts_with("slipway ")
+        })
+        .map(|v| {
+            let data = v.launch_template_data().unwrap();
+            (
+                v.version_number().unwrap(),
+                data.image_id().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    made.sort();
+    made.into_iter().map(|(_, ami)| ami).collect()
+}
+
+/// Waits until `check` holds, for at most `limit`, looking every half second.
+async fn eventually<F, Fut>(limit: Duration, what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_environments_auto_deploy_promote_roll_back_to_the_warm_group_and_retire() {
+    let mut setup = Setup::new().await;
+    let infras = setup
+        .environments(&["staging", "prod"], "retention = \"20s\"")
+        .await;
+    let (staging, prod) = (&infras[0], &infras[1]);
+    let amis = prod.amis.clone();
+    let config = setup.config.clone();
+    let name = setup.project.clone();
+    let (_server, api) = setup.start();
+
+    // v1 has only a Docker image: nothing an aws environment can run.
+    let v1 = setup.release(1).await;
+    let promote_v1 = format!("/projects/{name}/environments/prod/promote");
+    let (status, body) = api.post(&promote_v1, json!({ "release": "v1" })).await;
+    assert_eq!(status, 404, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("release v1 of")
+            && error.contains("has no AMI in eu-west-1 baked, which prod deploys")
+            && error.contains("its images: docker baked"),
+        "{error}"
+    );
+    assert_eq!(body["images"][0]["kind"], "docker", "{body}");
+    // Three rounds of the auto-deploy later, staging still has nothing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let first = api.environment(&name, "staging").await;
+    assert_eq!(first["deployments"], json!([]), "{first:#}");
+    assert_eq!(group_names(&config, &name).await, Vec::<String>::new());
+
+    // Its AMI baked: the auto-deploy takes v1 to staging, on the idle target group.
+    setup.record_ami(v1, &amis[0]).await;
+    api.wait_live(&name, "staging", "v1").await;
+    let staging_v1 = group(&config, &setup.group("staging", "v1")).await;
+    assert_eq!(staging_v1.instances.len(), 2);
+    assert_eq!(
+        staging_v1.target_groups,
+        [forwarded(&config, staging).await]
+    );
+    assert_eq!(default_ami(&config, staging).await, amis[0]);
+
+    // `slipway promote --env prod` takes what staging runs.
+    let (ok, out, err) = setup.cli(&api, &["promote", "--env", "prod"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("v1 is live in prod"), "{out}");
+    let prod_v1 = group(&config, &setup.group("prod", "v1")).await;
+    assert_eq!(prod_v1.target_groups, [forwarded(&config, prod).await]);
+    assert_eq!(default_ami(&config, prod).await, amis[0]);
+
+    // v2: to staging by itself, then promoted; v1's group stays warm in prod.
+    let v2 = setup.release(2).await;
+    setup.record_ami(v2, &amis[1]).await;
+    api.wait_live(&name, "staging", "v2").await;
+    let (ok, out, err) = setup.cli(&api, &["promote", "--env", "prod"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("v2 is live in prod"), "{out}");
+    let prod_v2 = group(&config, &setup.group("prod", "v2")).await;
+    assert_eq!(prod_v2.target_groups, [forwarded(&config, prod).await]);
+    assert_ne!(prod_v2.target_groups, prod_v1.target_groups);
+    assert_eq!(default_ami(&config, prod).await, amis[1]);
+    assert_eq!(
+        group_names(&config, &format!("{name}-prod")).await,
+        [setup.group("prod", "v1"), setup.group("prod", "v2")]
+    );
+
+    // Rollback: the listener back to v1's warm group, and not one instance launched.
+    let instances = running_instances(&config).await;
+    let started = Instant::now();
+    let (ok, out, err) = setup
+        .cli(&api, &["rollback", "--env", "prod", "--to", "v1"])
+        .await;
+    assert!(ok, "{out}\n{err}");
+    let rollback_seconds = started.elapsed().as_secs_f64();
+    assert!(out.contains("v1 is live in prod"), "{out}");
+    assert_eq!(forwarded(&config, prod).await, prod_v1.target_groups[0]);
+    assert_eq!(running_instances(&config).await, instances);
+    assert_eq!(
+        group(&config, &setup.group("prod", "v1")).await.instances,
+        prod_v1.instances
+    );
+    assert_eq!(default_ami(&config, prod).await, amis[0]);
+    let environment = api.environment(&name, "prod").await;
+    assert_eq!(
+        environment["deployments"][0]["kind"], "switch_back",
+        "{environment:#}"
+    );
+    eprintln!("rollback to the warm group through the CLI took {rollback_seconds:.1} s");
+
+    // The status and the API show the groups, their instances' target health, the launch
+    // template version and the AMI.
+    let aws = &environment["aws"];
+    assert_eq!(aws["launch_template_id"], prod.launch_template_id.as_str());
+    let serving = &aws["fleets"][0];
+    assert_eq!(serving["auto_scaling_group"], setup.group("prod", "v1"));
+    assert_eq!(serving["serving"], true, "{aws:#}");
+    assert_eq!(serving["ami"], amis[0].as_str());
+    assert!(serving["launch_template_version"].is_string(), "{aws:#}");
+    let checks = serving["instances"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{aws:#}");
+    assert!(checks.iter().all(|c| c["state"] == "healthy"), "{aws:#}");
+    assert_eq!(aws["fleets"][1]["release"], "v2", "{aws:#}");
+    assert_eq!(aws["fleets"][1]["serving"], false, "{aws:#}");
+    let (ok, out, err) = setup.cli(&api, &["status"]).await;
+    assert!(ok, "{out}\n{err}");
+    let v1_group = setup.group("prod", "v1");
+    assert!(
+        out.contains(&format!(
+            "auto scaling group {v1_group} (v1, serving): launch template version {}, AMI {}",
+            serving["launch_template_version"].as_str().unwrap(),
+            amis[0]
+        )),
+        "{out}"
+    );
+    for instance in &prod_v1.instances {
+        assert!(out.contains(&format!("    {instance} healthy")), "{out}");
+    }
+    assert!(
+        out.contains(&format!("launch template {}", prod.launch_template_id)),
+        "{out}"
+    );
+
+    // After the retention window the warm groups are retired: only the live ones remain,
+    // and nothing runs or is registered that they do not account for.
+    let live = [setup.group("prod", "v1"), setup.group("staging", "v2")];
+    eventually(
+        Duration::from_secs(60),
+        "the warm groups retire",
+        || async { group_names(&config, &name).await == live },
+    )
+    .await;
+    let mut accounted = setup.before.clone();
+    for infra in [staging, prod] {
+        let mut serving = BTreeSet::new();
+        for group in groups(&config, &name).await {
+            if group
+                .target_groups
+                .contains(&forwarded(&config, infra).await)
+            {
+                serving = group.instances.clone();
+            }
+        }
+        accounted.extend(serving.iter().cloned());
+        let live_group = forwarded(&config, infra).await;
+        assert_eq!(registered(&config, &live_group).await, serving);
+        let idle = infra.target_groups.iter().find(|t| **t != live_group);
+        assert_eq!(registered(&config, idle.unwrap()).await, BTreeSet::new());
+    }
+    assert_eq!(running_instances(&config).await, accounted);
+    // One launch template version per AMI: the rollback reused v1's.
+    assert_eq!(slipway_versions(&config, prod).await, amis);
+    assert_eq!(slipway_versions(&config, staging).await, amis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_launch_and_switch_on_aws_then_restart_leaves_no_orphan_in_moto() {
+    let mut setup = Setup::new().await;
+    let infras = setup.environments(&["prod"], "retention = \"0s\"").await;
+    let prod = &infras[0];
+    let amis = prod.amis.clone();
+    let config = setup.config.clone();
+    let name = setup.project.clone();
+
+    let (first, api) = setup.start();
+    let v1 = setup.release(1).await;
+    setup.record_ami(v1, &amis[0]).await;
+    api.wait_live(&name, "prod", "v1").await;
+    let v2 = setup.release(2).await;
+    setup.record_ami(v2, &amis[1]).await;
+    api.wait_for(&name, "prod", Duration::from_secs(30), |e| {
+        e["deployments"][0]["release"] == "v2"
+            && ["launching", "waiting_healthy"]
+                .contains(&e["deployments"][0]["state"].as_str().unwrap_or(""))
+    })
+    .await;
+    drop(first); // kill -9 with v2's group launched (or launching), traffic still on v1
+
+    let restarted = Instant::now();
+    let (_second, api) = setup.start();
+    let environment = api
+        .wait_for(&name, "prod", Duration::from_secs(90), |e| {
+            let state = e["deployments"][0]["state"].as_str().unwrap_or("");
+            ["succeeded", "rolled_back", "failed"].contains(&state) && e["busy"].is_null()
+        })
+        .await;
+    eprintln!(
+        "after kill -9 the next start finished the deployment in {:.1} s",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        environment["deployments"][0]["state"], "succeeded",
+        "{environment:#}"
+    );
+    assert_eq!(environment["live"]["release"], "v2", "{environment:#}");
+    assert_eq!(environment["live"]["image"], amis[1].as_str());
+
+    // Only v2's group, serving; its instances the only ones Slipway runs and registers.
+    let v2_group = setup.group("prod", "v2");
+    eventually(Duration::from_secs(30), "v1's group retires", || async {
+        group_names(&config, &name).await == [v2_group.clone()]
+    })
+    .await;
+    let live = group(&config, &v2_group).await;
+    assert_eq!(live.instances.len(), 2);
+    assert_eq!(live.target_groups, [forwarded(&config, prod).await]);
+    assert_eq!(
+        registered(&config, &live.target_groups[0]).await,
+        live.instances
+    );
+    let idle = prod
+        .target_groups
+        .iter()
+        .find(|t| **t != live.target_groups[0]);
+    assert_eq!(registered(&config, idle.unwrap()).await, BTreeSet::new());
+    let mut accounted = setup.before.clone();
+    accounted.extend(live.instances.iter().cloned());
+    assert_eq!(running_instances(&config).await, accounted);
+    assert_eq!(default_ami(&config, prod).await, amis[1]);
+    assert_eq!(slipway_versions(&config, prod).await, amis);
+}
