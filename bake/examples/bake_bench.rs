@@ -3,6 +3,8 @@
 //!
 //! Usage: `bake_bench [extra Debian dependencies of the app...]`. The previous release (v1) is
 //! baked first, untimed; then v2 is baked both ways, each into its own tag, and timed.
+//! With `BAKE_BENCH_LOG=1`, every line of every bake is printed with the seconds since its start
+//! (where a bake's time goes).
 
 #[path = "../tests/packer_support/mod.rs"]
 mod packer_support;
@@ -46,6 +48,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ratio full/incremental: {:.2}",
         full_time.as_secs_f64() / incremental_time.as_secs_f64()
     );
+    // Ansible's and Packer's costs grow with the machine's load: the figures need it beside them.
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        let averages: Vec<&str> = load.split_whitespace().take(3).collect();
+        println!("load average (1, 5, 15 min): {}", averages.join(" "));
+    }
     Ok(())
 }
 
@@ -63,16 +70,24 @@ async fn timed_bake(
     what: &str,
 ) -> Result<(Duration, String), Box<dyn std::error::Error>> {
     eprintln!("bake_bench: {what}");
-    let mut log = Vec::new();
-    let mut observer = |line: &str| log.push(line.to_string());
+    let print_lines = std::env::var_os("BAKE_BENCH_LOG").is_some();
     let started = Instant::now();
+    let mut log = Vec::new();
+    let mut observer = |line: &str| {
+        if print_lines {
+            eprintln!("{:>6.2} {line}", started.elapsed().as_secs_f64());
+        }
+        log.push(line.to_string());
+    };
     let docker = local_docker().await;
     let result = bake(request, &docker, &mut observer, &CancellationToken::new()).await;
     let elapsed = started.elapsed();
     match result {
         Ok(artifact) => Ok((elapsed, artifact.name)),
         Err(error) => {
-            eprintln!("{}", log.join("\n"));
+            if !print_lines {
+                eprintln!("{}", log.join("\n"));
+            }
             Err(error.into())
         }
     }

@@ -1,5 +1,6 @@
 //! Real bakes with Packer, Ansible and dockerd: a release becomes a runnable image, a failed or
-//! cancelled bake leaves nothing behind, and an incremental bake builds on the previous image.
+//! cancelled bake leaves nothing behind, and an incremental bake builds on the previous image,
+//! fetching the distribution's package lists only when the release needs a package it lacks.
 
 mod packer_support;
 
@@ -90,6 +91,52 @@ async fn a_release_bakes_into_an_image_that_runs_it_and_the_next_bakes_increment
         ok && labels.contains(r#""slipway.release":"v2""#),
         "{labels}"
     );
+    // v1's image trusts the repository already and holds v2's dependencies: only Slipway's
+    // lists are fetched, not the distribution's.
+    assert_eq!(task_outcome(&log, ONLY_SLIPWAYS_LISTS), "changed", "{log}");
+    assert_eq!(task_outcome(&log, ALL_LISTS), "skipping", "{log}");
+
+    // v3 needs a Debian package the image lacks: every list is fetched, and it is installed.
+    fixture.publish_depending("1.2.0", &["tree"]);
+    let third = fixture.request(3, "1.2.0", &v2.name, port);
+    let (result, log) = bake_logged(&third, &cancel, |_| {}).await;
+    let v3 = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(task_outcome(&log, ALL_LISTS), "changed", "{log}");
+    assert_eq!(fixture.run_and_ask(&v3.name, port), "bakeapp 1.2.0\n");
+    assert_eq!(installed_version(&v3.name), "1.2.0");
+    let (ok, output) = docker(&["run", "--rm", "--entrypoint", "tree", &v3.name, "--version"]);
+    assert!(ok, "tree in {}: {output}", v3.name);
+    // Both kinds of bake leave no package lists in the image.
+    let (ok, lists) = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        &v3.name,
+        "-c",
+        "ls -A /var/lib/apt/lists | grep -v -x -e lock -e partial | sed 's/^/list: /'",
+    ]);
+    // Each file is prefixed: a warning of docker's on stderr is no leftover list.
+    assert!(ok && !lists.contains("list: "), "lists left in v3: {lists}");
+}
+
+const ONLY_SLIPWAYS_LISTS: &str =
+    "TASK [slipway : Update only Slipway's package lists, if the installed packages satisfy the release]";
+const ALL_LISTS: &str = "TASK [slipway : Update the package lists]";
+
+/// What Ansible said of `task` (`ok`, `changed`, `skipping`, `fatal`), from the line after it.
+fn task_outcome<'a>(log: &'a str, task: &str) -> &'a str {
+    let after = log
+        .split_once(task)
+        .unwrap_or_else(|| panic!("no `{task}` in the log"))
+        .1;
+    after
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("docker:"))
+        .filter_map(|line| line.trim().split_once(": ["))
+        .map(|(outcome, _)| outcome)
+        .next()
+        .unwrap_or_else(|| panic!("no outcome after `{task}`"))
 }
 
 #[tokio::test]
