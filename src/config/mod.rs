@@ -68,6 +68,8 @@ pub struct RawConfig {
     pub packer: Option<PathBuf>,
     /// How many builds run at once.
     pub max_concurrent_builds: Option<usize>,
+    /// How many release images are baked at once.
+    pub max_concurrent_bakes: Option<usize>,
     /// Per-step cap on stored log bytes; output past it is cut, and the log says so.
     pub step_log_limit_bytes: Option<u64>,
     /// Largest webhook body accepted, in bytes.
@@ -188,6 +190,7 @@ pub struct Config {
     pub docker_host: String,
     pub packer: PathBuf,
     pub max_concurrent_builds: usize,
+    pub max_concurrent_bakes: usize,
     pub step_log_limit_bytes: u64,
     pub webhook_max_body_bytes: usize,
     pub bake_log_limit_bytes: u64,
@@ -356,6 +359,13 @@ pub fn resolve(
             "expected a number of at least 1, got 0".into(),
         ));
     }
+    let max_concurrent_bakes = raw.max_concurrent_bakes.unwrap_or(1);
+    if max_concurrent_bakes == 0 {
+        return Err(invalid(
+            "max_concurrent_bakes",
+            "expected a number of at least 1, got 0".into(),
+        ));
+    }
 
     let mut names = HashSet::new();
     let mut projects = Vec::new();
@@ -388,6 +398,7 @@ pub fn resolve(
         docker_host,
         packer,
         max_concurrent_builds,
+        max_concurrent_bakes,
         step_log_limit_bytes: raw.step_log_limit_bytes.unwrap_or(4 * 1024 * 1024),
         webhook_max_body_bytes: raw.webhook_max_body_bytes.unwrap_or(1024 * 1024),
         bake_log_limit_bytes: raw
