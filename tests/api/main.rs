@@ -4,6 +4,7 @@
 mod helpers;
 
 mod bake;
+mod bake_stage;
 mod builds;
 mod cli;
 mod dependencies;
