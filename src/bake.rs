@@ -108,6 +108,9 @@ impl Baker {
         docker: DockerClient,
         packer: PathBuf,
     ) -> Baker {
+        // Packer and Ansible resolve relative paths from elsewhere (Ansible from the role), and
+        // the default data dir (`.slipway`) is relative.
+        let data_dir = &std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         let share_dir = std::env::var_os(SHARE_DIR_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));

@@ -189,3 +189,29 @@ impl BakeQueue {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, resolve, Overrides};
+
+    fn project(environments: &str) -> Project {
+        let text = format!("[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\n{environments}");
+        let raw = parse(&text, "t").unwrap();
+        let mut config = resolve(raw, "t", &Overrides::default(), &|_| None).unwrap();
+        config.projects.remove(0)
+    }
+
+    #[test]
+    fn a_docker_image_is_baked_when_the_project_has_a_docker_environment_or_none() {
+        assert_eq!(images_for(&project("")), [ImageSlot::docker()]);
+        let dev = "[[projects.environments]]\nname = \"dev\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:1\"\n";
+        assert_eq!(images_for(&project(dev)), [ImageSlot::docker()]);
+        let prod = "[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\nlistener_arn = \"arn:l\"\ntarget_groups = [\"arn:b\", \"arn:g\"]\nlaunch_template_id = \"lt-1\"\nsubnets = [\"subnet-1\"]\n";
+        assert_eq!(images_for(&project(prod)), []);
+        assert_eq!(
+            images_for(&project(&format!("{dev}{prod}"))),
+            [ImageSlot::docker()]
+        );
+    }
+}

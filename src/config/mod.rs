@@ -750,6 +750,20 @@ mod tests {
     }
 
     #[test]
+    fn one_bake_at_a_time_unless_the_config_says_otherwise_and_never_none() {
+        assert_eq!(load("").unwrap().max_concurrent_bakes, 1);
+        assert_eq!(
+            load("max_concurrent_bakes = 3\n")
+                .unwrap()
+                .max_concurrent_bakes,
+            3
+        );
+        let err = load("max_concurrent_bakes = 0\n").unwrap_err().to_string();
+        assert!(err.contains("max_concurrent_bakes"), "{err}");
+        assert!(err.contains("at least 1"), "{err}");
+    }
+
+    #[test]
     fn no_file_gives_the_documented_defaults() {
         let config = load("").unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);

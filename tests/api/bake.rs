@@ -15,8 +15,8 @@ use crate::helpers::TestApp;
 
 pub const BUILD_AND_BAKE: Duration = Duration::from_secs(900);
 
-/// Removes, on drop (panics included), the images the test's releases were baked into and the
-/// containers it ran from them.
+/// Removes, on drop (panics included), the images the test's releases were baked into, the
+/// containers it ran from them, and the containers of bakes a failed test left running.
 pub struct Cleanup {
     label: String,
     pub bake_ids: Vec<String>,
@@ -39,6 +39,17 @@ impl Drop for Cleanup {
         }
         // Newest first: an incremental image is the child of the one before.
         for bake_id in self.bake_ids.iter().rev() {
+            // A bake a failed test left running (a server dropped mid-bake).
+            let containers = docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=slipway.bake={bake_id}"),
+            ])
+            .1;
+            for id in containers.split_whitespace() {
+                docker(&["rm", "-f", id]);
+            }
             let images = docker(&[
                 "images",
                 "-q",

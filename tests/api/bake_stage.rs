@@ -106,7 +106,7 @@ async fn a_long_bake_holds_no_build_slot_and_the_next_release_waits_in_the_bake_
     assert_eq!(v2["bake_status"], "queued", "{v2}");
     assert_eq!(
         v2["images"],
-        serde_json::json!([{"kind": "docker", "id": null, "name": null, "status": "queued",
+        serde_json::json!([{"kind": "docker", "id": null, "status": "queued",
             "reason": null, "bake_key": null}]),
         "{v2}"
     );
@@ -270,4 +270,73 @@ async fn a_bake_interrupted_by_kill_9_is_reaped_and_baked_again_by_the_next_star
         "images of the bake"
     );
     drop(second);
+}
+
+/// Seeds release `number` of project hello, published, whose Docker image a server left
+/// `baking` after `attempts` claims; `recipe`: with the command a bake needs.
+async fn seed_interrupted_bake(database_url: &str, number: i64, attempts: i32, recipe: bool) {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let (build, release) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    client
+        .execute(
+            "INSERT INTO builds (id, project, number, branch, commit, event, status)
+             VALUES ($1, 'hello', $2, 'main', 'abc123', 'push', 'passed')",
+            &[&build, &number],
+        )
+        .await
+        .unwrap();
+    let command = recipe.then(|| vec!["/usr/bin/true".to_string()]);
+    client
+        .execute(
+            "INSERT INTO releases (id, project, number, build_id, commit, status, bake_status,
+                 image_command, exposed_ports)
+             VALUES ($1, 'hello', $2, $3, 'abc123', 'published', 'baking', $4, '{8000}')",
+            &[&release, &number, &build, &command],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO release_images (release_id, kind, status, attempts, started_at)
+             VALUES ($1, 'docker', 'baking', $2, now())",
+            &[&release, &attempts],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bake_interrupted_a_second_time_fails_at_the_next_start_and_a_first_runs_again() {
+    let database_url = crate::helpers::test_database();
+    let config = hello_config(Path::new("/nonexistent/hello"));
+    // A first start migrates the database.
+    TestApp::spawn_with_database(&config, database_url.clone())
+        .await
+        .stop()
+        .await;
+    seed_interrupted_bake(&database_url, 1, 2, true).await;
+    seed_interrupted_bake(&database_url, 2, 1, false).await;
+
+    let app = TestApp::spawn_with_database(&config, database_url).await;
+    let v1 = app.release("hello", "v1").await;
+    assert_eq!(v1["bake_status"], "failed", "{v1}");
+    assert_eq!(
+        v1["bake_reason"],
+        "the server stopped while this release was baking, for the second time: not baked again"
+    );
+    assert_eq!(v1["images"][0]["status"], "failed", "{v1}");
+    assert_eq!(v1["images"][0]["reason"], v1["bake_reason"], "{v1}");
+    // Interrupted once, v2 was queued and claimed again: its bake ran (and failed on what the
+    // seed lacks) rather than failing as interrupted.
+    let v2 = app.wait_for_bake("hello", "v2").await;
+    assert_eq!(v2["bake_status"], "failed", "{v2}");
+    let reason = v2["bake_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the release has no recorded bake recipe"),
+        "{reason}"
+    );
+    app.stop().await;
 }
