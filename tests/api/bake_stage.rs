@@ -312,11 +312,11 @@ async fn seed_interrupted_bake(database_url: &str, number: i64, attempts: i32, r
 async fn a_bake_interrupted_a_second_time_fails_at_the_next_start_and_a_first_runs_again() {
     let database_url = crate::helpers::test_database();
     let config = hello_config(Path::new("/nonexistent/hello"));
-    // A first start migrates the database.
-    TestApp::spawn_with_database(&config, database_url.clone())
+    // Connecting migrates the database.
+    slipway::store::Store::connect(&database_url)
         .await
-        .stop()
-        .await;
+        .unwrap()
+        .close();
     seed_interrupted_bake(&database_url, 1, 2, true).await;
     seed_interrupted_bake(&database_url, 2, 1, false).await;
 
