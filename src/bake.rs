@@ -1,7 +1,11 @@
-//! The server's bake service: right after a release is published, [`Baker::bake`] bakes it with
-//! Packer and Ansible (`slipway_bake::packer`, the template's `docker` source) into a local
-//! Docker image, records the image on the release, and streams Packer's output into the
-//! release's bake log (`bake_log_lines`, written in batches).
+//! The server's bake service: a release's bake is its own stage. A build ends when its package
+//! is published; it then queues the release's images ([`images_for`]: the Docker image when the
+//! project has a docker environment or none) with what their bakes need from the checkout
+//! ([`bake_recipe`]), and the [`BakeQueue`] bakes them apart from any build, at most
+//! `max_concurrent_bakes` at once. [`Baker::bake_claimed`] bakes one with Packer and Ansible
+//! (`slipway_bake::packer`, the template's `docker` source) into a local Docker image, records
+//! the image on the release, and streams Packer's output into the image's bake log
+//! (`bake_log_lines`, written in batches).
 //!
 //! - Image: `slipway/<package>-<first 8 hex of the server id>:v<N>`. One dockerd may serve
 //!   several Slipway servers (the demo, test runs), and Packer force-tags, so names are per server.
@@ -15,8 +19,11 @@
 //!   the app listens on `PORT` (the deployer sets it), and the image exposes 8000.
 //! - The bake key covers everything that shapes the image; a release whose key equals a baked
 //!   release's reuses that image instead of baking again, unless a rebake is asked for
-//!   ([`Baker::rebake`], `POST .../releases/{version}/rebake`): the first bake records the
-//!   image's command and ports on the release, so a rebake needs no checkout.
+//!   (`POST .../releases/{version}/rebake`, queued like any bake). No bake needs the build's
+//!   checkout: the image's command and ports are recorded on the release when it is published,
+//!   and the team's settings are staged from the commit in the project's mirror.
+//! - A bake a server stop or crash interrupted is reaped at the next start and queued again,
+//!   once ([`recover_interrupted_bakes`]); interrupted a second time, it fails with a reason.
 //! - The stored bake log is capped (`bake_log_limit_bytes`, 4 MiB by default): past the cap a
 //!   notice says where it was cut, output is counted but not kept, and a last line says how
 //!   much was left out.
@@ -29,7 +36,10 @@
 //!   `$SLIPWAY_SHARE_DIR/ansible/`; without the variable, from the source tree the binary was
 //!   built from.
 
+mod queue;
 mod team;
+
+pub use queue::{images_for, BakeQueue};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +57,7 @@ use uuid::Uuid;
 use crate::config::Project;
 use crate::docker::DockerClient;
 use crate::mirror::{CommitId, Mirrors};
+use crate::store::release_images::{ClaimedBake, ImageSlot};
 use crate::store::releases::{bake_id, BakeLogLine, BakeRecipe, BakedImage, Release};
 use crate::store::Store;
 
@@ -58,21 +69,12 @@ pub const BASE_IMAGE: &str = "slipway/debian:bookworm";
 pub const APP_PORT: u16 = 8000;
 /// The bake reason of releases that were baking when the server stopped.
 pub const INTERRUPTED_REASON: &str = "the server stopped while this release was baking";
+/// Bakes of one image a server stop may interrupt before it is failed rather than run again.
+const MAX_ATTEMPTS: i32 = 2;
 
 const BAKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Longest Ansible error line kept as a bake reason; the whole line stays in the bake log.
 const REASON_LIMIT: usize = 2000;
-
-/// What the build of a release leaves for its first bake.
-#[derive(Debug, Clone, Copy)]
-pub struct BuiltRelease<'a> {
-    pub project: &'a Project,
-    pub package: &'a PackageSpec,
-    /// `.slipway.yml`'s `bake:` section.
-    pub file_bake: Option<&'a BakeSpec>,
-    /// The checkout of the release's commit.
-    pub workspace: &'a Path,
-}
 
 /// Bakes releases for one server; cheap to clone.
 #[derive(Debug, Clone)]
@@ -91,7 +93,7 @@ pub struct Baker {
     bake_dir: PathBuf,
     /// The bare mirrors of playbook repositories.
     playbook_mirrors: Mirrors,
-    /// The projects' mirrors, for a rebake's checkout of the release's commit.
+    /// The projects' mirrors, for a bake's checkout of the release's commit.
     project_mirrors: Mirrors,
 }
 
@@ -106,6 +108,9 @@ impl Baker {
         docker: DockerClient,
         packer: PathBuf,
     ) -> Baker {
+        // Packer and Ansible resolve relative paths from elsewhere (Ansible from the role), and
+        // the default data dir (`.slipway`) is relative.
+        let data_dir = &std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         let share_dir = std::env::var_os(SHARE_DIR_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
@@ -156,60 +161,6 @@ impl Baker {
         self
     }
 
-    /// Bakes the published `release` from what its `build` left (the checkout, the package and
-    /// the team's bake settings), and records the outcome on the release. Never fails the
-    /// build: errors end up in the release.
-    #[tracing::instrument(skip_all, fields(project = %release.project, release = %release.version))]
-    pub async fn bake(
-        &self,
-        store: &Store,
-        release: &Release,
-        build: &BuiltRelease<'_>,
-        cancel: &CancellationToken,
-    ) {
-        if let Err(e) = self.bake_recorded(store, release, build, cancel).await {
-            tracing::error!(error = format!("{e:#}"), "cannot record a bake");
-        }
-    }
-
-    async fn bake_recorded(
-        &self,
-        store: &Store,
-        release: &Release,
-        build: &BuiltRelease<'_>,
-        cancel: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let BuiltRelease {
-            project,
-            package,
-            file_bake,
-            workspace,
-        } = *build;
-        let command = match start_command(package, workspace) {
-            Ok(command) => command,
-            Err(reason) => {
-                tracing::warn!(%reason, "not baking");
-                store.mark_bake_failed(release.id, &reason).await?;
-                return Ok(());
-            }
-        };
-        let recipe = BakeRecipe {
-            command,
-            exposed_ports: vec![i32::from(APP_PORT)],
-        };
-        let staged = match self.stage(project, file_bake, workspace).await {
-            Ok(staged) => staged,
-            Err(reason) => {
-                let reason = format!("cannot start the bake: {reason}");
-                tracing::warn!(%reason, "bake failed");
-                store.mark_bake_failed(release.id, &reason).await?;
-                return Ok(());
-            }
-        };
-        self.run_bake(store, release, &recipe, false, &staged, cancel)
-            .await
-    }
-
     /// The team's bake settings (the server's, then `.slipway.yml`'s) staged from `checkout`.
     async fn stage(
         &self,
@@ -230,7 +181,7 @@ impl Baker {
         Ok(staged)
     }
 
-    /// Stages a rebake's team settings from the release's commit, checked out anew from the
+    /// Stages a bake's team settings from the release's commit, checked out anew from the
     /// project's mirror (the build's checkout is gone).
     async fn stage_from_commit(
         &self,
@@ -264,16 +215,16 @@ impl Baker {
         Ok(staged)
     }
 
-    /// Bakes `release` again from what its first bake recorded (no checkout needed), even when
-    /// a baked release has an equal bake key, and records the new image in place of the old.
-    /// The caller has claimed the rebake ([`Store::claim_rebake`]), so the release is `baking`.
-    /// Never fails: errors end up in the release.
+    /// Bakes the release's Docker image `bake` claimed from the queue (so the release is
+    /// `baking`), from what its publication recorded and its commit in the project's mirror:
+    /// no checkout of the build is needed. Never fails: errors end up in the release.
     #[tracing::instrument(skip_all, fields(project = %release.project, release = %release.version))]
-    pub async fn rebake(
+    pub async fn bake_claimed(
         &self,
         store: &Store,
         release: &Release,
         project: &Project,
+        bake: &ClaimedBake,
         cancel: &CancellationToken,
     ) {
         let result = match (&release.image_command, &release.exposed_ports) {
@@ -284,7 +235,7 @@ impl Baker {
                 };
                 match self.stage_from_commit(project, release).await {
                     Ok(staged) => {
-                        self.run_bake(store, release, &recipe, true, &staged, cancel)
+                        self.run_bake(store, release, &recipe, bake, &staged, cancel)
                             .await
                     }
                     Err(e) => Err(e.context("cannot stage the team's bake settings")),
@@ -293,22 +244,22 @@ impl Baker {
             _ => Err(anyhow::anyhow!("the release has no recorded bake recipe")),
         };
         if let Err(e) = result {
-            tracing::error!(error = format!("{e:#}"), "rebake failed");
-            let reason = format!("the rebake could not run: {e:#}");
+            tracing::error!(error = format!("{e:#}"), "bake failed");
+            let reason = format!("the bake could not run: {e:#}");
             if let Err(e) = store.mark_bake_failed(release.id, &reason).await {
-                tracing::error!(error = %e, "cannot record a failed rebake");
+                tracing::error!(error = %e, "cannot record a failed bake");
             }
         }
     }
 
-    /// Bakes `release` with `recipe`. A first bake records the recipe and reuses an image with
-    /// an equal bake key; a rebake (already marked `baking`) always runs Packer.
+    /// Bakes `release` with `recipe`, reusing an image with an equal bake key unless `bake` is
+    /// a rebake, which always runs Packer.
     async fn run_bake(
         &self,
         store: &Store,
         release: &Release,
         recipe: &BakeRecipe,
-        rebake: bool,
+        bake: &ClaimedBake,
         staged: &team::Staged,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
@@ -367,12 +318,19 @@ impl Baker {
                 return Ok(());
             }
         };
-        if rebake {
-            store.set_bake_key(release.id, &key).await?;
-        } else {
-            store.mark_bake_started(release.id, &key, recipe).await?;
+        let rebake = bake.rebake;
+        store.set_bake_key(release.id, &key).await?;
+        let mut log = BakeLog::start(
+            store.clone(),
+            release.id,
+            bake.slot.clone(),
+            self.log_limit_bytes,
+        );
+        if bake.attempts > 1 {
+            log.line(
+                "==> slipway: baking again: the server stopped during this image's previous bake",
+            );
         }
-        let mut log = BakeLog::start(store.clone(), release.id, self.log_limit_bytes);
         if rebake {
             log.line("==> slipway: rebake requested: baking again even if an image with this bake key exists");
         }
@@ -528,19 +486,35 @@ impl Baker {
 }
 
 /// On server start: removes what bakes interrupted by a stop or crash left (by bake id, the
-/// release id), and marks those releases' bakes failed.
-pub async fn reap_interrupted_bakes(store: &Store, docker: &DockerClient) -> anyhow::Result<()> {
-    for release in store.releases_baking().await? {
-        let id = bake_id(release.id);
+/// release id), then queues each of them again, first in line, unless it was already a re-run:
+/// that one fails with [`INTERRUPTED_REASON`].
+pub async fn recover_interrupted_bakes(store: &Store, docker: &DockerClient) -> anyhow::Result<()> {
+    for bake in store.images_baking().await? {
+        let id = bake_id(bake.release);
         if let Err(e) = slipway_bake::reap_bake(&docker.client(), &id).await {
             tracing::error!(error = %e, bake = %id, "cannot remove what an interrupted bake left; remove it by label");
         }
+        if bake.attempts < MAX_ATTEMPTS {
+            store.requeue_bake(&bake, false).await?;
+            tracing::warn!(bake = %id, image = %bake.slot, "queued again a bake interrupted by a server stop");
+            continue;
+        }
+        let reason = format!("{INTERRUPTED_REASON}, for the second time: not baked again");
         store
-            .mark_bake_failed(release.id, INTERRUPTED_REASON)
+            .mark_image_failed(bake.release, &bake.slot, &reason)
             .await?;
-        tracing::warn!(project = %release.project, release = %release.version, "marked a bake interrupted by a server stop as failed");
+        tracing::warn!(bake = %id, image = %bake.slot, "marked a bake interrupted twice by a server stop as failed");
     }
     Ok(())
+}
+
+/// What the Docker image's bake needs from the checkout, read when the release is published:
+/// the image's `CMD` and the port it declares. `Err`: why the release cannot be baked.
+pub fn bake_recipe(package: &PackageSpec, workspace: &Path) -> Result<BakeRecipe, String> {
+    Ok(BakeRecipe {
+        command: start_command(package, workspace)?,
+        exposed_ports: vec![i32::from(APP_PORT)],
+    })
 }
 
 /// The image's `CMD`: the `ExecStart=` of the package's systemd unit, split on whitespace.
@@ -589,12 +563,12 @@ struct BakeLog {
 }
 
 impl BakeLog {
-    fn start(store: Store, release: Uuid, limit_bytes: u64) -> BakeLog {
+    fn start(store: Store, release: Uuid, slot: ImageSlot, limit_bytes: u64) -> BakeLog {
         let (lines, mut received) = mpsc::unbounded_channel();
         let writer = tokio::spawn(async move {
             let mut batch = Vec::new();
             while received.recv_many(&mut batch, 500).await > 0 {
-                if let Err(e) = store.append_bake_log_lines(release, &batch).await {
+                if let Err(e) = store.append_bake_log_lines(release, &slot, &batch).await {
                     tracing::error!(error = %e, %release, "cannot store bake log lines");
                 }
                 batch.clear();

@@ -191,7 +191,7 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
             ),
             None => ("-".to_string(), "-".to_string()),
         };
-        // The image once baked; while baking or after a failed bake, the bake's status.
+        // The image once baked; while queued, baking or after a failed bake, the bake's status.
         let image = match (release["image"].as_str(), release["bake_status"].as_str()) {
             (Some(image), _) => image.to_string(),
             (None, Some(status)) => format!("({status})"),
@@ -229,6 +229,9 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
         if let Some(reason) = release["reason"].as_str() {
             println!("         {reason}");
         }
+        if let Some(images) = images_line(&release["images"]) {
+            println!("         images: {images}");
+        }
         if let Some(reason) = release["bake_reason"].as_str() {
             println!("         bake: {reason}");
         }
@@ -240,4 +243,23 @@ async fn releases(args: ClientArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A release's images for `slipway releases`, e.g. `docker baked, ami eu-west-1 queued`;
+/// `None` when it has none.
+fn images_line(images: &Value) -> Option<String> {
+    let images = images.as_array().filter(|images| !images.is_empty())?;
+    let described: Vec<String> = images
+        .iter()
+        .map(|image| {
+            let mut words = vec![image["kind"].as_str().unwrap_or("?")];
+            words.extend(image["region"].as_str());
+            words.push(image["status"].as_str().unwrap_or("?"));
+            if image["kind"] != "docker" {
+                words.extend(image["id"].as_str());
+            }
+            words.join(" ")
+        })
+        .collect();
+    Some(described.join(", "))
 }

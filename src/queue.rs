@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::bake::Baker;
+use crate::bake::BakeQueue;
 use crate::config::Config;
 use crate::docker::DockerClient;
 use crate::outage::Outage;
@@ -50,7 +50,7 @@ struct Inner {
     config: Arc<Config>,
     store: Store,
     repository: Repository,
-    baker: Baker,
+    bakes: BakeQueue,
     docker: DockerClient,
     /// The pipeline's engine over `docker`'s client.
     engine: DockerEngine,
@@ -74,7 +74,7 @@ impl BuildQueue {
         config: Arc<Config>,
         store: Store,
         repository: Repository,
-        baker: Baker,
+        bakes: BakeQueue,
         docker: DockerClient,
         server_id: Uuid,
     ) -> anyhow::Result<BuildQueue> {
@@ -93,7 +93,7 @@ impl BuildQueue {
                 config,
                 store,
                 repository,
-                baker,
+                bakes,
                 docker,
                 engine,
                 registries,
@@ -213,7 +213,7 @@ impl BuildQueue {
                             docker: queue.inner.docker.client(),
                             sources: &queue.inner.sources,
                             repository: &queue.inner.repository,
-                            baker: &queue.inner.baker,
+                            bakes: &queue.inner.bakes,
                             server_id: queue.inner.server_id,
                             step_log_limit_bytes: queue.inner.config.step_log_limit_bytes,
                             live: &live,

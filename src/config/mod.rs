@@ -68,6 +68,8 @@ pub struct RawConfig {
     pub packer: Option<PathBuf>,
     /// How many builds run at once.
     pub max_concurrent_builds: Option<usize>,
+    /// How many release images are baked at once.
+    pub max_concurrent_bakes: Option<usize>,
     /// Per-step cap on stored log bytes; output past it is cut, and the log says so.
     pub step_log_limit_bytes: Option<u64>,
     /// Largest webhook body accepted, in bytes.
@@ -188,6 +190,7 @@ pub struct Config {
     pub docker_host: String,
     pub packer: PathBuf,
     pub max_concurrent_builds: usize,
+    pub max_concurrent_bakes: usize,
     pub step_log_limit_bytes: u64,
     pub webhook_max_body_bytes: usize,
     pub bake_log_limit_bytes: u64,
@@ -356,6 +359,13 @@ pub fn resolve(
             "expected a number of at least 1, got 0".into(),
         ));
     }
+    let max_concurrent_bakes = raw.max_concurrent_bakes.unwrap_or(1);
+    if max_concurrent_bakes == 0 {
+        return Err(invalid(
+            "max_concurrent_bakes",
+            "expected a number of at least 1, got 0".into(),
+        ));
+    }
 
     let mut names = HashSet::new();
     let mut projects = Vec::new();
@@ -388,6 +398,7 @@ pub fn resolve(
         docker_host,
         packer,
         max_concurrent_builds,
+        max_concurrent_bakes,
         step_log_limit_bytes: raw.step_log_limit_bytes.unwrap_or(4 * 1024 * 1024),
         webhook_max_body_bytes: raw.webhook_max_body_bytes.unwrap_or(1024 * 1024),
         bake_log_limit_bytes: raw
@@ -736,6 +747,20 @@ mod tests {
         let err = load(text).unwrap_err().to_string();
         assert!(err.contains("unknown field `branch`"), "{err}");
         assert!(err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn one_bake_at_a_time_unless_the_config_says_otherwise_and_never_none() {
+        assert_eq!(load("").unwrap().max_concurrent_bakes, 1);
+        assert_eq!(
+            load("max_concurrent_bakes = 3\n")
+                .unwrap()
+                .max_concurrent_bakes,
+            3
+        );
+        let err = load("max_concurrent_bakes = 0\n").unwrap_err().to_string();
+        assert!(err.contains("max_concurrent_bakes"), "{err}");
+        assert!(err.contains("at least 1"), "{err}");
     }
 
     #[test]

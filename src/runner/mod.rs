@@ -1,7 +1,8 @@
 //! Runs one queued build: checks out the commit into a workspace, compiles its
 //! `.slipway.yml`, runs the plan with `slipway-pipeline` over dockerd, and streams steps and
 //! log lines to the store and to live readers. A passing build on the deploy branch has its
-//! workspace volume exported, and its package is made from what the steps produced.
+//! workspace volume exported, and its package is made from what the steps produced; the build
+//! ends once the package is published and the release's images are queued to bake.
 
 pub mod local;
 mod migrations;
@@ -18,7 +19,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::bake::{Baker, BuiltRelease};
+use crate::bake::BakeQueue;
 use crate::config::Project;
 use crate::mirror::CommitId;
 use crate::queue::LiveEvent;
@@ -47,7 +48,8 @@ pub struct Context<'a> {
     pub docker: bollard::Docker,
     pub sources: &'a Sources,
     pub repository: &'a Repository,
-    pub baker: &'a Baker,
+    /// Where a published release's images are queued to bake.
+    pub bakes: &'a BakeQueue,
     pub server_id: Uuid,
     pub step_log_limit_bytes: u64,
     pub live: &'a broadcast::Sender<LiveEvent>,
@@ -188,9 +190,9 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
             )
             .await
             {
-                // The bake reads the package's systemd unit and the team's playbook from the
-                // commit's checkout, as a rebake does; a failed bake is recorded on the
-                // release and leaves the build passed.
+                // The build ends here: the release's images are queued with what their bakes
+                // need from the checkout, and baked apart from the build (its slot and cancel
+                // are not theirs); a failed bake is recorded on the release.
                 Ok(release) => {
                     if let Err(e) =
                         migrations::record_release(context.store, &plan, &release, workspace.path())
@@ -198,20 +200,10 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
                     {
                         return Outcome::failed(format!("{e:#}"));
                     }
-                    context
-                        .baker
-                        .bake(
-                            context.store,
-                            &release,
-                            &BuiltRelease {
-                                project,
-                                package,
-                                file_bake: spec.bake.as_ref(),
-                                workspace: workspace.path(),
-                            },
-                            context.cancel,
-                        )
-                        .await
+                    let recipe = crate::bake::bake_recipe(package, workspace.path());
+                    if let Err(e) = context.bakes.enqueue(&release, project, recipe).await {
+                        return Outcome::errored(format!("cannot queue the release's bake: {e:#}"));
+                    }
                 }
                 Err(e) => return Outcome::failed(format!("{e:#}")),
             }

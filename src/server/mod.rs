@@ -3,7 +3,8 @@
 //!
 //! [`Application::build`] resolves everything (data dir, database, the one Docker client,
 //! listener); [`Application::run_until`] serves until the given future completes, then shuts down
-//! gracefully: in-flight requests finish, running builds are stopped and torn down, and the
+//! gracefully: in-flight requests finish, running builds and bakes are stopped and torn down
+//! (the bakes queued again for the next start), and the
 //! embedded PostgreSQL (when Slipway started it) is stopped.
 
 mod api;
@@ -25,7 +26,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::services::{ServeDir, ServeFile};
 
-use crate::bake::Baker;
+use crate::bake::{BakeQueue, Baker};
 use crate::config::Config;
 use crate::deploy::DeployManager;
 use crate::docker::DockerClient;
@@ -43,7 +44,8 @@ pub struct AppState {
     pub store: Store,
     pub queue: BuildQueue,
     pub repository: Repository,
-    pub baker: Baker,
+    /// The release images' bake queue (rebakes go through it too).
+    pub bakes: BakeQueue,
     pub deploys: DeployManager,
     /// The one client of dockerd the queue, the deployments and the bakes share.
     pub docker: DockerClient,
@@ -79,15 +81,15 @@ impl Application {
         .with_log_limit(config.bake_log_limit_bytes);
         crate::releases::claim_declared_packages(&store, &config.projects).await?;
         crate::releases::fail_interrupted_releases(&store).await?;
-        crate::bake::reap_interrupted_bakes(&store, &docker).await?;
         baker.remove_scratch_leftovers()?;
         let config = Arc::new(config);
+        let bakes = BakeQueue::start(config.clone(), store.clone(), baker, &docker).await?;
         let deploys = DeployManager::start(&config, store.clone(), server_id, &docker).await?;
         let queue = BuildQueue::start(
             config.clone(),
             store.clone(),
             repository.clone(),
-            baker.clone(),
+            bakes.clone(),
             docker.clone(),
             server_id,
         )
@@ -99,7 +101,7 @@ impl Application {
                 store,
                 queue,
                 repository,
-                baker,
+                bakes,
                 deploys,
                 docker,
             },
@@ -125,6 +127,7 @@ impl Application {
         } = self;
         let queue = state.queue.clone();
         let deploys = state.deploys.clone();
+        let bakes = state.bakes.clone();
         let store = state.store.clone();
         tracing::info!(addr = %listener.local_addr()?, "slipway server listening");
         let served = axum::serve(listener, router(state))
@@ -132,6 +135,7 @@ impl Application {
             .await
             .context("HTTP server failed");
         queue.shutdown().await;
+        bakes.shutdown().await;
         deploys.shutdown();
         store.close();
         if let Some(cluster) = embedded {

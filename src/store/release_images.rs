@@ -88,3 +88,203 @@ impl Store {
         Ok(())
     }
 }
+
+/// One image of a release to bake: its kind and region (`""` for the Docker image).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageSlot {
+    pub kind: String,
+    pub region: String,
+}
+
+impl ImageSlot {
+    /// The release's Docker image.
+    pub fn docker() -> ImageSlot {
+        ImageSlot {
+            kind: DOCKER.to_string(),
+            region: String::new(),
+        }
+    }
+
+    pub fn is_docker(&self) -> bool {
+        self.kind == DOCKER
+    }
+}
+
+impl std::fmt::Display for ImageSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.region.as_str() {
+            "" => f.write_str(&self.kind),
+            region => write!(f, "{} in {region}", self.kind),
+        }
+    }
+}
+
+/// An image's bake the dispatcher claimed (now `baking`), or one a stopped server left `baking`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedBake {
+    pub release: Uuid,
+    pub slot: ImageSlot,
+    /// Bake even if an image with an equal bake key exists.
+    pub rebake: bool,
+    /// The claims since the image was queued, this one included.
+    pub attempts: i32,
+}
+
+fn claimed_from_row(row: &tokio_postgres::Row) -> ClaimedBake {
+    ClaimedBake {
+        release: row.get(0),
+        slot: ImageSlot {
+            kind: row.get(1),
+            region: row.get(2),
+        },
+        rebake: row.get(3),
+        attempts: row.get(4),
+    }
+}
+
+/// The releases table's bake columns follow the Docker image (`$1` the release, `$2` the status,
+/// `$3` the reason), forgetting the image an earlier bake made.
+const RESET_DOCKER_COLUMNS: &str = "UPDATE releases SET bake_status = $2, bake_reason = $3,
+     bake_key = NULL, image = NULL, image_id = NULL, baked_at = NULL WHERE id = $1";
+
+impl Store {
+    /// Queues the bakes of a just published release: one row per image in `slots`, and the
+    /// recipe the Docker image's bake needs, read from the checkout at publish time. Without a
+    /// recipe (`Err`: why) the Docker image fails at once with that reason.
+    pub async fn enqueue_release_images(
+        &self,
+        release: Uuid,
+        slots: &[ImageSlot],
+        recipe: &Result<super::releases::BakeRecipe, String>,
+    ) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if let Ok(recipe) = recipe {
+            tx.execute(
+                "UPDATE releases SET image_command = $2, exposed_ports = $3 WHERE id = $1",
+                &[&release, &recipe.command, &recipe.exposed_ports],
+            )
+            .await?;
+        }
+        for slot in slots {
+            let (status, reason) = match (slot.is_docker(), recipe) {
+                (true, Err(reason)) => ("failed", Some(reason.as_str())),
+                _ => ("queued", None),
+            };
+            tx.execute(
+                "INSERT INTO release_images (release_id, kind, region, status, reason)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (release_id, kind, region) DO UPDATE SET
+                     status = EXCLUDED.status, reason = EXCLUDED.reason, bake_key = NULL,
+                     image = NULL, image_id = NULL, queued_at = now(), started_at = NULL,
+                     baked_at = NULL, attempts = 0, rebake = false",
+                &[&release, &slot.kind, &slot.region, &status, &reason],
+            )
+            .await?;
+            if slot.is_docker() {
+                tx.execute(RESET_DOCKER_COLUMNS, &[&release, &status, &reason])
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims the image queued longest (skipping those another server claims at this moment):
+    /// marks it `baking`, counts the attempt and forgets its earlier log.
+    pub async fn claim_next_bake(&self) -> StoreResult<Option<ClaimedBake>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "UPDATE release_images SET status = 'baking', reason = NULL, started_at = now(),
+                     attempts = attempts + 1
+                 WHERE (release_id, kind, region) = (
+                     SELECT release_id, kind, region FROM release_images WHERE status = 'queued'
+                     ORDER BY queued_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING release_id, kind, region, rebake, attempts",
+                &[],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let claimed = claimed_from_row(&row);
+        tx.execute(
+            "DELETE FROM bake_log_lines WHERE release_id = $1 AND kind = $2 AND region = $3",
+            &[&claimed.release, &claimed.slot.kind, &claimed.slot.region],
+        )
+        .await?;
+        if claimed.slot.is_docker() {
+            tx.execute(
+                "UPDATE releases SET bake_status = 'baking', bake_reason = NULL WHERE id = $1",
+                &[&claimed.release],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(claimed))
+    }
+
+    /// Fails the bake of the release's image `slot` with `reason`.
+    pub async fn mark_image_failed(
+        &self,
+        release: Uuid,
+        slot: &ImageSlot,
+        reason: &str,
+    ) -> StoreResult<()> {
+        if slot.is_docker() {
+            return self.mark_bake_failed(release, reason).await;
+        }
+        let record = ImageRecord {
+            kind: &slot.kind,
+            region: &slot.region,
+            status: "failed",
+            reason: Some(reason),
+            bake_key: None,
+            image: None,
+            image_id: None,
+        };
+        self.record_release_image(release, &record).await
+    }
+
+    /// The images still `baking`: at start, the bakes a stopped or killed server left.
+    pub async fn images_baking(&self) -> StoreResult<Vec<ClaimedBake>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT release_id, kind, region, rebake, attempts FROM release_images
+                 WHERE status = 'baking'",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(claimed_from_row).collect())
+    }
+
+    /// Puts an interrupted bake back in the queue, first in line. `refund`: the interruption
+    /// (a graceful stop) does not count as an attempt.
+    pub async fn requeue_bake(&self, bake: &ClaimedBake, refund: bool) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let refund = i32::from(refund);
+        tx.execute(
+            "UPDATE release_images SET status = 'queued', reason = NULL, started_at = NULL,
+                 image = NULL, image_id = NULL, baked_at = NULL, attempts = attempts - $4,
+                 queued_at = (SELECT coalesce(min(queued_at), now()) FROM release_images
+                              WHERE status = 'queued')
+             WHERE release_id = $1 AND kind = $2 AND region = $3",
+            &[&bake.release, &bake.slot.kind, &bake.slot.region, &refund],
+        )
+        .await?;
+        if bake.slot.is_docker() {
+            tx.execute(
+                RESET_DOCKER_COLUMNS,
+                &[&bake.release, &"queued", &None::<&str>],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::release_images::{images_from_json, ReleaseImage};
+use super::release_images::{images_from_json, ImageSlot, ReleaseImage};
 use super::{next_number, Store, StoreResult};
 
 #[derive(Debug, Clone, Serialize)]
@@ -23,7 +23,8 @@ pub struct Release {
     pub package: Option<PackageRecord>,
     pub created_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,
-    /// `baking`, `baked` or `failed`; `None` until a bake starts.
+    /// The Docker image's bake: `queued`, `baking`, `baked` or `failed`; `None` when the
+    /// release has no Docker image to bake (yet).
     pub bake_status: Option<String>,
     /// The bake's id once one started: what it left carries the Docker label
     /// `slipway.bake=<id>` (containers) or `slipway.baked-by=<id>` (images).
@@ -81,8 +82,9 @@ pub struct BakedImage {
     pub image_id: String,
 }
 
-/// What a bake needs beyond the apt repository (and the release's package name and version),
-/// recorded on the release when its first bake starts so that a rebake needs no checkout.
+/// What a Docker bake needs beyond the apt repository (and the release's package name and
+/// version), read from the checkout and recorded on the release when it is published, so that
+/// no bake needs the build's workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BakeRecipe {
     pub command: Vec<String>,
@@ -118,7 +120,7 @@ const SYNC_DOCKER_IMAGE: &str = "INSERT INTO release_images
     ON CONFLICT (release_id, kind, region) DO UPDATE SET
         status = EXCLUDED.status, reason = EXCLUDED.reason, bake_key = EXCLUDED.bake_key,
         image = EXCLUDED.image, image_id = EXCLUDED.image_id,
-        started_at = coalesce(EXCLUDED.started_at, release_images.started_at),
+        started_at = coalesce(release_images.started_at, EXCLUDED.started_at),
         baked_at = EXCLUDED.baked_at";
 
 /// One line of a release's bake log.
@@ -386,6 +388,19 @@ impl Store {
         Ok(row.as_ref().map(from_row))
     }
 
+    /// The release with id `id`.
+    pub async fn release_by_id(&self, id: Uuid) -> StoreResult<Option<Release>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id WHERE r.id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(row.as_ref().map(from_row))
+    }
+
     /// The image of the newest baked release of `project` numbered below `number`.
     pub async fn previous_baked_image(
         &self,
@@ -430,51 +445,32 @@ impl Store {
         }))
     }
 
-    /// Marks the release as baking with `key` and records `recipe` for rebakes, forgetting any
-    /// earlier bake's outcome and log.
-    pub async fn mark_bake_started(
-        &self,
-        id: Uuid,
-        key: &str,
-        recipe: &BakeRecipe,
-    ) -> StoreResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute("DELETE FROM bake_log_lines WHERE release_id = $1", &[&id])
-            .await?;
-        tx.execute(
-            "UPDATE releases SET bake_status = 'baking', bake_key = $2, bake_reason = NULL,
-             image = NULL, image_id = NULL, baked_at = NULL, image_command = $3, exposed_ports = $4
-             WHERE id = $1",
-            &[&id, &key, &recipe.command, &recipe.exposed_ports],
-        )
-        .await?;
-        tx.execute(SYNC_DOCKER_IMAGE, &[&id]).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Claims a rebake of the release: marks it `baking` and forgets the earlier bake's outcome
-    /// and log, unless it is baking already or has no recorded recipe. Returns the release as
-    /// claimed, or `None` when the claim was refused. One statement, so two claims cannot both win.
+    /// Queues a rebake of the release's Docker image (it bakes even if an image with an equal
+    /// bake key exists), unless it is queued or baking already or has no recorded recipe.
+    /// Returns the release as queued, or `None` when the claim was refused. One statement
+    /// decides, so two claims cannot both win.
     pub async fn claim_rebake(&self, id: Uuid) -> StoreResult<Option<Release>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let claimed = tx
             .execute(
-                "UPDATE releases SET bake_status = 'baking', bake_reason = NULL, image = NULL,
+                "UPDATE releases SET bake_status = 'queued', bake_reason = NULL, image = NULL,
                  image_id = NULL, baked_at = NULL
                  WHERE id = $1 AND status = 'published' AND image_command IS NOT NULL
-                 AND bake_status IS DISTINCT FROM 'baking'",
+                 AND coalesce(bake_status, '') NOT IN ('queued', 'baking')",
                 &[&id],
             )
             .await?;
         if claimed == 0 {
             return Ok(None);
         }
-        tx.execute("DELETE FROM bake_log_lines WHERE release_id = $1", &[&id])
-            .await?;
         tx.execute(SYNC_DOCKER_IMAGE, &[&id]).await?;
+        tx.execute(
+            "UPDATE release_images SET rebake = true, attempts = 0, queued_at = now(),
+             started_at = NULL WHERE release_id = $1 AND kind = 'docker'",
+            &[&id],
+        )
+        .await?;
         let row = tx
             .query_one(
                 &format!("SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id WHERE r.id = $1"),
@@ -485,7 +481,7 @@ impl Store {
         Ok(Some(from_row(&row)))
     }
 
-    /// Records the bake key of a claimed rebake.
+    /// Records the bake key of a claimed bake.
     pub async fn set_bake_key(&self, id: Uuid, key: &str) -> StoreResult<()> {
         self.client()
             .await?
@@ -545,23 +541,12 @@ impl Store {
         Ok(())
     }
 
-    /// Releases still marked `baking`: after a restart, bakes the previous server left.
-    pub async fn releases_baking(&self) -> StoreResult<Vec<Release>> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!("SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id WHERE r.bake_status = 'baking'"),
-                &[],
-            )
-            .await?;
-        Ok(rows.iter().map(from_row).collect())
-    }
-
-    /// Appends bake log lines; `seq` numbers are assigned by the caller, in order.
+    /// Appends lines to the bake log of the release's image `slot`; `seq` numbers are assigned
+    /// by the caller, in order.
     pub async fn append_bake_log_lines(
         &self,
         release: Uuid,
+        slot: &ImageSlot,
         lines: &[BakeLogLine],
     ) -> StoreResult<()> {
         if lines.is_empty() {
@@ -573,22 +558,27 @@ impl Store {
         self.client()
             .await?
             .execute(
-                "INSERT INTO bake_log_lines (release_id, seq, at, line)
-                 SELECT $1, * FROM unnest($2::bigint[], $3::timestamptz[], $4::text[])",
-                &[&release, &seqs, &ats, &texts],
+                "INSERT INTO bake_log_lines (release_id, kind, region, seq, at, line)
+                 SELECT $1, $2, $3, * FROM unnest($4::bigint[], $5::timestamptz[], $6::text[])",
+                &[&release, &slot.kind, &slot.region, &seqs, &ats, &texts],
             )
             .await?;
         Ok(())
     }
 
-    /// A release's bake log, in order.
-    pub async fn bake_log_lines(&self, release: Uuid) -> StoreResult<Vec<BakeLogLine>> {
+    /// The bake log of the release's image `slot`, in order.
+    pub async fn bake_log_lines(
+        &self,
+        release: Uuid,
+        slot: &ImageSlot,
+    ) -> StoreResult<Vec<BakeLogLine>> {
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT seq, at, line FROM bake_log_lines WHERE release_id = $1 ORDER BY seq",
-                &[&release],
+                "SELECT seq, at, line FROM bake_log_lines
+                 WHERE release_id = $1 AND kind = $2 AND region = $3 ORDER BY seq",
+                &[&release, &slot.kind, &slot.region],
             )
             .await?;
         Ok(rows

@@ -164,7 +164,7 @@ async fn a_compiled_binary_is_built_packaged_installed_baked_and_deployed_answer
     let number = project.push(&app, &commit).await;
     let build = project.wait_for_build(&app, number).await;
     eprintln!(
-        "greet: build, package, publish and bake of v1: {:?}",
+        "greet: build, package and publish of v1: {:?}",
         started.elapsed()
     );
     assert_eq!(build["status"], "passed", "{build:#}");
@@ -219,9 +219,11 @@ async fn a_compiled_binary_is_built_packaged_installed_baked_and_deployed_answer
 
     // Baked into an image, and deployed to dev by itself: the running binary answers with
     // its release through the environment's load balancer.
-    let v1 = &app
-        .get_json(&format!("/api/v1/projects/{}/releases", project.name))
-        .await[0];
+    let v1 = app.wait_for_bake(&project.name, "v1").await;
+    eprintln!(
+        "greet: build, package, publish and bake of v1: {:?}",
+        started.elapsed()
+    );
     assert_eq!(v1["bake_status"], "baked", "{v1:#}");
     let deploy_started = Instant::now();
     let dev = project.wait_live(&app, "v1").await;

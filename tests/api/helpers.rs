@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -20,6 +21,9 @@ fn cluster() -> &'static EmbeddedPostgres {
         EmbeddedPostgres::start(&dir).expect("starting the test PostgreSQL cluster")
     })
 }
+
+/// The longest a test waits for a release's bake (queued behind others on a loaded machine).
+pub const BAKE_LIMIT: Duration = Duration::from_secs(900);
 
 pub struct TestApp {
     pub address: String,
@@ -135,6 +139,52 @@ impl TestApp {
             request = request.header("X-Request-UUID", delivery);
         }
         request.send().await.expect("request sent")
+    }
+
+    /// Release `version` of `project` as the API lists it.
+    pub async fn release(&self, project: &str, version: &str) -> Value {
+        let releases = self
+            .get_json(&format!("/api/v1/projects/{project}/releases"))
+            .await;
+        releases
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == version)
+            .unwrap_or_else(|| panic!("no release {version} in {releases}"))
+            .clone()
+    }
+
+    /// Release `version` of `project` once its Docker image's bake (a stage after the build)
+    /// ended: neither queued nor baking.
+    pub async fn wait_for_bake(&self, project: &str, version: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + BAKE_LIMIT;
+        loop {
+            let release = self.release(project, version).await;
+            if !matches!(release["bake_status"].as_str(), Some("queued" | "baking")) {
+                return release;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bake of {version} did not end within {BAKE_LIMIT:?}: {release}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The bake log of release `version`'s Docker image, one line each.
+    pub async fn bake_log(&self, project: &str, version: &str) -> String {
+        let lines = self
+            .get_json(&format!(
+                "/api/v1/projects/{project}/releases/{version}/bake-log"
+            ))
+            .await;
+        lines
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| format!("{}\n", l["line"].as_str().unwrap()))
+            .collect()
     }
 
     pub async fn builds(&self) -> Vec<Value> {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod aws_deploy;
 mod bake;
+mod bake_stage;
 mod builds;
 mod cli;
 mod dependencies;

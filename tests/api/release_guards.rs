@@ -247,15 +247,7 @@ async fn a_bake_log_is_stored_up_to_its_cap_with_a_notice_where_it_was_cut() {
     let number = crate::builds::push(&app, "main", &git(repo.path(), &["rev-parse", "HEAD"])).await;
     let build = crate::builds::wait_for_build(&app, number, Duration::from_secs(900)).await;
     assert_eq!(build["status"], "passed", "{build}");
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let v1 = loop {
-        let releases = app.get_json("/api/v1/projects/hello/releases").await;
-        if releases[0]["bake_status"] != "baking" {
-            break releases[0].clone();
-        }
-        assert!(Instant::now() < deadline, "still baking: {releases}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let v1 = app.wait_for_bake("hello", "v1").await;
     assert_eq!(
         v1["bake_status"], "baked",
         "the cap does not affect the bake: {v1}"

@@ -147,7 +147,9 @@ async fn a_slow_build_of_an_older_commit_never_becomes_a_newer_release_nor_goes_
     assert_eq!(v1["lintian"]["errors"], serde_json::json!([]), "{v1}");
     assert_eq!(v1["lintian"]["warnings"], serde_json::json!([]), "{v1}");
 
-    // v1 goes live; after the slow build and several auto-deploy rounds nothing else did.
+    // v1 goes live once baked; after the slow build and several auto-deploy rounds nothing
+    // else did.
+    app.wait_for_bake(&name, "v1").await;
     api.wait_live(&name, "dev", "v1").await;
     tokio::time::sleep(AUTO_DEPLOY_ROUNDS).await;
     let dev = api.environment(&name, "dev").await;

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::bake::{bake_log, docker, release, Cleanup, BUILD_AND_BAKE};
+use crate::bake::{docker, Cleanup, BUILD_AND_BAKE};
 use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_for_build};
 use crate::helpers::TestApp;
 
@@ -112,11 +112,11 @@ async fn a_teams_playbook_provisions_the_image_after_slipways_package_and_a_brok
         started.elapsed()
     );
     assert_eq!(build["status"], "passed", "{build}");
-    let v1 = release(&app, "v1").await;
+    let v1 = app.wait_for_bake("hello", "v1").await;
     cleanup
         .bake_ids
         .push(v1["bake_id"].as_str().unwrap().to_string());
-    let log = bake_log(&app, "v1").await;
+    let log = app.bake_log("hello", "v1").await;
     assert_eq!(v1["bake_status"], "baked", "{v1}\n{log}");
     let image = v1["image"].as_str().unwrap();
     // The team's role ran after Slipway's package was installed, with the server's app_env
@@ -163,10 +163,10 @@ async fn a_teams_playbook_provisions_the_image_after_slipways_package_and_a_brok
     let second = commit_all(repo.path(), "break the playbook");
     let build = wait_for_build(&app, push(&app, "main", &second).await, BUILD_AND_BAKE).await;
     assert_eq!(build["status"], "passed", "{build}");
-    let v2 = release(&app, "v2").await;
+    let v2 = app.wait_for_bake("hello", "v2").await;
     let bake_id = v2["bake_id"].as_str().unwrap().to_string();
     cleanup.bake_ids.push(bake_id.clone());
-    let log = bake_log(&app, "v2").await;
+    let log = app.bake_log("hello", "v2").await;
     assert_eq!(v2["bake_status"], "failed", "{v2}\n{log}");
     assert_eq!(v2["image"], serde_json::Value::Null, "{v2}");
     let reason = v2["bake_reason"].as_str().unwrap();
@@ -190,11 +190,11 @@ async fn a_teams_playbook_provisions_the_image_after_slipways_package_and_a_brok
         started.elapsed()
     );
     assert_eq!(build["status"], "passed", "{build}");
-    let v3 = release(&app, "v3").await;
+    let v3 = app.wait_for_bake("hello", "v3").await;
     cleanup
         .bake_ids
         .push(v3["bake_id"].as_str().unwrap().to_string());
-    let log = bake_log(&app, "v3").await;
+    let log = app.bake_log("hello", "v3").await;
     assert_eq!(v3["bake_status"], "baked", "{v3}\n{log}");
     assert_ne!(v3["bake_key"], v1["bake_key"]);
     assert!(
@@ -248,11 +248,11 @@ async fn a_playbook_repository_is_used_at_its_pinned_ref_and_includes_slipways_r
         started.elapsed()
     );
     assert_eq!(build["status"], "passed", "{build}");
-    let v1 = release(&app, "v1").await;
+    let v1 = app.wait_for_bake("hello", "v1").await;
     cleanup
         .bake_ids
         .push(v1["bake_id"].as_str().unwrap().to_string());
-    let log = bake_log(&app, "v1").await;
+    let log = app.bake_log("hello", "v1").await;
     assert_eq!(v1["bake_status"], "baked", "{v1}\n{log}");
     assert!(
         log.contains(&format!(

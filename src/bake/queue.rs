@@ -1,0 +1,217 @@
+//! The bake queue: a dispatcher that claims queued release images from the store
+//! (`release_images`, `FOR UPDATE SKIP LOCKED`), at most `max_concurrent_bakes` at a time, and
+//! bakes each under its own cancel token, apart from builds: a build ends when its package is
+//! published and only queues the release's images ([`BakeQueue::enqueue`]).
+//!
+//! The queue lives in the store, so a restart loses nothing: images still queued are baked
+//! after it, and a bake the stop interrupted is reaped and queued again once
+//! ([`super::recover_interrupted_bakes`]). A graceful stop cancels running bakes (the bake
+//! crate removes what they left) and queues them again without counting the attempt.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Baker;
+use crate::config::{Config, Project, TargetKind};
+use crate::docker::DockerClient;
+use crate::outage::Outage;
+use crate::store::release_images::{ClaimedBake, ImageSlot};
+use crate::store::releases::{BakeRecipe, Release};
+use crate::store::Store;
+
+/// The images a release of `project` is baked into: the Docker image when the project has a
+/// docker environment, or no environment at all (its image is what users run by hand).
+pub fn images_for(project: &Project) -> Vec<ImageSlot> {
+    let docker = project.environments.is_empty()
+        || project
+            .environments
+            .iter()
+            .any(|environment| environment.target == TargetKind::Docker);
+    docker.then(ImageSlot::docker).into_iter().collect()
+}
+
+/// A handle on the bake queue; cheap to clone.
+#[derive(Clone)]
+pub struct BakeQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    store: Store,
+    baker: Baker,
+    wake: Notify,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl BakeQueue {
+    /// Reaps and queues again the bakes a previous server left, then starts dispatching.
+    /// The bakes' scratch leftovers must be gone already: a bake starts right away.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Store,
+        baker: Baker,
+        docker: &DockerClient,
+    ) -> anyhow::Result<BakeQueue> {
+        super::recover_interrupted_bakes(&store, docker).await?;
+        let queue = BakeQueue {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                baker,
+                wake: Notify::new(),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        };
+        let dispatcher = queue.clone();
+        queue
+            .inner
+            .tasks
+            .spawn(async move { dispatcher.dispatch().await });
+        Ok(queue)
+    }
+
+    /// Queues the images of the just published `release` of `project` (see [`images_for`])
+    /// with the recipe read from its checkout (`Err`: why its Docker image cannot be baked).
+    pub async fn enqueue(
+        &self,
+        release: &Release,
+        project: &Project,
+        recipe: Result<BakeRecipe, String>,
+    ) -> anyhow::Result<()> {
+        if let Err(reason) = &recipe {
+            tracing::warn!(project = %project.name, release = %release.version, %reason, "not baking a Docker image");
+        }
+        self.inner
+            .store
+            .enqueue_release_images(release.id, &images_for(project), &recipe)
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Tells the dispatcher that an image was queued.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Stops dispatching, cancels running bakes and waits until each is cleaned up and queued
+    /// again for the next start.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    async fn dispatch(&self) {
+        let slots = Arc::new(Semaphore::new(self.inner.config.max_concurrent_bakes));
+        let mut store_outage = Outage::new("the state store", "queued bakes wait");
+        loop {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                _ = self.inner.shutdown.cancelled() => return,
+            };
+            let claimed = match self.inner.store.claim_next_bake().await {
+                Ok(claimed) => {
+                    store_outage.recovered();
+                    claimed
+                }
+                Err(e) => {
+                    drop(permit);
+                    let wait = store_outage.failed(&e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = self.inner.shutdown.cancelled() => return,
+                    }
+                }
+            };
+            let Some(bake) = claimed else {
+                drop(permit);
+                tokio::select! {
+                    _ = self.inner.wake.notified() => {},
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {},
+                    _ = self.inner.shutdown.cancelled() => return,
+                }
+                continue;
+            };
+            // Its own token: only a server stop cancels it, never a build's cancel.
+            let cancel = self.inner.shutdown.child_token();
+            let queue = self.clone();
+            self.inner.tasks.spawn(async move {
+                if let Err(e) = queue.bake(&bake, &cancel).await {
+                    tracing::error!(error = format!("{e:#}"), release = %bake.release, image = %bake.slot, "cannot record a bake");
+                }
+                if queue.inner.shutdown.is_cancelled() {
+                    match queue.inner.store.requeue_bake(&bake, true).await {
+                        Ok(()) => tracing::info!(release = %bake.release, image = %bake.slot, "a bake the server's stop cancelled is queued for the next start"),
+                        Err(e) => tracing::error!(error = %e, release = %bake.release, "cannot queue a cancelled bake again"),
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// Bakes one claimed image; what cannot be baked fails with the reason.
+    async fn bake(&self, bake: &ClaimedBake, cancel: &CancellationToken) -> anyhow::Result<()> {
+        let store = &self.inner.store;
+        let Some(release) = store.release_by_id(bake.release).await? else {
+            // Deleted with its project's data meanwhile: nothing to bake or record.
+            return Ok(());
+        };
+        let Some(project) = self.inner.config.project(&release.project) else {
+            return self.fail(bake, "the project is no longer configured").await;
+        };
+        if bake.slot.is_docker() {
+            self.inner
+                .baker
+                .bake_claimed(store, &release, project, bake, cancel)
+                .await;
+            return Ok(());
+        }
+        // Where the other kinds of image are baked, once this server can bake them.
+        let reason = format!("this server cannot bake {} images", bake.slot.kind);
+        self.fail(bake, &reason).await
+    }
+
+    async fn fail(&self, bake: &ClaimedBake, reason: &str) -> anyhow::Result<()> {
+        tracing::warn!(release = %bake.release, image = %bake.slot, %reason, "bake failed");
+        self.inner
+            .store
+            .mark_image_failed(bake.release, &bake.slot, reason)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, resolve, Overrides};
+
+    fn project(environments: &str) -> Project {
+        let text = format!("[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\n{environments}");
+        let raw = parse(&text, "t").unwrap();
+        let mut config = resolve(raw, "t", &Overrides::default(), &|_| None).unwrap();
+        config.projects.remove(0)
+    }
+
+    #[test]
+    fn a_docker_image_is_baked_when_the_project_has_a_docker_environment_or_none() {
+        assert_eq!(images_for(&project("")), [ImageSlot::docker()]);
+        let dev = "[[projects.environments]]\nname = \"dev\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:1\"\n";
+        assert_eq!(images_for(&project(dev)), [ImageSlot::docker()]);
+        let prod = "[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\nlistener_arn = \"arn:l\"\ntarget_groups = [\"arn:b\", \"arn:g\"]\nlaunch_template_id = \"lt-1\"\nsubnets = [\"subnet-1\"]\n";
+        assert_eq!(images_for(&project(prod)), []);
+        assert_eq!(
+            images_for(&project(&format!("{dev}{prod}"))),
+            [ImageSlot::docker()]
+        );
+    }
+}
