@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use slipway_bake::ami::{AmazonEbsSource, MAX_EXTRA_TAGS, RESERVED_TAGS};
-use slipway_bake::{Communicator, SourceAmi};
+use slipway_bake::{AmiAccount, Communicator, SourceAmi};
 
 /// Releases whose AMIs retention keeps (besides live and warm ones) when none is configured.
 pub const DEFAULT_KEEP_RELEASES: u32 = 5;
@@ -62,6 +62,11 @@ pub struct AmiSettings {
 }
 
 impl AmiSettings {
+    /// The account and region the project's AMIs live in: for reaping and retention.
+    pub async fn account(&self) -> AmiAccount {
+        AmiAccount::connect(&self.region, self.endpoint_url.as_deref()).await
+    }
+
     /// The bake crate's `amazon-ebs` source for a bake whose key is `bake_key`.
     pub fn source(&self, bake_key: &str) -> AmazonEbsSource {
         AmazonEbsSource {

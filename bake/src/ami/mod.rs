@@ -412,7 +412,7 @@ fn configure_builder(
     if source.volume_size.is_some() || source.encrypted {
         let mut device = json!({
             "device_name": "/dev/xvda",
-            "volume_type": "gp3",
+            "volume_type": "gp2",
             "delete_on_termination": true,
         });
         if let Some(size) = source.volume_size {
