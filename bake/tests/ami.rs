@@ -382,13 +382,17 @@ async fn the_reaper_removes_what_a_killed_bake_left() {
     assert_eq!(left.security_groups, before.security_groups + 1, "{left:?}");
 
     let account = AmiAccount::connect(REGION, Some(&moto.endpoint)).await;
-    let reaped = account.reap_bake(&bake_id).await.unwrap();
+    let reaped = account.reap_bake(&bake_id, &BTreeSet::new()).await.unwrap();
     assert_eq!(reaped.instances.len(), 1, "{reaped:?}");
     assert_eq!(reaped.key_pairs, vec![format!("slipway-bake-{bake_id}")]);
     assert_eq!(reaped.security_groups.len(), 1, "{reaped:?}");
     assert_eq!(census(&ec2).await, before);
     assert!(
-        account.reap_bake(&bake_id).await.unwrap().is_empty(),
+        account
+            .reap_bake(&bake_id, &BTreeSet::new())
+            .await
+            .unwrap()
+            .is_empty(),
         "reaping twice finds nothing"
     );
 }
@@ -473,4 +477,23 @@ async fn retention_deregisters_exactly_the_amis_not_kept_with_their_snapshots() 
         Default::default(),
         "a second pass deletes nothing"
     );
+}
+
+#[tokio::test]
+async fn a_failed_rebake_under_the_same_bake_id_keeps_the_earlier_ami() {
+    let moto = Moto::start().await;
+    let ec2 = moto.ec2().await;
+    let bake_id = unique("rebake");
+    let (ami, _) = bake_release(&moto, 9, &bake_id).await;
+    let request = request(&moto, 9, "ami-0000000000deadbee", &bake_id);
+    bake(
+        &request,
+        &docker().await,
+        &mut |_: &str| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect_err("no such source AMI");
+    let images = ec2.describe_images().image_ids(&ami).send().await.unwrap();
+    assert_eq!(images.images().len(), 1, "the earlier AMI {ami} stays");
 }

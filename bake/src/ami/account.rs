@@ -129,8 +129,15 @@ impl AmiAccount {
     /// deregisters its AMIs and deletes their snapshots, its volumes, its key pair and its
     /// security groups. Idempotent; for a failed bake, and at start for one a crash
     /// interrupted (whose Packer is gone). Returns what it removed.
-    #[tracing::instrument(skip(self), fields(region = %self.region), err)]
-    pub async fn reap_bake(&self, bake_id: &str) -> Result<Reaped, BakeError> {
+    ///
+    /// AMIs in `keep` and their snapshots are never touched: an AMI a release already
+    /// records under the same bake id (a rebake that reuses the id) stays.
+    #[tracing::instrument(skip(self, keep), fields(region = %self.region), err)]
+    pub async fn reap_bake(
+        &self,
+        bake_id: &str,
+        keep: &BTreeSet<String>,
+    ) -> Result<Reaped, BakeError> {
         let mut reaped = Reaped::default();
         let by_bake = || filter(&format!("tag:{BAKE_TAG}"), bake_id);
 
@@ -173,12 +180,16 @@ impl AmiAccount {
             .await
             .map_err(|e| aws("DescribeImages", e))?;
         let mut snapshots: BTreeSet<String> = BTreeSet::new();
+        let mut kept_snapshots: BTreeSet<String> = BTreeSet::new();
         for image in images.images() {
-            snapshots.extend(snapshots_of(image));
-            if let Some(id) = image.image_id() {
-                self.deregister(id).await?;
-                reaped.images.push(id.to_owned());
+            let Some(id) = image.image_id() else { continue };
+            if keep.contains(id) {
+                kept_snapshots.extend(snapshots_of(image));
+                continue;
             }
+            snapshots.extend(snapshots_of(image));
+            self.deregister(id).await?;
+            reaped.images.push(id.to_owned());
         }
         let tagged = self
             .ec2
@@ -194,9 +205,9 @@ impl AmiAccount {
                 .iter()
                 .filter_map(|s| s.snapshot_id().map(str::to_owned)),
         );
-        for snapshot in snapshots {
-            if self.delete_snapshot(&snapshot).await? {
-                reaped.snapshots.push(snapshot);
+        for snapshot in snapshots.difference(&kept_snapshots) {
+            if self.delete_snapshot(snapshot).await? {
+                reaped.snapshots.push(snapshot.clone());
             }
         }
 
@@ -248,6 +259,23 @@ impl AmiAccount {
             tracing::info!(bake = %bake_id, ?reaped, "removed what the AMI bake left");
         }
         Ok(reaped)
+    }
+
+    /// The AMIs carrying the bake's id.
+    pub async fn bake_images(&self, bake_id: &str) -> Result<BTreeSet<String>, BakeError> {
+        let images = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(filter(&format!("tag:{BAKE_TAG}"), bake_id))
+            .send()
+            .await
+            .map_err(|e| aws("DescribeImages", e))?;
+        Ok(images
+            .images()
+            .iter()
+            .filter_map(|i| i.image_id().map(str::to_owned))
+            .collect())
     }
 
     /// The project's AMIs in this region: owned by this account, tagged with the project and

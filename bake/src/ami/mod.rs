@@ -10,7 +10,7 @@
 
 mod account;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -217,6 +217,8 @@ pub fn bake_resource_name(bake_id: &str) -> String {
 pub(crate) struct AmiBake {
     account: AmiAccount,
     bake_id: String,
+    /// AMIs already carrying the bake id before Packer ran: a failed rebake leaves them.
+    earlier: BTreeSet<String>,
     security_group: Option<String>,
     template: PreparedTemplate,
 }
@@ -228,6 +230,7 @@ impl AmiBake {
         source: &AmazonEbsSource,
     ) -> Result<AmiBake, BakeError> {
         let account = AmiAccount::connect(&source.region, source.endpoint_url.as_deref()).await;
+        let earlier = account.bake_images(&request.bake_id).await?;
         let security_group = if source.security_group_ids.is_empty() {
             Some(
                 account
@@ -248,6 +251,7 @@ impl AmiBake {
             Ok(template) => Ok(AmiBake {
                 account,
                 bake_id: request.bake_id.clone(),
+                earlier,
                 security_group,
                 template,
             }),
@@ -271,7 +275,7 @@ impl AmiBake {
     /// bake's security group. A cleanup failure is logged: [`AmiAccount::reap_bake`] retries.
     pub(crate) async fn finish(self, failed: bool, observer: &mut (dyn BakeObserver + Send)) {
         let cleanup = if failed {
-            match self.account.reap_bake(&self.bake_id).await {
+            match self.account.reap_bake(&self.bake_id, &self.earlier).await {
                 Ok(reaped) if !reaped.is_empty() => {
                     observer.line(&format!(
                         "==> slipway: removed what the failed bake left: {reaped:?}"
