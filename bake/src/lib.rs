@@ -20,12 +20,14 @@
 //! }
 //! ```
 
+pub mod ami;
 pub mod apt;
 pub mod deb;
 mod error;
 pub mod packer;
 pub mod signing;
 
+pub use ami::{AmiAccount, Communicator, SourceAmi};
 pub use apt::{AptRepository, PublishRecord};
 pub use deb::{
     DebPackage, ExtraFile, MaintainerScripts, PackageDefinition, PackageFile, PackageInfo,

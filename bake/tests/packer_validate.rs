@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use packer_support::workspace_root;
 use slipway_bake::packer::validate;
-use slipway_bake::{AmazonEbsSource, BakeError, BakeRequest, BakeSource, DockerSource};
+use slipway_bake::{
+    AmazonEbsSource, BakeError, BakeRequest, BakeSource, Communicator, DockerSource, SourceAmi,
+};
 
 fn amazon_request() -> BakeRequest {
     let root = workspace_root();
@@ -21,11 +23,22 @@ fn amazon_request() -> BakeRequest {
         playbook_dir: root.join("ansible"),
         source: BakeSource::AmazonEbs(AmazonEbsSource {
             region: "eu-west-1".into(),
-            source_ami_name_filter: "debian-12-amd64-*".into(),
-            source_ami_owner: "136693071363".into(),
+            source_ami: SourceAmi::Filter {
+                owners: vec!["136693071363".into()],
+                name: "debian-12-amd64-*".into(),
+            },
             instance_type: "t3.small".into(),
-            subnet_id: "subnet-0a1b2c3d4e5f67890".into(),
+            subnet_id: Some("subnet-0a1b2c3d4e5f67890".into()),
+            security_group_ids: Vec::new(),
+            iam_instance_profile: None,
             ssh_username: "admin".into(),
+            volume_size: None,
+            encrypted: false,
+            kms_key_id: None,
+            tags: BTreeMap::new(),
+            endpoint_url: None,
+            communicator: Communicator::Ssh,
+            bake_key: "0123abcd".into(),
         }),
         app: "hello".into(),
         package: "hello".into(),

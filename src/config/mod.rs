@@ -14,10 +14,12 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+mod ami;
 mod bake;
 mod clone_url;
 mod docker_host;
 mod registries;
+pub use ami::{AmiSettings, RawAmi, RawSourceAmiFilter, DEFAULT_KEEP_RELEASES};
 pub use bake::{check_relative_path, BakeSettings, PlaybookRepo, PlaybookSource, RawBake};
 pub use clone_url::CloneCredentials;
 use docker_host::check_address as check_docker_host;
@@ -109,6 +111,8 @@ pub struct RawProject {
     pub registries: Vec<RawRegistry>,
     /// The team's own provisioning of the project's images.
     pub bake: Option<RawBake>,
+    /// How the project's AMIs are baked; needed by a project with an aws environment.
+    pub ami: Option<RawAmi>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +220,8 @@ pub struct Project {
     pub registries: Vec<Registry>,
     /// `[projects.bake]`; `.slipway.yml`'s `bake:` fills in what it leaves unset.
     pub bake: BakeSettings,
+    /// `[projects.ami]`: present whenever the project has an aws environment.
+    pub ami: Option<AmiSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -523,6 +529,23 @@ fn resolve_project(
         }
         environments.push(environment);
     }
+    let ami = raw
+        .ami
+        .map(|ami| ami::resolve(ami, &|field| key(&format!("ami.{field}"))))
+        .transpose()
+        .map_err(|(field, message)| invalid(&field, message))?;
+    if let (None, Some(aws)) = (
+        &ami,
+        environments.iter().find(|e| e.target == TargetKind::Aws),
+    ) {
+        return Err(invalid(
+            &key("ami"),
+            format!(
+                "project `{}` has the aws environment `{}`, whose releases are AMIs: add [projects.ami] (region, source_ami or source_ami_filter, ...)",
+                raw.name, aws.name
+            ),
+        ));
+    }
     Ok(Project {
         name: raw.name,
         repository: raw.repository,
@@ -536,6 +559,7 @@ fn resolve_project(
         packages,
         registries,
         bake,
+        ami,
     })
 }
 
@@ -836,6 +860,28 @@ mod tests {
             err.contains("projects[0].environments[0].target_groups"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_aws_environment_needs_the_projects_ami_settings() {
+        let text = "[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\n[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\nlistener_arn = \"l\"\ntarget_groups = [\"a\", \"b\"]\nlaunch_template_id = \"lt-1\"\nsubnets = [\"subnet-1\"]\n";
+        let err = load(text).unwrap_err().to_string();
+        assert!(
+            err.contains("projects[0].ami") && err.contains("project `hello`"),
+            "{err}"
+        );
+        let with_ami = format!(
+            "{text}[projects.ami]\nregion = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\n"
+        );
+        let project = &load(&with_ami).unwrap().projects[0];
+        assert_eq!(
+            project.ami.as_ref().map(|a| a.region.as_str()),
+            Some("eu-west-1")
+        );
+        let err = load(&with_ami.replace("source_ami = \"ami-785db401\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("projects[0].ami.source_ami"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,13 @@ pub enum BakeError {
         message: String,
     },
 
+    /// An EC2 call an AMI bake relies on (its security group, cleanup, retention) failed.
+    #[error("EC2 {action} failed: {message}")]
+    Aws {
+        action: &'static str,
+        message: String,
+    },
+
     #[error("{context} `{}`: {source}", path.display())]
     Io {
         context: &'static str,

@@ -11,7 +11,9 @@
 //! container, then Slipway removes anything still carrying the bake's labels and restores the
 //! target tag; [`reap_bake`] does the same for a bake a crash interrupted. On amazon-ebs, Packer
 //! terminates its instance on failure or interrupt, and registers the AMI only after
-//! provisioning succeeded (deregistering it if a later step fails), so nothing stays registered.
+//! provisioning succeeded (deregistering it if a later step fails), so nothing stays registered;
+//! Slipway then removes anything still tagged with the bake's id, and its own security group
+//! ([`crate::ami`], whose `AmiAccount::reap_bake` is the AMI side of [`reap_bake`]).
 
 mod docker;
 mod error;
@@ -24,6 +26,8 @@ mod team;
 use std::collections::BTreeMap;
 
 use bollard::Docker;
+
+use crate::ami::AmiBake;
 use tokio_util::sync::CancellationToken;
 
 pub use docker::{reap_bake, CONTAINER_LABEL, IMAGE_LABEL};
@@ -106,7 +110,16 @@ pub async fn bake(
         variables.push(("extra_vars_file", files.extra_vars.display().to_string()));
     }
     args.extend(var_arguments(&variables));
-    args.push(request.template.display().to_string());
+    // An AMI bake runs its own copy of the template, holding the AWS settings Packer's
+    // variables cannot carry (lists, tags, the source AMI's kind).
+    let ami = match &request.source {
+        BakeSource::AmazonEbs(ebs) => Some(AmiBake::prepare(request, ebs).await?),
+        BakeSource::Docker(_) => None,
+    };
+    let template = ami
+        .as_ref()
+        .map_or(request.template.as_path(), AmiBake::template);
+    args.push(template.display().to_string());
     let run = run_packer(
         &request.packer,
         &args,
@@ -115,8 +128,14 @@ pub async fn bake(
         observer,
         cancel,
     )
-    .await?;
-    let result = artifact_of(request, docker, name.clone(), run).await;
+    .await;
+    let result = match run {
+        Ok(run) => artifact_of(request, docker, name.clone(), run).await,
+        Err(error) => Err(error),
+    };
+    if let Some(ami) = ami {
+        ami.finish(result.is_err(), observer).await;
+    }
     if let (Err(error), BakeSource::Docker(_)) = (&result, &request.source) {
         tracing::warn!(%error, "bake failed, removing what it left");
         let restore = previous_image

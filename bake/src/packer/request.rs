@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::BakeError;
 use super::team::TeamPlaybook;
+pub use crate::ami::AmazonEbsSource;
 
 /// One bake of one release. The root crate fills it from its configuration and release record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +71,7 @@ fn default_provisioning() -> String {
 pub enum BakeSource {
     /// A local Docker image, committed from a container of `base_image`.
     Docker(DockerSource),
-    /// An AMI, built on an EC2 instance launched from the newest AMI matching the filter.
+    /// An AMI, built on an EC2 instance launched from the source AMI.
     AmazonEbs(AmazonEbsSource),
 }
 
@@ -86,19 +87,6 @@ pub struct DockerSource {
     pub command: Vec<String>,
     /// Ports the image declares with `EXPOSE`; at least one.
     pub exposed_ports: Vec<u16>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AmazonEbsSource {
-    pub region: String,
-    /// The `name` filter of the source AMI, e.g. `debian-12-amd64-*`.
-    pub source_ami_name_filter: String,
-    /// The AMI owner account, e.g. `136693071363` (Debian).
-    pub source_ami_owner: String,
-    pub instance_type: String,
-    pub subnet_id: String,
-    /// The source AMI's login user, e.g. `admin` on Debian.
-    pub ssh_username: String,
 }
 
 impl BakeSource {
@@ -151,14 +139,7 @@ impl BakeRequest {
                 ("docker_cmd", json_array(&docker.command)),
                 ("docker_expose", join_ports(&docker.exposed_ports)),
             ]),
-            BakeSource::AmazonEbs(ebs) => variables.extend([
-                ("region", ebs.region.clone()),
-                ("source_ami_filter_name", ebs.source_ami_name_filter.clone()),
-                ("source_ami_owners", ebs.source_ami_owner.clone()),
-                ("instance_type", ebs.instance_type.clone()),
-                ("subnet_id", ebs.subnet_id.clone()),
-                ("ssh_username", ebs.ssh_username.clone()),
-            ]),
+            BakeSource::AmazonEbs(ebs) => variables.extend(ebs.variables()),
         }
         variables
     }
@@ -203,6 +184,9 @@ impl BakeRequest {
         }
         if let Some(team) = &self.team {
             team.check()?;
+        }
+        if let BakeSource::AmazonEbs(ebs) = &self.source {
+            ebs.check()?;
         }
         if let BakeSource::Docker(docker) = &self.source {
             if docker.command.is_empty() {

@@ -1,0 +1,451 @@
+//! The EC2 calls around an AMI bake: the bake's own security group, reaping what a failed or
+//! interrupted bake left (found by its id), and the retention of a project's AMIs.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_ec2::types::{Filter, Image, InstanceStateName, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::Client;
+
+use super::{bake_resource_name, BAKE_TAG, PROJECT_TAG};
+use crate::packer::BakeError;
+
+/// How long reaping waits for the bake's instances to terminate (their security group cannot
+/// go before), and for AWS to release the group once they have.
+const TERMINATION_PATIENCE: Duration = Duration::from_secs(300);
+const POLL: Duration = Duration::from_secs(2);
+
+/// One region of one AWS account, as the server's credentials see it (the SDK's default
+/// chain: environment, profile, instance role).
+#[derive(Debug, Clone)]
+pub struct AmiAccount {
+    ec2: Client,
+    region: String,
+}
+
+/// What [`AmiAccount::reap_bake`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reaped {
+    pub instances: Vec<String>,
+    pub images: Vec<String>,
+    pub snapshots: Vec<String>,
+    pub volumes: Vec<String>,
+    pub key_pairs: Vec<String>,
+    pub security_groups: Vec<String>,
+}
+
+impl Reaped {
+    pub fn is_empty(&self) -> bool {
+        *self == Reaped::default()
+    }
+}
+
+/// One of a project's AMIs, as its tags describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectAmi {
+    pub id: String,
+    /// `v3`, from the `release` tag.
+    pub release: Option<String>,
+    pub snapshots: Vec<String>,
+}
+
+/// What [`AmiAccount::retain`] deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retained {
+    pub deregistered: Vec<String>,
+    pub deleted_snapshots: Vec<String>,
+}
+
+impl AmiAccount {
+    /// The account in `region`, through `endpoint_url` when given (moto), else AWS's.
+    pub async fn connect(region: &str, endpoint_url: Option<&str>) -> AmiAccount {
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_owned()));
+        if let Some(endpoint) = endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        AmiAccount {
+            ec2: Client::new(&loader.load().await),
+            region: region.to_owned(),
+        }
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Makes the bake's security group, `slipway-bake-<id>` tagged with the id, allowing SSH
+    /// (as Packer's own temporary group would), in the subnet's VPC or the default one.
+    pub async fn create_bake_security_group(
+        &self,
+        bake_id: &str,
+        subnet_id: Option<&str>,
+    ) -> Result<String, BakeError> {
+        let vpc = match subnet_id {
+            Some(subnet) => self
+                .ec2
+                .describe_subnets()
+                .subnet_ids(subnet)
+                .send()
+                .await
+                .map_err(|e| aws("DescribeSubnets", e))?
+                .subnets()
+                .first()
+                .and_then(|s| s.vpc_id().map(str::to_owned)),
+            None => None,
+        };
+        let group = self
+            .ec2
+            .create_security_group()
+            .group_name(bake_resource_name(bake_id))
+            .description("Slipway AMI bake: SSH from Packer")
+            .set_vpc_id(vpc)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::SecurityGroup)
+                    .tags(tag(BAKE_TAG, bake_id))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| aws("CreateSecurityGroup", e))?;
+        let id = group.group_id().unwrap_or_default().to_owned();
+        self.ec2
+            .authorize_security_group_ingress()
+            .group_id(&id)
+            .ip_protocol("tcp")
+            .from_port(22)
+            .to_port(22)
+            .cidr_ip("0.0.0.0/0")
+            .send()
+            .await
+            .map_err(|e| aws("AuthorizeSecurityGroupIngress", e))?;
+        Ok(id)
+    }
+
+    /// Removes everything carrying the bake's id: terminates its instances (and waits), then
+    /// deregisters its AMIs and deletes their snapshots, its volumes, its key pair and its
+    /// security groups. Idempotent; for a failed bake, and at start for one a crash
+    /// interrupted (whose Packer is gone). Returns what it removed.
+    ///
+    /// AMIs in `keep` and their snapshots are never touched: an AMI a release already
+    /// records under the same bake id (a rebake that reuses the id) stays.
+    #[tracing::instrument(skip(self, keep), fields(region = %self.region), err)]
+    pub async fn reap_bake(
+        &self,
+        bake_id: &str,
+        keep: &BTreeSet<String>,
+    ) -> Result<Reaped, BakeError> {
+        let mut reaped = Reaped::default();
+        let by_bake = || filter(&format!("tag:{BAKE_TAG}"), bake_id);
+
+        let instances = self
+            .ec2
+            .describe_instances()
+            .filters(by_bake())
+            .send()
+            .await
+            .map_err(|e| aws("DescribeInstances", e))?;
+        let live: Vec<String> = instances
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| {
+                !matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(InstanceStateName::Terminated)
+                )
+            })
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect();
+        if !live.is_empty() {
+            self.ec2
+                .terminate_instances()
+                .set_instance_ids(Some(live.clone()))
+                .send()
+                .await
+                .map_err(|e| aws("TerminateInstances", e))?;
+            self.wait_terminated(&live).await?;
+            reaped.instances = live;
+        }
+
+        let images = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(by_bake())
+            .send()
+            .await
+            .map_err(|e| aws("DescribeImages", e))?;
+        let mut snapshots: BTreeSet<String> = BTreeSet::new();
+        let mut kept_snapshots: BTreeSet<String> = BTreeSet::new();
+        for image in images.images() {
+            let Some(id) = image.image_id() else { continue };
+            if keep.contains(id) {
+                kept_snapshots.extend(snapshots_of(image));
+                continue;
+            }
+            snapshots.extend(snapshots_of(image));
+            self.deregister(id).await?;
+            reaped.images.push(id.to_owned());
+        }
+        let tagged = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(by_bake())
+            .send()
+            .await
+            .map_err(|e| aws("DescribeSnapshots", e))?;
+        snapshots.extend(
+            tagged
+                .snapshots()
+                .iter()
+                .filter_map(|s| s.snapshot_id().map(str::to_owned)),
+        );
+        for snapshot in snapshots.difference(&kept_snapshots) {
+            if self.delete_snapshot(snapshot).await? {
+                reaped.snapshots.push(snapshot.clone());
+            }
+        }
+
+        let volumes = self
+            .ec2
+            .describe_volumes()
+            .filters(by_bake())
+            .send()
+            .await
+            .map_err(|e| aws("DescribeVolumes", e))?;
+        for volume in volumes.volumes().iter().filter_map(|v| v.volume_id()) {
+            match self.ec2.delete_volume().volume_id(volume).send().await {
+                Ok(_) => reaped.volumes.push(volume.to_owned()),
+                Err(e) if code(&e) == Some("InvalidVolume.NotFound") => {}
+                Err(e) => return Err(aws("DeleteVolume", e)),
+            }
+        }
+
+        let name = bake_resource_name(bake_id);
+        let pairs = self
+            .ec2
+            .describe_key_pairs()
+            .filters(filter("key-name", &name))
+            .send()
+            .await
+            .map_err(|e| aws("DescribeKeyPairs", e))?;
+        if !pairs.key_pairs().is_empty() {
+            self.ec2
+                .delete_key_pair()
+                .key_name(&name)
+                .send()
+                .await
+                .map_err(|e| aws("DeleteKeyPair", e))?;
+            reaped.key_pairs.push(name);
+        }
+
+        let groups = self
+            .ec2
+            .describe_security_groups()
+            .filters(by_bake())
+            .send()
+            .await
+            .map_err(|e| aws("DescribeSecurityGroups", e))?;
+        for group in groups.security_groups().iter().filter_map(|g| g.group_id()) {
+            self.delete_security_group(group).await?;
+            reaped.security_groups.push(group.to_owned());
+        }
+        if !reaped.is_empty() {
+            tracing::info!(bake = %bake_id, ?reaped, "removed what the AMI bake left");
+        }
+        Ok(reaped)
+    }
+
+    /// The AMIs carrying the bake's id.
+    pub async fn bake_images(&self, bake_id: &str) -> Result<BTreeSet<String>, BakeError> {
+        let images = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(filter(&format!("tag:{BAKE_TAG}"), bake_id))
+            .send()
+            .await
+            .map_err(|e| aws("DescribeImages", e))?;
+        Ok(images
+            .images()
+            .iter()
+            .filter_map(|i| i.image_id().map(str::to_owned))
+            .collect())
+    }
+
+    /// The project's AMIs in this region: owned by this account, tagged with the project and
+    /// a bake id (so only Slipway's), newest first.
+    pub async fn project_amis(&self, project: &str) -> Result<Vec<ProjectAmi>, BakeError> {
+        let images = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(filter(&format!("tag:{PROJECT_TAG}"), project))
+            .filters(Filter::builder().name("tag-key").values(BAKE_TAG).build())
+            .send()
+            .await
+            .map_err(|e| aws("DescribeImages", e))?;
+        let mut images: Vec<&Image> = images.images().iter().collect();
+        images.sort_by(|a, b| b.creation_date().cmp(&a.creation_date()));
+        Ok(images
+            .into_iter()
+            .filter_map(|image| {
+                Some(ProjectAmi {
+                    id: image.image_id()?.to_owned(),
+                    release: image
+                        .tags()
+                        .iter()
+                        .find(|t| t.key() == Some("release"))
+                        .and_then(|t| t.value().map(str::to_owned)),
+                    snapshots: snapshots_of(image),
+                })
+            })
+            .collect())
+    }
+
+    /// Deregisters every AMI of `project` not in `keep` (the caller's: live, warm, and the
+    /// last releases rollback may need) and deletes its snapshots. Returns exactly what it
+    /// deleted. An AMI in `keep` is never touched, whatever its tags say.
+    #[tracing::instrument(skip(self, keep), fields(region = %self.region, kept = keep.len()), err)]
+    pub async fn retain(
+        &self,
+        project: &str,
+        keep: &BTreeSet<String>,
+    ) -> Result<Retained, BakeError> {
+        let mut retained = Retained::default();
+        for ami in self.project_amis(project).await? {
+            if keep.contains(&ami.id) {
+                continue;
+            }
+            self.deregister(&ami.id).await?;
+            retained.deregistered.push(ami.id.clone());
+            for snapshot in &ami.snapshots {
+                if self.delete_snapshot(snapshot).await? {
+                    retained.deleted_snapshots.push(snapshot.clone());
+                }
+            }
+            tracing::info!(ami = %ami.id, release = ?ami.release, snapshots = ?ami.snapshots, "deregistered an AMI past retention");
+        }
+        Ok(retained)
+    }
+
+    /// Deletes the bake's own security group, waiting while AWS still holds it for the
+    /// instance that just terminated.
+    pub(crate) async fn delete_security_group(&self, group: &str) -> Result<(), BakeError> {
+        let deadline = tokio::time::Instant::now() + TERMINATION_PATIENCE;
+        loop {
+            match self
+                .ec2
+                .delete_security_group()
+                .group_id(group)
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if code(&e) == Some("InvalidGroup.NotFound") => return Ok(()),
+                Err(e)
+                    if code(&e) == Some("DependencyViolation")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) => return Err(aws("DeleteSecurityGroup", e)),
+            }
+        }
+    }
+
+    async fn wait_terminated(&self, instances: &[String]) -> Result<(), BakeError> {
+        let deadline = tokio::time::Instant::now() + TERMINATION_PATIENCE;
+        loop {
+            let answer = self
+                .ec2
+                .describe_instances()
+                .set_instance_ids(Some(instances.to_vec()))
+                .send()
+                .await
+                .map_err(|e| aws("DescribeInstances", e))?;
+            let done = answer
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .all(|i| {
+                    matches!(
+                        i.state().and_then(|s| s.name()),
+                        Some(InstanceStateName::Terminated)
+                    )
+                });
+            if done {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BakeError::Aws {
+                    action: "TerminateInstances",
+                    message: format!(
+                        "{} not terminated after {TERMINATION_PATIENCE:?}",
+                        instances.join(", ")
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn deregister(&self, image: &str) -> Result<(), BakeError> {
+        match self.ec2.deregister_image().image_id(image).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("InvalidAMIID.NotFound") => Ok(()),
+            Err(e) => Err(aws("DeregisterImage", e)),
+        }
+    }
+
+    /// Whether the snapshot was there to delete.
+    async fn delete_snapshot(&self, snapshot: &str) -> Result<bool, BakeError> {
+        match self
+            .ec2
+            .delete_snapshot()
+            .snapshot_id(snapshot)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if code(&e) == Some("InvalidSnapshot.NotFound") => Ok(false),
+            Err(e) => Err(aws("DeleteSnapshot", e)),
+        }
+    }
+}
+
+fn snapshots_of(image: &Image) -> Vec<String> {
+    image
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs().and_then(|ebs| ebs.snapshot_id()))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+fn code<E: ProvideErrorMetadata, R>(error: &aws_sdk_ec2::error::SdkError<E, R>) -> Option<&str> {
+    error.as_service_error().and_then(|e| e.code())
+}
+
+fn aws<E>(action: &'static str, error: E) -> BakeError
+where
+    E: std::error::Error + 'static,
+{
+    BakeError::Aws {
+        action,
+        message: DisplayErrorContext(error).to_string(),
+    }
+}
