@@ -84,6 +84,12 @@ impl Setup {
             ));
             infras.push(infra);
         }
+        // An aws environment needs the project's AMI settings; this test records its AMIs
+        // itself, so they only have to be valid.
+        text.push_str(&format!(
+            "[projects.ami]\nregion = \"{REGION}\"\nsource_ami = \"ami-785db401\"\nendpoint_url = \"{}\"\ncommunicator = \"none\"\n",
+            self.moto.endpoint
+        ));
         std::fs::write(self.dir.path().join("slipway.toml"), text).unwrap();
         self.before = running_instances(&self.config).await;
         infras
