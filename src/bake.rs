@@ -36,6 +36,7 @@
 //!   `$SLIPWAY_SHARE_DIR/ansible/`; without the variable, from the source tree the binary was
 //!   built from.
 
+mod ami;
 mod queue;
 mod team;
 
@@ -54,7 +55,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::Project;
+use crate::config::{Config, Project};
 use crate::docker::DockerClient;
 use crate::mirror::{CommitId, Mirrors};
 use crate::store::release_images::{ClaimedBake, ImageSlot};
@@ -350,10 +351,7 @@ impl Baker {
             }
         }
         let result = slipway_bake::bake(&request, &self.docker.client(), &mut log, cancel).await;
-        let ansible_error = match (log.ansible_error.take(), log.ansible_error_at.take()) {
-            (Some(error), Some(at)) => Some(format!("{error} ({at})")),
-            (error, _) => error,
-        };
+        let ansible_error = log.take_ansible_error();
         log.finish().await;
         match result {
             Ok(artifact) => {
@@ -365,13 +363,7 @@ impl Baker {
                 store.mark_baked(release.id, &image).await?;
             }
             Err(error) => {
-                let reason = match (ansible_error, &error) {
-                    (Some(line), _) => format!("{line} ({error})"),
-                    (None, slipway_bake::BakeError::PackerMissing { .. }) => format!(
-                        "{error} (install Packer, or set `packer` in slipway.toml to its path)"
-                    ),
-                    (None, _) => error.to_string(),
-                };
+                let reason = failure_reason(ansible_error, &error);
                 tracing::warn!(%reason, "bake failed");
                 store.mark_bake_failed(release.id, &reason).await?;
             }
@@ -485,14 +477,47 @@ impl Baker {
     }
 }
 
-/// On server start: removes what bakes interrupted by a stop or crash left (by bake id, the
-/// release id), then queues each of them again, first in line, unless it was already a re-run:
+/// Why a bake failed: Ansible's error line (with where it is) when there is one, else the
+/// bake crate's error.
+fn failure_reason(ansible_error: Option<String>, error: &slipway_bake::BakeError) -> String {
+    match (ansible_error, error) {
+        (Some(line), _) => format!("{line} ({error})"),
+        (None, slipway_bake::BakeError::PackerMissing { .. }) => {
+            format!("{error} (install Packer, or set `packer` in slipway.toml to its path)")
+        }
+        (None, _) => error.to_string(),
+    }
+}
+
+/// On server start: stops the Packer runs of bakes interrupted by a stop or crash and removes
+/// what they left (by bake id, the release id: Docker labels, or AWS tags for an AMI), then
+/// queues each of them again, first in line, unless it was already a re-run:
 /// that one fails with [`INTERRUPTED_REASON`].
-pub async fn recover_interrupted_bakes(store: &Store, docker: &DockerClient) -> anyhow::Result<()> {
+pub async fn recover_interrupted_bakes(
+    store: &Store,
+    docker: &DockerClient,
+    config: &Config,
+) -> anyhow::Result<()> {
     for bake in store.images_baking().await? {
         let id = bake_id(bake.release);
-        if let Err(e) = slipway_bake::reap_bake(&docker.client(), &id).await {
-            tracing::error!(error = %e, bake = %id, "cannot remove what an interrupted bake left; remove it by label");
+        // Packer outlives a server killed mid-bake: stopped first, so nothing is made after
+        // the reaping.
+        let killed = slipway_bake::stop_orphaned_packer(&id).await;
+        if !killed.is_empty() {
+            tracing::warn!(bake = %id, process_groups = ?killed, "stopped the Packer run of an interrupted bake");
+        }
+        if bake.slot.is_docker() {
+            if let Err(e) = slipway_bake::reap_bake(&docker.client(), &id).await {
+                tracing::error!(error = %e, bake = %id, "cannot remove what an interrupted bake left; remove it by label");
+            }
+        } else {
+            let project = match store.release_by_id(bake.release).await? {
+                Some(release) => config.project(&release.project),
+                None => None,
+            };
+            if let Err(e) = ami::reap_interrupted(store, project, &bake).await {
+                tracing::error!(error = format!("{e:#}"), bake = %id, "cannot remove what an interrupted AMI bake left; remove it by its tag slipway_bake");
+            }
         }
         if bake.attempts < MAX_ATTEMPTS {
             store.requeue_bake(&bake, false).await?;
@@ -593,6 +618,14 @@ impl BakeLog {
             at: Utc::now(),
             line,
         });
+    }
+
+    /// Ansible's first error line, with where Ansible says it is.
+    fn take_ansible_error(&mut self) -> Option<String> {
+        match (self.ansible_error.take(), self.ansible_error_at.take()) {
+            (Some(error), Some(at)) => Some(format!("{error} ({at})")),
+            (error, _) => error,
+        }
     }
 
     /// Says what the cap left out, then waits until every line is stored.

@@ -33,6 +33,7 @@ pub use deb::{
     DebPackage, ExtraFile, MaintainerScripts, PackageDefinition, PackageFile, PackageInfo,
 };
 pub use error::{Error, Result};
+pub use packer::stop_orphaned_packer;
 pub use packer::{
     bake, bake_key, reap_bake, AmazonEbsSource, ArtifactKind, BakeArtifact, BakeError,
     BakeObserver, BakeRequest, BakeSource, DockerSource, TeamPlaybook, CONTAINER_LABEL,

@@ -24,14 +24,24 @@ use crate::store::releases::{BakeRecipe, Release};
 use crate::store::Store;
 
 /// The images a release of `project` is baked into: the Docker image when the project has a
-/// docker environment, or no environment at all (its image is what users run by hand).
+/// docker environment, or no environment at all (its image is what users run by hand), and
+/// the AMI of its region when it has an aws environment.
 pub fn images_for(project: &Project) -> Vec<ImageSlot> {
     let docker = project.environments.is_empty()
         || project
             .environments
             .iter()
             .any(|environment| environment.target == TargetKind::Docker);
-    docker.then(ImageSlot::docker).into_iter().collect()
+    let mut slots: Vec<ImageSlot> = docker.then(ImageSlot::docker).into_iter().collect();
+    // The configuration holds every aws environment to the AMI settings' region.
+    let aws = project
+        .environments
+        .iter()
+        .any(|environment| environment.target == TargetKind::Aws);
+    if let (true, Some(ami)) = (aws, &project.ami) {
+        slots.push(ImageSlot::ami(&ami.region));
+    }
+    slots
 }
 
 /// A handle on the bake queue; cheap to clone.
@@ -58,7 +68,7 @@ impl BakeQueue {
         baker: Baker,
         docker: &DockerClient,
     ) -> anyhow::Result<BakeQueue> {
-        super::recover_interrupted_bakes(&store, docker).await?;
+        super::recover_interrupted_bakes(&store, docker, &config).await?;
         let queue = BakeQueue {
             inner: Arc::new(Inner {
                 config,
@@ -74,6 +84,11 @@ impl BakeQueue {
             .inner
             .tasks
             .spawn(async move { dispatcher.dispatch().await });
+        let retention = queue.clone();
+        queue
+            .inner
+            .tasks
+            .spawn(async move { retention.retain_amis().await });
         Ok(queue)
     }
 
@@ -85,15 +100,31 @@ impl BakeQueue {
         project: &Project,
         recipe: Result<BakeRecipe, String>,
     ) -> anyhow::Result<()> {
-        if let Err(reason) = &recipe {
+        let slots = images_for(project);
+        if let (Err(reason), true) = (&recipe, slots.iter().any(ImageSlot::is_docker)) {
             tracing::warn!(project = %project.name, release = %release.version, %reason, "not baking a Docker image");
         }
         self.inner
             .store
-            .enqueue_release_images(release.id, &images_for(project), &recipe)
+            .enqueue_release_images(release.id, &slots, &recipe)
             .await?;
         self.wake();
         Ok(())
+    }
+
+    /// AMI retention for every project baking AMIs, once at start (then after each AMI bake).
+    async fn retain_amis(&self) {
+        for project in &self.inner.config.projects {
+            if project.ami.is_none() {
+                continue;
+            }
+            tokio::select! {
+                result = super::ami::retain_amis(&self.inner.store, project) => if let Err(e) = result {
+                    tracing::error!(error = format!("{e:#}"), project = %project.name, "AMI retention failed; it runs again after the next AMI bake");
+                },
+                _ = self.inner.shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Tells the dispatcher that an image was queued.
@@ -175,9 +206,17 @@ impl BakeQueue {
                 .await;
             return Ok(());
         }
-        // Where the other kinds of image are baked, once this server can bake them.
-        let reason = format!("this server cannot bake {} images", bake.slot.kind);
-        self.fail(bake, &reason).await
+        self.inner
+            .baker
+            .bake_ami(store, &release, project, bake, cancel)
+            .await;
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        if let Err(e) = super::ami::retain_amis(store, project).await {
+            tracing::error!(error = format!("{e:#}"), project = %project.name, "AMI retention failed; it runs again after the next AMI bake");
+        }
+        Ok(())
     }
 
     async fn fail(&self, bake: &ClaimedBake, reason: &str) -> anyhow::Result<()> {
@@ -203,15 +242,16 @@ mod tests {
     }
 
     #[test]
-    fn a_docker_image_is_baked_when_the_project_has_a_docker_environment_or_none() {
+    fn a_release_is_baked_into_the_images_its_environments_run() {
         assert_eq!(images_for(&project("")), [ImageSlot::docker()]);
         let dev = "[[projects.environments]]\nname = \"dev\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:1\"\n";
         assert_eq!(images_for(&project(dev)), [ImageSlot::docker()]);
-        let prod = "[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\nlistener_arn = \"arn:l\"\ntarget_groups = [\"arn:b\", \"arn:g\"]\nlaunch_template_id = \"lt-1\"\nsubnets = [\"subnet-1\"]\n";
-        assert_eq!(images_for(&project(prod)), []);
+        let prod = "[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\nlistener_arn = \"arn:l\"\ntarget_groups = [\"arn:b\", \"arn:g\"]\nlaunch_template_id = \"lt-1\"\nsubnets = [\"subnet-1\"]\n[projects.ami]\nregion = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\ncommunicator = \"none\"\n";
+        assert_eq!(images_for(&project(prod)), [ImageSlot::ami("eu-west-1")]);
+        // [projects.ami] closes the file's table of environments: dev goes before it.
         assert_eq!(
             images_for(&project(&format!("{dev}{prod}"))),
-            [ImageSlot::docker()]
+            [ImageSlot::docker(), ImageSlot::ami("eu-west-1")]
         );
     }
 }

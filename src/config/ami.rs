@@ -32,6 +32,7 @@ pub struct RawAmi {
     pub endpoint_url: Option<String>,
     pub communicator: Option<String>,
     pub keep_releases: Option<u32>,
+    pub apt_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +60,9 @@ pub struct AmiSettings {
     pub communicator: Communicator,
     /// Retention keeps the AMIs of this many latest releases, besides live and warm ones.
     pub keep_releases: u32,
+    /// Slipway's `/apt/` as the bake instance reaches it; required with `ssh`. Absent (with
+    /// `none`, which installs nothing): the server's own address.
+    pub apt_url: Option<String>,
 }
 
 impl AmiSettings {
@@ -245,6 +249,26 @@ pub fn resolve(raw: RawAmi, key: &dyn Fn(&str) -> String) -> Result<AmiSettings,
             )
         }
     };
+    match (&raw.apt_url, communicator) {
+        (Some(url), _) => {
+            let valid = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.ends_with('/')
+                && is_word(url);
+            if !valid {
+                return fail(
+                    "apt_url",
+                    format!("expected the URL of Slipway's apt repository ending in /, like https://slipway.example.com/apt/, got {url:?}"),
+                );
+            }
+        }
+        (None, Communicator::Ssh) => {
+            return fail(
+                "apt_url",
+                "required: the bake instance installs the release from Slipway's apt repository, so name the URL it reaches it at (like https://slipway.example.com/apt/)".into(),
+            )
+        }
+        (None, Communicator::None) => {}
+    }
     let keep_releases = raw.keep_releases.unwrap_or(DEFAULT_KEEP_RELEASES);
     if keep_releases == 0 {
         return fail(
@@ -267,6 +291,7 @@ pub fn resolve(raw: RawAmi, key: &dyn Fn(&str) -> String) -> Result<AmiSettings,
         endpoint_url: raw.endpoint_url,
         communicator,
         keep_releases,
+        apt_url: raw.apt_url,
     })
 }
 
@@ -310,7 +335,7 @@ mod tests {
 
     #[test]
     fn an_id_or_a_filter_with_defaults() {
-        let settings = parse("region = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\n").unwrap();
+        let settings = parse("region = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\napt_url = \"https://slipway.example.com/apt/\"\n").unwrap();
         assert_eq!(settings.source_ami, SourceAmi::Id("ami-785db401".into()));
         assert_eq!(settings.instance_type, "t3.small");
         assert_eq!(settings.ssh_username, "admin");
@@ -335,6 +360,16 @@ mod tests {
     fn errors_name_the_key() {
         let cases = [
             ("region = \"eu-west-1\"\n", "projects[0].ami.source_ami", "required"),
+            (
+                "region = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\n",
+                "projects[0].ami.apt_url",
+                "reaches it",
+            ),
+            (
+                "region = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\ncommunicator = \"none\"\napt_url = \"slipway/apt\"\n",
+                "projects[0].ami.apt_url",
+                "ending in /",
+            ),
             (
                 "region = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\nsource_ami_filter = { owners = [\"self\"], name = \"x\" }\n",
                 "projects[0].ami.source_ami_filter",

@@ -546,6 +546,24 @@ fn resolve_project(
             ),
         ));
     }
+    if let Some(ami) = &ami {
+        // One bake per release makes the AMI, in the bake's region: an environment elsewhere
+        // would deploy an AMI that does not exist there.
+        for (j, environment) in environments.iter().enumerate() {
+            let Some(aws) = &environment.aws else {
+                continue;
+            };
+            if aws.region != ami.region {
+                return Err(invalid(
+                    &key(&format!("environments[{j}].region")),
+                    format!(
+                        "the aws environment `{}` is in {}, but the project's AMIs are baked in {} ([projects.ami] region): Slipway does not copy AMIs between regions",
+                        environment.name, aws.region, ami.region
+                    ),
+                ));
+            }
+        }
+    }
     Ok(Project {
         name: raw.name,
         repository: raw.repository,
@@ -871,12 +889,24 @@ mod tests {
             "{err}"
         );
         let with_ami = format!(
-            "{text}[projects.ami]\nregion = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\n"
+            "{text}[projects.ami]\nregion = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\napt_url = \"https://slipway.example.com/apt/\"\n"
         );
         let project = &load(&with_ami).unwrap().projects[0];
         assert_eq!(
             project.ami.as_ref().map(|a| a.region.as_str()),
             Some("eu-west-1")
+        );
+        let err = load(&with_ami.replace(
+            "region = \"eu-west-1\"\nsource",
+            "region = \"us-east-1\"\nsource",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("projects[0].environments[0].region")
+                && err.contains("`prod` is in eu-west-1")
+                && err.contains("baked in us-east-1"),
+            "{err}"
         );
         let err = load(&with_ami.replace("source_ami = \"ami-785db401\"\n", ""))
             .unwrap_err()

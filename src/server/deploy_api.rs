@@ -533,6 +533,7 @@ mod tests {
                 status: status.to_owned(),
                 reason: (status == "failed").then(|| "packer exited with 1".to_owned()),
                 bake_key: None,
+                baked_at: None,
             };
         let images = [
             image("docker", None, Some("sha256:ab12"), "baked"),

@@ -1,6 +1,9 @@
 //! The images each release is baked into, one per kind (`release_images`): its Docker image,
 //! and an AMI per region of the project's aws environments, each with its own bake status.
 
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -24,10 +27,11 @@ pub struct ReleaseImage {
     /// The Docker image's name (`slipway/hello-1a2b3c4d:v3`); absent for an AMI.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `queued`, `baking`, `baked` or `failed`.
+    /// `queued`, `baking`, `baked`, `failed`, or for an AMI `deregistered` (by retention).
     pub status: String,
     pub reason: Option<String>,
     pub bake_key: Option<String>,
+    pub baked_at: Option<DateTime<Utc>>,
 }
 
 /// The images of a release as `releases.rs` selects them (a JSON array).
@@ -102,6 +106,14 @@ impl ImageSlot {
         ImageSlot {
             kind: DOCKER.to_string(),
             region: String::new(),
+        }
+    }
+
+    /// The release's AMI in `region`.
+    pub fn ami(region: &str) -> ImageSlot {
+        ImageSlot {
+            kind: AMI.to_string(),
+            region: region.to_string(),
         }
     }
 
@@ -285,6 +297,91 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// The AMI in `region` of a release of `project` whose bake key is `key`, if one is baked.
+    pub async fn baked_ami_with_key(
+        &self,
+        project: &str,
+        region: &str,
+        key: &str,
+    ) -> StoreResult<Option<String>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT i.image_id FROM release_images i JOIN releases r ON r.id = i.release_id
+                 WHERE r.project = $1 AND i.kind = 'ami' AND i.region = $2 AND i.bake_key = $3
+                 AND i.status = 'baked' AND i.image_id IS NOT NULL
+                 ORDER BY r.number DESC LIMIT 1",
+                &[&project, &region, &key],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// The AMIs in `region` the release records, whatever their status.
+    pub async fn release_amis(&self, release: Uuid, region: &str) -> StoreResult<BTreeSet<String>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT image_id FROM release_images WHERE release_id = $1 AND kind = 'ami'
+                 AND region = $2 AND image_id IS NOT NULL",
+                &[&release, &region],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// The AMIs of `project` in `region` that retention must keep besides those instances run:
+    /// the baked AMIs of its `keep_releases` newest releases that have one, and those of
+    /// releases an unfinished deployment of the project is taking somewhere.
+    pub async fn amis_to_keep(
+        &self,
+        project: &str,
+        region: &str,
+        keep_releases: u32,
+    ) -> StoreResult<BTreeSet<String>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "(SELECT i.image_id FROM release_images i JOIN releases r ON r.id = i.release_id
+                  WHERE r.project = $1 AND i.kind = 'ami' AND i.region = $2
+                  AND i.status = 'baked' AND i.image_id IS NOT NULL
+                  ORDER BY r.number DESC LIMIT $3)
+                 UNION
+                 SELECT i.image_id FROM release_images i JOIN releases r ON r.id = i.release_id
+                 JOIN deployments d ON d.project = r.project AND d.release = 'v' || r.number
+                 WHERE r.project = $1 AND i.kind = 'ami' AND i.region = $2
+                 AND i.image_id IS NOT NULL AND d.finished_at IS NULL",
+                &[&project, &region, &i64::from(keep_releases)],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Records that retention deregistered these AMIs of `project` in `region`, saying why.
+    pub async fn record_deregistered_amis(
+        &self,
+        project: &str,
+        region: &str,
+        amis: &[String],
+        reason: &str,
+    ) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE release_images i SET status = 'deregistered', reason = $4
+                 FROM releases r WHERE r.id = i.release_id AND r.project = $1
+                 AND i.kind = 'ami' AND i.region = $2 AND i.image_id = ANY($3)",
+                &[&project, &region, &amis, &reason],
+            )
+            .await?;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::release_images::{images_from_json, ImageSlot, ReleaseImage};
+use super::release_images::{images_from_json, ImageSlot, ReleaseImage, AMI};
 use super::{next_number, Store, StoreResult};
 
 #[derive(Debug, Clone, Serialize)]
@@ -139,7 +139,7 @@ const COLUMNS: &str = "r.id, r.number, r.project, b.number, r.commit, r.status, 
         'kind', i.kind, 'region', NULLIF(i.region, ''),
         'id', CASE WHEN i.kind = 'docker' THEN i.image_id ELSE i.image END,
         'name', CASE WHEN i.kind = 'docker' THEN i.image END,
-        'status', i.status, 'reason', i.reason, 'bake_key', i.bake_key)
+        'status', i.status, 'reason', i.reason, 'bake_key', i.bake_key, 'baked_at', i.baked_at)
         ORDER BY i.kind DESC, i.region), '[]'::json)
      FROM release_images i WHERE i.release_id = r.id)";
 
@@ -152,7 +152,8 @@ fn from_row(row: &tokio_postgres::Row) -> Release {
         size: row.get(10),
         sha256: row.get(11),
     });
-    Release {
+    let images = images_from_json(row.get(26));
+    let mut release = Release {
         id: row.get(0),
         version: format!("v{number}"),
         number,
@@ -183,7 +184,28 @@ fn from_row(row: &tokio_postgres::Row) -> Release {
                 warnings: row.get::<_, Option<Vec<String>>>(24).unwrap_or_default(),
                 note: row.get(25),
             }),
-        images: images_from_json(row.get(26)),
+        images,
+    };
+    release.follow_the_ami_without_a_docker_image();
+    release
+}
+
+impl Release {
+    /// A release baked into an AMI only (its project has aws environments only) shows that
+    /// AMI's bake in its bake columns: the image is the AMI id.
+    fn follow_the_ami_without_a_docker_image(&mut self) {
+        if self.bake_status.is_some() {
+            return;
+        }
+        let Some(ami) = self.images.iter().find(|image| image.kind == AMI) else {
+            return;
+        };
+        self.bake_status = Some(ami.status.clone());
+        self.bake_id = Some(bake_id(self.id));
+        self.bake_reason = ami.reason.clone();
+        self.bake_key = ami.bake_key.clone();
+        self.image = ami.id.clone();
+        self.baked_at = ami.baked_at;
     }
 }
 

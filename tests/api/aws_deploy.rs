@@ -8,7 +8,7 @@
 //! `Store::record_release_image` as the AMI bake records them. The environments carry no
 //! `env`: moto cannot start a group from a launch template version with user data.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,20 @@ use slipway::store::release_images::{ImageRecord, AMI};
 use slipway::store::Store;
 use tokio_postgres::NoTls;
 
+use crate::builds::{commit_all, git, hello_repository, push_body};
 use crate::deploy::Api;
-use crate::helpers::{read_token, test_database};
+use crate::helpers::{read_token, sign, test_database, BAKE_LIMIT};
 use crate::server_process::{self, Server};
 
 #[path = "../../deployer/tests/deployer/moto.rs"]
 mod moto;
 
 use moto::{Infra, Moto, REGION};
+
+/// The project's webhook secret.
+const WEBHOOK_SECRET: &str = "aws-hello-secret";
+/// The AMI the project's bakes start from: one moto lists in every region.
+const SOURCE_AMI: &str = "ami-785db401";
 
 /// The server's environment: dummy credentials for moto, and no instance metadata lookups.
 const AWS_VARIABLES: [(&str, &str); 3] = [
@@ -43,6 +49,10 @@ struct Setup {
     database_url: String,
     /// Instances moto runs before Slipway does anything (those the AMIs were made from).
     before: BTreeSet<String>,
+    /// Where the project is cloned from: nowhere, unless a test pushes a repository.
+    clone_url: String,
+    /// More `[projects.ami]` settings.
+    ami_extra: String,
 }
 
 impl Setup {
@@ -59,6 +69,8 @@ impl Setup {
             dir,
             database_url: test_database(),
             before: BTreeSet::new(),
+            clone_url: "file:///nonexistent".to_owned(),
+            ami_extra: String::new(),
         }
     }
 
@@ -66,8 +78,8 @@ impl Setup {
     /// environment aws, in this order, with `extra` settings.
     async fn environments(&mut self, names: &[&str], extra: &str) -> Vec<Infra> {
         let mut text = format!(
-            "database_url = \"{}\"\n[[projects]]\nname = \"{1}\"\nrepository = \"acme/{1}\"\nclone_url = \"file:///nonexistent\"\n",
-            self.database_url, self.project
+            "database_url = \"{}\"\n[[projects]]\nname = \"{1}\"\nrepository = \"acme/{1}\"\nclone_url = \"{2}\"\nwebhook_secret = \"{WEBHOOK_SECRET}\"\n",
+            self.database_url, self.project, self.clone_url
         );
         let mut infras = Vec::new();
         for name in names {
@@ -84,11 +96,11 @@ impl Setup {
             ));
             infras.push(infra);
         }
-        // An aws environment needs the project's AMI settings; this test records its AMIs
-        // itself, so they only have to be valid.
+        // An aws environment needs the project's AMI settings: the server bakes in moto with
+        // them (tests that seed releases record their AMIs themselves).
         text.push_str(&format!(
-            "[projects.ami]\nregion = \"{REGION}\"\nsource_ami = \"ami-785db401\"\nendpoint_url = \"{}\"\ncommunicator = \"none\"\n",
-            self.moto.endpoint
+            "[projects.ami]\nregion = \"{REGION}\"\nsource_ami = \"{SOURCE_AMI}\"\nendpoint_url = \"{}\"\ncommunicator = \"none\"\n{}",
+            self.moto.endpoint, self.ami_extra
         ));
         std::fs::write(self.dir.path().join("slipway.toml"), text).unwrap();
         self.before = running_instances(&self.config).await;
@@ -144,6 +156,68 @@ impl Setup {
         };
         store.record_release_image(release, &record).await.unwrap();
         store.close();
+    }
+
+    /// Pushes `commit` of the project's repository on main to `api`'s server.
+    async fn push(&self, api: &Api, commit: &str) {
+        let body = push_body(&format!("acme/{}", self.project), "main", commit);
+        let response = reqwest::Client::new()
+            .post(format!("{}/hooks/bitbucket", api.address()))
+            .header("X-Event-Key", "repo:push")
+            .header("Content-Type", "application/json")
+            .header("X-Hub-Signature", sign(WEBHOOK_SECRET, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+
+    /// Release `version` as the API lists it, once it exists.
+    async fn release_of(&self, api: &Api, version: &str) -> Option<Value> {
+        let releases = api
+            .get(&format!("/projects/{}/releases", self.project))
+            .await;
+        releases
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == version)
+            .cloned()
+    }
+
+    /// Release `version` once its AMI's bake ended (its build and bake run first).
+    async fn wait_for_ami(&self, api: &Api, version: &str) -> Value {
+        let deadline = Instant::now() + BAKE_LIMIT;
+        loop {
+            if let Some(release) = self.release_of(api, version).await {
+                let status = release["images"][0]["status"].as_str().unwrap_or("");
+                if !["", "queued", "baking"].contains(&status) {
+                    return release;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{version}'s AMI was not baked within {BAKE_LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The bake log of release `version`'s AMI.
+    async fn ami_log(&self, api: &Api, version: &str) -> String {
+        let lines = api
+            .get(&format!(
+                "/projects/{}/releases/{version}/bake-log?kind=ami&region={REGION}",
+                self.project
+            ))
+            .await;
+        lines
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| format!("{}\n", l["line"].as_str().unwrap()))
+            .collect()
     }
 
     fn group(&self, environment: &str, release: &str) -> String {
@@ -547,4 +621,335 @@ async fn kill_9_between_launch_and_switch_on_aws_then_restart_leaves_no_orphan_i
     assert_eq!(running_instances(&config).await, accounted);
     assert_eq!(default_ami(&config, prod).await, amis[1]);
     assert_eq!(slipway_versions(&config, prod).await, amis);
+}
+
+/// An AMI's tags, and its snapshots; `None` once it is deregistered.
+async fn ami(config: &SdkConfig, id: &str) -> Option<(BTreeMap<String, String>, Vec<String>)> {
+    let ec2 = aws_sdk_ec2::Client::new(config);
+    let described = ec2.describe_images().image_ids(id).send().await;
+    let described = match described {
+        Ok(described) => described,
+        Err(e) if format!("{e:?}").contains("InvalidAMIID.NotFound") => return None,
+        Err(e) => panic!("DescribeImages: {e:?}"),
+    };
+    let image = described.images().first()?;
+    let tags = image
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned()))
+        .collect();
+    let snapshots = image
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs().and_then(|ebs| ebs.snapshot_id()))
+        .map(str::to_owned)
+        .collect();
+    Some((tags, snapshots))
+}
+
+async fn snapshot_exists(config: &SdkConfig, id: &str) -> bool {
+    let ec2 = aws_sdk_ec2::Client::new(config);
+    let described = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap();
+    described
+        .snapshots()
+        .iter()
+        .any(|s| s.snapshot_id() == Some(id))
+}
+
+/// What carries the bake's id in moto: AMIs, instances not terminated, the key pair and the
+/// security group named after it.
+async fn bake_resources(config: &SdkConfig, bake_id: &str) -> (Vec<String>, Vec<String>, usize) {
+    let ec2 = aws_sdk_ec2::Client::new(config);
+    let by_tag = || {
+        aws_sdk_ec2::types::Filter::builder()
+            .name("tag:slipway_bake")
+            .values(bake_id)
+            .build()
+    };
+    let images = ec2
+        .describe_images()
+        .owners("self")
+        .filters(by_tag())
+        .send()
+        .await
+        .unwrap();
+    let images = images
+        .images()
+        .iter()
+        .filter_map(|i| i.image_id().map(str::to_owned))
+        .collect();
+    let instances = ec2
+        .describe_instances()
+        .filters(by_tag())
+        .send()
+        .await
+        .unwrap();
+    let instances = instances
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            i.state().and_then(|s| s.name())
+                != Some(&aws_sdk_ec2::types::InstanceStateName::Terminated)
+        })
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
+    let name = format!("slipway-bake-{bake_id}");
+    let keys = ec2.describe_key_pairs().send().await.unwrap();
+    let groups = ec2.describe_security_groups().send().await.unwrap();
+    let named = keys
+        .key_pairs()
+        .iter()
+        .filter(|k| k.key_name() == Some(&name))
+        .count()
+        + groups
+            .security_groups()
+            .iter()
+            .filter(|g| g.group_name() == Some(&name))
+            .count();
+    (images, instances, named)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_baked_into_an_ami_deployed_to_aws_and_its_ami_retired_by_retention() {
+    let repo = hello_repository();
+    let mut setup = Setup::new().await;
+    setup.clone_url = format!("file://{}", repo.path().display());
+    setup.ami_extra = "keep_releases = 1\n".to_owned();
+    let infras = setup.environments(&["prod"], "retention = \"0s\"").await;
+    let prod = &infras[0];
+    let config = setup.config.clone();
+    let name = setup.project.clone();
+    let (server, api) = setup.start();
+
+    // A push: the build publishes the package, the server bakes the release's AMI in moto.
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    let started = Instant::now();
+    setup.push(&api, &first).await;
+    let v1 = setup.wait_for_ami(&api, "v1").await;
+    eprintln!(
+        "push to baked AMI took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let image = &v1["images"][0];
+    assert_eq!(image["kind"], "ami", "{v1:#}");
+    assert_eq!(image["region"], REGION, "{v1:#}");
+    assert_eq!(image["status"], "baked", "{v1:#}");
+    let ami1 = image["id"].as_str().unwrap().to_owned();
+    let key = image["bake_key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        v1["images"].as_array().unwrap().len(),
+        1,
+        "no Docker image: {v1:#}"
+    );
+    // With no Docker image, the release's image is its AMI.
+    assert_eq!(v1["image"], ami1.as_str(), "{v1:#}");
+    assert_eq!(v1["bake_status"], "baked", "{v1:#}");
+    assert_eq!(key.len(), 64, "{v1:#}");
+    let (tags, snapshots) = ami(&config, &ami1).await.expect("the AMI exists");
+    assert_eq!(tags["project"], name);
+    assert_eq!(tags["release"], "v1");
+    assert_eq!(tags["commit"], first);
+    assert_eq!(tags["bake_key"], key);
+    assert_eq!(tags["slipway_bake"], v1["bake_id"].as_str().unwrap());
+    assert_eq!(tags["Name"], format!("{name}-v1"));
+    assert!(!snapshots.is_empty());
+    let log = setup.ami_log(&api, "v1").await;
+    assert!(
+        log.contains(&format!(
+            "==> slipway: AMI bake in {REGION} from {SOURCE_AMI}"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("amazon-ebs"), "{log}");
+    let (_, instances, named) = bake_resources(&config, v1["bake_id"].as_str().unwrap()).await;
+    assert_eq!(
+        (instances, named),
+        (vec![], 0),
+        "the bake left nothing running"
+    );
+
+    // The server deploys it to the aws environment by itself.
+    let environment = api.wait_live(&name, "prod", "v1").await;
+    assert_eq!(environment["live"]["image"], ami1.as_str());
+    assert_eq!(default_ami(&config, prod).await, ami1);
+
+    // A second push: v2's AMI, deployed; v1's AMI, still live while v2 baked, stays.
+    std::fs::write(repo.path().join("CHANGES"), "v2\n").unwrap();
+    let second = commit_all(repo.path(), "v2");
+    setup.push(&api, &second).await;
+    let v2 = setup.wait_for_ami(&api, "v2").await;
+    assert_eq!(v2["images"][0]["status"], "baked", "{v2:#}");
+    let ami2 = v2["images"][0]["id"].as_str().unwrap().to_owned();
+    assert_ne!(ami2, ami1);
+    assert_ne!(v2["images"][0]["bake_key"], key.as_str());
+    api.wait_live(&name, "prod", "v2").await;
+    let v2_group = setup.group("prod", "v2");
+    eventually(Duration::from_secs(60), "v1's group retires", || async {
+        group_names(&config, &name).await == [v2_group.clone()]
+    })
+    .await;
+    assert!(
+        ami(&config, &ami1).await.is_some(),
+        "v1's AMI was live at v2's bake"
+    );
+
+    // The next start's retention: no instance runs v1's AMI and keep_releases = 1, so it is
+    // deregistered with its snapshots, and its release says so.
+    drop(server);
+    let (_server, api) = setup.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let v1 = loop {
+        let v1 = setup.release_of(&api, "v1").await.unwrap();
+        if v1["images"][0]["status"] == "deregistered" {
+            break v1;
+        }
+        assert!(Instant::now() < deadline, "v1's AMI not retired: {v1:#}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let reason = v1["images"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("keep_releases"), "{reason}");
+    assert!(ami(&config, &ami1).await.is_none());
+    for snapshot in &snapshots {
+        assert!(!snapshot_exists(&config, snapshot).await, "{snapshot}");
+    }
+    assert!(ami(&config, &ami2).await.is_some(), "the live AMI stays");
+
+    // Rolling back to it is refused, saying why.
+    let (ok, out, err) = setup
+        .cli(&api, &["rollback", "--env", "prod", "--to", "v1"])
+        .await;
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("deregistered by retention") && err.contains("deployable releases: v2"),
+        "{err}"
+    );
+}
+
+/// The process groups of the Packer runs with this bake id that still run.
+fn packer_groups(bake_id: &str) -> BTreeSet<i32> {
+    let wanted = format!("bake_id={bake_id}");
+    processes()
+        .into_iter()
+        .filter(|(pid, _)| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"packer"))
+                && args.contains(&wanted.as_bytes())
+        })
+        .map(|(_, group)| group)
+        .collect()
+}
+
+/// Whether a process of the group still runs (not a zombie: a killed process whose parent
+/// died stays one until init reaps it).
+fn group_alive(group: i32) -> bool {
+    processes().iter().any(|&(_, g)| g == group)
+}
+
+/// The processes that run, not zombies, with their process group.
+fn processes() -> Vec<(i32, i32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, rest)| rest) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") {
+            continue;
+        }
+        if let Some(group) = fields.get(2).and_then(|g| g.parse().ok()) {
+            found.push((pid, group));
+        }
+    }
+    found
+}
+
+/// Stops (`STOP`) or resumes (`CONT`) the moto server listening at `endpoint`.
+fn signal_moto(endpoint: &str, signal: &str) {
+    let port = endpoint.rsplit(':').next().unwrap();
+    let status = std::process::Command::new("pkill")
+        .args([
+            &format!("-{signal}"),
+            "-f",
+            &format!("moto_server -H 127.0.0.1 -p {port}$"),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "pkill -{signal} moto on port {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_an_ami_bake_then_restart_bakes_it_again_and_leaves_nothing_behind() {
+    let repo = hello_repository();
+    let mut setup = Setup::new().await;
+    setup.clone_url = format!("file://{}", repo.path().display());
+    setup.environments(&["prod"], "").await;
+    let config = setup.config.clone();
+    let name = setup.project.clone();
+    let (first, api) = setup.start();
+    let commit = git(repo.path(), &["rev-parse", "HEAD"]);
+    setup.push(&api, &commit).await;
+
+    // Once Packer runs, AWS stops answering: the bake hangs mid-way, as a long one would.
+    let deadline = Instant::now() + BAKE_LIMIT;
+    loop {
+        let release = setup.release_of(&api, "v1").await;
+        let baking = release.is_some_and(|r| r["images"][0]["status"] == "baking");
+        if baking
+            && setup
+                .ami_log(&api, "v1")
+                .await
+                .contains("==> slipway: AMI bake in")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the AMI bake did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal_moto(&setup.moto.endpoint, "STOP");
+    let v1 = setup.release_of(&api, "v1").await.unwrap();
+    assert_eq!(v1["images"][0]["status"], "baking", "{v1:#}");
+    let bake_id = v1["bake_id"].as_str().unwrap().to_owned();
+    let packer = packer_groups(&bake_id);
+    assert!(!packer.is_empty(), "Packer runs the bake");
+    drop(first); // kill -9
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        packer.iter().any(|&group| group_alive(group)),
+        "Packer outlives the killed server"
+    );
+    signal_moto(&setup.moto.endpoint, "CONT");
+
+    // The next start stops that Packer run, reaps what it made and bakes the AMI again.
+    let (_second, api) = setup.start();
+    let v1 = setup.wait_for_ami(&api, "v1").await;
+    assert_eq!(v1["images"][0]["status"], "baked", "{v1:#}");
+    let stale: Vec<i32> = packer.iter().copied().filter(|&g| group_alive(g)).collect();
+    assert_eq!(stale, Vec::<i32>::new(), "the first Packer run is gone");
+    let log = setup.ami_log(&api, "v1").await;
+    assert!(log.contains("baking again"), "{log}");
+    let ami_id = v1["images"][0]["id"].as_str().unwrap().to_owned();
+    let (images, instances, named) = bake_resources(&config, &bake_id).await;
+    assert_eq!(images, vec![ami_id.clone()], "one AMI, the recorded one");
+    assert_eq!(instances, Vec::<String>::new());
+    assert_eq!(named, 0, "no key pair or security group left");
+    let environment = api.wait_live(&name, "prod", "v1").await;
+    assert_eq!(environment["live"]["image"], ami_id.as_str());
 }

@@ -108,7 +108,7 @@ async fn a_long_bake_holds_no_build_slot_and_the_next_release_waits_in_the_bake_
     assert_eq!(
         v2["images"],
         serde_json::json!([{"kind": "docker", "id": null, "status": "queued",
-            "reason": null, "bake_key": null}]),
+            "reason": null, "bake_key": null, "baked_at": null}]),
         "{v2}"
     );
     let listed = Command::new(env!("CARGO_BIN_EXE_slipway"))

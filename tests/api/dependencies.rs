@@ -336,7 +336,7 @@ async fn health_names_what_is_missing_while_healthz_says_only_unavailable() {
     let repo = tiny_repository(QUICK_PIPELINE);
     let extra = format!("docker_host = \"{socket}\"\npacker = \"/nonexistent/bin/packer\"\n");
     let aws = format!(
-        "[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\nendpoint_url = \"http://{closed}\"\nlistener_arn = \"arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/x/1/2\"\ntarget_groups = [\"arn:blue\", \"arn:green\"]\nlaunch_template_id = \"lt-0abc\"\n[projects.ami]\nregion = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\n"
+        "[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\nendpoint_url = \"http://{closed}\"\nlistener_arn = \"arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/x/1/2\"\ntarget_groups = [\"arn:blue\", \"arn:green\"]\nlaunch_template_id = \"lt-0abc\"\n[projects.ami]\nregion = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\napt_url = \"https://slipway.example.com/apt/\"\nendpoint_url = \"http://{closed}\"\n"
     );
     let app = TestApp::spawn(&(tiny_config(repo.path(), &extra) + &aws)).await;
 

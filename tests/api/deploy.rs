@@ -241,6 +241,20 @@ impl Api {
         .await
     }
 
+    /// `GET /api/v1<path>`, which must answer 200 with JSON.
+    pub(crate) async fn get(&self, path: &str) -> Value {
+        let url = format!("{}/api/v1{path}", self.address);
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
     /// Posts an operation; its status and body (the whole event stream when accepted).
     pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, String) {
         let url = format!("{}/api/v1{path}", self.address);

@@ -9,7 +9,7 @@ use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types::{Filter, Image, InstanceStateName, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 
-use super::{bake_resource_name, BAKE_TAG, PROJECT_TAG};
+use super::{bake_resource_name, SourceAmi, BAKE_TAG, PROJECT_TAG};
 use crate::packer::BakeError;
 
 /// How long reaping waits for the bake's instances to terminate (their security group cannot
@@ -259,6 +259,75 @@ impl AmiAccount {
             tracing::info!(bake = %bake_id, ?reaped, "removed what the AMI bake left");
         }
         Ok(reaped)
+    }
+
+    /// The AMI id `source` names in this region: an id as it is (once it exists), or the most
+    /// recent AMI of the filter's owners whose name matches. What a bake starts from, resolved
+    /// before its key is computed, so that a newer base AMI makes a new key.
+    pub async fn resolve_source(&self, source: &SourceAmi) -> Result<String, BakeError> {
+        let mut request = self.ec2.describe_images();
+        let wanted = match source {
+            SourceAmi::Id(id) => {
+                request = request.image_ids(id);
+                format!("the source AMI {id}")
+            }
+            SourceAmi::Filter { owners, name } => {
+                for owner in owners {
+                    request = request.owners(owner);
+                }
+                request = request.filters(filter("name", name));
+                format!("an AMI named {name:?} owned by {}", owners.join(", "))
+            }
+        };
+        let not_found = || BakeError::InvalidRequest {
+            field: "source_ami",
+            reason: format!("{wanted} does not exist in {}", self.region),
+        };
+        let images = match request.send().await {
+            Ok(images) => images,
+            Err(e) if code(&e) == Some("InvalidAMIID.NotFound") => return Err(not_found()),
+            Err(e) => return Err(aws("DescribeImages", e)),
+        };
+        images
+            .images()
+            .iter()
+            .filter(|image| image.image_id().is_some())
+            .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+            .and_then(|image| image.image_id().map(str::to_owned))
+            .ok_or_else(not_found)
+    }
+
+    /// The AMIs that instances in this region run or may run again (pending, running,
+    /// stopping or stopped): live and warm fleets' AMIs, which retention never touches.
+    pub async fn amis_in_use(&self) -> Result<BTreeSet<String>, BakeError> {
+        let mut in_use = BTreeSet::new();
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(
+                        ["pending", "running", "stopping", "stopped"]
+                            .map(str::to_owned)
+                            .to_vec(),
+                    ))
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws("DescribeInstances", e))?;
+            for reservation in page.reservations() {
+                in_use.extend(
+                    reservation
+                        .instances()
+                        .iter()
+                        .filter_map(|i| i.image_id().map(str::to_owned)),
+                );
+            }
+        }
+        Ok(in_use)
     }
 
     /// The AMIs carrying the bake's id.

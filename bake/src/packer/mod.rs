@@ -34,6 +34,7 @@ pub use docker::{reap_bake, CONTAINER_LABEL, IMAGE_LABEL};
 pub use error::BakeError;
 pub use key::{bake_key, read_playbook_dir, BakeKeyInputs, MAX_PLAYBOOK_BYTES, MAX_PLAYBOOK_FILES};
 pub use request::{AmazonEbsSource, BakeRequest, BakeSource, DockerSource, DEFAULT_PROVISIONING};
+pub use run::stop_orphaned_packer;
 use run::{run_packer, spawn_error, Ending, PackerRun};
 pub use team::TeamPlaybook;
 

@@ -212,3 +212,51 @@ impl Collected {
         }
     }
 }
+
+/// Kills the process groups of Packer runs of the bake `bake_id` that are still alive: what a
+/// server killed mid-bake left running (Packer runs in its own process group, which outlives
+/// the server; its `-var bake_id=<id>` argument names the bake). Returns the process group
+/// ids killed, after each is gone. For a server starting up, before it reaps the bake.
+pub async fn stop_orphaned_packer(bake_id: &str) -> Vec<i32> {
+    let wanted = format!("bake_id={bake_id}");
+    let mut groups = std::collections::BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|&b| b == 0);
+        let is_packer = args
+            .next()
+            .is_some_and(|program| program.ends_with(b"packer"));
+        if is_packer && args.any(|arg| arg == wanted.as_bytes()) {
+            if let Ok(group) = nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
+                groups.insert(group.as_raw());
+            }
+        }
+    }
+    for &group in &groups {
+        tracing::warn!(bake = %bake_id, pgid = group, "killing the Packer run a stopped server left");
+        let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+    }
+    // Gone once no process of the group is left (its parent, dead, was the server).
+    for _ in 0..100 {
+        let alive = groups
+            .iter()
+            .any(|&group| killpg(Pid::from_raw(group), None).is_ok());
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    groups.into_iter().collect()
+}

@@ -1,0 +1,302 @@
+//! AMI bakes on the server: a release's AMI is baked (Packer's `amazon-ebs` source, the same
+//! template and playbooks as the Docker image, the team's too) with the project's
+//! `[projects.ami]`, recorded on the release's `ami` image of the region with its bake key and
+//! log, and reused when an earlier release's AMI has the same key and still exists.
+//!
+//! - The source AMI is resolved first (an id, or the newest match of the filter), so the bake
+//!   key covers the exact AMI the bake starts from: a newer Debian AMI makes a new key.
+//! - A failed bake leaves nothing in the account (the bake crate reaps by the bake's id); a
+//!   bake a crash interrupted is reaped at the next start ([`reap_interrupted`]) before it is
+//!   queued again.
+//! - Retention ([`retain_amis`]) runs after each AMI bake and at start: it deregisters the
+//!   project's AMIs (and deletes their snapshots) except those instances run (live and warm
+//!   fleets), those of the `keep_releases` newest releases, those an unfinished deployment
+//!   takes, and those bakes in progress made; each deregistered AMI's row says so.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context;
+use chrono::Utc;
+use slipway_bake::{AmiAccount, BakeRequest, BakeSource, SourceAmi};
+use tokio_util::sync::CancellationToken;
+
+use slipway_bake::BakeObserver;
+
+use super::{failure_reason, BakeLog, Baker, BAKE_TIMEOUT};
+use crate::config::{AmiSettings, Project};
+use crate::store::release_images::{ClaimedBake, ImageRecord, AMI};
+use crate::store::releases::{bake_id, Release};
+use crate::store::Store;
+
+impl Baker {
+    /// Bakes the release's AMI `bake` claimed from the queue (now `baking`). Never fails:
+    /// errors end up on the release's image.
+    #[tracing::instrument(skip_all, fields(project = %release.project, release = %release.version, region = %bake.slot.region))]
+    pub async fn bake_ami(
+        &self,
+        store: &Store,
+        release: &Release,
+        project: &Project,
+        bake: &ClaimedBake,
+        cancel: &CancellationToken,
+    ) {
+        let result = match &project.ami {
+            Some(settings) => {
+                self.run_ami_bake(store, release, project, settings, bake, cancel)
+                    .await
+            }
+            None => Err(anyhow::anyhow!(
+                "the project has no [projects.ami] settings any more"
+            )),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = format!("{e:#}"), "AMI bake failed");
+            let reason = format!("the bake could not run: {e:#}");
+            if let Err(e) = record(store, release, bake, "failed", Some(&reason), None, None).await
+            {
+                tracing::error!(error = %e, "cannot record a failed AMI bake");
+            }
+        }
+    }
+
+    async fn run_ami_bake(
+        &self,
+        store: &Store,
+        release: &Release,
+        project: &Project,
+        settings: &AmiSettings,
+        bake: &ClaimedBake,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let package = release
+            .package
+            .as_ref()
+            .context("a published release has a package")?;
+        let mut log = BakeLog::start(
+            store.clone(),
+            release.id,
+            bake.slot.clone(),
+            self.log_limit_bytes,
+        );
+        if bake.attempts > 1 {
+            log.line(
+                "==> slipway: baking again: the server stopped during this image's previous bake",
+            );
+        }
+        let account = settings.account().await;
+        let prepared = async {
+            let staged = self
+                .stage_from_commit(project, release)
+                .await
+                .context("cannot stage the team's bake settings")?;
+            let source_ami = account
+                .resolve_source(&settings.source_ami)
+                .await
+                .context("cannot find the source AMI")?;
+            anyhow::Ok((staged, source_ami))
+        }
+        .await;
+        let (staged, source_ami) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                let reason = format!("cannot start the bake: {e:#}");
+                log.line(&format!("==> slipway: {reason}"));
+                log.finish().await;
+                return record(store, release, bake, "failed", Some(&reason), None, None).await;
+            }
+        };
+        let mut source = settings.source("");
+        source.source_ami = SourceAmi::Id(source_ami.clone());
+        let mut request = BakeRequest {
+            packer: self.packer.clone(),
+            template: self.template.clone(),
+            playbook_dir: self.playbook_dir.clone(),
+            source: BakeSource::AmazonEbs(source),
+            app: release.project.clone(),
+            package: package.name.clone(),
+            version: package.version.clone(),
+            release: u64::try_from(release.number).context("release numbers are positive")?,
+            commit: release.commit.clone(),
+            apt_url: settings
+                .apt_url
+                .clone()
+                .unwrap_or_else(|| self.apt_url.clone()),
+            apt_key_path: self.apt_key_path.clone(),
+            security_updates: false,
+            bake_id: bake_id(release.id),
+            timeout: BAKE_TIMEOUT,
+            env: Default::default(),
+            team: staged.team.clone(),
+            scratch_dir: self.scratch_dir(),
+            provisioning: staged.provisioning.clone(),
+        };
+        let key = match request.bake_key(&source_ami, &package.sha256) {
+            Ok(key) => key,
+            Err(e) => {
+                let reason = format!("cannot start the bake: {e}");
+                log.finish().await;
+                return record(store, release, bake, "failed", Some(&reason), None, None).await;
+            }
+        };
+        if let BakeSource::AmazonEbs(source) = &mut request.source {
+            source.bake_key = key.clone();
+        }
+        record(store, release, bake, "baking", None, Some(&key), None).await?;
+        if bake.rebake {
+            log.line("==> slipway: rebake requested: baking again even if an AMI with this bake key exists");
+        }
+        log.line(&format!(
+            "==> slipway: AMI bake in {} from {source_ami}",
+            settings.region
+        ));
+        for note in &staged.notes {
+            log.line(note);
+        }
+        if !bake.rebake {
+            if let Some(ami) = reusable_ami(store, &account, release, &key).await? {
+                log.line(&format!(
+                    "==> slipway: reusing {ami}: an earlier bake had the same bake key"
+                ));
+                log.finish().await;
+                return record(store, release, bake, "baked", None, Some(&key), Some(&ami)).await;
+            }
+        }
+        let result = slipway_bake::bake(&request, &self.docker.client(), &mut log, cancel).await;
+        let ansible_error = log.take_ansible_error();
+        log.finish().await;
+        match result {
+            Ok(artifact) => {
+                tracing::info!(ami = %artifact.id, "baked a release's AMI");
+                record(
+                    store,
+                    release,
+                    bake,
+                    "baked",
+                    None,
+                    Some(&key),
+                    Some(&artifact.id),
+                )
+                .await
+            }
+            Err(error) => {
+                let reason = failure_reason(ansible_error, &error);
+                tracing::warn!(%reason, "AMI bake failed");
+                record(
+                    store,
+                    release,
+                    bake,
+                    "failed",
+                    Some(&reason),
+                    Some(&key),
+                    None,
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// Records the state of the release's AMI `bake`.
+async fn record(
+    store: &Store,
+    release: &Release,
+    bake: &ClaimedBake,
+    status: &str,
+    reason: Option<&str>,
+    bake_key: Option<&str>,
+    ami: Option<&str>,
+) -> anyhow::Result<()> {
+    let record = ImageRecord {
+        kind: AMI,
+        region: &bake.slot.region,
+        status,
+        reason,
+        bake_key,
+        image: ami,
+        image_id: ami,
+    };
+    store.record_release_image(release.id, &record).await?;
+    Ok(())
+}
+
+/// An AMI of the project with this bake key that still exists in the account.
+async fn reusable_ami(
+    store: &Store,
+    account: &AmiAccount,
+    release: &Release,
+    key: &str,
+) -> anyhow::Result<Option<String>> {
+    let Some(ami) = store
+        .baked_ami_with_key(&release.project, account.region(), key)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let exists = account
+        .project_amis(&release.project)
+        .await?
+        .iter()
+        .any(|existing| existing.id == ami);
+    Ok(exists.then_some(ami))
+}
+
+/// At start, for an AMI bake a stop or crash interrupted: removes what it left in the account
+/// (found by its bake id), keeping any AMI the release already records.
+pub async fn reap_interrupted(
+    store: &Store,
+    project: Option<&Project>,
+    bake: &ClaimedBake,
+) -> anyhow::Result<()> {
+    let Some(settings) = project.and_then(|project| project.ami.as_ref()) else {
+        anyhow::bail!("the project's [projects.ami] settings are gone: remove what the bake left by its tag slipway_bake");
+    };
+    let account = settings.account().await;
+    let keep = store.release_amis(bake.release, &bake.slot.region).await?;
+    let reaped = account.reap_bake(&bake_id(bake.release), &keep).await?;
+    if !reaped.is_empty() {
+        tracing::warn!(bake = %bake_id(bake.release), ?reaped, "removed what an interrupted AMI bake left");
+    }
+    Ok(())
+}
+
+/// Deregisters the project's AMIs that nothing needs any more (see the module's notes) and
+/// records it on their releases.
+pub async fn retain_amis(store: &Store, project: &Project) -> anyhow::Result<()> {
+    let Some(settings) = &project.ami else {
+        return Ok(());
+    };
+    let account = settings.account().await;
+    let mut keep = store
+        .amis_to_keep(&project.name, &settings.region, settings.keep_releases)
+        .await?;
+    keep.extend(account.amis_in_use().await?);
+    let baking: BTreeSet<String> = store
+        .images_baking()
+        .await?
+        .into_iter()
+        .filter(|bake| bake.slot.kind == AMI && bake.slot.region == settings.region)
+        .map(|bake| bake_id(bake.release))
+        .collect();
+    for id in &baking {
+        keep.extend(account.bake_images(id).await?);
+    }
+    let retained = account.retain(&project.name, &keep).await?;
+    if retained.deregistered.is_empty() {
+        return Ok(());
+    }
+    let reason = format!(
+        "deregistered by retention at {}: no instance ran it and it was not among the AMIs of the {} newest releases (keep_releases)",
+        Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+        settings.keep_releases
+    );
+    store
+        .record_deregistered_amis(
+            &project.name,
+            &settings.region,
+            &retained.deregistered,
+            &reason,
+        )
+        .await?;
+    tracing::info!(project = %project.name, deregistered = ?retained.deregistered, snapshots = ?retained.deleted_snapshots, "AMI retention");
+    Ok(())
+}
