@@ -18,8 +18,9 @@ use slipway::store::release_images::{ImageRecord, AMI};
 use slipway::store::Store;
 use tokio_postgres::NoTls;
 
+use crate::bake::Cleanup;
 use crate::builds::{commit_all, git, hello_repository, push_body};
-use crate::deploy::Api;
+use crate::deploy::{free_port, Api, Project};
 use crate::helpers::{read_token, sign, test_database, BAKE_LIMIT};
 use crate::server_process::{self, Server};
 
@@ -53,6 +54,8 @@ struct Setup {
     clone_url: String,
     /// More `[projects.ami]` settings.
     ami_extra: String,
+    /// A docker environment `dev` listening on this port, first in promotion order.
+    docker_dev: Option<u16>,
 }
 
 impl Setup {
@@ -71,16 +74,23 @@ impl Setup {
             before: BTreeSet::new(),
             clone_url: "file:///nonexistent".to_owned(),
             ami_extra: String::new(),
+            docker_dev: None,
         }
     }
 
-    /// Makes each environment's infrastructure in moto and writes the config: every
-    /// environment aws, in this order, with `extra` settings.
+    /// Makes each environment's infrastructure in moto and writes the config: the docker
+    /// `dev` if asked for, then every environment in `names` aws, in this order, with `extra`
+    /// settings.
     async fn environments(&mut self, names: &[&str], extra: &str) -> Vec<Infra> {
         let mut text = format!(
             "database_url = \"{}\"\n[[projects]]\nname = \"{1}\"\nrepository = \"acme/{1}\"\nclone_url = \"{2}\"\nwebhook_secret = \"{WEBHOOK_SECRET}\"\n",
             self.database_url, self.project, self.clone_url
         );
+        if let Some(port) = self.docker_dev {
+            text.push_str(&format!(
+                "[[projects.environments]]\nname = \"dev\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:{port}\"\ninstances = 1\nwatch = \"1s\"\n"
+            ));
+        }
         let mut infras = Vec::new();
         for name in names {
             let infra = Infra::named(&self.config, &format!("{}-{name}", self.project)).await;
@@ -186,13 +196,16 @@ impl Setup {
             .cloned()
     }
 
-    /// Release `version` once its AMI's bake ended (its build and bake run first).
+    /// Release `version` once the bakes of all its images ended (its build runs first).
     async fn wait_for_ami(&self, api: &Api, version: &str) -> Value {
         let deadline = Instant::now() + BAKE_LIMIT;
         loop {
             if let Some(release) = self.release_of(api, version).await {
-                let status = release["images"][0]["status"].as_str().unwrap_or("");
-                if !["", "queued", "baking"].contains(&status) {
+                let images = release["images"].as_array().unwrap();
+                let ended = |image: &Value| {
+                    !["queued", "baking"].contains(&image["status"].as_str().unwrap_or(""))
+                };
+                if !images.is_empty() && images.iter().all(ended) {
                     return release;
                 }
             }
@@ -952,4 +965,104 @@ async fn kill_9_during_an_ami_bake_then_restart_bakes_it_again_and_leaves_nothin
     assert_eq!(named, 0, "no key pair or security group left");
     let environment = api.wait_live(&name, "prod", "v1").await;
     assert_eq!(environment["live"]["image"], ami_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_pushes_reach_dev_on_docker_and_are_promoted_and_rolled_back_on_aws() {
+    let repo = hello_repository();
+    let mut setup = Setup::new().await;
+    setup.clone_url = format!("file://{}", repo.path().display());
+    let port = free_port();
+    setup.docker_dev = Some(port);
+    let infras = setup.environments(&["prod"], "retention = \"20s\"").await;
+    let prod = &infras[0];
+    let config = setup.config.clone();
+    let name = setup.project.clone();
+    // Removes dev's containers and network, and the Docker images baked, when the test ends.
+    let _dev = Project {
+        name: name.clone(),
+        ports: vec![port],
+    };
+    let mut cleanup = Cleanup::new();
+    let (_server, api) = setup.start();
+
+    // A push: v1 is baked into a Docker image and an AMI, and dev (docker) serves it.
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    setup.push(&api, &first).await;
+    let v1 = setup.wait_for_ami(&api, "v1").await;
+    cleanup
+        .bake_ids
+        .push(v1["bake_id"].as_str().unwrap().to_owned());
+    let kinds: Vec<(&str, &str)> = v1["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["kind"].as_str().unwrap(), i["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, [("docker", "baked"), ("ami", "baked")], "{v1:#}");
+    let ami1 = v1["images"][1]["id"].as_str().unwrap().to_owned();
+    // The release's image keeps naming the Docker image.
+    assert_eq!(v1["image"], v1["images"][0]["name"], "{v1:#}");
+    let (tags, _) = ami(&config, &ami1).await.expect("v1's AMI is in moto");
+    assert_eq!(
+        (tags["release"].as_str(), tags["commit"].as_str()),
+        ("v1", first.as_str())
+    );
+    api.wait_live(&name, "dev", "v1").await;
+    let answer = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // Promoted to prod (aws): v1's group behind the listener, its AMI in the template.
+    let (ok, out, err) = setup.cli(&api, &["promote", "--env", "prod"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("v1 is live in prod"), "{out}");
+    let prod_v1 = group(&config, &setup.group("prod", "v1")).await;
+    assert_eq!(prod_v1.target_groups, [forwarded(&config, prod).await]);
+    assert_eq!(default_ami(&config, prod).await, ami1);
+
+    // A second push reaches dev by itself, and is promoted.
+    std::fs::write(repo.path().join("CHANGES"), "v2\n").unwrap();
+    let second = commit_all(repo.path(), "v2");
+    setup.push(&api, &second).await;
+    let v2 = setup.wait_for_ami(&api, "v2").await;
+    cleanup
+        .bake_ids
+        .push(v2["bake_id"].as_str().unwrap().to_owned());
+    assert_eq!(v2["images"][1]["status"], "baked", "{v2:#}");
+    let ami2 = v2["images"][1]["id"].as_str().unwrap().to_owned();
+    api.wait_live(&name, "dev", "v2").await;
+    let (ok, out, err) = setup.cli(&api, &["promote", "--env", "prod"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("v2 is live in prod"), "{out}");
+    assert_eq!(default_ami(&config, prod).await, ami2);
+
+    // Rollback on aws: the listener back to v1's warm group, no instance launched.
+    let instances = running_instances(&config).await;
+    let (ok, out, err) = setup
+        .cli(&api, &["rollback", "--env", "prod", "--to", "v1"])
+        .await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("v1 is live in prod"), "{out}");
+    assert_eq!(forwarded(&config, prod).await, prod_v1.target_groups[0]);
+    assert_eq!(running_instances(&config).await, instances);
+    assert_eq!(default_ami(&config, prod).await, ami1);
+
+    // After the retention window v2's group in prod is gone; the status shows both targets.
+    let v1_group = setup.group("prod", "v1");
+    eventually(
+        Duration::from_secs(60),
+        "v2's prod group retires",
+        || async { group_names(&config, &format!("{name}-prod")).await == [v1_group.clone()] },
+    )
+    .await;
+    let (ok, out, err) = setup.cli(&api, &["status"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains(&format!("auto scaling group {v1_group} (v1, serving)"))
+            && out.contains(&format!("AMI {ami1}")),
+        "{out}"
+    );
+    assert!(out.contains("dev") && out.contains("v2"), "{out}");
 }
