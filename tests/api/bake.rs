@@ -170,7 +170,8 @@ async fn a_passing_push_is_baked_into_an_image_that_runs_it_and_the_next_bakes_i
     assert_eq!(
         v1["images"],
         serde_json::json!([{"kind": "docker", "id": v1["image_id"], "name": image,
-            "status": "baked", "reason": null, "bake_key": v1["bake_key"]}]),
+            "status": "baked", "reason": null, "bake_key": v1["bake_key"],
+            "baked_at": v1["baked_at"]}]),
         "{v1}"
     );
     assert!(
