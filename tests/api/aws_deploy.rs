@@ -922,26 +922,25 @@ async fn kill_9_during_an_ami_bake_then_restart_bakes_it_again_and_leaves_nothin
 
     // Once Packer runs, AWS stops answering: the bake hangs mid-way, as a long one would.
     let deadline = Instant::now() + BAKE_LIMIT;
-    loop {
+    let bake_id = loop {
         let release = setup.release_of(&api, "v1").await;
-        let baking = release.is_some_and(|r| r["images"][0]["status"] == "baking");
-        if baking
-            && setup
-                .ami_log(&api, "v1")
-                .await
-                .contains("==> slipway: AMI bake in")
-        {
-            break;
+        if let Some(id) = release.as_ref().and_then(|r| r["bake_id"].as_str()) {
+            break id.to_owned();
         }
-        assert!(Instant::now() < deadline, "the AMI bake did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        assert!(Instant::now() < deadline, "v1's AMI was never queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let packer = loop {
+        let groups = packer_groups(&bake_id);
+        if !groups.is_empty() {
+            break groups;
+        }
+        assert!(Instant::now() < deadline, "Packer never ran the AMI bake");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     signal_moto(&setup.moto.endpoint, "STOP");
     let v1 = setup.release_of(&api, "v1").await.unwrap();
     assert_eq!(v1["images"][0]["status"], "baking", "{v1:#}");
-    let bake_id = v1["bake_id"].as_str().unwrap().to_owned();
-    let packer = packer_groups(&bake_id);
-    assert!(!packer.is_empty(), "Packer runs the bake");
     drop(first); // kill -9
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
