@@ -92,6 +92,45 @@ impl slipway_pipeline::Migrator for LocalMigrator {
 /// Reads the migrations from `workspace`, finds the service's address on `network` and
 /// applies them; `lines` collects what the step's log shows, `applied` what ran (also when
 /// a later one fails).
+/// How long a service that answered its readiness check may still be restarting: the
+/// official postgres image's first start runs a temporary server for its init scripts, then
+/// stops it and starts the real one.
+const RESTART_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Connects to the service's database, waiting while PostgreSQL says it is starting up or
+/// shutting down, or refuses connections, for at most [`RESTART_PATIENCE`].
+async fn connect_once_up(
+    config: &tokio_postgres::Config,
+    lines: &mut Vec<String>,
+) -> Result<tokio_postgres::Client, app_schema::ApplyError> {
+    let deadline = tokio::time::Instant::now() + RESTART_PATIENCE;
+    let mut said = false;
+    loop {
+        match app_schema::connect_with(config).await {
+            Err(app_schema::ApplyError::Connect(message))
+                if restarting(&message) && tokio::time::Instant::now() < deadline =>
+            {
+                if !said {
+                    lines.push(format!(
+                        "waiting for the database to finish starting: {message}"
+                    ));
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// What PostgreSQL answers while its server restarts.
+fn restarting(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("the database system is starting up")
+        || message.contains("the database system is shutting down")
+        || message.contains("connection refused")
+}
+
 pub async fn migrate(
     docker: &Docker,
     plan: &MigrationsPlan,
@@ -117,7 +156,7 @@ pub async fn migrate(
         .password(plan.password.as_str())
         .dbname(&plan.database)
         .connect_timeout(Duration::from_secs(10));
-    let mut client = app_schema::connect_with(&config)
+    let mut client = connect_once_up(&config, lines)
         .await
         .map_err(|e| format!("service {}: {e}", plan.service))?;
     let outcome = app_schema::apply(&mut client, &migrations, &mut |done| {
@@ -174,4 +213,20 @@ pub async fn record_release(
         .map_err(anyhow::Error::msg)?;
     store.record_release_schema(release.id, &files).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restarting;
+
+    #[test]
+    fn a_restarting_server_is_waited_for_and_a_refusal_for_another_reason_is_not() {
+        assert!(restarting("FATAL: the database system is starting up"));
+        assert!(restarting(
+            "error connecting to server: Connection refused (os error 111)"
+        ));
+        assert!(!restarting(
+            "FATAL: password authentication failed for user \"app\""
+        ));
+    }
 }
