@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 use chrono::Utc;
+use slipway_bake::ami::AmazonEbsSource;
 use slipway_bake::{AmiAccount, BakeRequest, BakeSource, SourceAmi};
 use tokio_util::sync::CancellationToken;
 
@@ -83,7 +84,7 @@ impl Baker {
                 "==> slipway: baking again: the server stopped during this image's previous bake",
             );
         }
-        let account = settings.account().await;
+        let account = account(settings).await;
         let prepared = async {
             let staged = self
                 .stage_from_commit(project, release)
@@ -105,7 +106,7 @@ impl Baker {
                 return record(store, release, bake, "failed", Some(&reason), None, None).await;
             }
         };
-        let mut source = settings.source("");
+        let mut source = ebs_source(settings);
         source.source_ami = SourceAmi::Id(source_ami.clone());
         let mut request = BakeRequest {
             packer: self.packer.clone(),
@@ -250,7 +251,7 @@ pub async fn reap_interrupted(
     let Some(settings) = project.and_then(|project| project.ami.as_ref()) else {
         anyhow::bail!("the project's [projects.ami] settings are gone: remove what the bake left by its tag slipway_bake");
     };
-    let account = settings.account().await;
+    let account = account(settings).await;
     let keep = store.release_amis(bake.release, &bake.slot.region).await?;
     let reaped = account.reap_bake(&bake_id(bake.release), &keep).await?;
     if !reaped.is_empty() {
@@ -265,7 +266,7 @@ pub async fn retain_amis(store: &Store, project: &Project) -> anyhow::Result<()>
     let Some(settings) = &project.ami else {
         return Ok(());
     };
-    let account = settings.account().await;
+    let account = account(settings).await;
     let mut keep = store
         .amis_to_keep(&project.name, &settings.region, settings.keep_releases)
         .await?;
@@ -299,4 +300,30 @@ pub async fn retain_amis(store: &Store, project: &Project) -> anyhow::Result<()>
         .await?;
     tracing::info!(project = %project.name, deregistered = ?retained.deregistered, snapshots = ?retained.deleted_snapshots, "AMI retention");
     Ok(())
+}
+
+/// The account and region the project's AMIs live in: for bakes, reaping and retention.
+async fn account(settings: &AmiSettings) -> AmiAccount {
+    AmiAccount::connect(&settings.region, settings.endpoint_url.as_deref()).await
+}
+
+/// The bake crate's `amazon-ebs` source from the project's settings; the bake key is set once
+/// the source AMI is known.
+fn ebs_source(settings: &AmiSettings) -> AmazonEbsSource {
+    AmazonEbsSource {
+        region: settings.region.clone(),
+        source_ami: settings.source_ami.clone(),
+        instance_type: settings.instance_type.clone(),
+        subnet_id: settings.subnet_id.clone(),
+        security_group_ids: settings.security_group_ids.clone(),
+        iam_instance_profile: settings.iam_instance_profile.clone(),
+        ssh_username: settings.ssh_username.clone(),
+        volume_size: settings.volume_size,
+        encrypted: settings.encrypted,
+        kms_key_id: settings.kms_key_id.clone(),
+        tags: settings.tags.clone(),
+        endpoint_url: settings.endpoint_url.clone(),
+        communicator: settings.communicator,
+        bake_key: String::new(),
+    }
 }

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use slipway_bake::ami::{AmazonEbsSource, MAX_EXTRA_TAGS, RESERVED_TAGS};
-use slipway_bake::{AmiAccount, Communicator, SourceAmi};
+use slipway_bake::ami::{Communicator, SourceAmi, MAX_EXTRA_TAGS, RESERVED_TAGS};
 
 /// Releases whose AMIs retention keeps (besides live and warm ones) when none is configured.
 pub const DEFAULT_KEEP_RELEASES: u32 = 5;
@@ -63,33 +62,6 @@ pub struct AmiSettings {
     /// Slipway's `/apt/` as the bake instance reaches it; required with `ssh`. Absent (with
     /// `none`, which installs nothing): the server's own address.
     pub apt_url: Option<String>,
-}
-
-impl AmiSettings {
-    /// The account and region the project's AMIs live in: for reaping and retention.
-    pub async fn account(&self) -> AmiAccount {
-        AmiAccount::connect(&self.region, self.endpoint_url.as_deref()).await
-    }
-
-    /// The bake crate's `amazon-ebs` source for a bake whose key is `bake_key`.
-    pub fn source(&self, bake_key: &str) -> AmazonEbsSource {
-        AmazonEbsSource {
-            region: self.region.clone(),
-            source_ami: self.source_ami.clone(),
-            instance_type: self.instance_type.clone(),
-            subnet_id: self.subnet_id.clone(),
-            security_group_ids: self.security_group_ids.clone(),
-            iam_instance_profile: self.iam_instance_profile.clone(),
-            ssh_username: self.ssh_username.clone(),
-            volume_size: self.volume_size,
-            encrypted: self.encrypted,
-            kms_key_id: self.kms_key_id.clone(),
-            tags: self.tags.clone(),
-            endpoint_url: self.endpoint_url.clone(),
-            communicator: self.communicator,
-            bake_key: bake_key.to_owned(),
-        }
-    }
 }
 
 /// Checks `[projects.ami]`; `key` names a field in errors (`projects[0].ami.region`).
@@ -353,7 +325,7 @@ mod tests {
             }
         );
         assert_eq!(settings.communicator, Communicator::None);
-        assert_eq!(settings.source("k").tags["team"], "payments");
+        assert_eq!(settings.tags["team"], "payments");
     }
 
     #[test]

@@ -505,14 +505,8 @@ impl Store {
 
     /// Records the bake key of a claimed bake.
     pub async fn set_bake_key(&self, id: Uuid, key: &str) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE releases SET bake_key = $2 WHERE id = $1",
-                &[&id, &key],
-            )
-            .await?;
-        self.sync_docker_image(id).await
+        self.update_docker_bake(id, "UPDATE releases SET bake_key = $2 WHERE id = $1", key)
+            .await
     }
 
     /// A project's releases that can be rebaked (published, with a recorded recipe), newest first.
@@ -531,35 +525,38 @@ impl Store {
     }
 
     pub async fn mark_baked(&self, id: Uuid, image: &BakedImage) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE releases SET bake_status = 'baked', bake_reason = NULL, image = $2, image_id = $3,
-                 baked_at = now() WHERE id = $1",
-                &[&id, &image.image, &image.image_id],
-            )
-            .await?;
-        self.sync_docker_image(id).await
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "UPDATE releases SET bake_status = 'baked', bake_reason = NULL, image = $2, image_id = $3,
+             baked_at = now() WHERE id = $1",
+            &[&id, &image.image, &image.image_id],
+        )
+        .await?;
+        tx.execute(SYNC_DOCKER_IMAGE, &[&id]).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn mark_bake_failed(&self, id: Uuid, reason: &str) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE releases SET bake_status = 'failed', bake_reason = $2, image = NULL, image_id = NULL
-                 WHERE id = $1",
-                &[&id, &reason],
-            )
-            .await?;
-        self.sync_docker_image(id).await
+        self.update_docker_bake(
+            id,
+            "UPDATE releases SET bake_status = 'failed', bake_reason = $2, image = NULL, image_id = NULL
+             WHERE id = $1",
+            reason,
+        )
+        .await
     }
 
-    /// Copies the release's Docker bake state into `release_images`.
-    async fn sync_docker_image(&self, id: Uuid) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(SYNC_DOCKER_IMAGE, &[&id])
-            .await?;
+    /// Runs `update` (`$1` the release, `$2` the value) on the release's Docker bake columns and
+    /// copies them into its `release_images` row in one transaction, so that no reader sees
+    /// the two disagree.
+    async fn update_docker_bake(&self, id: Uuid, update: &str, value: &str) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(update, &[&id, &value]).await?;
+        tx.execute(SYNC_DOCKER_IMAGE, &[&id]).await?;
+        tx.commit().await?;
         Ok(())
     }
 

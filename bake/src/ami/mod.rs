@@ -9,6 +9,7 @@
 //! all; [`AmiAccount::retain`] deregisters a project's old AMIs with their snapshots.
 
 mod account;
+mod settings;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,26 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 pub use account::{AmiAccount, ProjectAmi, Reaped, Retained};
+pub use settings::{Communicator, SourceAmi, BAKE_TAG, MAX_EXTRA_TAGS, PROJECT_TAG, RESERVED_TAGS};
 
 use crate::packer::{BakeError, BakeObserver, BakeRequest};
-
-/// The tag carrying the bake's id on everything a bake creates.
-pub const BAKE_TAG: &str = "slipway_bake";
-/// The tag naming the project on AMIs and snapshots (what retention looks for).
-pub const PROJECT_TAG: &str = "project";
-/// Tags Slipway sets itself on AMIs and snapshots; [`AmazonEbsSource::tags`] may not use them.
-pub const RESERVED_TAGS: [&str; 8] = [
-    "Name",
-    PROJECT_TAG,
-    "release",
-    "commit",
-    "package",
-    "package_version",
-    "bake_key",
-    BAKE_TAG,
-];
-/// Most extra tags: AWS allows 50 per resource, Slipway sets up to 9.
-pub const MAX_EXTRA_TAGS: usize = 40;
 
 /// The `amazon-ebs` source's settings for one bake (the project's `[projects.ami]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,26 +47,6 @@ pub struct AmazonEbsSource {
     pub communicator: Communicator,
     /// The bake key the caller computed for this request, tagged on the AMI and snapshot.
     pub bake_key: String,
-}
-
-/// Which AMI the bake starts from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SourceAmi {
-    Id(String),
-    /// The most recent AMI of these owners whose name matches (`*` wildcards).
-    Filter {
-        owners: Vec<String>,
-        name: String,
-    },
-}
-
-/// How Packer reaches the instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Communicator {
-    /// Packer connects over SSH and runs the playbook: a real bake.
-    Ssh,
-    /// No connection and no provisioning: for tests against moto, which runs no machine.
-    None,
 }
 
 impl AmazonEbsSource {
