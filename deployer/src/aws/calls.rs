@@ -7,7 +7,7 @@ use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, Tag};
 use aws_sdk_ec2::types::RequestLaunchTemplateData;
 use aws_sdk_elasticloadbalancingv2::types::{ActionTypeEnum, TargetDescription};
 
-use super::convert::{self, Group};
+use super::convert::{self, Group, NOT_REGISTERED};
 use super::{platform, AwsTarget};
 use crate::error::TargetError;
 use crate::target::{FleetRef, InstanceHealth};
@@ -166,17 +166,24 @@ impl AwsTarget {
         Ok(())
     }
 
-    /// Deregisters the group's instances and waits (up to the drain timeout) until the
-    /// target group has finished draining them.
+    /// Deregisters the group's instances still registered (and not already draining) and waits (up to the drain
+    /// timeout) until the target group has finished draining them. Only registered ones:
+    /// ELBv2 refuses a target that is not, and a retirement repeated after a crash finds
+    /// some or all of them already deregistered.
     pub(super) async fn drain(&self, group: &Group) -> Result<(), TargetError> {
         for target_group in &group.target_groups {
-            if group.instances.is_empty() {
-                break;
-            }
-            let targets = group
-                .instances
+            let health = self.target_health(target_group, &group.instances).await?;
+            let registered: Vec<&str> = health
                 .iter()
-                .map(|id| TargetDescription::builder().id(id).build());
+                .filter(|h| h.detail != NOT_REGISTERED && !h.detail.starts_with("draining"))
+                .map(|h| h.instance.as_str())
+                .collect();
+            if registered.is_empty() {
+                continue;
+            }
+            let targets = registered
+                .iter()
+                .map(|id| TargetDescription::builder().id(*id).build());
             self.elb
                 .deregister_targets()
                 .target_group_arn(target_group)
@@ -192,7 +199,7 @@ impl AwsTarget {
             let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
             while tokio::time::Instant::now() < deadline {
                 let health = self.target_health(target_group, &group.instances).await?;
-                if health.iter().all(|h| h.detail == "not registered") {
+                if health.iter().all(|h| h.detail == NOT_REGISTERED) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;

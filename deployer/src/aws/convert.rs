@@ -13,6 +13,8 @@ pub const PROJECT: &str = "slipway:project";
 pub const ENVIRONMENT: &str = "slipway:environment";
 pub const RELEASE: &str = "slipway:release";
 pub const IMAGE: &str = "slipway:image";
+/// The health detail of an instance its target group does not list.
+pub const NOT_REGISTERED: &str = "not registered";
 
 /// One Auto Scaling group of ours: a fleet, where it is attached, what it runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,7 +109,7 @@ pub fn instance_health(
                 return InstanceHealth {
                     instance: instance.clone(),
                     state: HealthState::Unknown,
-                    detail: "not registered".to_owned(),
+                    detail: NOT_REGISTERED.to_owned(),
                 };
             };
             let state = match health.state() {

@@ -13,7 +13,7 @@ use slipway_deployer::{DeployPolicy, DeploymentState, HealthPolicy, Target};
 use crate::moto::{Infra, Moto};
 use crate::support::{request, Stores};
 
-fn policy() -> DeployPolicy {
+pub fn policy() -> DeployPolicy {
     DeployPolicy {
         health: HealthPolicy {
             interval: Duration::from_millis(100),
@@ -27,7 +27,7 @@ fn policy() -> DeployPolicy {
     }
 }
 
-fn settings(infra: &Infra) -> AwsSettings {
+pub fn settings(infra: &Infra) -> AwsSettings {
     AwsSettings {
         project: "hello".to_owned(),
         environment: "prod".to_owned(),
@@ -165,7 +165,7 @@ async fn the_launch_template_version_carries_the_environments_configuration_as_u
     assert_eq!(versions().await, before + 1);
 }
 
-async fn forwarded(elb: &aws_sdk_elasticloadbalancingv2::Client, infra: &Infra) -> String {
+pub async fn forwarded(elb: &aws_sdk_elasticloadbalancingv2::Client, infra: &Infra) -> String {
     let listeners = elb
         .describe_listeners()
         .listener_arns(&infra.listener_arn)
