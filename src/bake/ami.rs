@@ -1,17 +1,18 @@
 //! AMI bakes on the server: a release's AMI is baked (Packer's `amazon-ebs` source, the same
 //! template and playbooks as the Docker image, the team's too) with the project's
 //! `[projects.ami]`, recorded on the release's `ami` image of the region with its bake key and
-//! log, and reused when an earlier release's AMI has the same key and still exists.
+//! log, and reused when a finished AMI with the same key is in the account (one a killed
+//! server's bake made before it could record it).
 //!
 //! - The source AMI is resolved first (an id, or the newest match of the filter), so the bake
 //!   key covers the exact AMI the bake starts from: a newer Debian AMI makes a new key.
 //! - A failed bake leaves nothing in the account (the bake crate reaps by the bake's id); a
-//!   bake a crash interrupted is reaped at the next start ([`reap_interrupted`]) before it is
-//!   queued again.
+//!   bake a crash interrupted is reaped at the next start ([`reap_interrupted`]), keeping an
+//!   AMI it finished, before it is queued again.
 //! - Retention ([`retain_amis`]) runs after each AMI bake and at start: it deregisters the
 //!   project's AMIs (and deletes their snapshots) except those instances run (live and warm
 //!   fleets), those of the `keep_releases` newest releases, those an unfinished deployment
-//!   takes, and those bakes in progress made; each deregistered AMI's row says so.
+//!   takes, and those of bakes queued or in progress; each deregistered AMI's row says so.
 
 use std::collections::BTreeSet;
 
@@ -154,7 +155,7 @@ impl Baker {
             log.line(note);
         }
         if !bake.rebake {
-            if let Some(ami) = reusable_ami(store, &account, release, &key).await? {
+            if let Some(ami) = reusable_ami(&account, release, &key).await? {
                 log.line(&format!(
                     "==> slipway: reusing {ami}: an earlier bake had the same bake key"
                 ));
@@ -222,38 +223,40 @@ async fn record(
 
 /// An AMI of the project with this bake key that still exists in the account.
 async fn reusable_ami(
-    store: &Store,
     account: &AmiAccount,
     release: &Release,
     key: &str,
 ) -> anyhow::Result<Option<String>> {
-    let Some(ami) = store
-        .baked_ami_with_key(&release.project, account.region(), key)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let exists = account
-        .project_amis(&release.project)
-        .await?
-        .iter()
-        .any(|existing| existing.id == ami);
-    Ok(exists.then_some(ami))
+    let amis = account.project_amis(&release.project).await?;
+    let reusable = amis
+        .into_iter()
+        .find(|ami| ami.finished() && ami.bake_key.as_deref() == Some(key));
+    Ok(reusable.map(|ami| ami.id))
 }
 
 /// At start, for an AMI bake a stop or crash interrupted: removes what it left in the account
-/// (found by its bake id), keeping any AMI the release already records.
+/// (found by its bake id), keeping any AMI the release already records and any AMI the bake
+/// finished (available and tagged) that Slipway had not recorded yet: the re-run finds it by
+/// its bake key and records it instead of baking again.
 pub async fn reap_interrupted(
     store: &Store,
     project: Option<&Project>,
     bake: &ClaimedBake,
 ) -> anyhow::Result<()> {
-    let Some(settings) = project.and_then(|project| project.ami.as_ref()) else {
+    let Some((project, settings)) = project.and_then(|p| Some((p, p.ami.as_ref()?))) else {
         anyhow::bail!("the project's [projects.ami] settings are gone: remove what the bake left by its tag slipway_bake");
     };
     let account = account(settings).await;
-    let keep = store.release_amis(bake.release, &bake.slot.region).await?;
-    let reaped = account.reap_bake(&bake_id(bake.release), &keep).await?;
+    let id = bake_id(bake.release);
+    let mut keep = store.release_amis(bake.release, &bake.slot.region).await?;
+    // An AMI the bake finished before the interruption is kept for the re-run to reuse.
+    let amis = account.project_amis(&project.name).await?;
+    keep.extend(
+        amis.into_iter()
+            .filter(|ami| ami.finished() && ami.bake_id.as_deref() == Some(id.as_str()))
+            .map(|ami| ami.id),
+    );
+    let reaped = account.reap_bake(&id, &keep).await?;
     if !reaped.is_empty() {
         tracing::warn!(bake = %bake_id(bake.release), ?reaped, "removed what an interrupted AMI bake left");
     }
@@ -271,14 +274,14 @@ pub async fn retain_amis(store: &Store, project: &Project) -> anyhow::Result<()>
         .amis_to_keep(&project.name, &settings.region, settings.keep_releases)
         .await?;
     keep.extend(account.amis_in_use().await?);
-    let baking: BTreeSet<String> = store
-        .images_baking()
+    let unfinished: BTreeSet<String> = store
+        .images_unfinished()
         .await?
         .into_iter()
         .filter(|bake| bake.slot.kind == AMI && bake.slot.region == settings.region)
         .map(|bake| bake_id(bake.release))
         .collect();
-    for id in &baking {
+    for id in &unfinished {
         keep.extend(account.bake_images(id).await?);
     }
     let retained = account.retain(&project.name, &keep).await?;

@@ -262,13 +262,23 @@ impl Store {
 
     /// The images still `baking`: at start, the bakes a stopped or killed server left.
     pub async fn images_baking(&self) -> StoreResult<Vec<ClaimedBake>> {
+        self.images_in(&["baking"]).await
+    }
+
+    /// The images queued or baking: retention keeps what their bakes made, which a re-run
+    /// may reuse.
+    pub async fn images_unfinished(&self) -> StoreResult<Vec<ClaimedBake>> {
+        self.images_in(&["queued", "baking"]).await
+    }
+
+    async fn images_in(&self, statuses: &[&str]) -> StoreResult<Vec<ClaimedBake>> {
         let rows = self
             .client()
             .await?
             .query(
                 "SELECT release_id, kind, region, rebake, attempts FROM release_images
-                 WHERE status = 'baking'",
-                &[],
+                 WHERE status = ANY($1)",
+                &[&statuses],
             )
             .await?;
         Ok(rows.iter().map(claimed_from_row).collect())
@@ -302,27 +312,6 @@ impl Store {
 }
 
 impl Store {
-    /// The AMI in `region` of a release of `project` whose bake key is `key`, if one is baked.
-    pub async fn baked_ami_with_key(
-        &self,
-        project: &str,
-        region: &str,
-        key: &str,
-    ) -> StoreResult<Option<String>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT i.image_id FROM release_images i JOIN releases r ON r.id = i.release_id
-                 WHERE r.project = $1 AND i.kind = 'ami' AND i.region = $2 AND i.bake_key = $3
-                 AND i.status = 'baked' AND i.image_id IS NOT NULL
-                 ORDER BY r.number DESC LIMIT 1",
-                &[&project, &region, &key],
-            )
-            .await?;
-        Ok(row.map(|row| row.get(0)))
-    }
-
     /// The AMIs in `region` the release records, whatever their status.
     pub async fn release_amis(&self, release: Uuid, region: &str) -> StoreResult<BTreeSet<String>> {
         let rows = self

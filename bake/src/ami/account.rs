@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_ec2::types::{Filter, Image, InstanceStateName, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{
+    Filter, Image, ImageState, InstanceStateName, ResourceType, Tag, TagSpecification,
+};
 use aws_sdk_ec2::Client;
 
-use super::{bake_resource_name, SourceAmi, BAKE_TAG, PROJECT_TAG};
+use super::{bake_resource_name, SourceAmi, BAKE_KEY_TAG, BAKE_TAG, PROJECT_TAG};
 use crate::packer::BakeError;
 
 /// How long reaping waits for the bake's instances to terminate (their security group cannot
@@ -48,7 +50,20 @@ pub struct ProjectAmi {
     pub id: String,
     /// `v3`, from the `release` tag.
     pub release: Option<String>,
+    /// The bake that made it, from its `slipway_bake` tag.
+    pub bake_id: Option<String>,
+    /// From its `bake_key` tag. Packer tags an AMI only once it is `available`, as its
+    /// bake's last step in AWS: an available AMI with a bake key is whole.
+    pub bake_key: Option<String>,
+    pub available: bool,
     pub snapshots: Vec<String>,
+}
+
+impl ProjectAmi {
+    /// Whether its bake made it whole: available, with the tags Packer sets last.
+    pub fn finished(&self) -> bool {
+        self.available && self.bake_key.is_some()
+    }
 }
 
 /// What [`AmiAccount::retain`] deleted.
@@ -364,13 +379,16 @@ impl AmiAccount {
         Ok(images
             .into_iter()
             .filter_map(|image| {
+                let tag = |key: &str| {
+                    let found = image.tags().iter().find(|t| t.key() == Some(key));
+                    found.and_then(|t| t.value().map(str::to_owned))
+                };
                 Some(ProjectAmi {
                     id: image.image_id()?.to_owned(),
-                    release: image
-                        .tags()
-                        .iter()
-                        .find(|t| t.key() == Some("release"))
-                        .and_then(|t| t.value().map(str::to_owned)),
+                    release: tag("release"),
+                    bake_id: tag(BAKE_TAG),
+                    bake_key: tag(BAKE_KEY_TAG),
+                    available: image.state() == Some(&ImageState::Available),
                     snapshots: snapshots_of(image),
                 })
             })

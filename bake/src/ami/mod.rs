@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 pub use account::{AmiAccount, ProjectAmi, Reaped, Retained};
-pub use settings::{Communicator, SourceAmi, BAKE_TAG, MAX_EXTRA_TAGS, PROJECT_TAG, RESERVED_TAGS};
+pub use settings::{
+    Communicator, SourceAmi, BAKE_KEY_TAG, BAKE_TAG, MAX_EXTRA_TAGS, PROJECT_TAG, RESERVED_TAGS,
+};
 
 use crate::packer::{BakeError, BakeObserver, BakeRequest};
 
@@ -402,7 +404,7 @@ fn configure_builder(
     for (key, value) in &source.tags {
         image_tags.insert(key.clone(), json!(value));
     }
-    image_tags.insert("bake_key".into(), json!(source.bake_key));
+    image_tags.insert(BAKE_KEY_TAG.into(), json!(source.bake_key));
     image_tags.insert(BAKE_TAG.into(), json!(bake_id));
     builder.insert("tags".into(), Value::Object(image_tags.clone()));
     // The snapshot carries the AMI's tags, minus the one template function only AMIs know.

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub const BAKE_TAG: &str = "slipway_bake";
 /// The tag naming the project on AMIs and snapshots (what retention looks for).
 pub const PROJECT_TAG: &str = "project";
+/// The tag carrying the bake key on AMIs and snapshots (what a bake that may reuse one looks
+/// for).
+pub const BAKE_KEY_TAG: &str = "bake_key";
 /// Tags Slipway sets itself on AMIs and snapshots; a project's extra tags may not use them.
 pub const RESERVED_TAGS: [&str; 8] = [
     "Name",
@@ -16,7 +19,7 @@ pub const RESERVED_TAGS: [&str; 8] = [
     "commit",
     "package",
     "package_version",
-    "bake_key",
+    BAKE_KEY_TAG,
     BAKE_TAG,
 ];
 /// Most extra tags: AWS allows 50 per resource, Slipway sets up to 9.
