@@ -505,8 +505,12 @@ impl Store {
 
     /// Records the bake key of a claimed bake.
     pub async fn set_bake_key(&self, id: Uuid, key: &str) -> StoreResult<()> {
-        self.update_docker_bake(id, "UPDATE releases SET bake_key = $2 WHERE id = $1", key)
-            .await
+        self.update_docker_bake(
+            id,
+            "UPDATE releases SET bake_key = $2 WHERE id = $1",
+            &[&id, &key],
+        )
+        .await
     }
 
     /// A project's releases that can be rebaked (published, with a recorded recipe), newest first.
@@ -525,17 +529,13 @@ impl Store {
     }
 
     pub async fn mark_baked(&self, id: Uuid, image: &BakedImage) -> StoreResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
+        self.update_docker_bake(
+            id,
             "UPDATE releases SET bake_status = 'baked', bake_reason = NULL, image = $2, image_id = $3,
              baked_at = now() WHERE id = $1",
             &[&id, &image.image, &image.image_id],
         )
-        .await?;
-        tx.execute(SYNC_DOCKER_IMAGE, &[&id]).await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     pub async fn mark_bake_failed(&self, id: Uuid, reason: &str) -> StoreResult<()> {
@@ -543,18 +543,22 @@ impl Store {
             id,
             "UPDATE releases SET bake_status = 'failed', bake_reason = $2, image = NULL, image_id = NULL
              WHERE id = $1",
-            reason,
+            &[&id, &reason],
         )
         .await
     }
 
-    /// Runs `update` (`$1` the release, `$2` the value) on the release's Docker bake columns and
-    /// copies them into its `release_images` row in one transaction, so that no reader sees
-    /// the two disagree.
-    async fn update_docker_bake(&self, id: Uuid, update: &str, value: &str) -> StoreResult<()> {
+    /// Runs `update` with `params` on release `id`'s Docker bake columns and copies them into
+    /// its `release_images` row in one transaction, so that no reader sees the two disagree.
+    async fn update_docker_bake(
+        &self,
+        id: Uuid,
+        update: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute(update, &[&id, &value]).await?;
+        tx.execute(update, params).await?;
         tx.execute(SYNC_DOCKER_IMAGE, &[&id]).await?;
         tx.commit().await?;
         Ok(())

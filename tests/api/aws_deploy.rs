@@ -27,7 +27,7 @@ use crate::server_process::{self, Server};
 #[path = "../../deployer/tests/deployer/moto.rs"]
 mod moto;
 
-use moto::{Infra, Moto, REGION};
+use moto::{registered, Infra, Moto, REGION};
 
 /// The project's webhook secret.
 const WEBHOOK_SECRET: &str = "aws-hello-secret";
@@ -340,22 +340,6 @@ async fn forwarded(config: &SdkConfig, infra: &Infra) -> String {
         .unwrap();
     let action = &listeners.listeners()[0].default_actions()[0];
     action.target_group_arn().unwrap().to_owned()
-}
-
-/// The targets registered with a target group.
-async fn registered(config: &SdkConfig, target_group: &str) -> BTreeSet<String> {
-    let elb = aws_sdk_elasticloadbalancingv2::Client::new(config);
-    let health = elb
-        .describe_target_health()
-        .target_group_arn(target_group)
-        .send()
-        .await
-        .unwrap();
-    health
-        .target_health_descriptions()
-        .iter()
-        .filter_map(|d| d.target().and_then(|t| t.id()).map(str::to_owned))
-        .collect()
 }
 
 /// The AMI of the launch template's default version.

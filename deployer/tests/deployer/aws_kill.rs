@@ -26,7 +26,7 @@ use slipway_deployer::{DeploymentState, DeploymentStore, Target};
 use tokio::sync::Notify;
 
 use crate::aws::{forwarded, policy, settings};
-use crate::moto::{Infra, Moto};
+use crate::moto::{registered, Infra, Moto};
 use crate::support::{request, Stores};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,17 +255,7 @@ async fn killed_and_recovered(
         "{name}"
     );
     for target_group in &infra.target_groups {
-        let health = elb
-            .describe_target_health()
-            .target_group_arn(target_group)
-            .send()
-            .await
-            .unwrap();
-        let registered: BTreeSet<String> = health
-            .target_health_descriptions()
-            .iter()
-            .filter_map(|t| t.target()?.id().map(str::to_owned))
-            .collect();
+        let registered = registered(config, target_group).await;
         let expected = if *target_group == serving {
             instances.clone()
         } else {

@@ -3,6 +3,7 @@
 //! target group pair, load balancer, listener). The server's integration tests include this
 //! file too (tests/api/aws_deploy.rs).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -193,4 +194,20 @@ fn forward(target_group: &str) -> Action {
         .r#type(ActionTypeEnum::Forward)
         .target_group_arn(target_group)
         .build()
+}
+
+/// The targets registered with a target group.
+pub async fn registered(config: &SdkConfig, target_group: &str) -> BTreeSet<String> {
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(config);
+    let health = elb
+        .describe_target_health()
+        .target_group_arn(target_group)
+        .send()
+        .await
+        .unwrap();
+    health
+        .target_health_descriptions()
+        .iter()
+        .filter_map(|d| d.target().and_then(|t| t.id()).map(str::to_owned))
+        .collect()
 }
