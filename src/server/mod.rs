@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::services::{ServeDir, ServeFile};
+use uuid::Uuid;
 
 use crate::bake::{BakeQueue, Baker};
 use crate::config::Config;
@@ -55,6 +56,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     embedded: Option<EmbeddedPostgres>,
+    /// The id every container, network and volume this server starts is labelled with.
+    server_id: Uuid,
 }
 
 impl Application {
@@ -106,7 +109,14 @@ impl Application {
                 docker,
             },
             embedded,
+            server_id,
         })
+    }
+
+    /// The id that labels what this server starts in dockerd (`slipway.server`,
+    /// `slipway.deploy-server`); it lives in the database, so it survives a restart.
+    pub fn server_id(&self) -> Uuid {
+        self.server_id
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -124,12 +134,17 @@ impl Application {
             listener,
             state,
             embedded,
+            server_id,
         } = self;
         let queue = state.queue.clone();
         let deploys = state.deploys.clone();
         let bakes = state.bakes.clone();
         let store = state.store.clone();
-        tracing::info!(addr = %listener.local_addr()?, "slipway server listening");
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            server = %server_id,
+            "slipway server listening"
+        );
         let served = axum::serve(listener, router(state))
             .with_graceful_shutdown(shutdown)
             .await

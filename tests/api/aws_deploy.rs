@@ -574,7 +574,7 @@ async fn kill_9_between_launch_and_switch_on_aws_then_restart_leaves_no_orphan_i
                 .contains(&e["deployments"][0]["state"].as_str().unwrap_or(""))
     })
     .await;
-    drop(first); // kill -9 with v2's group launched (or launching), traffic still on v1
+    first.kill_9(); // kill -9 with v2's group launched (or launching), traffic still on v1
 
     let restarted = Instant::now();
     let (_second, api) = setup.start();
@@ -925,7 +925,7 @@ async fn kill_9_during_an_ami_bake_then_restart_bakes_it_again_and_leaves_nothin
     signal_moto(&setup.moto.endpoint, "STOP");
     let v1 = setup.release_of(&api, "v1").await.unwrap();
     assert_eq!(v1["images"][0]["status"], "baking", "{v1:#}");
-    drop(first); // kill -9
+    first.kill_9(); // kill -9
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         packer.iter().any(|&group| group_alive(group)),
@@ -991,7 +991,7 @@ async fn kill_9_after_the_ami_is_made_but_before_it_is_recorded_then_restart_reu
     let key = v1["images"][0]["bake_key"].as_str().unwrap().to_owned();
     // kill -9; the killed server's held statement goes with its connections (it holds the
     // table the trigger is dropped from).
-    drop(first);
+    first.kill_9();
     database
         .batch(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity

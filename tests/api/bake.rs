@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_for_build};
-use crate::helpers::TestApp;
+use crate::helpers::{ServerChild, TestApp};
 
 pub const BUILD_AND_BAKE: Duration = Duration::from_secs(900);
 
@@ -358,44 +358,29 @@ async fn a_bake_ansible_fails_leaves_the_build_passed_the_release_published_and_
 
 /// `slipway server` (the real binary) in `dir`, killed with SIGKILL on drop.
 pub(crate) struct ServerProcess {
-    child: std::process::Child,
-    pub(crate) address: String,
+    server: ServerChild,
 }
 
 impl ServerProcess {
     pub(crate) fn start(dir: &std::path::Path) -> ServerProcess {
-        use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        command
             .args(["server", "--listen", "127.0.0.1:0"])
             .current_dir(dir)
             .env("RUST_LOG", "info")
-            .env_remove("SLIPWAY_DATABASE_URL")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(at) = line.find("slipway server listening addr=") {
-                    let addr = line[at + 30..].split_whitespace().next().unwrap_or("");
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("the server did not listen within 120 s")
-            });
+            .env_remove("SLIPWAY_DATABASE_URL");
         ServerProcess {
-            child,
-            address: format!("http://{addr}"),
+            server: ServerChild::spawn(command),
         }
+    }
+
+    pub(crate) fn address(&self) -> &str {
+        &self.server.address
+    }
+
+    /// kill -9, leaving the bake it was running for the next start.
+    pub(crate) fn kill_9(self) {
+        self.server.kill_9();
     }
 
     pub(crate) async fn releases(&self, token: &str) -> Value {
@@ -404,7 +389,7 @@ impl ServerProcess {
 
     pub(crate) async fn get(&self, token: &str, path: &str) -> Value {
         reqwest::Client::new()
-            .get(format!("{}{path}", self.address))
+            .get(format!("{}{path}", self.server.address))
             .bearer_auth(token)
             .send()
             .await
@@ -412,12 +397,5 @@ impl ServerProcess {
             .json()
             .await
             .unwrap()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

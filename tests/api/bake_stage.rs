@@ -205,7 +205,7 @@ async fn a_bake_interrupted_by_kill_9_is_reaped_and_baked_again_by_the_next_star
     let token = crate::helpers::read_token(&dir.path().join(".slipway"));
     let body = crate::builds::push_body("acme/hello", "main", &commit);
     let queued = reqwest::Client::new()
-        .post(format!("{}/hooks/bitbucket", first.address))
+        .post(format!("{}/hooks/bitbucket", first.address()))
         .header("X-Event-Key", "repo:push")
         .header(
             "X-Hub-Signature",
@@ -232,7 +232,7 @@ async fn a_bake_interrupted_by_kill_9_is_reaped_and_baked_again_by_the_next_star
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     cleanup.bake_ids.push(bake_id.clone());
-    drop(first);
+    first.kill_9();
 
     // The next start reaps what the bake left and bakes it again, to the end.
     let restarted = Instant::now();

@@ -5,10 +5,9 @@
 //! Release rows are seeded straight into each test's database as baked, with images built
 //! here from `deployer/tests/data/app`, so these tests do not depend on the bake.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 
-use crate::helpers::{read_token, test_database, TestApp};
+use crate::helpers::{read_token, test_database, ServerChild, TestApp};
 
 /// The app image of `tag`: `v1`, `v2` (answering / with their version) or `bad` (whose
 /// /health answers 500).
@@ -578,49 +577,25 @@ async fn an_unknown_or_unbaked_release_is_refused_with_the_deployable_ones() {
 
 /// The real binary in `dir` (reading its slipway.toml); killed when dropped.
 struct Server {
-    child: Child,
+    server: ServerChild,
     api: Api,
 }
 
 impl Server {
     fn start(dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        command
             .args(["server", "--listen", "127.0.0.1:0"])
             .current_dir(dir)
             .env("RUST_LOG", "info")
-            .env_remove("SLIPWAY_DATABASE_URL")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("slipway starts");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("addr=") {
-                    let addr = line[at + 5..].split_whitespace().next().unwrap_or("");
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server listens within 60 s");
-        Server {
-            child,
-            api: Api {
-                address: format!("http://{addr}"),
-                token: read_token(&dir.join(".slipway")),
-                http: reqwest::Client::new(),
-            },
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // kill -9, also when an assertion failed.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .env_remove("SLIPWAY_DATABASE_URL");
+        let server = ServerChild::spawn(command);
+        let api = Api {
+            address: server.address.clone(),
+            token: read_token(&dir.join(".slipway")),
+            http: reqwest::Client::new(),
+        };
+        Server { server, api }
     }
 }
 
@@ -649,7 +624,7 @@ async fn kill_9_between_launch_and_switch_then_restart_finishes_with_only_the_li
                     .contains(&e["deployments"][0]["state"].as_str().unwrap_or(""))
         })
         .await;
-    drop(first); // kill -9 with green launched (or launching) and traffic still on v1
+    first.server.kill_9(); // kill -9 with green launched (or launching) and traffic still on v1
 
     let second = Server::start(dir.path());
     let dev = second

@@ -13,13 +13,36 @@ use slipway::server::Application;
 use slipway::store::embedded::EmbeddedPostgres;
 use tokio_util::sync::CancellationToken;
 
-/// One cluster for the whole test binary; each test gets its own database in it.
+/// One cluster for the whole test binary; each test gets its own database in it. The cluster
+/// outlives the run (the next one starts faster); the databases of runs over 6 hours old go.
 fn cluster() -> &'static EmbeddedPostgres {
     static CLUSTER: OnceLock<EmbeddedPostgres> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         let dir = std::env::temp_dir().join("slipway-tests");
-        EmbeddedPostgres::start(&dir).expect("starting the test PostgreSQL cluster")
+        let cluster = EmbeddedPostgres::start(&dir).expect("starting the test PostgreSQL cluster");
+        let listed = cluster
+            .psql("SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%'")
+            .expect("listing the test databases");
+        let old = now_secs() - 6 * 3600;
+        for database in listed.lines() {
+            let made = database
+                .split('_')
+                .nth(1)
+                .and_then(|secs| secs.parse::<u64>().ok());
+            // Names without a time are from before databases carried one.
+            if made.is_none_or(|made| made < old) {
+                let _ = cluster.psql(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
+            }
+        }
+        cluster
     })
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs()
 }
 
 /// The longest a test waits for a release's bake (queued behind others on a loaded machine).
@@ -35,6 +58,78 @@ pub struct TestApp {
     pub http: reqwest::Client,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Dropped after the server is told to stop: removes what it left in dockerd.
+    _leftovers: Leftovers,
+    /// The first 8 hex digits of the server id, which name the images its releases bake into.
+    server_tag: String,
+}
+
+/// What a test's server left in dockerd (a build or fleet still running when the test ended or
+/// failed, or a server killed on purpose), removed when this is dropped. Without it every such
+/// test would keep a network, and dockerd's address pools run out after a few dozen.
+pub struct Leftovers {
+    /// None once a test kills the server on purpose, for its next start to find what it left.
+    server_id: Option<String>,
+}
+
+impl Leftovers {
+    pub fn of(server_id: &str) -> Leftovers {
+        Leftovers {
+            server_id: Some(server_id.to_string()),
+        }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let Some(server_id) = &self.server_id else {
+            return;
+        };
+        let docker = |args: &[&str]| -> Vec<String> {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .map(|out| {
+                    String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for key in ["slipway.server", "slipway.deploy-server"] {
+            let label = format!("label={key}={server_id}");
+            let containers = docker(&["ps", "-aq", "--filter", &label]);
+            if !containers.is_empty() {
+                let mut rm = vec!["rm", "-f", "-v"];
+                rm.extend(containers.iter().map(String::as_str));
+                docker(&rm);
+            }
+            for (list, remove) in [
+                (["network", "ls"], ["network", "rm"]),
+                (["volume", "ls"], ["volume", "rm"]),
+            ] {
+                let ids = docker(&[list[0], list[1], "-q", "--filter", &label]);
+                if !ids.is_empty() {
+                    let mut rm = remove.to_vec();
+                    rm.extend(ids.iter().map(String::as_str));
+                    docker(&rm);
+                }
+            }
+        }
+    }
+}
+
+/// The address and server id of the line a `slipway server` logs when it listens.
+pub fn listening(line: &str) -> Option<(String, String)> {
+    if !line.contains("slipway server listening") {
+        return None;
+    }
+    let field = |name: &str| {
+        let at = line.find(name)? + name.len();
+        line[at..].split_whitespace().next().map(str::to_string)
+    };
+    Some((field(" addr=")?, field(" server=")?))
 }
 
 /// A config file body with one project named `hello` for `repository` and `secret`.
@@ -79,6 +174,8 @@ impl TestApp {
         let config: Config =
             config::resolve(raw, "test config", &overrides, &env).expect("test config resolves");
         let app = Application::build(config).await.expect("app builds");
+        let leftovers = Leftovers::of(&app.server_id().to_string());
+        let server_tag = app.server_id().simple().to_string()[..8].to_string();
         let address = format!("http://{}", app.local_addr());
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -92,6 +189,8 @@ impl TestApp {
             http: reqwest::Client::new(),
             stop,
             task: Some(task),
+            _leftovers: leftovers,
+            server_tag,
         }
     }
 
@@ -192,32 +291,31 @@ impl TestApp {
         body.as_array().expect("a list").clone()
     }
 
-    /// Stops the server gracefully and waits for it.
     /// Stops the server gracefully, waits for it, and removes the images its releases were
-    /// baked into (named `slipway/<package>-<first 8 hex digits of the server id>`).
+    /// baked into (named `slipway/<package>-<server tag>`).
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("server ran");
         }
-        let store = slipway::store::Store::connect(&self.database_url)
-            .await
-            .expect("test database");
-        let server_tag = store
-            .server_id()
-            .await
-            .expect("server id")
-            .simple()
-            .to_string()[..8]
-            .to_string();
-        store.close();
-        remove_baked_images(&server_tag);
+        remove_baked_images(&self.server_tag);
+    }
+}
+
+impl Drop for TestApp {
+    /// A test that ends without [`TestApp::stop`] (or fails) stops its server where it is;
+    /// `leftovers` then removes what it had running.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
 /// A fresh database in the shared test cluster; its connection string.
 pub fn test_database() -> String {
-    let database = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let database = format!("test_{}_{}", now_secs(), uuid::Uuid::new_v4().simple());
     let cluster = cluster();
     cluster
         .psql(&format!("CREATE DATABASE {database}"))
@@ -267,5 +365,78 @@ fn remove_baked_images(server_tag: &str) {
             .arg("-f")
             .args(&images)
             .output();
+    }
+}
+
+/// The real `slipway server` binary as a child process: its stderr kept, killed (-9) when
+/// dropped, and what it left in dockerd removed after.
+pub struct ServerChild {
+    pub child: std::process::Child,
+    pub address: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    _leftovers: Leftovers,
+}
+
+impl ServerChild {
+    /// Spawns `command` (a `slipway server` with its arguments) and waits until it listens;
+    /// panics with its log if it exits first or does not listen within 120 s.
+    pub fn spawn(mut command: std::process::Command) -> ServerChild {
+        use std::io::BufRead;
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("slipway starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(listening) = listening(&line) {
+                    let _ = tx.send(listening);
+                }
+                let mut log = kept.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+            // Dropping `tx` here ends the wait below if the server exited before listening.
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok((addr, server_id)) => ServerChild {
+                child,
+                address: format!("http://{addr}"),
+                log,
+                _leftovers: Leftovers::of(&server_id),
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server did not listen within 120 s:\n{}",
+                    log.lock().expect("log lock")
+                )
+            }
+        }
+    }
+
+    /// kill -9, leaving what the server had running for its next start (on the same data
+    /// directory or database) to adopt or reap.
+    pub fn kill_9(mut self) {
+        self._leftovers.server_id = None;
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -196,7 +196,7 @@ async fn a_release_killed_while_packaging_is_failed_with_a_reason_by_the_next_st
     let commit = git(repo.path(), &["rev-parse", "HEAD"]);
     let body = push_body("acme/hello", "main", &commit);
     let queued = reqwest::Client::new()
-        .post(format!("{}/hooks/bitbucket", first.address))
+        .post(format!("{}/hooks/bitbucket", first.address()))
         .header("X-Event-Key", "repo:push")
         .header("X-Hub-Signature", sign("hello-secret", &body))
         .body(body)
@@ -218,7 +218,7 @@ async fn a_release_killed_while_packaging_is_failed_with_a_reason_by_the_next_st
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(first); // kill -9 while packaging
+    first.kill_9(); // kill -9 while packaging
 
     let second = crate::bake::ServerProcess::start(dir.path());
     let v1 = second.releases(&token).await[0].clone();

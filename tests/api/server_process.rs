@@ -1,17 +1,13 @@
 //! The real `slipway` binary: start with no config, kill -9, restart, graceful stop.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::helpers::read_token;
 
-pub struct Server {
-    pub child: Child,
-    pub address: String,
-}
+pub use crate::helpers::ServerChild as Server;
 
 /// Starts `slipway server` in `dir` (with its `slipway.toml`, if any) and waits until it listens.
 pub fn start(dir: &Path) -> Server {
@@ -20,57 +16,14 @@ pub fn start(dir: &Path) -> Server {
 
 /// Like [`start`], with `vars` added to the server's environment.
 pub fn start_with_env(dir: &Path, vars: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    command
         .args(["server", "--listen", "127.0.0.1:0"])
         .current_dir(dir)
         .env("RUST_LOG", "info")
         .env_remove("SLIPWAY_DATABASE_URL")
-        .envs(vars.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("slipway starts");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(at) = line.find("addr=") {
-                    let addr = line[at + 5..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
-                    let _ = tx.send(Ok(addr));
-                    sent = true;
-                } else if line.starts_with("error:") || line.contains(" ERROR ") {
-                    let _ = tx.send(Err(line.clone()));
-                }
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(Ok(addr)) => Server {
-            child,
-            address: format!("http://{addr}"),
-        },
-        Ok(Err(line)) => {
-            let _ = child.kill();
-            panic!("server failed to start: {line}")
-        }
-        Err(_) => {
-            let _ = child.kill();
-            panic!("server did not listen within 120 s")
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // A failed assertion must not leave a server running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        .envs(vars.iter().copied());
+    Server::spawn(command)
 }
 
 async fn healthz(server: &Server) -> serde_json::Value {
@@ -121,7 +74,7 @@ async fn starts_with_no_config_survives_kill_9_and_stops_cleanly() {
     let kept = created["token"].as_str().unwrap().to_string();
 
     // kill -9: no chance to stop the cluster; the next start must reuse it.
-    drop(first);
+    first.kill_9();
 
     let mut second = start(dir.path());
     assert_eq!(healthz(&second).await["status"], "ok");
@@ -236,7 +189,7 @@ async fn a_build_interrupted_by_kill_9_ends_errored_and_its_containers_are_reape
     };
     assert!(!containers().is_empty(), "the build's containers run");
 
-    drop(first); // kill -9 in the middle of the build
+    first.kill_9(); // kill -9 in the middle of the build
 
     let second = start(dir.path());
     let build = get(second.address.clone()).await;

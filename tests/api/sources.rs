@@ -2,13 +2,12 @@
 //! credentials reach no workspace, log, answer or package; workspaces go when their build ends
 //! or at the next start after a kill -9; 30 queued builds keep the server small.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -16,75 +15,45 @@ use axum::http::{header, Response, StatusCode};
 use serde_json::Value;
 
 use crate::builds::{commit_all, git, hello_repository, push_body};
-use crate::helpers::{read_token, sign};
+use crate::helpers::{read_token, sign, ServerChild};
 
 const HOOK_SECRET: &str = "sources-secret";
 
 /// The real server, its stderr kept for inspection, killed (-9) when dropped.
 struct RealServer {
-    child: Child,
-    address: String,
+    server: ServerChild,
     token: String,
     data_dir: PathBuf,
-    log: Arc<Mutex<String>>,
     http: reqwest::Client,
 }
 
 impl RealServer {
     /// Starts `slipway server` with `config` and the data dir `data_dir`; waits until it listens.
     fn start(config: &Path, data_dir: &Path) -> RealServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        command
             .args(["server", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "info,slipway=debug")
-            .env_remove("SLIPWAY_DATABASE_URL")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("slipway starts");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("addr=") {
-                    let addr = line[at + 5..].split_whitespace().next().unwrap_or("");
-                    let _ = tx.send(addr.to_string());
-                }
-                let mut log = kept.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let address = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => format!("http://{addr}"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "server did not listen within 120 s: {}",
-                    log.lock().unwrap()
-                )
-            }
-        };
+            .env_remove("SLIPWAY_DATABASE_URL");
         RealServer {
-            child,
-            address,
+            server: ServerChild::spawn(command),
             token: read_token(data_dir),
             data_dir: data_dir.to_path_buf(),
-            log,
             http: reqwest::Client::new(),
         }
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.server.log()
     }
 
     /// A field of /proc/<pid>/status in kB, such as `VmHWM` (peak RSS) or `VmRSS`.
     fn memory_kb(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.server.child.id())).unwrap();
         status
             .lines()
             .find_map(|line| line.strip_prefix(&format!("{field}:")))
@@ -95,7 +64,7 @@ impl RealServer {
     async fn get_text(&self, path: &str) -> String {
         let response = self
             .http
-            .get(format!("{}{path}", self.address))
+            .get(format!("{}{path}", self.server.address))
             .bearer_auth(&self.token)
             .send()
             .await
@@ -113,7 +82,7 @@ impl RealServer {
         let body = push_body("acme/hello", branch, commit);
         let response = self
             .http
-            .post(format!("{}/hooks/bitbucket", self.address))
+            .post(format!("{}/hooks/bitbucket", self.server.address))
             .header("X-Event-Key", "repo:push")
             .header("X-Hub-Signature", sign(HOOK_SECRET, &body))
             .body(body)
@@ -154,13 +123,6 @@ impl RealServer {
                     .collect()
             })
             .unwrap_or_default()
-    }
-}
-
-impl Drop for RealServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -564,7 +526,7 @@ async fn a_build_killed_with_the_server_leaves_no_workspace_after_the_next_start
         "no .git unless the pipeline asks for it"
     );
 
-    drop(first); // kill -9 in the middle of the build
+    first.server.kill_9(); // kill -9 in the middle of the build
     assert!(workspaces[0].exists(), "a killed server cannot clean up");
 
     let second = RealServer::start(&config, &data_dir);
