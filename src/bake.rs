@@ -17,13 +17,16 @@
 //!   right after Slipway's, in the same Packer run; the bake key covers what the team provides.
 //! - The image's `CMD` is the `ExecStart=` of the package's systemd unit, split on whitespace;
 //!   the app listens on `PORT` (the deployer sets it), and the image exposes 8000.
-//! - The bake key covers everything that shapes the image; a release whose key equals a baked
-//!   release's reuses that image instead of baking again, unless a rebake is asked for
-//!   (`POST .../releases/{version}/rebake`, queued like any bake). No bake needs the build's
+//! - The bake key covers everything that shapes the image, and the committed image carries it
+//!   (label `slipway.bake-key`); a bake that finds a finished image of the project with its key
+//!   on dockerd (one a crash cut off before it was recorded) tags and records it instead of
+//!   baking again, unless a rebake is asked for (`POST .../releases/{version}/rebake`, queued
+//!   like any bake). No bake needs the build's
 //!   checkout: the image's command and ports are recorded on the release when it is published,
 //!   and the team's settings are staged from the commit in the project's mirror.
-//! - A bake a server stop or crash interrupted is reaped at the next start and queued again,
-//!   once ([`recover_interrupted_bakes`]); interrupted a second time, it fails with a reason.
+//! - A bake a server stop or crash interrupted is reaped at the next start (keeping the image
+//!   if it was finished) and queued again, once ([`recover_interrupted_bakes`]); interrupted a
+//!   second time, it fails with a reason and nothing of it is kept.
 //! - The stored bake log is capped (`bake_log_limit_bytes`, 4 MiB by default): past the cap a
 //!   notice says where it was cut, output is counted but not kept, and a last line says how
 //!   much was left out.
@@ -284,7 +287,7 @@ impl Baker {
             .iter()
             .map(|&port| u16::try_from(port).context("exposed ports are 16-bit"))
             .collect::<anyhow::Result<Vec<u16>>>()?;
-        let request = BakeRequest {
+        let mut request = BakeRequest {
             packer: self.packer.clone(),
             template: self.template.clone(),
             playbook_dir: self.playbook_dir.clone(),
@@ -294,6 +297,7 @@ impl Baker {
                 tag: release.version.clone(),
                 command: recipe.command.clone(),
                 exposed_ports,
+                bake_key: String::new(),
             }),
             app: release.project.clone(),
             package: record.name.clone(),
@@ -319,6 +323,9 @@ impl Baker {
                 return Ok(());
             }
         };
+        if let BakeSource::Docker(docker) = &mut request.source {
+            docker.bake_key.clone_from(&key);
+        }
         let rebake = bake.rebake;
         store.set_bake_key(release.id, &key).await?;
         let mut log = BakeLog::start(
@@ -340,9 +347,9 @@ impl Baker {
             log.line(note);
         }
         if !rebake {
-            if let Some(image) = self.reusable_image(store, release, &key).await? {
+            if let Some(image) = self.reusable_image(&request, &key).await? {
                 log.line(&format!(
-                    "==> slipway: reusing {} ({}): an earlier bake had the same bake key",
+                    "==> slipway: reusing {} ({}): an earlier bake with the same bake key finished it",
                     image.image, image.image_id
                 ));
                 log.finish().await;
@@ -448,18 +455,23 @@ impl Baker {
             .unwrap_or_else(|| slipway_bake::DEFAULT_PROVISIONING.to_string()))
     }
 
-    /// A baked image with this bake key that still exists locally.
+    /// A finished image with this bake key on dockerd (an earlier bake of this release that a
+    /// crash cut off before Slipway recorded it, or another release baked identically), tagged
+    /// with the name this bake would give it.
     async fn reusable_image(
         &self,
-        store: &Store,
-        release: &Release,
+        request: &BakeRequest,
         key: &str,
     ) -> anyhow::Result<Option<BakedImage>> {
-        let Some(image) = store.baked_image_with_key(&release.project, key).await? else {
+        let client = self.docker.client();
+        let Some(image_id) = slipway_bake::finished_image(&client, &request.app, key).await? else {
             return Ok(None);
         };
-        let exists = self.local_image_id(&image.image).await?.as_deref() == Some(&image.image_id);
-        Ok(exists.then_some(image))
+        let image = request.artifact_name();
+        if self.local_image_id(&image).await?.as_deref() != Some(&image_id) {
+            slipway_bake::tag_image(&client, &image_id, &image).await?;
+        }
+        Ok(Some(BakedImage { image, image_id }))
     }
 
     /// The id of the image `reference` names on dockerd, or `None` when there is none.
@@ -490,9 +502,10 @@ fn failure_reason(ansible_error: Option<String>, error: &slipway_bake::BakeError
 }
 
 /// On server start: stops the Packer runs of bakes interrupted by a stop or crash and removes
-/// what they left (by bake id, the release id: Docker labels, or AWS tags for an AMI), then
-/// queues each of them again, first in line, unless it was already a re-run:
-/// that one fails with [`INTERRUPTED_REASON`].
+/// what they left (by bake id, the release id: Docker labels, or AWS tags for an AMI) except a
+/// finished image or AMI, then queues each of them again, first in line, unless it was already
+/// a re-run: that one fails with [`INTERRUPTED_REASON`], and its images go too (its AMI is
+/// left to retention).
 pub async fn recover_interrupted_bakes(
     store: &Store,
     docker: &DockerClient,
@@ -506,8 +519,15 @@ pub async fn recover_interrupted_bakes(
         if !killed.is_empty() {
             tracing::warn!(bake = %id, process_groups = ?killed, "stopped the Packer run of an interrupted bake");
         }
+        // An image the bake finished stays for its re-run to reuse.
+        let runs_again = bake.attempts < MAX_ATTEMPTS;
         if bake.slot.is_docker() {
-            if let Err(e) = slipway_bake::reap_bake(&docker.client(), &id).await {
+            let reap = if runs_again {
+                slipway_bake::Reap::KeepFinished
+            } else {
+                slipway_bake::Reap::Everything
+            };
+            if let Err(e) = slipway_bake::reap_bake(&docker.client(), &id, reap).await {
                 tracing::error!(error = %e, bake = %id, "cannot remove what an interrupted bake left; remove it by label");
             }
         } else {
@@ -519,7 +539,7 @@ pub async fn recover_interrupted_bakes(
                 tracing::error!(error = format!("{e:#}"), bake = %id, "cannot remove what an interrupted AMI bake left; remove it by its tag slipway_bake");
             }
         }
-        if bake.attempts < MAX_ATTEMPTS {
+        if runs_again {
             store.requeue_bake(&bake, false).await?;
             tracing::warn!(bake = %id, image = %bake.slot, "queued again a bake interrupted by a server stop");
             continue;

@@ -35,8 +35,8 @@ pub use deb::{
 pub use error::{Error, Result};
 pub use packer::stop_orphaned_packer;
 pub use packer::{
-    bake, bake_key, reap_bake, AmazonEbsSource, ArtifactKind, BakeArtifact, BakeError,
-    BakeObserver, BakeRequest, BakeSource, DockerSource, TeamPlaybook, CONTAINER_LABEL,
-    DEFAULT_PROVISIONING, IMAGE_LABEL,
+    bake, bake_key, finished_image, reap_bake, tag_image, AmazonEbsSource, ArtifactKind,
+    BakeArtifact, BakeError, BakeObserver, BakeRequest, BakeSource, DockerSource, Reap,
+    TeamPlaybook, CONTAINER_LABEL, DEFAULT_PROVISIONING, IMAGE_LABEL, KEY_LABEL,
 };
 pub use signing::Signer;

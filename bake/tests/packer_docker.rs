@@ -7,7 +7,10 @@ mod packer_support;
 use std::time::Duration;
 
 use packer_support::{docker, free_port, local_docker, Fixture, BASE_IMAGE, PACKAGE};
-use slipway_bake::{bake, reap_bake, ArtifactKind, BakeError, CONTAINER_LABEL, IMAGE_LABEL};
+use slipway_bake::{
+    bake, finished_image, reap_bake, ArtifactKind, BakeError, BakeSource, Reap, CONTAINER_LABEL,
+    IMAGE_LABEL, KEY_LABEL,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Bakes, collecting every observed line; returns the result and the log.
@@ -74,6 +77,10 @@ async fn a_release_bakes_into_an_image_that_runs_it_and_the_next_bakes_increment
 
     let mut second = fixture.request(2, "1.1.0", &v1.name, port);
     second.security_updates = true;
+    let key = unique_key();
+    if let BakeSource::Docker(source) = &mut second.source {
+        source.bake_key.clone_from(&key);
+    }
     let (result, log) = bake_logged(&second, &cancel, |_| {}).await;
     let v2 = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert_eq!(v2.name, format!("{}:v2", fixture.image_repository()));
@@ -90,6 +97,20 @@ async fn a_release_bakes_into_an_image_that_runs_it_and_the_next_bakes_increment
     assert!(
         ok && labels.contains(r#""slipway.release":"v2""#),
         "{labels}"
+    );
+    // The finished image carries its bake key, by which a re-run of the bake finds it.
+    assert!(
+        labels.contains(&format!(r#""{KEY_LABEL}":"{key}""#)),
+        "{labels}"
+    );
+    let client = local_docker().await;
+    assert_eq!(
+        finished_image(&client, PACKAGE, &key).await.unwrap(),
+        Some(v2.id.clone())
+    );
+    assert_eq!(
+        finished_image(&client, "another", &key).await.unwrap(),
+        None
     );
     // v1's image trusts the repository already and holds v2's dependencies: only Slipway's
     // lists are fetched, not the distribution's.
@@ -202,6 +223,15 @@ async fn a_bake_past_its_timeout_stops_and_leaves_nothing() {
     assert_nothing_left(&fixture, &request.bake_id, "v1");
 }
 
+/// A bake key no other test's image carries.
+fn unique_key() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{nanos:x}{:x}", std::process::id())
+}
+
 #[tokio::test]
 async fn reaping_a_bake_removes_what_a_killed_packer_left() {
     let fixture = Fixture::new("bake-reap");
@@ -224,8 +254,40 @@ async fn reaping_a_bake_removes_what_a_killed_packer_left() {
     let (ok, output) = docker(&["commit", "--change", &image_label, container.trim(), &image]);
     assert!(ok, "{output}");
 
+    // An image the bake finished (committed with its key) before the kill, left untagged.
+    let key = unique_key();
+    let finished_labels =
+        format!("LABEL {IMAGE_LABEL}={bake_id} {KEY_LABEL}={key} slipway.project={PACKAGE}");
+    let (ok, finished) = docker(&["commit", "--change", &finished_labels, container.trim()]);
+    assert!(ok, "{finished}");
+    let finished = finished.trim().to_owned();
+
+    // Reaped for a re-run: the container and the unfinished image go, the finished one stays.
     let client = local_docker().await;
-    reap_bake(&client, &bake_id).await.unwrap();
+    reap_bake(&client, &bake_id, Reap::KeepFinished)
+        .await
+        .unwrap();
+    let (ok, containers) = docker(&["ps", "-aq", "--filter", &format!("label={container_label}")]);
+    assert!(
+        ok && containers.trim().is_empty(),
+        "containers left: {containers}"
+    );
+    assert!(!docker(&["image", "inspect", &image]).0, "{image} is left");
+    assert_eq!(
+        finished_image(&client, PACKAGE, &key).await.unwrap(),
+        Some(finished.clone())
+    );
+    // Reaped for good: nothing stays.
+    reap_bake(&client, &bake_id, Reap::Everything)
+        .await
+        .unwrap();
+    assert!(
+        !docker(&["image", "inspect", &finished]).0,
+        "{finished} is left"
+    );
+    assert_eq!(finished_image(&client, PACKAGE, &key).await.unwrap(), None);
     assert_nothing_left(&fixture, &bake_id, "v1");
-    reap_bake(&client, &bake_id).await.unwrap();
+    reap_bake(&client, &bake_id, Reap::Everything)
+        .await
+        .unwrap();
 }

@@ -84,6 +84,7 @@ async fn the_docker_source_validates() {
         tag: "v42".into(),
         command: vec!["/usr/bin/hello".into()],
         exposed_ports: vec![8080],
+        bake_key: "0123abcd".into(),
     });
     validate(&request).await.unwrap();
     assert_eq!(request.artifact_name(), "slipway/hello:v42");
@@ -139,6 +140,7 @@ fn the_docker_settings_become_template_variables() {
         tag: "v42".into(),
         command: vec!["/usr/bin/hello".into(), "--port".into(), "8080".into()],
         exposed_ports: vec![8080, 9090],
+        bake_key: "0123abcd".into(),
     });
     let variables: BTreeMap<_, _> = request.variables().into_iter().collect();
     assert_eq!(
@@ -162,6 +164,9 @@ fn the_docker_settings_become_template_variables() {
         .map(|(name, _)| *name)
         .collect();
     assert!(!names.contains(&"bake_id") && !names.contains(&"apt_key_file"));
+    // The image carries its key as a label; the key cannot cover itself.
+    assert_eq!(variables["bake_key"], "0123abcd");
+    assert!(!names.contains(&"bake_key"));
     assert!(names.contains(&"docker_cmd") && names.contains(&"security_updates"));
 }
 

@@ -445,28 +445,6 @@ impl Store {
         }))
     }
 
-    /// The image of a baked release of `project` whose bake key is `key`, if any.
-    pub async fn baked_image_with_key(
-        &self,
-        project: &str,
-        key: &str,
-    ) -> StoreResult<Option<BakedImage>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT image, image_id FROM releases WHERE project = $1 AND bake_key = $2
-                 AND bake_status = 'baked' AND image IS NOT NULL AND image_id IS NOT NULL
-                 ORDER BY number DESC LIMIT 1",
-                &[&project, &key],
-            )
-            .await?;
-        Ok(row.map(|row| BakedImage {
-            image: row.get(0),
-            image_id: row.get(1),
-        }))
-    }
-
     /// Queues a rebake of the release's Docker image (it bakes even if an image with an equal
     /// bake key exists), unless it is queued or baking already or has no recorded recipe.
     /// Returns the release as queued, or `None` when the claim was refused. One statement

@@ -21,7 +21,7 @@ use tokio_postgres::NoTls;
 use crate::bake::Cleanup;
 use crate::builds::{commit_all, git, hello_repository, push_body};
 use crate::deploy::{free_port, Api, Project};
-use crate::helpers::{read_token, sign, test_database, BAKE_LIMIT};
+use crate::helpers::{read_token, sign, test_database, HeldBakeRecords, BAKE_LIMIT};
 use crate::server_process::{self, Server};
 
 #[path = "../../deployer/tests/deployer/moto.rs"]
@@ -964,23 +964,10 @@ async fn kill_9_after_the_ami_is_made_but_before_it_is_recorded_then_restart_reu
     let (first, api) = setup.start();
     // The server's database holds the update that records the AMI as baked, so the server is
     // killed after Packer made the AMI and before Slipway recorded it.
-    let database = Database::connect(&setup.database_url).await;
-    database
-        .batch(
-            "CREATE FUNCTION hold_ami_records() RETURNS trigger AS $$
-             BEGIN PERFORM pg_sleep(3600); RETURN NEW; END $$ LANGUAGE plpgsql;
-             CREATE TRIGGER hold_ami_records BEFORE INSERT OR UPDATE ON release_images
-             FOR EACH ROW WHEN (NEW.kind = 'ami' AND NEW.status = 'baked')
-             EXECUTE FUNCTION hold_ami_records();",
-        )
-        .await;
+    let hold = HeldBakeRecords::install(&setup.database_url, "ami").await;
     let commit = git(repo.path(), &["rev-parse", "HEAD"]);
     setup.push(&api, &commit).await;
-    let deadline = Instant::now() + BAKE_LIMIT;
-    while database.held_updates().await == 0 {
-        assert!(Instant::now() < deadline, "the AMI's record was never made");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hold.wait(BAKE_LIMIT).await;
     let v1 = setup.release_of(&api, "v1").await.unwrap();
     assert_eq!(v1["images"][0]["status"], "baking", "{v1:#}");
     let bake_id = v1["bake_id"].as_str().unwrap().to_owned();
@@ -989,16 +976,8 @@ async fn kill_9_after_the_ami_is_made_but_before_it_is_recorded_then_restart_reu
     assert_eq!((instances.len(), named), (0, 0), "Packer cleaned up");
     assert!(packer_groups(&bake_id).is_empty(), "Packer has ended");
     let key = v1["images"][0]["bake_key"].as_str().unwrap().to_owned();
-    // kill -9; the killed server's held statement goes with its connections (it holds the
-    // table the trigger is dropped from).
     first.kill_9();
-    database
-        .batch(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = current_database() AND pid <> pg_backend_pid();
-             DROP TRIGGER hold_ami_records ON release_images;",
-        )
-        .await;
+    hold.release().await;
 
     // The next start keeps the finished AMI and the re-run records it instead of baking.
     let (_second, api) = setup.start();
@@ -1017,35 +996,6 @@ async fn kill_9_after_the_ami_is_made_but_before_it_is_recorded_then_restart_reu
     );
     let environment = api.wait_live(&name, "prod", "v1").await;
     assert_eq!(environment["live"]["image"], made[0].as_str());
-}
-
-/// A connection to a test server's database, for what a test does to it behind its back.
-struct Database(tokio_postgres::Client);
-
-impl Database {
-    async fn connect(url: &str) -> Database {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
-        tokio::spawn(connection);
-        Database(client)
-    }
-
-    async fn batch(&self, sql: &str) {
-        self.0.batch_execute(sql).await.unwrap();
-    }
-
-    /// Statements of the server waiting in `hold_ami_records`.
-    async fn held_updates(&self) -> i64 {
-        let row = self
-            .0
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event = 'PgSleep'",
-                &[],
-            )
-            .await
-            .unwrap();
-        row.get(0)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

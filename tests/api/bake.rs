@@ -363,9 +363,15 @@ pub(crate) struct ServerProcess {
 
 impl ServerProcess {
     pub(crate) fn start(dir: &std::path::Path) -> ServerProcess {
+        ServerProcess::start_at(dir, "127.0.0.1:0")
+    }
+
+    /// Listening on `listen`: a restarted server keeps its address (and so its bake keys,
+    /// which cover the repository's URL).
+    pub(crate) fn start_at(dir: &std::path::Path, listen: &str) -> ServerProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
         command
-            .args(["server", "--listen", "127.0.0.1:0"])
+            .args(["server", "--listen", listen])
             .current_dir(dir)
             .env("RUST_LOG", "info")
             .env_remove("SLIPWAY_DATABASE_URL");

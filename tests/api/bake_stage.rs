@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::bake::{docker, Cleanup, ServerProcess, BUILD_AND_BAKE};
 use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_for_build};
-use crate::helpers::TestApp;
+use crate::helpers::{HeldBakeRecords, TestApp};
 
 /// The file the held bake waits for in its container.
 const GO: &str = "/tmp/slipway-test-go";
@@ -203,19 +203,7 @@ async fn a_bake_interrupted_by_kill_9_is_reaped_and_baked_again_by_the_next_star
     std::fs::write(dir.path().join("slipway.toml"), hello_config(repo.path())).unwrap();
     let first = ServerProcess::start(dir.path());
     let token = crate::helpers::read_token(&dir.path().join(".slipway"));
-    let body = crate::builds::push_body("acme/hello", "main", &commit);
-    let queued = reqwest::Client::new()
-        .post(format!("{}/hooks/bitbucket", first.address()))
-        .header("X-Event-Key", "repo:push")
-        .header(
-            "X-Hub-Signature",
-            crate::helpers::sign("hello-secret", &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(queued.status(), 202);
+    push_to(&first, &commit).await;
 
     // Wait until the bake's container runs, then kill -9 the server.
     let deadline = Instant::now() + BUILD_AND_BAKE;
@@ -301,6 +289,133 @@ async fn a_bake_interrupted_by_kill_9_is_reaped_and_baked_again_by_the_next_star
         [v1["image_id"].as_str().unwrap()],
         "images of the bake"
     );
+    drop(second);
+}
+
+/// Pushes `commit` of main to project hello of the real binary `server`.
+async fn push_to(server: &ServerProcess, commit: &str) {
+    let body = crate::builds::push_body("acme/hello", "main", commit);
+    let queued = reqwest::Client::new()
+        .post(format!("{}/hooks/bitbucket", server.address()))
+        .header("X-Event-Key", "repo:push")
+        .header(
+            "X-Hub-Signature",
+            crate::helpers::sign("hello-secret", &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+}
+
+/// The ids of the images a bake committed (`slipway.baked-by`), tagged or not.
+fn images_of_bake(bake_id: &str) -> Vec<String> {
+    let label = format!("label=slipway.baked-by={bake_id}");
+    let (ok, images) = docker(&["images", "-aq", "--no-trunc", "--filter", &label]);
+    assert!(ok, "{images}");
+    let mut images: Vec<String> = images.split_whitespace().map(str::to_owned).collect();
+    images.dedup();
+    images
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_the_image_is_committed_but_before_it_is_recorded_then_restart_reuses_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cleanup = Cleanup::new();
+    let repo = hello_repository();
+    let commit = git(repo.path(), &["rev-parse", "HEAD"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let database_url = crate::helpers::test_database();
+    std::fs::write(
+        dir.path().join("slipway.toml"),
+        format!(
+            "database_url = \"{database_url}\"\n{}",
+            hello_config(repo.path())
+        ),
+    )
+    .unwrap();
+    // The repository's URL (the server's address) is in the bake key: the restarted server
+    // listens where the first one did.
+    let listen = format!("127.0.0.1:{}", crate::deploy::free_port());
+    let first = ServerProcess::start_at(dir.path(), &listen);
+    let token = crate::helpers::read_token(&dir.path().join(".slipway"));
+    // The database holds the statement that records the image as baked: the server is killed
+    // after Packer committed and tagged the image, before Slipway recorded it.
+    let hold = HeldBakeRecords::install(&database_url, "docker").await;
+    push_to(&first, &commit).await;
+    hold.wait(BUILD_AND_BAKE).await;
+    let v1 = first.releases(&token).await[0].clone();
+    assert_eq!(v1["images"][0]["status"], "baking", "{v1}");
+    let bake_id = v1["bake_id"].as_str().unwrap().to_owned();
+    cleanup.bake_ids.push(bake_id.clone());
+    let key = v1["images"][0]["bake_key"].as_str().unwrap().to_owned();
+    let made = images_of_bake(&bake_id);
+    assert_eq!(made.len(), 1, "Packer committed the image: {made:?}");
+    let labels = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"slipway.bake-key\"}}",
+        &made[0],
+    ])
+    .1;
+    assert_eq!(labels.trim(), key, "the image carries its bake key");
+    let first_log = first
+        .get(&token, "/api/v1/projects/hello/releases/v1/bake-log")
+        .await
+        .to_string();
+    for packer_line in ["TASK [", "Committing the container"] {
+        assert!(first_log.contains(packer_line), "{first_log}");
+    }
+    first.kill_9();
+    hold.release().await;
+
+    // The next start keeps the finished image, and the re-run records it instead of baking.
+    let restarted = Instant::now();
+    let second = ServerProcess::start_at(dir.path(), &listen);
+    let v1 = loop {
+        let v1 = second.releases(&token).await[0].clone();
+        if !matches!(v1["bake_status"].as_str(), Some("queued" | "baking")) {
+            break v1;
+        }
+        assert!(
+            restarted.elapsed() < BUILD_AND_BAKE,
+            "the bake never ended: {v1}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "the interrupted bake's image was recorded {:?} after the restart",
+        restarted.elapsed()
+    );
+    let log = second
+        .get(&token, "/api/v1/projects/hello/releases/v1/bake-log")
+        .await
+        .to_string();
+    assert_eq!(v1["bake_status"], "baked", "{v1}\n{log}");
+    assert_eq!(v1["image_id"], made[0].as_str(), "{v1}");
+    assert_eq!(v1["images"][0]["bake_key"], key.as_str(), "{v1}");
+    assert!(log.contains("baking again"), "{log}");
+    assert!(
+        log.contains(&format!("reusing {}", v1["image"].as_str().unwrap())),
+        "{log}"
+    );
+    for packer_line in ["TASK [", "Committing the container"] {
+        assert!(!log.contains(packer_line), "Packer ran again: {log}");
+    }
+    let image = v1["image"].as_str().unwrap();
+    assert_eq!(
+        docker(&["image", "inspect", "--format", "{{.Id}}", image])
+            .1
+            .trim(),
+        made[0]
+    );
+    assert_eq!(images_of_bake(&bake_id), made, "the one image of the bake");
+    let label = format!("label=slipway.bake={bake_id}");
+    let (ok, left) = docker(&["ps", "-aq", "--filter", &label]);
+    assert!(ok && left.trim().is_empty(), "containers left: {left}");
     drop(second);
 }
 

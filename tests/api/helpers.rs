@@ -323,6 +323,69 @@ pub fn test_database() -> String {
     cluster.connection_string_for(&database)
 }
 
+/// Holds, in a test server's database, every statement that records a release image of one
+/// kind as baked (a trigger sleeps in it), so a test can kill the server after a bake made its
+/// image and before Slipway recorded it.
+pub struct HeldBakeRecords(tokio_postgres::Client);
+
+impl HeldBakeRecords {
+    /// Installs the hold for images of `kind` (`docker` or `ami`).
+    pub async fn install(database_url: &str, kind: &str) -> HeldBakeRecords {
+        let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to the test database");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "CREATE FUNCTION hold_bake_records() RETURNS trigger AS $$
+                 BEGIN PERFORM pg_sleep(3600); RETURN NEW; END $$ LANGUAGE plpgsql;
+                 CREATE TRIGGER hold_bake_records BEFORE INSERT OR UPDATE ON release_images
+                 FOR EACH ROW WHEN (NEW.kind = '{kind}' AND NEW.status = 'baked')
+                 EXECUTE FUNCTION hold_bake_records();"
+            ))
+            .await
+            .expect("installing the hold");
+        HeldBakeRecords(client)
+    }
+
+    /// Waits until the server's statement is held, at most `limit`.
+    pub async fn wait(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let row = self
+                .0
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event = 'PgSleep'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the image's record was never made"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// After the server was killed: ends its held statement (which holds the table the
+    /// trigger is dropped from) and removes the hold.
+    pub async fn release(self) {
+        self.0
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid();
+                 DROP TRIGGER hold_bake_records ON release_images;",
+            )
+            .await
+            .expect("removing the hold");
+    }
+}
+
 pub fn read_token(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.join("admin.token"))
         .expect("admin token written")

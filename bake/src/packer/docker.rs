@@ -1,9 +1,11 @@
 //! dockerd's side of a docker-source bake, through the caller's bollard client: what the
-//! target tag pointed at before, and removing what a failed bake left (found by its labels).
+//! target tag pointed at before, removing what a failed or interrupted bake left (found by its
+//! labels), and finding a finished image by its bake key.
 
 use std::collections::HashMap;
 
 use bollard::errors::Error as DockerError;
+use bollard::models::ImageSummary;
 use bollard::query_parameters::{
     ListContainersOptions, ListImagesOptions, RemoveContainerOptions, RemoveImageOptions,
     TagImageOptions,
@@ -16,6 +18,12 @@ use super::error::BakeError;
 pub const CONTAINER_LABEL: &str = "slipway.bake";
 /// The label the committed image carries (`changes` in the template).
 pub const IMAGE_LABEL: &str = "slipway.baked-by";
+/// The label carrying the committed image's bake key (`changes` in the template). Packer
+/// commits only once every provisioner passed, so an image with a key is finished, whether or
+/// not Packer went on to tag it.
+pub const KEY_LABEL: &str = "slipway.bake-key";
+/// The label naming the committed image's project (`changes` in the template).
+const PROJECT_LABEL: &str = "slipway.project";
 
 /// The id of the image `reference` names, or `None` when there is no such image.
 pub(crate) async fn image_id(
@@ -31,19 +39,73 @@ pub(crate) async fn image_id(
     }
 }
 
-/// Removes every container and image a docker-source bake with this id left, whatever stopped
-/// it: for a server restarting after a crash killed Packer mid-bake. Idempotent.
-#[tracing::instrument(skip(docker), err)]
-pub async fn reap_bake(docker: &Docker, bake_id: &str) -> Result<(), BakeError> {
-    remove_leftovers(docker, bake_id, None).await
+/// Which images of a bake [`reap_bake`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reap {
+    /// Removes them all: the bake will not run again.
+    Everything,
+    /// Keeps the finished ones (those with a non-empty [`KEY_LABEL`]): a re-run of the bake
+    /// reuses one ([`finished_image`]) instead of baking it again.
+    KeepFinished,
 }
 
-/// Removes the bake's containers and images; with `restore` = (target, previous image), first
-/// points the target tag back at the image it named before, so a failed rebake keeps the old.
+/// Removes every container and unfinished image a docker-source bake with this id left,
+/// whatever stopped it, and its finished images too unless `reap` keeps them: for a server
+/// restarting after a crash killed Packer mid-bake. Idempotent.
+#[tracing::instrument(skip(docker), err)]
+pub async fn reap_bake(docker: &Docker, bake_id: &str, reap: Reap) -> Result<(), BakeError> {
+    remove_leftovers(docker, bake_id, None, reap).await
+}
+
+/// The id of a finished image of `project` whose bake had the key `bake_key`, if dockerd
+/// holds one (tagged or not).
+pub async fn finished_image(
+    docker: &Docker,
+    project: &str,
+    bake_key: &str,
+) -> Result<Option<String>, BakeError> {
+    if bake_key.is_empty() {
+        return Ok(None);
+    }
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![
+            format!("{KEY_LABEL}={bake_key}"),
+            format!("{PROJECT_LABEL}={project}"),
+        ],
+    )]);
+    let images = docker
+        .list_images(Some(ListImagesOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| failed("list images", e))?;
+    Ok(images.into_iter().map(|image| image.id).next())
+}
+
+/// Points the tag `reference` (`repo:tag`) at `image_id`.
+pub async fn tag_image(docker: &Docker, image_id: &str, reference: &str) -> Result<(), BakeError> {
+    let (repo, tag) = split_reference(reference);
+    let options = TagImageOptions {
+        repo: Some(repo.to_owned()),
+        tag: tag.map(str::to_owned),
+    };
+    docker
+        .tag_image(image_id, Some(options))
+        .await
+        .map_err(|e| failed("tag", e))
+}
+
+/// Removes the bake's containers and images (as `reap` says); with `restore` = (target,
+/// previous image), first points the target tag back at the image it named before, so a
+/// failed rebake keeps the old.
 pub(crate) async fn remove_leftovers(
     docker: &Docker,
     bake_id: &str,
     restore: Option<(&str, &str)>,
+    reap: Reap,
 ) -> Result<(), BakeError> {
     let containers = docker
         .list_containers(Some(ListContainersOptions {
@@ -73,15 +135,7 @@ pub(crate) async fn remove_leftovers(
     }
     if let Some((target, previous)) = restore {
         if image_id(docker, target).await?.as_deref() != Some(previous) {
-            let (repo, tag) = split_reference(target);
-            let options = TagImageOptions {
-                repo: Some(repo.to_owned()),
-                tag: tag.map(str::to_owned),
-            };
-            docker
-                .tag_image(previous, Some(options))
-                .await
-                .map_err(|e| failed("tag", e))?;
+            tag_image(docker, previous, target).await?;
         }
     }
     let images = docker
@@ -92,6 +146,16 @@ pub(crate) async fn remove_leftovers(
         }))
         .await
         .map_err(|e| failed("list images", e))?;
+    let finished = |image: &ImageSummary| {
+        image
+            .labels
+            .get(KEY_LABEL)
+            .is_some_and(|key| !key.is_empty())
+    };
+    let images: Vec<ImageSummary> = images
+        .into_iter()
+        .filter(|image| reap == Reap::Everything || !finished(image))
+        .collect();
     if !images.is_empty() {
         tracing::info!(bake = %bake_id, count = images.len(), "removing the bake's images");
     }

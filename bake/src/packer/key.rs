@@ -130,15 +130,15 @@ pub fn read_playbook_dir(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, BakeEr
 }
 
 impl BakeRequest {
-    /// The variables that shape the image: all but the per-bake id and local file locations
-    /// (the key's and the playbooks' contents are hashed instead).
+    /// The variables that shape the image: all but the per-bake id, the key itself and local
+    /// file locations (the key's and the playbooks' contents are hashed instead).
     pub fn key_variables(&self) -> Vec<(&'static str, String)> {
         self.variables()
             .into_iter()
             .filter(|(name, _)| {
                 !matches!(
                     *name,
-                    "bake_id" | "apt_key_file" | "playbook_file" | "roles_path"
+                    "bake_id" | "bake_key" | "apt_key_file" | "playbook_file" | "roles_path"
                 )
             })
             .collect()

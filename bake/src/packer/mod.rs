@@ -9,7 +9,9 @@
 //!
 //! A failed, timed-out or cancelled docker bake leaves nothing behind: Packer removes its
 //! container, then Slipway removes anything still carrying the bake's labels and restores the
-//! target tag; [`reap_bake`] does the same for a bake a crash interrupted. On amazon-ebs, Packer
+//! target tag; [`reap_bake`] does the same for a bake a crash interrupted, and may keep an image
+//! the bake had finished (committed with its bake key, [`KEY_LABEL`]) for [`finished_image`] to
+//! find when the bake runs again. On amazon-ebs, Packer
 //! terminates its instance on failure or interrupt, and registers the AMI only after
 //! provisioning succeeded (deregistering it if a later step fails), so nothing stays registered;
 //! Slipway then removes anything still tagged with the bake's id, and its own security group
@@ -30,7 +32,9 @@ use bollard::Docker;
 use crate::ami::AmiBake;
 use tokio_util::sync::CancellationToken;
 
-pub use docker::{reap_bake, CONTAINER_LABEL, IMAGE_LABEL};
+pub use docker::{
+    finished_image, reap_bake, tag_image, Reap, CONTAINER_LABEL, IMAGE_LABEL, KEY_LABEL,
+};
 pub use error::BakeError;
 pub use key::{bake_key, read_playbook_dir, BakeKeyInputs, MAX_PLAYBOOK_BYTES, MAX_PLAYBOOK_FILES};
 pub use request::{AmazonEbsSource, BakeRequest, BakeSource, DockerSource, DEFAULT_PROVISIONING};
@@ -142,7 +146,9 @@ pub async fn bake(
         let restore = previous_image
             .as_deref()
             .map(|previous| (name.as_str(), previous));
-        if let Err(cleanup) = docker::remove_leftovers(docker, &request.bake_id, restore).await {
+        if let Err(cleanup) =
+            docker::remove_leftovers(docker, &request.bake_id, restore, Reap::Everything).await
+        {
             tracing::error!(error = %cleanup, bake = %request.bake_id, "a failed bake left docker objects behind; remove them by label");
         }
     }

@@ -87,6 +87,11 @@ pub struct DockerSource {
     pub command: Vec<String>,
     /// Ports the image declares with `EXPOSE`; at least one.
     pub exposed_ports: Vec<u16>,
+    /// The bake's key ([`BakeRequest::bake_key`]), which the committed image carries as the
+    /// label `slipway.bake-key`: an image with it is finished, and a later bake with the same
+    /// key may reuse it ([`super::finished_image`]). Empty: the image carries an empty label.
+    #[serde(default)]
+    pub bake_key: String,
 }
 
 impl BakeSource {
@@ -138,6 +143,7 @@ impl BakeRequest {
                 ("image_tag", docker.tag.clone()),
                 ("docker_cmd", json_array(&docker.command)),
                 ("docker_expose", join_ports(&docker.exposed_ports)),
+                ("bake_key", docker.bake_key.clone()),
             ]),
             BakeSource::AmazonEbs(ebs) => variables.extend(ebs.variables()),
         }
@@ -193,6 +199,12 @@ impl BakeRequest {
                 return Err(invalid(
                     "command",
                     "the image needs a command to start the app",
+                ));
+            }
+            if !docker.bake_key.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "bake_key",
+                    format!("`{}` is not a hex digest", docker.bake_key),
                 ));
             }
             if docker.exposed_ports.is_empty() {

@@ -123,6 +123,7 @@ impl Fixture {
                     app_port.to_string(),
                 ],
                 exposed_ports: vec![app_port],
+                bake_key: String::new(),
             }),
             app: PACKAGE.into(),
             package: PACKAGE.into(),
