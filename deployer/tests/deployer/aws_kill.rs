@@ -99,7 +99,7 @@ impl HttpConnector for DyingConnector {
 }
 
 /// The `Action` of a query-protocol call (EC2, ELBv2 and Auto Scaling all use one).
-fn action(request: &HttpRequest) -> Option<String> {
+pub(crate) fn action(request: &HttpRequest) -> Option<String> {
     let body = std::str::from_utf8(request.body().bytes()?).ok()?;
     let action = body
         .split('&')
@@ -116,13 +116,22 @@ fn changes_aws(action: &str) -> bool {
 /// `config` with the SDK's default HTTP connectors wrapped to die as `kill` plans.
 fn dying(config: &SdkConfig, kill: &Kill) -> SdkConfig {
     let kill = kill.clone();
+    wrapped(config, move |inner| DyingConnector {
+        inner,
+        kill: kill.clone(),
+    })
+}
+
+/// `config` whose SDK clients send every call through the connector `wrap` makes around the
+/// SDK's default one.
+pub(crate) fn wrapped<C: HttpConnector + 'static>(
+    config: &SdkConfig,
+    wrap: impl Fn(SharedHttpConnector) -> C + Send + Sync + 'static,
+) -> SdkConfig {
     let client = http_client_fn(move |settings, components| {
         let inner = aws_smithy_http_client::default_connector(settings, components.sleep_impl())
             .expect("the SDK's default connector (feature rustls-aws-lc)");
-        SharedHttpConnector::new(DyingConnector {
-            inner,
-            kill: kill.clone(),
-        })
+        SharedHttpConnector::new(wrap(inner))
     });
     config.to_builder().http_client(client).build()
 }

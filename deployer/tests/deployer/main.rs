@@ -3,6 +3,7 @@
 
 mod algorithm;
 mod aws;
+mod aws_health;
 mod aws_kill;
 mod docker;
 mod docker_env;
