@@ -271,17 +271,27 @@ impl Baker {
             .package
             .as_ref()
             .context("a published release has a package")?;
-        // dockerd down or the base image missing: the bake fails now, saying which.
+        // dockerd down (queued again) or the base image missing (failed, saying so).
         let (base_image, base_image_id, base_note) =
             match self.base_image(store, release, staged).await {
                 Ok(base) => base,
                 Err(e) => {
                     let reason = format!("cannot start the bake: {e:#}");
-                    tracing::warn!(%reason, "bake failed");
-                    store.mark_bake_failed(release.id, &reason).await?;
-                    return Ok(());
+                    return self.fail(store, bake, &reason).await;
                 }
             };
+        // The build container of an attempt dockerd's outage cut off.
+        if let Err(e) = slipway_bake::reap_bake(
+            &self.docker.client(),
+            &bake_id(release.id),
+            slipway_bake::Reap::Containers,
+        )
+        .await
+        {
+            return self
+                .fail(store, bake, &format!("cannot start the bake: {e}"))
+                .await;
+        }
         let exposed_ports = recipe
             .exposed_ports
             .iter()
@@ -371,10 +381,23 @@ impl Baker {
             }
             Err(error) => {
                 let reason = failure_reason(ansible_error, &error);
-                tracing::warn!(%reason, "bake failed");
-                store.mark_bake_failed(release.id, &reason).await?;
+                self.fail(store, bake, &reason).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Fails the Docker bake with `reason`, unless dockerd is unreachable now: then that is
+    /// why it failed, and it goes back to the queue (the attempt not counted), where it waits
+    /// for dockerd.
+    async fn fail(&self, store: &Store, bake: &ClaimedBake, reason: &str) -> anyhow::Result<()> {
+        if let Err(unreachable) = self.docker.check().await {
+            tracing::warn!(%unreachable, %reason, "a bake failed while dockerd is unreachable; it is queued again");
+            store.requeue_bake(bake, true).await?;
+            return Ok(());
+        }
+        tracing::warn!(%reason, "bake failed");
+        store.mark_bake_failed(bake.release, reason).await?;
         Ok(())
     }
 

@@ -3,6 +3,9 @@
 //! bakes each under its own cancel token, apart from builds: a build ends when its package is
 //! published and only queues the release's images ([`BakeQueue::enqueue`]).
 //!
+//! Docker images stay queued while dockerd is unreachable, and a Docker bake that fails because
+//! dockerd went away goes back to the queue without counting the attempt.
+//!
 //! The queue lives in the store, so a restart loses nothing: images still queued are baked
 //! after it, and a bake the stop interrupted is reaped and queued again once
 //! ([`super::recover_interrupted_bakes`]). A graceful stop cancels running bakes (the bake
@@ -54,6 +57,7 @@ struct Inner {
     config: Arc<Config>,
     store: Store,
     baker: Baker,
+    docker: DockerClient,
     wake: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -74,6 +78,7 @@ impl BakeQueue {
                 config,
                 store,
                 baker,
+                docker: docker.clone(),
                 wake: Notify::new(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -143,12 +148,25 @@ impl BakeQueue {
     async fn dispatch(&self) {
         let slots = Arc::new(Semaphore::new(self.inner.config.max_concurrent_bakes));
         let mut store_outage = Outage::new("the state store", "queued bakes wait");
+        let mut docker_outage = Outage::new("dockerd", "queued Docker images wait to be baked");
         loop {
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 _ = self.inner.shutdown.cancelled() => return,
             };
-            let claimed = match self.inner.store.claim_next_bake().await {
+            // A Docker bake claimed while dockerd is down could only fail: it stays queued
+            // (AMI bakes go on), and the idle wait below paces the checks.
+            let docker_up = match self.inner.docker.check().await {
+                Ok(_) => {
+                    docker_outage.recovered();
+                    true
+                }
+                Err(e) => {
+                    docker_outage.failed(&e);
+                    false
+                }
+            };
+            let claimed = match self.inner.store.claim_next_bake(docker_up).await {
                 Ok(claimed) => {
                     store_outage.recovered();
                     claimed

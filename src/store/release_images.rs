@@ -202,9 +202,10 @@ impl Store {
         Ok(())
     }
 
-    /// Claims the image queued longest (skipping those another server claims at this moment):
-    /// marks it `baking`, counts the attempt and forgets its earlier log.
-    pub async fn claim_next_bake(&self) -> StoreResult<Option<ClaimedBake>> {
+    /// Claims the image queued longest (skipping those another server claims at this moment),
+    /// of any kind but Docker images when `docker` is false (dockerd is unreachable): marks it
+    /// `baking`, counts the attempt and forgets its earlier log.
+    pub async fn claim_next_bake(&self, docker: bool) -> StoreResult<Option<ClaimedBake>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let Some(row) = tx
@@ -212,10 +213,11 @@ impl Store {
                 "UPDATE release_images SET status = 'baking', reason = NULL, started_at = now(),
                      attempts = attempts + 1
                  WHERE (release_id, kind, region) = (
-                     SELECT release_id, kind, region FROM release_images WHERE status = 'queued'
+                     SELECT release_id, kind, region FROM release_images
+                     WHERE status = 'queued' AND ($1 OR kind <> 'docker')
                      ORDER BY queued_at LIMIT 1 FOR UPDATE SKIP LOCKED)
                  RETURNING release_id, kind, region, rebake, attempts",
-                &[],
+                &[&docker],
             )
             .await?
         else {

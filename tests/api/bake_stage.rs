@@ -16,11 +16,11 @@ use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_
 use crate::helpers::{HeldBakeRecords, TestApp};
 
 /// The file the held bake waits for in its container.
-const GO: &str = "/tmp/slipway-test-go";
+pub(crate) const GO: &str = "/tmp/slipway-test-go";
 
 /// A team playbook whose one task holds the bake until the test creates [`GO`] in the bake's
 /// container: a bake as long as the test needs, without sleeping longer than that.
-fn add_held_playbook(repo: &Path) {
+pub(crate) fn add_held_playbook(repo: &Path) {
     std::fs::create_dir_all(repo.join("deploy")).unwrap();
     std::fs::write(
         repo.join("deploy/bake.yml"),

@@ -67,6 +67,8 @@ struct OwnDockerd {
     netns: String,
     root: tempfile::TempDir,
     child: Option<Child>,
+    /// iptables rules of [`OwnDockerd::link_to_host`]: (table, rule).
+    rules: Vec<(String, String)>,
 }
 
 impl OwnDockerd {
@@ -79,6 +81,7 @@ impl OwnDockerd {
             netns,
             root,
             child: None,
+            rules: Vec::new(),
         };
         dockerd.start_daemon();
         dockerd
@@ -165,6 +168,51 @@ impl OwnDockerd {
         (output.status.success(), text)
     }
 
+    /// Links this dockerd's network namespace to the machine's with a veth pair; returns the
+    /// machine side's address, which containers with `--network=host` here reach (a server
+    /// listening there serves them its apt repository). Beyond it, their traffic is routed and
+    /// masqueraded as the machine's own containers' is (a full bake reaches Debian's archive).
+    /// Deleting the namespace removes the pair; dropping `self`, the rules.
+    fn link_to_host(&mut self) -> &'static str {
+        let id = &self.netns["slipway-deps-".len()..];
+        let (outside, inside) = (format!("swh-{id}"), format!("swn-{id}"));
+        run(
+            "ip",
+            &[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ],
+        );
+        run("ip", &["link", "set", &inside, "netns", &self.netns]);
+        run("ip", &["addr", "add", "10.251.7.1/30", "dev", &outside]);
+        run("ip", &["link", "set", &outside, "up"]);
+        let inside_commands: [&[&str]; 4] = [
+            &["addr", "add", "10.251.7.2/30", "dev", &inside],
+            &["link", "set", &inside, "up"],
+            &["link", "set", "lo", "up"],
+            &["route", "add", "default", "via", "10.251.7.1"],
+        ];
+        for command in inside_commands {
+            run(
+                "ip",
+                &[&["netns", "exec", &self.netns, "ip"][..], command].concat(),
+            );
+        }
+        let rules = [
+            format!("nat POSTROUTING -s 10.251.7.0/30 ! -o {outside} -j MASQUERADE"),
+            format!("filter FORWARD -i {outside} -j ACCEPT"),
+            format!(
+                "filter FORWARD -o {outside} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            ),
+        ];
+        for rule in rules {
+            let (table, rule) = rule.split_once(' ').unwrap();
+            let rule: Vec<&str> = rule.split(' ').collect();
+            run("iptables", &[&["-t", table, "-I"][..], &rule].concat());
+            self.rules.push((table.to_owned(), rule.join(" ")));
+        }
+        "10.251.7.1"
+    }
+
     /// Copies an image of the machine's dockerd into this one.
     fn load_image(&self, image: &str) {
         let script = format!("docker save {image} | docker -H {} load", self.address());
@@ -190,6 +238,12 @@ impl Drop for OwnDockerd {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();
+        for (table, rule) in &self.rules {
+            let _ = Command::new("iptables")
+                .args(["-t", table, "-D"])
+                .args(rule.split(' '))
+                .status();
+        }
     }
 }
 
@@ -321,6 +375,118 @@ async fn builds_queued_while_dockerd_is_down_run_when_it_comes_back() {
         let (ok, left) = dockerd.docker(&[kind, &["--filter", "label=slipway.server"]].concat());
         assert!(ok && left.trim().is_empty(), "{kind:?} left: {left}");
     }
+    app.stop().await;
+}
+
+/// A repository whose pipeline is [`QUICK_PIPELINE`] and whose package `tiny` (one script, a
+/// systemd unit, no dependencies) bakes into an image with the held team playbook
+/// ([`crate::bake_stage::add_held_playbook`]).
+fn tiny_packaged_repository() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    let package = "package:\n  name: tiny\n  architecture: all\n  maintainer: \"Acme Ops <ops@acme.test>\"\n  description: \"A tiny packaged app\"\n  files:\n    - {src: tiny.sh, dest: /usr/bin/tiny, mode: \"0755\"}\n  systemd_unit: tiny.service\n";
+    std::fs::write(
+        dir.path().join(".slipway.yml"),
+        format!("{QUICK_PIPELINE}{package}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tiny.sh"),
+        "#!/bin/sh\nexec sleep infinity\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tiny.service"),
+        "[Unit]\nDescription=tiny\n\n[Service]\nExecStart=/usr/bin/tiny\n\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    crate::bake_stage::add_held_playbook(dir.path());
+    commit_all(dir.path(), "tiny packaged app");
+    dir
+}
+
+/// The held bake `bake_id` on `dockerd` goes on (see [`crate::bake_stage::GO`]).
+async fn let_go_on(dockerd: &OwnDockerd, bake_id: &str) {
+    let label = format!("label=slipway.bake={bake_id}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, containers) = dockerd.docker(&["ps", "-q", "--filter", &label]);
+        if let Some(container) = containers.split_whitespace().next() {
+            if dockerd
+                .docker(&["exec", container, "touch", crate::bake_stage::GO])
+                .0
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the bake {bake_id} never ran");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the held bake's container runs on `dockerd`.
+async fn bake_container_runs(dockerd: &OwnDockerd, bake_id: &str) {
+    let label = format!("label=slipway.bake={bake_id}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while dockerd
+        .docker(&["ps", "-q", "--filter", &label])
+        .1
+        .trim()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the bake {bake_id} never ran");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_docker_bake_cut_off_by_dockerd_waits_queued_and_bakes_when_it_comes_back() {
+    let mut dockerd = OwnDockerd::start();
+    dockerd.load_image("slipway/debian:bookworm");
+    let host = dockerd.link_to_host();
+    let repo = tiny_packaged_repository();
+    let extra = format!("docker_host = \"{}\"\n", dockerd.address());
+    let app = TestApp::spawn_at(&tiny_config(repo.path(), &extra), &format!("{host}:0")).await;
+    let build = push(&app, "main", &git(repo.path(), &["rev-parse", "HEAD"])).await;
+    let build = wait_for_build(&app, build, Duration::from_secs(120)).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    let v1 = app.release("hello", "v1").await;
+    let bake_id = v1["bake_id"].as_str().unwrap().to_owned();
+
+    // dockerd stops while the bake runs: the bake goes back to the queue, not to failed.
+    bake_container_runs(&dockerd, &bake_id).await;
+    let stopped_at = Instant::now();
+    dockerd.stop_daemon();
+    while stopped_at.elapsed() < Duration::from_secs(20) {
+        let v1 = app.release("hello", "v1").await;
+        assert_ne!(v1["bake_status"], "failed", "{v1}");
+        assert_ne!(v1["images"][0]["status"], "failed", "{v1}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let v1 = app.release("hello", "v1").await;
+    assert_eq!(v1["bake_status"], "queued", "{v1}");
+    assert_eq!(v1["images"][0]["status"], "queued", "{v1}");
+
+    // dockerd comes back: the queue notices by itself, and the bake runs to the end.
+    dockerd.start_daemon();
+    let back = Instant::now();
+    let_go_on(&dockerd, &bake_id).await;
+    let v1 = app.wait_for_bake("hello", "v1").await;
+    let log = app.bake_log("hello", "v1").await;
+    assert_eq!(v1["bake_status"], "baked", "{v1}\n{log}");
+    eprintln!(
+        "dockerd down for {:?}; the bake ended {:?} after it came back",
+        back.duration_since(stopped_at),
+        back.elapsed()
+    );
+    let image = v1["image"].as_str().unwrap();
+    let (ok, id) = dockerd.docker(&["image", "inspect", "--format", "{{.Id}}", image]);
+    assert!(ok, "{id}");
+    assert_eq!(id.trim(), v1["image_id"].as_str().unwrap());
+    // The cut-off attempt's build container is gone, like the finished one's.
+    let label = format!("label=slipway.bake={bake_id}");
+    let (ok, left) = dockerd.docker(&["ps", "-aq", "--filter", &label]);
+    assert!(ok && left.trim().is_empty(), "containers left: {left}");
     app.stop().await;
 }
 

@@ -150,11 +150,26 @@ impl TestApp {
         TestApp::spawn_with_env(config_text, database_url, &[]).await
     }
 
+    /// Like [`TestApp::spawn`], listening on `listen` (an address other than loopback, for
+    /// builds and bakes on a dockerd in another network namespace).
+    pub async fn spawn_at(config_text: &str, listen: &str) -> TestApp {
+        TestApp::spawn_full(config_text, test_database(), &[], listen).await
+    }
+
     /// Like [`TestApp::spawn_with_database`], with `vars` as the environment the config reads.
     pub async fn spawn_with_env(
         config_text: &str,
         database_url: String,
         vars: &[(&str, &str)],
+    ) -> TestApp {
+        TestApp::spawn_full(config_text, database_url, vars, "127.0.0.1:0").await
+    }
+
+    async fn spawn_full(
+        config_text: &str,
+        database_url: String,
+        vars: &[(&str, &str)],
+        listen: &str,
     ) -> TestApp {
         let vars: Vec<(String, String)> = vars
             .iter()
@@ -163,7 +178,7 @@ impl TestApp {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let raw = config::parse(config_text, "test config").expect("test config parses");
         let overrides = Overrides {
-            listen: Some("127.0.0.1:0".into()),
+            listen: Some(listen.into()),
             data_dir: Some(data_dir.path().to_path_buf()),
         };
         let url = database_url.clone();

@@ -47,6 +47,8 @@ pub enum Reap {
     /// Keeps the finished ones (those with a non-empty [`KEY_LABEL`]): a re-run of the bake
     /// reuses one ([`finished_image`]) instead of baking it again.
     KeepFinished,
+    /// Removes the bake's build containers only (before a new attempt of the bake).
+    Containers,
 }
 
 /// Removes every container and unfinished image a docker-source bake with this id left,
@@ -132,6 +134,9 @@ pub(crate) async fn remove_leftovers(
             }) => {}
             Err(e) => return Err(failed("rm", e)),
         }
+    }
+    if reap == Reap::Containers {
+        return Ok(());
     }
     if let Some((target, previous)) = restore {
         if image_id(docker, target).await?.as_deref() != Some(previous) {
