@@ -389,6 +389,22 @@ impl ServerProcess {
         self.server.kill_9();
     }
 
+    /// Release v1 of project hello once its bake ended, at most [`BUILD_AND_BAKE`] after
+    /// `since`.
+    pub(crate) async fn v1_when_baked(&self, token: &str, since: Instant) -> Value {
+        loop {
+            let v1 = self.releases(token).await[0].clone();
+            if !matches!(v1["bake_status"].as_str(), Some("queued" | "baking")) {
+                return v1;
+            }
+            assert!(
+                since.elapsed() < BUILD_AND_BAKE,
+                "the bake never ended: {v1}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub(crate) async fn releases(&self, token: &str) -> Value {
         self.get(token, "/api/v1/projects/hello/releases").await
     }

@@ -203,7 +203,7 @@ async fn a_bake_interrupted_by_kill_9_is_reaped_and_baked_again_by_the_next_star
     std::fs::write(dir.path().join("slipway.toml"), hello_config(repo.path())).unwrap();
     let first = ServerProcess::start(dir.path());
     let token = crate::helpers::read_token(&dir.path().join(".slipway"));
-    push_to(&first, &commit).await;
+    crate::builds::push_to(first.address(), &commit).await;
 
     // Wait until the bake's container runs, then kill -9 the server.
     let deadline = Instant::now() + BUILD_AND_BAKE;
@@ -225,17 +225,7 @@ async fn a_bake_interrupted_by_kill_9_is_reaped_and_baked_again_by_the_next_star
     // The next start reaps what the bake left and bakes it again, to the end.
     let restarted = Instant::now();
     let second = ServerProcess::start(dir.path());
-    let v1 = loop {
-        let v1 = second.releases(&token).await[0].clone();
-        if !matches!(v1["bake_status"].as_str(), Some("queued" | "baking")) {
-            break v1;
-        }
-        assert!(
-            restarted.elapsed() < BUILD_AND_BAKE,
-            "the bake never ended: {v1}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let v1 = second.v1_when_baked(&token, restarted).await;
     eprintln!(
         "the interrupted bake re-run and ended {:?} after the restart",
         restarted.elapsed()
@@ -292,23 +282,6 @@ async fn a_bake_interrupted_by_kill_9_is_reaped_and_baked_again_by_the_next_star
     drop(second);
 }
 
-/// Pushes `commit` of main to project hello of the real binary `server`.
-async fn push_to(server: &ServerProcess, commit: &str) {
-    let body = crate::builds::push_body("acme/hello", "main", commit);
-    let queued = reqwest::Client::new()
-        .post(format!("{}/hooks/bitbucket", server.address()))
-        .header("X-Event-Key", "repo:push")
-        .header(
-            "X-Hub-Signature",
-            crate::helpers::sign("hello-secret", &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(queued.status(), 202);
-}
-
 /// The ids of the images a bake committed (`slipway.baked-by`), tagged or not.
 fn images_of_bake(bake_id: &str) -> Vec<String> {
     let label = format!("label=slipway.baked-by={bake_id}");
@@ -344,7 +317,7 @@ async fn kill_9_after_the_image_is_committed_but_before_it_is_recorded_then_rest
     // The database holds the statement that records the image as baked: the server is killed
     // after Packer committed and tagged the image, before Slipway recorded it.
     let hold = HeldBakeRecords::install(&database_url, "docker").await;
-    push_to(&first, &commit).await;
+    crate::builds::push_to(first.address(), &commit).await;
     hold.wait(BUILD_AND_BAKE).await;
     let v1 = first.releases(&token).await[0].clone();
     assert_eq!(v1["images"][0]["status"], "baking", "{v1}");
@@ -375,17 +348,7 @@ async fn kill_9_after_the_image_is_committed_but_before_it_is_recorded_then_rest
     // The next start keeps the finished image, and the re-run records it instead of baking.
     let restarted = Instant::now();
     let second = ServerProcess::start_at(dir.path(), &listen);
-    let v1 = loop {
-        let v1 = second.releases(&token).await[0].clone();
-        if !matches!(v1["bake_status"].as_str(), Some("queued" | "baking")) {
-            break v1;
-        }
-        assert!(
-            restarted.elapsed() < BUILD_AND_BAKE,
-            "the bake never ended: {v1}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let v1 = second.v1_when_baked(&token, restarted).await;
     eprintln!(
         "the interrupted bake's image was recorded {:?} after the restart",
         restarted.elapsed()

@@ -57,6 +57,20 @@ pub fn push_body(repository: &str, branch: &str, commit: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// Pushes `commit` of main to project hello of the real binary listening at `address`.
+pub async fn push_to(address: &str, commit: &str) {
+    let body = push_body("acme/hello", "main", commit);
+    let queued = reqwest::Client::new()
+        .post(format!("{address}/hooks/bitbucket"))
+        .header("X-Event-Key", "repo:push")
+        .header("X-Hub-Signature", sign("hello-secret", &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+}
+
 pub async fn push(app: &TestApp, branch: &str, commit: &str) -> i64 {
     let body = push_body("acme/hello", branch, commit);
     let response = app

@@ -194,16 +194,7 @@ async fn a_release_killed_while_packaging_is_failed_with_a_reason_by_the_next_st
     let first = crate::bake::ServerProcess::start(dir.path());
     let token = crate::helpers::read_token(&data_dir);
     let commit = git(repo.path(), &["rev-parse", "HEAD"]);
-    let body = push_body("acme/hello", "main", &commit);
-    let queued = reqwest::Client::new()
-        .post(format!("{}/hooks/bitbucket", first.address()))
-        .header("X-Event-Key", "repo:push")
-        .header("X-Hub-Signature", sign("hello-secret", &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(queued.status(), 202);
+    crate::builds::push_to(first.address(), &commit).await;
 
     let deadline = Instant::now() + BUILD;
     loop {

@@ -115,7 +115,7 @@ async fn starts_with_no_config_survives_kill_9_and_stops_cleanly() {
 
 #[tokio::test]
 async fn a_build_interrupted_by_kill_9_ends_errored_and_its_containers_are_reaped() {
-    use crate::builds::{commit_all, hello_config, hello_repository, push_body};
+    use crate::builds::{commit_all, hello_config, hello_repository};
     let repo = hello_repository();
     let spec = std::fs::read_to_string(repo.path().join(".slipway.yml")).unwrap();
     std::fs::write(
@@ -131,19 +131,7 @@ async fn a_build_interrupted_by_kill_9_ends_errored_and_its_containers_are_reape
     let first = start(dir.path());
     let token = read_token(&dir.path().join(".slipway"));
     let client = reqwest::Client::new();
-    let body = push_body("acme/hello", "main", &commit);
-    let queued = client
-        .post(format!("{}/hooks/bitbucket", first.address))
-        .header("X-Event-Key", "repo:push")
-        .header(
-            "X-Hub-Signature",
-            crate::helpers::sign("hello-secret", &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(queued.status(), 202);
+    crate::builds::push_to(&first.address, &commit).await;
     let build_url = "/api/v1/projects/hello/builds/1";
     let get = |address: String| {
         let client = client.clone();

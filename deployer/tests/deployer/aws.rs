@@ -69,15 +69,7 @@ async fn v1_then_v2_moves_listener_and_template_and_retires_the_old_group() {
         .unwrap();
     assert_eq!(v2.state, DeploymentState::RetainingBlue, "{:?}", v2.reason);
     assert_eq!(forwarded(&elb, &infra).await, infra.target_groups[0]);
-    let default = ec2
-        .describe_launch_template_versions()
-        .launch_template_id(&infra.launch_template_id)
-        .versions("$Default")
-        .send()
-        .await
-        .unwrap();
-    let data = default.launch_template_versions()[0].launch_template_data();
-    assert_eq!(data.unwrap().image_id(), Some(infra.amis[1].as_str()));
+    assert_eq!(default_image(&ec2, &infra).await, infra.amis[1]);
     let live = target.current_live().await.unwrap().unwrap();
     assert_eq!(live.id, "hello-prod-v2");
     assert_eq!(
@@ -163,6 +155,19 @@ async fn the_launch_template_version_carries_the_environments_configuration_as_u
     // The same image and configuration again: the version is found, not made twice.
     target.update_launch_template(&infra.amis[0]).await.unwrap();
     assert_eq!(versions().await, before + 1);
+}
+
+/// The AMI of the launch template's default version.
+pub async fn default_image(ec2: &aws_sdk_ec2::Client, infra: &Infra) -> String {
+    let default = ec2
+        .describe_launch_template_versions()
+        .launch_template_id(&infra.launch_template_id)
+        .versions("$Default")
+        .send()
+        .await
+        .unwrap();
+    let data = default.launch_template_versions()[0].launch_template_data();
+    data.and_then(|d| d.image_id()).unwrap().to_owned()
 }
 
 pub async fn forwarded(elb: &aws_sdk_elasticloadbalancingv2::Client, infra: &Infra) -> String {

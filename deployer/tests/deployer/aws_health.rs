@@ -15,7 +15,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use slipway_deployer::aws::AwsTarget;
 use slipway_deployer::{DeploymentState, Target};
 
-use crate::aws::{forwarded, policy, settings};
+use crate::aws::{default_image, forwarded, policy, settings};
 use crate::aws_kill::{action, wrapped};
 use crate::moto::{registered, Infra, Moto};
 use crate::support::{request, Stores};
@@ -164,13 +164,5 @@ async fn a_group_with_an_instance_not_healthy_in_its_target_group_never_gets_tra
         registered(&config, idle).await.is_empty(),
         "v2's instances stayed registered"
     );
-    let default = ec2
-        .describe_launch_template_versions()
-        .launch_template_id(&infra.launch_template_id)
-        .versions("$Default")
-        .send()
-        .await
-        .unwrap();
-    let data = default.launch_template_versions()[0].launch_template_data();
-    assert_eq!(data.unwrap().image_id(), Some(infra.amis[0].as_str()));
+    assert_eq!(default_image(&ec2, &infra).await, infra.amis[0]);
 }
