@@ -497,3 +497,73 @@ async fn a_failed_rebake_under_the_same_bake_id_keeps_the_earlier_ami() {
     let images = ec2.describe_images().image_ids(&ami).send().await.unwrap();
     assert_eq!(images.images().len(), 1, "the earlier AMI {ami} stays");
 }
+
+#[tokio::test]
+async fn a_finished_ami_is_copied_to_another_region_with_its_tags_and_reaped_there_by_its_bake() {
+    let moto = Moto::start().await;
+    let bake_id = unique("copy");
+    let (ami, _) = bake_release(&moto, 8, &bake_id).await;
+    let source = AmiAccount::connect(REGION, Some(&moto.endpoint)).await;
+    let target = AmiAccount::connect("us-east-1", Some(&moto.endpoint)).await;
+
+    let copy = target
+        .copy_from(&source, &ami, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_ne!(copy, ami);
+    let ec2 = aws_sdk_ec2::Client::new(
+        &aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&moto.endpoint)
+            .load()
+            .await,
+    );
+    let images = ec2.describe_images().image_ids(&copy).send().await.unwrap();
+    let image = &images.images()[0];
+    assert_eq!(image.name(), Some("hello-v8"));
+    let tags = tags_of(image.tags());
+    for (key, value) in [
+        ("project", "hello"),
+        ("release", "v8"),
+        ("commit", "c0ffee0008"),
+        ("bake_key", "key0008"),
+        (BAKE_TAG, bake_id.as_str()),
+        ("team", "payments"),
+    ] {
+        assert_eq!(
+            tags.get(key).map(String::as_str),
+            Some(value),
+            "{key}: {tags:?}"
+        );
+    }
+    // The copy counts as the project's finished AMI there, and not in the source region.
+    let there = target.project_amis("hello").await.unwrap();
+    assert_eq!(
+        there
+            .iter()
+            .map(|a| (a.id.as_str(), a.finished()))
+            .collect::<Vec<_>>(),
+        [(copy.as_str(), true)]
+    );
+    assert!(!source
+        .project_amis("hello")
+        .await
+        .unwrap()
+        .iter()
+        .any(|a| a.id == copy));
+
+    // A crash's reaping in that region finds the copy by its bake's id.
+    let reaped = target.reap_bake(&bake_id, &BTreeSet::new()).await.unwrap();
+    assert_eq!(reaped.images, [copy]);
+    assert!(target.project_amis("hello").await.unwrap().is_empty());
+
+    // Only what Slipway baked and finished is copied.
+    let error = target
+        .copy_from(&source, SOURCE_AMI, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("carries no slipway_bake tag"),
+        "{error}"
+    );
+}

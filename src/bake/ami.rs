@@ -9,7 +9,11 @@
 //! - A failed bake leaves nothing in the account (the bake crate reaps by the bake's id); a
 //!   bake a crash interrupted is reaped at the next start ([`reap_interrupted`]), keeping an
 //!   AMI it finished, before it is queued again.
-//! - Retention ([`retain_amis`]) runs after each AMI bake and at start: it deregisters the
+//! - An aws environment in another region than `[projects.ami]`'s gets a copy of the baked AMI
+//!   (`Baker::copy_ami`, CopyImage with the AMI's name and tags, the bake key tagged last),
+//!   queued with the bake and claimed once the bake ended; a failed bake fails its copies.
+//! - Retention ([`retain_amis`]) runs after each AMI bake and at start, in every region the
+//!   project has AMIs in: it deregisters the
 //!   project's AMIs (and deletes their snapshots) except those instances run (live and warm
 //!   fleets), those of the `keep_releases` newest releases, those an unfinished deployment
 //!   takes, and those of bakes queued or in progress; each deregistered AMI's row says so.
@@ -42,12 +46,16 @@ impl Baker {
         bake: &ClaimedBake,
         cancel: &CancellationToken,
     ) {
-        let result = match &project.ami {
-            Some(settings) => {
+        let result = match (&project.ami, &bake.copy_of) {
+            (Some(settings), None) => {
                 self.run_ami_bake(store, release, project, settings, bake, cancel)
                     .await
             }
-            None => Err(anyhow::anyhow!(
+            (Some(settings), Some(from)) => {
+                self.copy_ami(store, release, settings, from, bake, cancel)
+                    .await
+            }
+            (None, _) => Err(anyhow::anyhow!(
                 "the project has no [projects.ami] settings any more"
             )),
         };
@@ -198,6 +206,106 @@ impl Baker {
     }
 }
 
+impl Baker {
+    /// Copies the release's AMI baked in `from` into the region of `bake`, or reuses a finished
+    /// copy with its bake key there (one a killed server made before it could record it).
+    async fn copy_ami(
+        &self,
+        store: &Store,
+        release: &Release,
+        settings: &AmiSettings,
+        from: &str,
+        bake: &ClaimedBake,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let region = &bake.slot.region;
+        let mut log = BakeLog::start(
+            store.clone(),
+            release.id,
+            bake.slot.clone(),
+            self.log_limit_bytes,
+        );
+        if bake.attempts > 1 {
+            log.line(
+                "==> slipway: copying again: the server stopped during this AMI's previous copy",
+            );
+        }
+        let source = release
+            .images
+            .iter()
+            .find(|image| image.kind == AMI && image.region.as_deref() == Some(from));
+        let (source_ami, key) = match source {
+            Some(image) if image.status == "baked" => (
+                image.id.clone().context("a baked AMI has an id")?,
+                image
+                    .bake_key
+                    .clone()
+                    .context("a baked AMI has a bake key")?,
+            ),
+            other => {
+                let status = other.map_or("missing", |image| image.status.as_str());
+                let reason = format!("the AMI in {from} is {status}: nothing to copy to {region}");
+                log.line(&format!("==> slipway: {reason}"));
+                log.finish().await;
+                return record(store, release, bake, "failed", Some(&reason), None, None).await;
+            }
+        };
+        record(store, release, bake, "baking", None, Some(&key), None).await?;
+        let target = account_in(settings, region).await;
+        if let Some(ami) = reusable_ami(&target, release, &key).await? {
+            log.line(&format!(
+                "==> slipway: reusing {ami} in {region}: an earlier copy had the same bake key"
+            ));
+            log.finish().await;
+            return record(store, release, bake, "baked", None, Some(&key), Some(&ami)).await;
+        }
+        log.line(&format!(
+            "==> slipway: copying {source_ami} from {from} to {region}"
+        ));
+        let started = std::time::Instant::now();
+        let source = account_in(settings, from).await;
+        let copied = tokio::select! {
+            copied = target.copy_from(&source, &source_ami, BAKE_TIMEOUT) => copied,
+            _ = cancel.cancelled() => {
+                log.line("==> slipway: the copy was cancelled by the server's stop");
+                log.finish().await;
+                return Ok(());
+            }
+        };
+        match copied {
+            Ok(ami) => {
+                log.line(&format!(
+                    "==> slipway: {ami} is available in {region} after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
+                log.finish().await;
+                tracing::info!(%ami, %region, "copied a release's AMI");
+                record(store, release, bake, "baked", None, Some(&key), Some(&ami)).await
+            }
+            Err(error) => {
+                let reason = format!("cannot copy {source_ami} from {from}: {error}");
+                log.line(&format!("==> slipway: {reason}"));
+                log.finish().await;
+                // What the copy made carries the bake's id: removed now, as a failed bake's is.
+                let keep = store.release_amis(release.id, region).await?;
+                if let Err(e) = target.reap_bake(&bake_id(release.id), &keep).await {
+                    tracing::error!(error = %e, "a failed AMI copy left an AMI behind; remove it by its tag slipway_bake");
+                }
+                record(
+                    store,
+                    release,
+                    bake,
+                    "failed",
+                    Some(&reason),
+                    Some(&key),
+                    None,
+                )
+                .await
+            }
+        }
+    }
+}
+
 /// Records the state of the release's AMI `bake`.
 async fn record(
     store: &Store,
@@ -246,7 +354,7 @@ pub async fn reap_interrupted(
     let Some((project, settings)) = project.and_then(|p| Some((p, p.ami.as_ref()?))) else {
         anyhow::bail!("the project's [projects.ami] settings are gone: remove what the bake left by its tag slipway_bake");
     };
-    let account = account(settings).await;
+    let account = account_in(settings, &bake.slot.region).await;
     let id = bake_id(bake.release);
     let mut keep = store.release_amis(bake.release, &bake.slot.region).await?;
     // An AMI the bake finished before the interruption is kept for the re-run to reuse.
@@ -263,22 +371,44 @@ pub async fn reap_interrupted(
     Ok(())
 }
 
-/// Deregisters the project's AMIs that nothing needs any more (see the module's notes) and
-/// records it on their releases.
+/// Deregisters the project's AMIs that nothing needs any more (see the module's notes) in
+/// every region it has AMIs in, and records it on their releases.
 pub async fn retain_amis(store: &Store, project: &Project) -> anyhow::Result<()> {
     let Some(settings) = &project.ami else {
         return Ok(());
     };
-    let account = account(settings).await;
+    let regions: BTreeSet<String> = super::images_for(project)
+        .into_iter()
+        .filter(|image| image.slot.kind == AMI)
+        .map(|image| image.slot.region)
+        .chain([settings.region.clone()])
+        .collect();
+    for region in &regions {
+        retain_in(store, project, settings, region).await?;
+    }
+    Ok(())
+}
+
+async fn retain_in(
+    store: &Store,
+    project: &Project,
+    settings: &AmiSettings,
+    region: &str,
+) -> anyhow::Result<()> {
+    let account = account_in(settings, region).await;
     let mut keep = store
-        .amis_to_keep(&project.name, &settings.region, settings.keep_releases)
+        .amis_to_keep(&project.name, region, settings.keep_releases)
         .await?;
     keep.extend(account.amis_in_use().await?);
+    // Bakes queued or running, and the sources of copies still to be made from here.
     let unfinished: BTreeSet<String> = store
         .images_unfinished()
         .await?
         .into_iter()
-        .filter(|bake| bake.slot.kind == AMI && bake.slot.region == settings.region)
+        .filter(|bake| {
+            bake.slot.kind == AMI
+                && (bake.slot.region == region || bake.copy_of.as_deref() == Some(region))
+        })
         .map(|bake| bake_id(bake.release))
         .collect();
     for id in &unfinished {
@@ -294,20 +424,20 @@ pub async fn retain_amis(store: &Store, project: &Project) -> anyhow::Result<()>
         settings.keep_releases
     );
     store
-        .record_deregistered_amis(
-            &project.name,
-            &settings.region,
-            &retained.deregistered,
-            &reason,
-        )
+        .record_deregistered_amis(&project.name, region, &retained.deregistered, &reason)
         .await?;
-    tracing::info!(project = %project.name, deregistered = ?retained.deregistered, snapshots = ?retained.deleted_snapshots, "AMI retention");
+    tracing::info!(project = %project.name, %region, deregistered = ?retained.deregistered, snapshots = ?retained.deleted_snapshots, "AMI retention");
     Ok(())
 }
 
-/// The account and region the project's AMIs live in: for bakes, reaping and retention.
+/// The account and region the project's AMIs are baked in: for bakes, reaping and retention.
 async fn account(settings: &AmiSettings) -> AmiAccount {
-    AmiAccount::connect(&settings.region, settings.endpoint_url.as_deref()).await
+    account_in(settings, &settings.region).await
+}
+
+/// The project's account in `region` (where an AMI is baked or copied to).
+async fn account_in(settings: &AmiSettings, region: &str) -> AmiAccount {
+    AmiAccount::connect(region, settings.endpoint_url.as_deref()).await
 }
 
 /// The bake crate's `amazon-ebs` source from the project's settings; the bake key is set once

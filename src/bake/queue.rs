@@ -11,6 +11,7 @@
 //! ([`super::recover_interrupted_bakes`]). A graceful stop cancels running bakes (the bake
 //! crate removes what they left) and queues them again without counting the attempt.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,29 +23,43 @@ use super::Baker;
 use crate::config::{Config, Project, TargetKind};
 use crate::docker::DockerClient;
 use crate::outage::Outage;
-use crate::store::release_images::{ClaimedBake, ImageSlot};
+use crate::store::release_images::{ClaimedBake, ImageSlot, QueuedImage};
 use crate::store::releases::{BakeRecipe, Release};
 use crate::store::Store;
 
 /// The images a release of `project` is baked into: the Docker image when the project has a
 /// docker environment, or no environment at all (its image is what users run by hand), and
-/// the AMI of its region when it has an aws environment.
-pub fn images_for(project: &Project) -> Vec<ImageSlot> {
+/// when it has aws environments the AMI of `[projects.ami]`'s region, baked, then a copy of it
+/// for each other region an aws environment is in.
+pub fn images_for(project: &Project) -> Vec<QueuedImage> {
     let docker = project.environments.is_empty()
         || project
             .environments
             .iter()
             .any(|environment| environment.target == TargetKind::Docker);
-    let mut slots: Vec<ImageSlot> = docker.then(ImageSlot::docker).into_iter().collect();
-    // The configuration holds every aws environment to the AMI settings' region.
-    let aws = project
+    let mut images: Vec<QueuedImage> = docker
+        .then(|| QueuedImage::baked(ImageSlot::docker()))
+        .into_iter()
+        .collect();
+    let regions: BTreeSet<&str> = project
         .environments
         .iter()
-        .any(|environment| environment.target == TargetKind::Aws);
-    if let (true, Some(ami)) = (aws, &project.ami) {
-        slots.push(ImageSlot::ami(&ami.region));
+        .filter_map(|environment| environment.aws.as_ref())
+        .map(|aws| aws.region.as_str())
+        .collect();
+    if let (false, Some(ami)) = (regions.is_empty(), &project.ami) {
+        images.push(QueuedImage::baked(ImageSlot::ami(&ami.region)));
+        images.extend(
+            regions
+                .into_iter()
+                .filter(|region| *region != ami.region)
+                .map(|region| QueuedImage {
+                    slot: ImageSlot::ami(region),
+                    copy_of: Some(ami.region.clone()),
+                }),
+        );
     }
-    slots
+    images
 }
 
 /// A handle on the bake queue; cheap to clone.
@@ -105,13 +120,13 @@ impl BakeQueue {
         project: &Project,
         recipe: Result<BakeRecipe, String>,
     ) -> anyhow::Result<()> {
-        let slots = images_for(project);
-        if let (Err(reason), true) = (&recipe, slots.iter().any(ImageSlot::is_docker)) {
+        let images = images_for(project);
+        if let (Err(reason), true) = (&recipe, images.iter().any(|i| i.slot.is_docker())) {
             tracing::warn!(project = %project.name, release = %release.version, %reason, "not baking a Docker image");
         }
         self.inner
             .store
-            .enqueue_release_images(release.id, &slots, &recipe)
+            .enqueue_release_images(release.id, &images, &recipe)
             .await?;
         self.wake();
         Ok(())
@@ -196,6 +211,8 @@ impl BakeQueue {
                 if let Err(e) = queue.bake(&bake, &cancel).await {
                     tracing::error!(error = format!("{e:#}"), release = %bake.release, image = %bake.slot, "cannot record a bake");
                 }
+                // An AMI's copies wait for its bake: they may be claimed now.
+                queue.wake();
                 if queue.inner.shutdown.is_cancelled() {
                     match queue.inner.store.requeue_bake(&bake, true).await {
                         Ok(()) => tracing::info!(release = %bake.release, image = %bake.slot, "a bake the server's stop cancelled is queued for the next start"),
@@ -261,15 +278,35 @@ mod tests {
 
     #[test]
     fn a_release_is_baked_into_the_images_its_environments_run() {
-        assert_eq!(images_for(&project("")), [ImageSlot::docker()]);
+        let docker = || QueuedImage::baked(ImageSlot::docker());
+        let ami = |region: &str| QueuedImage::baked(ImageSlot::ami(region));
+        assert_eq!(images_for(&project("")), [docker()]);
         let dev = "[[projects.environments]]\nname = \"dev\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:1\"\n";
-        assert_eq!(images_for(&project(dev)), [ImageSlot::docker()]);
+        assert_eq!(images_for(&project(dev)), [docker()]);
         let prod = "[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\nlistener_arn = \"arn:l\"\ntarget_groups = [\"arn:b\", \"arn:g\"]\nlaunch_template_id = \"lt-1\"\nsubnets = [\"subnet-1\"]\n[projects.ami]\nregion = \"eu-west-1\"\nsource_ami = \"ami-785db401\"\ncommunicator = \"none\"\n";
-        assert_eq!(images_for(&project(prod)), [ImageSlot::ami("eu-west-1")]);
+        assert_eq!(images_for(&project(prod)), [ami("eu-west-1")]);
         // [projects.ami] closes the file's table of environments: dev goes before it.
         assert_eq!(
             images_for(&project(&format!("{dev}{prod}"))),
-            [ImageSlot::docker(), ImageSlot::ami("eu-west-1")]
+            [docker(), ami("eu-west-1")]
+        );
+        // An aws environment in another region gets a copy of the baked AMI, once.
+        let elsewhere = |name: &str| {
+            format!("[[projects.environments]]\nname = \"{name}\"\ntarget = \"aws\"\nregion = \"us-east-1\"\nlistener_arn = \"arn:l\"\ntarget_groups = [\"arn:b\", \"arn:g\"]\nlaunch_template_id = \"lt-1\"\nsubnets = [\"subnet-1\"]\n")
+        };
+        assert_eq!(
+            images_for(&project(&format!(
+                "{}{}{prod}",
+                elsewhere("us"),
+                elsewhere("us2")
+            ))),
+            [
+                ami("eu-west-1"),
+                QueuedImage {
+                    slot: ImageSlot::ami("us-east-1"),
+                    copy_of: Some("eu-west-1".to_owned()),
+                }
+            ]
         );
     }
 }

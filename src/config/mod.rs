@@ -546,24 +546,6 @@ fn resolve_project(
             ),
         ));
     }
-    if let Some(ami) = &ami {
-        // One bake per release makes the AMI, in the bake's region: an environment elsewhere
-        // would deploy an AMI that does not exist there.
-        for (j, environment) in environments.iter().enumerate() {
-            let Some(aws) = &environment.aws else {
-                continue;
-            };
-            if aws.region != ami.region {
-                return Err(invalid(
-                    &key(&format!("environments[{j}].region")),
-                    format!(
-                        "the aws environment `{}` is in {}, but the project's AMIs are baked in {} ([projects.ami] region): Slipway does not copy AMIs between regions",
-                        environment.name, aws.region, ami.region
-                    ),
-                ));
-            }
-        }
-    }
     Ok(Project {
         name: raw.name,
         repository: raw.repository,

@@ -534,6 +534,7 @@ mod tests {
                 reason: (status == "failed").then(|| "packer exited with 1".to_owned()),
                 bake_key: None,
                 baked_at: None,
+                copy_of: None,
             };
         let images = [
             image("docker", None, Some("sha256:ab12"), "baked"),

@@ -32,6 +32,9 @@ pub struct ReleaseImage {
     pub reason: Option<String>,
     pub bake_key: Option<String>,
     pub baked_at: Option<DateTime<Utc>>,
+    /// For an AMI copied from the one baked in another region: that region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<String>,
 }
 
 /// The images of a release as `releases.rs` selects them (a JSON array).
@@ -131,11 +134,31 @@ impl std::fmt::Display for ImageSlot {
     }
 }
 
+/// One image of a release to queue: its slot, and for an AMI copied from the one baked in
+/// another region, that region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedImage {
+    pub slot: ImageSlot,
+    pub copy_of: Option<String>,
+}
+
+impl QueuedImage {
+    /// An image baked with Packer.
+    pub fn baked(slot: ImageSlot) -> QueuedImage {
+        QueuedImage {
+            slot,
+            copy_of: None,
+        }
+    }
+}
+
 /// An image's bake the dispatcher claimed (now `baking`), or one a stopped server left `baking`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedBake {
     pub release: Uuid,
     pub slot: ImageSlot,
+    /// For an AMI copied rather than baked: the region of the AMI it is copied from.
+    pub copy_of: Option<String>,
     /// Bake even if an image with an equal bake key exists.
     pub rebake: bool,
     /// The claims since the image was queued, this one included.
@@ -151,6 +174,7 @@ fn claimed_from_row(row: &tokio_postgres::Row) -> ClaimedBake {
         },
         rebake: row.get(3),
         attempts: row.get(4),
+        copy_of: row.get(5),
     }
 }
 
@@ -166,7 +190,7 @@ impl Store {
     pub async fn enqueue_release_images(
         &self,
         release: Uuid,
-        slots: &[ImageSlot],
+        images: &[QueuedImage],
         recipe: &Result<super::releases::BakeRecipe, String>,
     ) -> StoreResult<()> {
         let mut client = self.client().await?;
@@ -178,19 +202,26 @@ impl Store {
             )
             .await?;
         }
-        for slot in slots {
+        for QueuedImage { slot, copy_of } in images {
             let (status, reason) = match (slot.is_docker(), recipe) {
                 (true, Err(reason)) => ("failed", Some(reason.as_str())),
                 _ => ("queued", None),
             };
             tx.execute(
-                "INSERT INTO release_images (release_id, kind, region, status, reason)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO release_images (release_id, kind, region, status, reason, copy_of)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (release_id, kind, region) DO UPDATE SET
                      status = EXCLUDED.status, reason = EXCLUDED.reason, bake_key = NULL,
                      image = NULL, image_id = NULL, queued_at = now(), started_at = NULL,
-                     baked_at = NULL, attempts = 0, rebake = false",
-                &[&release, &slot.kind, &slot.region, &status, &reason],
+                     baked_at = NULL, attempts = 0, rebake = false, copy_of = EXCLUDED.copy_of",
+                &[
+                    &release,
+                    &slot.kind,
+                    &slot.region,
+                    &status,
+                    &reason,
+                    copy_of,
+                ],
             )
             .await?;
             if slot.is_docker() {
@@ -203,8 +234,9 @@ impl Store {
     }
 
     /// Claims the image queued longest (skipping those another server claims at this moment),
-    /// of any kind but Docker images when `docker` is false (dockerd is unreachable): marks it
-    /// `baking`, counts the attempt and forgets its earlier log.
+    /// of any kind but Docker images when `docker` is false (dockerd is unreachable), and an
+    /// AMI copy only once its source's bake ended: marks it `baking`, counts the attempt and
+    /// forgets its earlier log.
     pub async fn claim_next_bake(&self, docker: bool) -> StoreResult<Option<ClaimedBake>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -213,10 +245,14 @@ impl Store {
                 "UPDATE release_images SET status = 'baking', reason = NULL, started_at = now(),
                      attempts = attempts + 1
                  WHERE (release_id, kind, region) = (
-                     SELECT release_id, kind, region FROM release_images
+                     SELECT release_id, kind, region FROM release_images AS image
                      WHERE status = 'queued' AND ($1 OR kind <> 'docker')
-                     ORDER BY queued_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING release_id, kind, region, rebake, attempts",
+                         AND NOT EXISTS (SELECT 1 FROM release_images AS source
+                             WHERE source.release_id = image.release_id
+                                 AND source.kind = image.kind AND source.region = image.copy_of
+                                 AND source.status IN ('queued', 'baking'))
+                     ORDER BY queued_at LIMIT 1 FOR UPDATE OF image SKIP LOCKED)
+                 RETURNING release_id, kind, region, rebake, attempts, copy_of",
                 &[&docker],
             )
             .await?
@@ -278,7 +314,7 @@ impl Store {
             .client()
             .await?
             .query(
-                "SELECT release_id, kind, region, rebake, attempts FROM release_images
+                "SELECT release_id, kind, region, rebake, attempts, copy_of FROM release_images
                  WHERE status = ANY($1)",
                 &[&statuses],
             )

@@ -139,7 +139,8 @@ const COLUMNS: &str = "r.id, r.number, r.project, b.number, r.commit, r.status, 
         'kind', i.kind, 'region', NULLIF(i.region, ''),
         'id', CASE WHEN i.kind = 'docker' THEN i.image_id ELSE i.image END,
         'name', CASE WHEN i.kind = 'docker' THEN i.image END,
-        'status', i.status, 'reason', i.reason, 'bake_key', i.bake_key, 'baked_at', i.baked_at)
+        'status', i.status, 'reason', i.reason, 'bake_key', i.bake_key, 'baked_at', i.baked_at,
+        'copy_of', i.copy_of)
         ORDER BY i.kind DESC, i.region), '[]'::json)
      FROM release_images i WHERE i.release_id = r.id)";
 
@@ -191,13 +192,15 @@ fn from_row(row: &tokio_postgres::Row) -> Release {
 }
 
 impl Release {
-    /// A release baked into an AMI only (its project has aws environments only) shows that
-    /// AMI's bake in its bake columns: the image is the AMI id.
+    /// A release baked into AMIs only (its project has aws environments only) shows the bake
+    /// of its AMI in the bake's region (not a copy's) in its bake columns: the image is the
+    /// AMI id.
     fn follow_the_ami_without_a_docker_image(&mut self) {
         if self.bake_status.is_some() {
             return;
         }
-        let Some(ami) = self.images.iter().find(|image| image.kind == AMI) else {
+        let baked = |image: &&ReleaseImage| image.kind == AMI && image.copy_of.is_none();
+        let Some(ami) = self.images.iter().find(baked) else {
             return;
         };
         self.bake_status = Some(ami.status.clone());

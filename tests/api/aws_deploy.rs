@@ -56,6 +56,10 @@ struct Setup {
     ami_extra: String,
     /// A docker environment `dev` listening on this port, first in promotion order.
     docker_dev: Option<u16>,
+    /// Environments in another region than [`REGION`] (the bake's), by name.
+    regions: BTreeMap<String, String>,
+    /// What AMIs are baked from: [`SOURCE_AMI`] unless a test says otherwise.
+    source_ami: String,
 }
 
 impl Setup {
@@ -73,6 +77,8 @@ impl Setup {
             database_url: test_database(),
             before: BTreeSet::new(),
             clone_url: "file:///nonexistent".to_owned(),
+            regions: BTreeMap::new(),
+            source_ami: SOURCE_AMI.to_owned(),
             ami_extra: String::new(),
             docker_dev: None,
         }
@@ -93,9 +99,11 @@ impl Setup {
         }
         let mut infras = Vec::new();
         for name in names {
-            let infra = Infra::named(&self.config, &format!("{}-{name}", self.project)).await;
+            let region = self.region_of(name);
+            let infra =
+                Infra::named(&self.config_in(name), &format!("{}-{name}", self.project)).await;
             text.push_str(&format!(
-                "[[projects.environments]]\nname = \"{name}\"\ntarget = \"aws\"\nregion = \"{REGION}\"\nendpoint_url = \"{}\"\nlistener_arn = \"{}\"\ntarget_groups = [\"{}\", \"{}\"]\nlaunch_template_id = \"{}\"\nsubnets = [\"{}\", \"{}\"]\ninstances = 2\nwatch = \"1s\"\n{extra}\n",
+                "[[projects.environments]]\nname = \"{name}\"\ntarget = \"aws\"\nregion = \"{region}\"\nendpoint_url = \"{}\"\nlistener_arn = \"{}\"\ntarget_groups = [\"{}\", \"{}\"]\nlaunch_template_id = \"{}\"\nsubnets = [\"{}\", \"{}\"]\ninstances = 2\nwatch = \"1s\"\n{extra}\n",
                 self.moto.endpoint,
                 infra.listener_arn,
                 infra.target_groups[0],
@@ -109,12 +117,25 @@ impl Setup {
         // An aws environment needs the project's AMI settings: the server bakes in moto with
         // them (tests that seed releases record their AMIs themselves).
         text.push_str(&format!(
-            "[projects.ami]\nregion = \"{REGION}\"\nsource_ami = \"{SOURCE_AMI}\"\nendpoint_url = \"{}\"\ncommunicator = \"none\"\n{}",
-            self.moto.endpoint, self.ami_extra
+            "[projects.ami]\nregion = \"{REGION}\"\nsource_ami = \"{}\"\nendpoint_url = \"{}\"\ncommunicator = \"none\"\n{}",
+            self.source_ami, self.moto.endpoint, self.ami_extra
         ));
         std::fs::write(self.dir.path().join("slipway.toml"), text).unwrap();
         self.before = running_instances(&self.config).await;
         infras
+    }
+
+    fn region_of(&self, environment: &str) -> String {
+        self.regions
+            .get(environment)
+            .cloned()
+            .unwrap_or(REGION.to_owned())
+    }
+
+    /// moto's SDK config in the region of `environment`.
+    fn config_in(&self, environment: &str) -> SdkConfig {
+        let region = aws_config::Region::new(self.region_of(environment));
+        self.config.to_builder().region(region).build()
     }
 
     fn start(&self) -> (Server, Api) {
@@ -219,9 +240,14 @@ impl Setup {
 
     /// The bake log of release `version`'s AMI.
     async fn ami_log(&self, api: &Api, version: &str) -> String {
+        self.ami_log_in(api, version, REGION).await
+    }
+
+    /// The log of release `version`'s AMI in `region` (baked or copied there).
+    async fn ami_log_in(&self, api: &Api, version: &str, region: &str) -> String {
         let lines = api
             .get(&format!(
-                "/projects/{}/releases/{version}/bake-log?kind=ami&region={REGION}",
+                "/projects/{}/releases/{version}/bake-log?kind=ami&region={region}",
                 self.project
             ))
             .await;
@@ -948,6 +974,130 @@ async fn kill_9_during_an_ami_bake_then_restart_bakes_it_again_and_leaves_nothin
     assert_eq!(named, 0, "no key pair or security group left");
     let environment = api.wait_live(&name, "prod", "v1").await;
     assert_eq!(environment["live"]["image"], ami_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_in_another_region_runs_a_copy_of_the_baked_ami() {
+    let repo = hello_repository();
+    let mut setup = Setup::new().await;
+    setup.clone_url = format!("file://{}", repo.path().display());
+    setup
+        .regions
+        .insert("prod-us".to_owned(), "us-east-1".to_owned());
+    let infras = setup.environments(&["prod", "prod-us"], "").await;
+    let us = setup.config_in("prod-us");
+    let name = setup.project.clone();
+    let (_server, api) = setup.start();
+
+    // A push: v1 is baked into an AMI in eu-west-1, then copied to us-east-1.
+    let commit = git(repo.path(), &["rev-parse", "HEAD"]);
+    setup.push(&api, &commit).await;
+    let v1 = setup.wait_for_ami(&api, "v1").await;
+    let images: Vec<(&str, &str, &str)> = v1["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["region"].as_str().unwrap(),
+                i["status"].as_str().unwrap(),
+                i["copy_of"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        images,
+        [
+            ("eu-west-1", "baked", "-"),
+            ("us-east-1", "baked", "eu-west-1")
+        ],
+        "{v1:#}"
+    );
+    let (baked, copy) = (
+        v1["images"][0]["id"].as_str().unwrap(),
+        v1["images"][1]["id"].as_str().unwrap(),
+    );
+    assert_eq!(
+        v1["image"], baked,
+        "the release names the baked AMI: {v1:#}"
+    );
+    assert_eq!(v1["images"][1]["bake_key"], v1["images"][0]["bake_key"]);
+    let (tags, snapshots) = ami(&us, copy).await.expect("the copy is in us-east-1");
+    for (key, value) in [
+        ("project", name.as_str()),
+        ("release", "v1"),
+        ("commit", commit.as_str()),
+        ("bake_key", v1["images"][0]["bake_key"].as_str().unwrap()),
+        ("slipway_bake", v1["bake_id"].as_str().unwrap()),
+    ] {
+        assert_eq!(
+            tags.get(key).map(String::as_str),
+            Some(value),
+            "{key}: {tags:?}"
+        );
+    }
+    eprintln!("the copy {copy} has snapshots {snapshots:?}");
+    assert!(
+        ami(&setup.config, copy).await.is_none(),
+        "the copy is not in eu-west-1"
+    );
+    let log = setup.ami_log_in(&api, "v1", "us-east-1").await;
+    assert!(
+        log.contains(&format!("copying {baked} from eu-west-1 to us-east-1")),
+        "{log}"
+    );
+
+    // prod (eu-west-1) got v1 by itself; promoted, prod-us (us-east-1) runs the copy.
+    api.wait_live(&name, "prod", "v1").await;
+    assert_eq!(default_ami(&setup.config, &infras[0]).await, baked);
+    let (ok, out, err) = setup.cli(&api, &["promote", "--env", "prod-us"]).await;
+    assert!(ok, "{out}\n{err}");
+    let environment = api.wait_live(&name, "prod-us", "v1").await;
+    assert_eq!(environment["live"]["image"], copy, "{environment:#}");
+    assert_eq!(default_ami(&us, &infras[1]).await, copy);
+    let us_v1 = group(&us, &setup.group("prod-us", "v1")).await;
+    assert_eq!(us_v1.target_groups, [forwarded(&us, &infras[1]).await]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_ami_bake_fails_its_copies_saying_why() {
+    let repo = hello_repository();
+    let mut setup = Setup::new().await;
+    setup.clone_url = format!("file://{}", repo.path().display());
+    setup.source_ami = "ami-00000000".to_owned();
+    setup
+        .regions
+        .insert("prod-us".to_owned(), "us-east-1".to_owned());
+    setup.environments(&["prod", "prod-us"], "").await;
+    let us = setup.config_in("prod-us");
+    let (_server, api) = setup.start();
+    setup
+        .push(&api, &git(repo.path(), &["rev-parse", "HEAD"]))
+        .await;
+    let v1 = setup.wait_for_ami(&api, "v1").await;
+    let outcome: Vec<(&str, &str)> = v1["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["status"].as_str().unwrap(), i["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(outcome.len(), 2, "{v1:#}");
+    assert_eq!(outcome[0].0, "failed");
+    assert!(outcome[0].1.contains("ami-00000000"), "{v1:#}");
+    assert_eq!(
+        outcome[1],
+        (
+            "failed",
+            "the AMI in eu-west-1 is failed: nothing to copy to us-east-1"
+        )
+    );
+    let ec2 = aws_sdk_ec2::Client::new(&us);
+    let project = aws_sdk_ec2::types::Filter::builder()
+        .name("tag:project")
+        .values(&setup.project)
+        .build();
+    let copied = ec2.describe_images().filters(project).send().await.unwrap();
+    assert!(copied.images().is_empty(), "nothing was copied: {copied:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

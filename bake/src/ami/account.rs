@@ -421,6 +421,141 @@ impl AmiAccount {
         Ok(retained)
     }
 
+    /// Copies the finished AMI `source_ami` of `source` (another region of the account) into
+    /// this region, as the bake whose id it carries: the copy gets the source's name,
+    /// description and tags, the `bake_key` tag last, once it and its snapshots are available
+    /// and tagged (so a copy with a key is whole, as a baked AMI is). CopyImage is idempotent
+    /// on the bake's id and tags the copy as it is made, so a crash leaves at most a copy
+    /// tagged with the bake's id ([`AmiAccount::reap_bake`] finds it). Returns the copy's id.
+    #[tracing::instrument(skip(self, source), fields(region = %self.region, from = %source.region), err)]
+    pub async fn copy_from(
+        &self,
+        source: &AmiAccount,
+        source_ami: &str,
+        patience: Duration,
+    ) -> Result<String, BakeError> {
+        let described = source
+            .ec2
+            .describe_images()
+            .image_ids(source_ami)
+            .send()
+            .await
+            .map_err(|e| aws("DescribeImages", e))?;
+        let Some(image) = described.images().first() else {
+            return Err(BakeError::InvalidRequest {
+                field: "source_ami",
+                reason: format!("{source_ami} does not exist in {}", source.region),
+            });
+        };
+        let tags: Vec<Tag> = image.tags().to_vec();
+        let Some(bake_id) = tags
+            .iter()
+            .find(|t| t.key() == Some(BAKE_TAG))
+            .and_then(|t| t.value())
+        else {
+            return Err(BakeError::InvalidRequest {
+                field: "source_ami",
+                reason: format!("{source_ami} carries no {BAKE_TAG} tag: Slipway did not bake it"),
+            });
+        };
+        let (finishing, growing): (Vec<Tag>, Vec<Tag>) = tags
+            .iter()
+            .cloned()
+            .partition(|t| t.key() == Some(BAKE_KEY_TAG));
+        if finishing.is_empty() {
+            return Err(BakeError::InvalidRequest {
+                field: "source_ami",
+                reason: format!("{source_ami} is not finished (no {BAKE_KEY_TAG} tag)"),
+            });
+        }
+        let at_creation = |kind: ResourceType| {
+            TagSpecification::builder()
+                .resource_type(kind)
+                .set_tags(Some(growing.clone()))
+                .build()
+        };
+        let copied = self
+            .ec2
+            .copy_image()
+            .source_region(&source.region)
+            .source_image_id(source_ami)
+            .name(image.name().unwrap_or(source_ami))
+            .set_description(image.description().map(str::to_owned))
+            .client_token(format!("{bake_id}-{}", self.region))
+            .tag_specifications(at_creation(ResourceType::Image))
+            .tag_specifications(at_creation(ResourceType::Snapshot))
+            .send()
+            .await
+            .map_err(|e| aws("CopyImage", e))?;
+        let copy = copied
+            .image_id()
+            .ok_or_else(|| BakeError::Aws {
+                action: "CopyImage",
+                message: "no image id in the answer".to_owned(),
+            })?
+            .to_owned();
+        // Where tagging at creation is not honoured, the tags follow at once.
+        self.tag(std::slice::from_ref(&copy), &growing).await?;
+        let snapshots = self.wait_available(&copy, patience).await?;
+        let mut resources = snapshots;
+        self.tag(&resources, &growing).await?;
+        resources.insert(0, copy.clone());
+        self.tag(&resources, &finishing).await?;
+        Ok(copy)
+    }
+
+    /// Waits until the AMI is `available`, at most `patience`; returns its snapshots.
+    async fn wait_available(
+        &self,
+        ami: &str,
+        patience: Duration,
+    ) -> Result<Vec<String>, BakeError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let answer = self
+                .ec2
+                .describe_images()
+                .image_ids(ami)
+                .send()
+                .await
+                .map_err(|e| aws("DescribeImages", e))?;
+            match answer
+                .images()
+                .first()
+                .and_then(|image| Some((image, image.state()?)))
+            {
+                Some((image, ImageState::Available)) => return Ok(snapshots_of(image)),
+                Some((_, ImageState::Failed | ImageState::Error | ImageState::Invalid)) => {
+                    return Err(BakeError::Aws {
+                        action: "CopyImage",
+                        message: format!("the copy {ami} failed in {}", self.region),
+                    })
+                }
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(BakeError::Aws {
+                        action: "CopyImage",
+                        message: format!("the copy {ami} was not available within {patience:?}"),
+                    })
+                }
+                _ => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    async fn tag(&self, resources: &[String], tags: &[Tag]) -> Result<(), BakeError> {
+        if resources.is_empty() || tags.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .create_tags()
+            .set_resources(Some(resources.to_vec()))
+            .set_tags(Some(tags.to_vec()))
+            .send()
+            .await
+            .map_err(|e| aws("CreateTags", e))?;
+        Ok(())
+    }
+
     /// Deletes the bake's own security group, waiting while AWS still holds it for the
     /// instance that just terminated.
     pub(crate) async fn delete_security_group(&self, group: &str) -> Result<(), BakeError> {
