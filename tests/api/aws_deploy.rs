@@ -924,13 +924,28 @@ async fn kill_9_during_an_ami_bake_then_restart_bakes_it_again_and_leaves_nothin
     let mut setup = Setup::new().await;
     setup.clone_url = format!("file://{}", repo.path().display());
     setup.environments(&["prod"], "").await;
+    // AWS stops answering as the first Packer run starts (its `packer` stops moto, then runs
+    // Packer): the bake hangs mid-way, as a long one would, however fast moto is.
+    let port = setup.moto.endpoint.rsplit(':').next().unwrap().to_owned();
+    let wrapper = setup.dir.path().join("stop-moto/packer");
+    std::fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = build ] && mkdir \"$0.once\" 2>/dev/null; then pkill -STOP -f 'moto_server -H 127.0.0.1 -p {port}$'; fi\nexec packer \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = setup.dir.path().join("slipway.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("packer = \"{}\"\n{text}", wrapper.display())).unwrap();
     let config = setup.config.clone();
     let name = setup.project.clone();
     let (first, api) = setup.start();
     let commit = git(repo.path(), &["rev-parse", "HEAD"]);
     setup.push(&api, &commit).await;
 
-    // Once Packer runs, AWS stops answering: the bake hangs mid-way, as a long one would.
     let deadline = Instant::now() + BAKE_LIMIT;
     let bake_id = loop {
         let release = setup.release_of(&api, "v1").await;
@@ -948,7 +963,17 @@ async fn kill_9_during_an_ami_bake_then_restart_bakes_it_again_and_leaves_nothin
         assert!(Instant::now() < deadline, "Packer never ran the AMI bake");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    signal_moto(&setup.moto.endpoint, "STOP");
+    // Packer's last line before its first AWS call, which hangs: from then on it writes
+    // nothing (a write to the killed server's pipe would end it) and waits on AWS.
+    while !setup
+        .ami_log(&api, "v1")
+        .await
+        .contains("Prevalidating AMI Name")
+    {
+        assert!(Instant::now() < deadline, "Packer never called AWS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let v1 = setup.release_of(&api, "v1").await.unwrap();
     assert_eq!(v1["images"][0]["status"], "baking", "{v1:#}");
     first.kill_9(); // kill -9
