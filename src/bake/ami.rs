@@ -13,10 +13,10 @@
 //!   (`Baker::copy_ami`, CopyImage with the AMI's name and tags, the bake key tagged last),
 //!   queued with the bake and claimed once the bake ended; a failed bake fails its copies.
 //! - Retention ([`retain_amis`]) runs after each AMI bake and at start, in every region the
-//!   project has AMIs in: it deregisters the
-//!   project's AMIs (and deletes their snapshots) except those instances run (live and warm
-//!   fleets), those of the `keep_releases` newest releases, those an unfinished deployment
-//!   takes, and those of bakes queued or in progress; each deregistered AMI's row says so.
+//!   project has AMIs in: it deregisters the project's AMIs (and deletes their snapshots)
+//!   except those instances run (live and warm fleets), those of the `keep_releases` newest
+//!   releases, those an unfinished deployment takes, and those of bakes queued or in progress
+//!   (with the sources of copies still to be made); each deregistered AMI's row says so.
 
 use std::collections::BTreeSet;
 
