@@ -73,6 +73,9 @@ pub const BASE_IMAGE: &str = "slipway/debian:bookworm";
 pub const APP_PORT: u16 = 8000;
 /// The bake reason of releases that were baking when the server stopped.
 pub const INTERRUPTED_REASON: &str = "the server stopped while this release was baking";
+/// The first line of the log of a bake a server stop cut off before.
+const BAKING_AGAIN: &str =
+    "==> slipway: baking again: the server stopped during this image's previous bake";
 /// Bakes of one image a server stop may interrupt before it is failed rather than run again.
 const MAX_ATTEMPTS: i32 = 2;
 
@@ -338,17 +341,7 @@ impl Baker {
         }
         let rebake = bake.rebake;
         store.set_bake_key(release.id, &key).await?;
-        let mut log = BakeLog::start(
-            store.clone(),
-            release.id,
-            bake.slot.clone(),
-            self.log_limit_bytes,
-        );
-        if bake.attempts > 1 {
-            log.line(
-                "==> slipway: baking again: the server stopped during this image's previous bake",
-            );
-        }
+        let mut log = self.bake_log(store, bake, BAKING_AGAIN);
         if rebake {
             log.line("==> slipway: rebake requested: baking again even if an image with this bake key exists");
         }
@@ -399,6 +392,21 @@ impl Baker {
         tracing::warn!(%reason, "bake failed");
         store.mark_bake_failed(bake.release, reason).await?;
         Ok(())
+    }
+
+    /// The log of the image `bake` is making, opening with `again` when a server stop cut
+    /// off an earlier attempt.
+    fn bake_log(&self, store: &Store, bake: &ClaimedBake, again: &str) -> BakeLog {
+        let mut log = BakeLog::start(
+            store.clone(),
+            bake.release,
+            bake.slot.clone(),
+            self.log_limit_bytes,
+        );
+        if bake.attempts > 1 {
+            log.line(again);
+        }
+        log
     }
 
     /// `slipway/<package>-<server tag>`, in Docker's repository alphabet.

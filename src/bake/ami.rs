@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use slipway_bake::BakeObserver;
 
-use super::{failure_reason, BakeLog, Baker, BAKE_TIMEOUT};
+use super::{failure_reason, Baker, BAKE_TIMEOUT, BAKING_AGAIN};
 use crate::config::{AmiSettings, Project};
 use crate::store::release_images::{ClaimedBake, ImageRecord, AMI};
 use crate::store::releases::{bake_id, Release};
@@ -82,17 +82,7 @@ impl Baker {
             .package
             .as_ref()
             .context("a published release has a package")?;
-        let mut log = BakeLog::start(
-            store.clone(),
-            release.id,
-            bake.slot.clone(),
-            self.log_limit_bytes,
-        );
-        if bake.attempts > 1 {
-            log.line(
-                "==> slipway: baking again: the server stopped during this image's previous bake",
-            );
-        }
+        let mut log = self.bake_log(store, bake, BAKING_AGAIN);
         let account = account(settings).await;
         let prepared = async {
             let staged = self
@@ -219,17 +209,11 @@ impl Baker {
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
         let region = &bake.slot.region;
-        let mut log = BakeLog::start(
-            store.clone(),
-            release.id,
-            bake.slot.clone(),
-            self.log_limit_bytes,
+        let mut log = self.bake_log(
+            store,
+            bake,
+            "==> slipway: copying again: the server stopped during this AMI's previous copy",
         );
-        if bake.attempts > 1 {
-            log.line(
-                "==> slipway: copying again: the server stopped during this AMI's previous copy",
-            );
-        }
         let source = release
             .images
             .iter()
