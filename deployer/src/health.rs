@@ -115,7 +115,7 @@ pub(crate) async fn watch_healthy(
 
 /// One round of checks; a failing call counts as one unknown instance, so a target that
 /// cannot answer never looks healthy.
-async fn check_round(target: &dyn Target, fleet: &FleetRef) -> Vec<InstanceHealth> {
+pub(crate) async fn check_round(target: &dyn Target, fleet: &FleetRef) -> Vec<InstanceHealth> {
     match target.instance_health(fleet).await {
         Ok(round) => round,
         Err(error) => vec![InstanceHealth {

@@ -35,7 +35,9 @@ pub mod target;
 pub use aws::{AwsSettings, AwsTarget};
 pub use deployer::{DeployPolicy, DeployRequest, Deployer, Recovered};
 pub use deployment::{Deployment, DeploymentKind, DeploymentState};
-pub use docker::{DockerTarget, Proxy};
+pub use docker::{
+    DockerSettings, DockerTarget, LoadBalancer, LoadBalancerSettings, LoadBalancerStatus,
+};
 pub use error::{DeployError, StoreError, TargetError};
 pub use health::{wait_healthy, HealthPolicy};
 pub use lock::{Lease, LockHolder, LockStore, MemoryLockStore};

@@ -82,6 +82,9 @@ pub struct RawConfig {
     pub registry_mirror: Option<String>,
     /// Whether an image the mirror cannot serve is pulled from Docker Hub itself.
     pub registry_mirror_fallback: Option<bool>,
+    /// The image docker environments' load balancers run (built locally from Debian's
+    /// haproxy package: scripts/images/haproxy).
+    pub load_balancer_image: Option<String>,
     #[serde(default)]
     pub projects: Vec<RawProject>,
 }
@@ -155,6 +158,19 @@ pub struct RawEnvironment {
     /// `/etc/default/<package>`.
     #[serde(default)]
     pub env: BTreeMap<String, RawSecret>,
+    /// A docker environment's TLS termination: `{ cert = "PATH", key = "PATH" }`.
+    pub tls: Option<RawTls>,
+    /// A docker environment's limit on a request body (by its `Content-Length`), in bytes.
+    pub max_request_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// The certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
 }
 
 /// Values given on the command line; they win over the file and the environment.
@@ -199,6 +215,7 @@ pub struct Config {
     pub webhook_max_body_bytes: usize,
     pub bake_log_limit_bytes: u64,
     pub registry_mirror: Option<RegistryMirror>,
+    pub load_balancer_image: String,
     pub projects: Vec<Project>,
 }
 
@@ -237,7 +254,22 @@ pub struct Environment {
     pub aws: Option<AwsEnvironment>,
     /// The application's variables in this environment; values never printed.
     pub env: BTreeMap<String, Secret>,
+    /// Where a docker environment's certificate and key are (read when the server starts).
+    pub tls: Option<TlsFiles>,
+    pub max_request_body_bytes: u64,
 }
+
+/// The files of a docker environment's TLS termination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The load balancer image when the file names none.
+pub const DEFAULT_LOAD_BALANCER_IMAGE: &str = "slipway/haproxy:2.6";
+/// A docker environment's request body limit when the file sets none: 100 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 100 * 1024 * 1024;
 
 /// The variable of an environment's `env` whose database the deployments migrate.
 pub const DATABASE_URL_VARIABLE: &str = "DATABASE_URL";
@@ -411,6 +443,9 @@ pub fn resolve(
             .bake_log_limit_bytes
             .unwrap_or(DEFAULT_BAKE_LOG_LIMIT_BYTES),
         registry_mirror,
+        load_balancer_image: raw
+            .load_balancer_image
+            .unwrap_or_else(|| DEFAULT_LOAD_BALANCER_IMAGE.to_owned()),
         projects,
     })
 }
@@ -592,12 +627,31 @@ fn resolve_environment(
         ));
     }
     let health_path = raw.health_path.unwrap_or_else(|| "/health".to_string());
-    if !health_path.starts_with('/') {
+    // The load balancer's configuration names it: nothing that would end or quote a word.
+    let printable = health_path
+        .chars()
+        .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' && c != '\'' && c != '#');
+    if !health_path.starts_with('/') || !printable {
         return Err(invalid(
             &key("health_path"),
-            format!("expected a path starting with '/', got {health_path:?}"),
+            format!(
+                "expected a path starting with '/' without spaces, quotes, '#' or '\\', got {health_path:?}"
+            ),
         ));
     }
+    let max_request_body_bytes = raw
+        .max_request_body_bytes
+        .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES);
+    if max_request_body_bytes == 0 {
+        return Err(invalid(
+            &key("max_request_body_bytes"),
+            "expected at least 1, got 0".into(),
+        ));
+    }
+    let tls = raw.tls.map(|tls| TlsFiles {
+        cert: tls.cert,
+        key: tls.key,
+    });
     let duration = |value: Option<String>, field: &str, default: Duration| match value {
         Some(text) => parse_duration(&text).map_err(|m| invalid(&key(field), m)),
         None => Ok(default),
@@ -609,6 +663,17 @@ fn resolve_environment(
         "health_timeout",
         Duration::from_secs(60),
     )?;
+    if raw.target == TargetKind::Aws && (tls.is_some() || raw.max_request_body_bytes.is_some()) {
+        let field = if tls.is_some() {
+            "tls"
+        } else {
+            "max_request_body_bytes"
+        };
+        return Err(invalid(
+            &key(field),
+            "only a docker environment has a load balancer of Slipway's; an aws environment's is the listener given by listener_arn".into(),
+        ));
+    }
     let aws = match raw.target {
         TargetKind::Docker => {
             if listen.is_none() {
@@ -681,6 +746,8 @@ fn resolve_environment(
         health_timeout,
         aws,
         env,
+        tls,
+        max_request_body_bytes,
     })
 }
 

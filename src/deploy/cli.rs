@@ -11,8 +11,10 @@ use super::progress::Progress;
 use crate::cli::ClientArgs;
 use crate::client::ApiClient;
 
-/// Runs `action` (`promote` or `rollback`) on `environment` and follows it to its end;
-/// fails unless the new release ends up serving.
+/// Runs `action` (`promote` or `rollback`) on `environment` and follows it: a promotion to
+/// its end, failing unless the new release ends up serving; a rollback until traffic reaches
+/// the release (its switch and launch template), since what is wanted of it is that traffic moves now: the watch
+/// and the retention that follow show in `slipway status`.
 pub async fn operate(
     args: &ClientArgs,
     environment: &str,
@@ -35,6 +37,12 @@ pub async fn operate(
             if let Some(code) = show(&event) {
                 return Ok(code);
             }
+            if let (true, Some(release)) = (action == "rollback", switched(&event)) {
+                println!(
+                    "{release} serves {environment}; the deployment goes on (watch, then the previous fleet kept warm): see `slipway status`"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
         }
     }
     anyhow::bail!("the server closed the stream before the deployment ended; see `slipway status`")
@@ -48,6 +56,20 @@ fn parse_frame(frame: &str) -> Option<Progress> {
         .map(|data| data.strip_prefix(' ').unwrap_or(data))
         .collect();
     serde_json::from_str(&data.join("\n")).ok()
+}
+
+/// The release traffic moved to, when `event` ends the steps of a switch (traffic, then the
+/// launch template new instances start from).
+fn switched(event: &Progress) -> Option<&str> {
+    match event {
+        Progress::StepFinished {
+            release,
+            step,
+            error: None,
+            ..
+        } if step == &DeploymentState::UpdatingLaunchTemplate.to_string() => Some(release),
+        _ => None,
+    }
 }
 
 /// Prints one event; the exit code once the operation is over.
@@ -137,6 +159,7 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             text(&environment["target"])
         );
         show_aws(&environment["aws"]);
+        show_load_balancer(&environment["load_balancer"]);
         if let Some(operation) = environment["busy"]["operation"].as_str() {
             println!(
                 "  now: {operation} since {}",
@@ -163,6 +186,54 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A docker environment's load balancer: its state, the frontend's counters and each
+/// instance's state as its health checks see it.
+fn show_load_balancer(balancer: &Value) {
+    if let Some(error) = balancer["error"].as_str() {
+        println!("  load balancer: {error}");
+        return;
+    }
+    let Some(container) = balancer["container"].as_str() else {
+        return;
+    };
+    let tls = if balancer["tls"].as_bool() == Some(true) {
+        ", TLS"
+    } else {
+        ""
+    };
+    println!(
+        "  load balancer {container} on {}{tls}: {}",
+        balancer["listen"].as_str().unwrap_or("-"),
+        balancer["state"].as_str().unwrap_or("-"),
+    );
+    let stats = balancer["stats"].as_array().cloned().unwrap_or_default();
+    let number = |row: &Value, key: &str| row[key].as_u64().unwrap_or(0);
+    for row in &stats {
+        let name = row["name"].as_str().unwrap_or("");
+        let proxy = row["proxy"].as_str().unwrap_or("");
+        if name == "FRONTEND" {
+            println!(
+                "    {} connections now, {} since start, {} requests, {} answered 5xx, {} bytes in, {} out",
+                number(row, "current_sessions"),
+                number(row, "total_sessions"),
+                number(row, "requests"),
+                number(row, "responses_5xx"),
+                number(row, "bytes_in"),
+                number(row, "bytes_out"),
+            );
+        } else if name != "BACKEND" && (proxy == "a" || proxy == "b") {
+            println!(
+                "    slot {proxy} {name}: {} {} {}, {} connections now, {} requests",
+                row["status"].as_str().unwrap_or("-"),
+                row["check_status"].as_str().unwrap_or(""),
+                row["check_code"].as_str().unwrap_or(""),
+                number(row, "current_sessions"),
+                number(row, "requests"),
+            );
+        }
+    }
 }
 
 /// An aws environment's launch template and each Auto Scaling group, with its launch

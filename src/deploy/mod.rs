@@ -1,8 +1,10 @@
 //! Blue/green deployments in the server: one [`DeployManager`] per server builds each
-//! environment's target, recovers interrupted deployments at start, deploys new releases to
-//! each project's first environment by itself (once the image it deploys, the Docker image or
-//! the AMI of its region, is baked), retires warm fleets past their retention, and runs the
-//! promotions and rollbacks the API asks for.
+//! environment's target, recovers interrupted deployments at start (which starts or adopts
+//! each docker environment's load balancer), deploys new releases to each project's first
+//! environment by itself (once the image it deploys, the Docker image or the AMI of its
+//! region, is baked), retires warm fleets past their retention, starts again a docker load
+//! balancer that stopped (with the live routing from the store), and runs the promotions and
+//! rollbacks the API asks for.
 //!
 //! One operation per environment runs at a time in this process (a busy marker says which
 //! and since when); across servers sharing a database the deployer's lock decides.
@@ -19,8 +21,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slipway_deployer::aws::FleetDescription;
 use slipway_deployer::{
-    AwsTarget, DeployError, DeployRequest, Deployer, DeploymentState, FleetRef, InstanceHealth,
-    Target,
+    AwsTarget, DeployError, DeployRequest, Deployer, DeploymentState, DockerTarget, FleetRef,
+    InstanceHealth, LoadBalancerStatus, Target,
 };
 use tokio::sync::{mpsc, OwnedMutexGuard};
 use tokio::task::JoinSet;
@@ -38,6 +40,8 @@ use progress::{Progress, ProgressObserver};
 const AUTO_DEPLOY_EVERY: Duration = Duration::from_secs(2);
 /// How often warm fleets past their retention window are retired.
 const RETIRE_EVERY: Duration = Duration::from_secs(5);
+/// How often docker environments' load balancers are checked.
+const BALANCERS_EVERY: Duration = Duration::from_secs(2);
 
 /// What an operation does to an environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +79,11 @@ pub struct EnvironmentHandle {
     pub wanted: ImageWanted,
     target: Arc<dyn Target>,
     aws: Option<Arc<AwsTarget>>,
+    docker: Option<Arc<DockerTarget>>,
     guard: Arc<tokio::sync::Mutex<()>>,
     busy: Mutex<Option<Busy>>,
+    /// A recovery loop runs for the environment (at most one does).
+    recovering: std::sync::atomic::AtomicBool,
 }
 
 impl EnvironmentHandle {
@@ -108,6 +115,16 @@ impl EnvironmentHandle {
             default_version: aws.default_template_version().await?,
             fleets: aws.describe_fleets().await?,
         }))
+    }
+}
+
+impl EnvironmentHandle {
+    /// On a docker environment, its load balancer: container, state and statistics.
+    pub async fn load_balancer(&self) -> anyhow::Result<Option<LoadBalancerStatus>> {
+        match &self.docker {
+            Some(docker) => Ok(Some(docker.balancer().status().await?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -154,22 +171,29 @@ struct Inner {
 }
 
 impl DeployManager {
-    /// Builds every environment's target (docker proxies start listening now; docker
-    /// targets share the server's client, so dockerd may come later), then, in the
-    /// background, recovers each environment and starts the auto-deploy and retirement loops.
+    /// Builds every environment's target (docker targets share the server's client, so
+    /// dockerd may come later), then, in the background, recovers each environment and starts
+    /// the auto-deploy, retirement and load balancer loops.
     pub async fn start(
         config: &Config,
         store: Store,
         server_id: Uuid,
         docker: &DockerClient,
     ) -> anyhow::Result<DeployManager> {
-        let mut tasks = JoinSet::new();
+        let tasks = JoinSet::new();
         let docker = docker.client();
         let mut environments = Vec::new();
         for project in &config.projects {
             for (index, environment) in project.environments.iter().enumerate() {
-                let built =
-                    targets::build(project, environment, server_id, &docker, &mut tasks).await?;
+                let built = targets::build(
+                    project,
+                    environment,
+                    server_id,
+                    &docker,
+                    &config.data_dir,
+                    &config.load_balancer_image,
+                )
+                .await?;
                 environments.push(Arc::new(EnvironmentHandle {
                     project: project.name.clone(),
                     index,
@@ -177,8 +201,10 @@ impl DeployManager {
                     wanted: targets::image_wanted(environment),
                     target: built.target,
                     aws: built.aws,
+                    docker: built.docker,
                     guard: Arc::default(),
                     busy: Mutex::default(),
+                    recovering: Default::default(),
                 }));
             }
         }
@@ -197,6 +223,7 @@ impl DeployManager {
         }
         manager.spawn(auto_deploy(manager.clone()));
         manager.spawn(retire_expired(manager.clone()));
+        manager.spawn(watch_balancers(manager.clone()));
         Ok(manager)
     }
 
@@ -268,8 +295,8 @@ impl DeployManager {
         Ok(events)
     }
 
-    /// Stops the loops, the running operations and the docker proxies. A deployment cut
-    /// short is resumed or rolled back by the next start's recovery.
+    /// Stops the loops and the running operations; load balancers and fleets serve on. A
+    /// deployment cut short is resumed or rolled back by the next start's recovery.
     pub fn shutdown(&self) {
         self.inner
             .tasks
@@ -334,8 +361,13 @@ impl DeployManager {
     /// backoff, leaving the environment free in between (an operation run meanwhile finishes
     /// earlier deployments itself).
     fn recover(&self, environment: Arc<EnvironmentHandle>) {
+        use std::sync::atomic::Ordering;
         const BUSY_WITH: &str = "recovering after a restart";
+        if environment.recovering.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let Ok(first) = self.occupy(&environment, BUSY_WITH) else {
+            environment.recovering.store(false, Ordering::SeqCst);
             return;
         };
         let (sender, recorded) = mpsc::unbounded_channel();
@@ -392,6 +424,7 @@ impl DeployManager {
                 };
                 tokio::time::sleep(wait).await;
             }
+            environment.recovering.store(false, Ordering::SeqCst);
             // Dropping the deployer and its observer ends the recorder.
         });
     }
@@ -592,6 +625,29 @@ async fn retire_expired(manager: DeployManager) {
                 .await
             {
                 tracing::warn!(project = %environment.project, environment = %environment.config.name, %error, "retiring warm fleets failed");
+            }
+        }
+    }
+}
+
+/// Starts again each docker environment's load balancer that stopped or went missing (killed,
+/// removed, or its dockerd restarted without live-restore), with the routing the store
+/// records, through the environment's recovery. An environment busy with an operation is left
+/// to it: the operation's own steps start the load balancer.
+async fn watch_balancers(manager: DeployManager) {
+    loop {
+        tokio::time::sleep(BALANCERS_EVERY).await;
+        for environment in &manager.inner.environments {
+            let Some(docker) = &environment.docker else {
+                continue;
+            };
+            if environment.busy().is_some() {
+                continue;
+            }
+            // dockerd unreachable: the recovery would wait on it as well.
+            if let Ok(false) = docker.balancer().serving().await {
+                tracing::warn!(project = %environment.project, environment = %environment.config.name, container = %docker.balancer().settings().container, "the load balancer does not serve; starting it with the live routing");
+                manager.recover(environment.clone());
             }
         }
     }

@@ -1,9 +1,15 @@
 //! Builds each environment's deployment target from its configuration: a docker
-//! environment gets its proxy (serving from now on) and a [`DockerTarget`]; an aws one an
-//! [`AwsTarget`] over the SDK configured for its region and endpoint. Which image of a
-//! release each environment deploys follows from its target.
+//! environment a [`DockerTarget`] with its load balancer's settings (HAProxy in a container,
+//! started or adopted by the deploy manager's recovery); an aws one an [`AwsTarget`] over the
+//! SDK configured for its region and endpoint. Which image of a release each environment
+//! deploys follows from its target.
+//!
+//! Every name a docker environment gives dockerd (instances, network, load balancer) starts
+//! with `slipway-<installation>-`, the first 8 hex digits of the id every server of one
+//! database shares, so that two installations on one dockerd never collide.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +17,9 @@ use anyhow::Context;
 use bollard::Docker;
 use slipway_deployer::aws::InstanceEnvironment;
 use slipway_deployer::{
-    aws, AwsSettings, AwsTarget, DeployPolicy, DockerTarget, HealthPolicy, Proxy, Target,
+    aws, AwsSettings, AwsTarget, DeployPolicy, DockerSettings, DockerTarget, HealthPolicy,
+    LoadBalancerSettings, Target,
 };
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::config::{Environment, Project, TargetKind};
@@ -29,21 +35,31 @@ pub const SERVER_LABEL: &str = "slipway.deploy-server";
 /// Label naming the project of a deployed container or network.
 pub const PROJECT_LABEL: &str = "slipway.project";
 
-/// An environment's target, and the same target as an [`AwsTarget`] when it is one (for
-/// what only AWS can show: groups, launch template versions, AMIs).
+/// How long a retiring docker fleet's requests in flight may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An environment's target, and the same target as an [`AwsTarget`] or [`DockerTarget`] (for
+/// what only it can show: groups, launch template versions and AMIs; the load balancer).
 pub struct BuiltTarget {
     pub target: Arc<dyn Target>,
     pub aws: Option<Arc<AwsTarget>>,
+    pub docker: Option<Arc<DockerTarget>>,
 }
 
-/// The target of `environment` of `project`. A docker environment's proxy binds its listen
-/// address now and serves inside `tasks` until they are aborted.
+/// What every server of one installation (one database) puts in the names it gives dockerd.
+pub fn installation(server_id: Uuid) -> String {
+    server_id.simple().to_string()[..8].to_owned()
+}
+
+/// The target of `environment` of `project`. A docker environment's certificate and key are
+/// read now; its load balancer's files live under `<data_dir>/balancers/`.
 pub async fn build(
     project: &Project,
     environment: &Environment,
     server_id: Uuid,
     docker: &Docker,
-    tasks: &mut JoinSet<()>,
+    data_dir: &Path,
+    load_balancer_image: &str,
 ) -> anyhow::Result<BuiltTarget> {
     let variables = variables(environment);
     let package = package_of(project);
@@ -71,6 +87,7 @@ pub async fn build(
             Ok(BuiltTarget {
                 target: aws.clone(),
                 aws: Some(aws),
+                docker: None,
             })
         }
         _ => {
@@ -80,31 +97,63 @@ pub async fn build(
                     environment.name
                 )
             })?;
-            let (proxy, serve) = Proxy::bind(listen).await.with_context(|| {
-                format!(
-                    "cannot listen on {listen} for environment {} of {project}",
-                    environment.name
-                )
-            })?;
-            tasks.spawn(serve);
+            let tls_pem = match &environment.tls {
+                Some(files) => Some(read_tls(&files.cert, &files.key).with_context(|| {
+                    format!("TLS of environment {} of {project}", environment.name)
+                })?),
+                None => None,
+            };
             // Qualified by project, so two projects' `dev` fleets never share names.
             let qualified = format!("{project}-{}", environment.name);
-            let target = DockerTarget::new(
-                docker.clone(),
-                &qualified,
-                &format!("slipway-{qualified}"),
-                proxy,
+            let prefix = format!("slipway-{}-", installation(server_id));
+            let settings = DockerSettings {
+                environment: qualified.clone(),
+                network: format!("{prefix}{qualified}"),
+                name_prefix: prefix.clone(),
                 labels,
-                APP_PORT,
-            )
-            .with_health_path(&environment.health_path)
-            .with_variables(variables);
+                port: APP_PORT,
+                variables,
+                drain_timeout: DRAIN_TIMEOUT,
+                load_balancer: LoadBalancerSettings {
+                    image: load_balancer_image.to_owned(),
+                    container: format!("{prefix}{qualified}-lb"),
+                    dir: data_dir.join("balancers").join(&qualified),
+                    listen,
+                    tls_pem,
+                    max_request_body_bytes: environment.max_request_body_bytes,
+                    health_path: environment.health_path.clone(),
+                    labels: BTreeMap::new(),
+                },
+            };
+            let docker = Arc::new(DockerTarget::new(docker.clone(), settings));
             Ok(BuiltTarget {
-                target: Arc::new(target),
+                target: docker.clone(),
                 aws: None,
+                docker: Some(docker),
             })
         }
     }
+}
+
+/// The certificate chain and key as one PEM, as HAProxy reads it; each file must hold what
+/// its name says.
+fn read_tls(cert: &Path, key: &Path) -> anyhow::Result<String> {
+    let read = |path: &Path, what: &str, marker: &str| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the {what} {}", path.display()))?;
+        anyhow::ensure!(
+            text.contains(marker),
+            "{} holds no {what} (no `{marker}` line)",
+            path.display()
+        );
+        Ok(text)
+    };
+    let mut pem = read(cert, "certificate", "-----BEGIN CERTIFICATE-----")?;
+    if !pem.ends_with('\n') {
+        pem.push('\n');
+    }
+    pem.push_str(&read(key, "private key", "PRIVATE KEY-----")?);
+    Ok(pem)
 }
 
 /// The image of a release `environment` deploys: the Docker image, or the AMI of its region.

@@ -104,7 +104,7 @@ async fn rollback(
 
 /// `GET .../environments`: for each environment, its live release and fleet health (on
 /// aws, also each Auto Scaling group with its instances' target health, launch template
-/// version and AMI), what runs on it now, its last deployments, and the releases the auto-deploy refused for it.
+/// version and AMI; on docker, its load balancer's state and statistics), what runs on it now, its last deployments, and the releases the auto-deploy refused for it.
 async fn environments(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -142,6 +142,13 @@ async fn environments(
                 json!({ "error": "the environment's fleets could not be read from AWS; the cause is in the server log" })
             }
         };
+        let load_balancer = match environment.load_balancer().await {
+            Ok(status) => json!(status),
+            Err(error) => {
+                tracing::warn!(%project, environment = %name, error = %format!("{error:#}"), "reading the environment's load balancer failed");
+                json!({ "error": "the environment's load balancer could not be read; the cause is in the server log" })
+            }
+        };
         let deployments = state
             .store
             .deployments(&project, name, HISTORY)
@@ -169,6 +176,7 @@ async fn environments(
             "live": live,
             "health": health,
             "aws": aws,
+            "load_balancer": load_balancer,
             "busy": environment.busy(),
             "lock": lock,
             "deployments": deployments,

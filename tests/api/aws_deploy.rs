@@ -499,7 +499,7 @@ async fn aws_environments_auto_deploy_promote_roll_back_to_the_warm_group_and_re
         .await;
     assert!(ok, "{out}\n{err}");
     let rollback_seconds = started.elapsed().as_secs_f64();
-    assert!(out.contains("v1 is live in prod"), "{out}");
+    assert!(out.contains("v1 serves prod"), "{out}");
     assert_eq!(forwarded(&config, prod).await, prod_v1.target_groups[0]);
     assert_eq!(running_instances(&config).await, instances);
     assert_eq!(
@@ -1250,7 +1250,7 @@ async fn hybrid_pushes_reach_dev_on_docker_and_are_promoted_and_rolled_back_on_a
         .cli(&api, &["rollback", "--env", "prod", "--to", "v1"])
         .await;
     assert!(ok, "{out}\n{err}");
-    assert!(out.contains("v1 is live in prod"), "{out}");
+    assert!(out.contains("v1 serves prod"), "{out}");
     assert_eq!(forwarded(&config, prod).await, prod_v1.target_groups[0]);
     assert_eq!(running_instances(&config).await, instances);
     assert_eq!(default_ami(&config, prod).await, ami1);

@@ -91,6 +91,7 @@ impl Project {
     fn running_releases(&self) -> Vec<String> {
         let out = Command::new("docker")
             .args(["ps", "--format", "{{.Label \"slipway.release\"}}"])
+            .args(["--filter", "label=slipway.role=instance"])
             .args(["--filter", &format!("label=slipway.project={}", self.name)])
             .output()
             .unwrap();

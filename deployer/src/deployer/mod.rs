@@ -166,11 +166,18 @@ impl Deployer {
         self.run(deployment, lease).await
     }
 
-    /// A rollback to `request.release`: a switch back when a warm fleet of it exists,
-    /// otherwise a full deploy of its image.
+    /// A rollback to `request.release`: a switch back when a healthy warm fleet of it
+    /// exists, otherwise a full deploy of its image (a warm fleet that is not healthy is
+    /// retired by the failed switch back, whose record says why, and replaced).
     pub async fn rollback(&self, request: &DeployRequest) -> Result<Deployment, DeployError> {
         match self.switch_back(&request.release).await {
             Err(DeployError::NoWarmFleet { .. }) => self.deploy(request).await,
+            Ok(failed)
+                if failed.state == DeploymentState::Failed && failed.switched_at.is_none() =>
+            {
+                tracing::warn!(environment = %self.environment, release = %request.release, reason = ?failed.reason, "replacing a warm fleet that is not healthy");
+                self.deploy(request).await
+            }
             other => other,
         }
     }

@@ -7,9 +7,9 @@ use tokio::time::Instant;
 use super::Deployer;
 use crate::deployment::{Deployment, DeploymentKind, DeploymentState};
 use crate::error::{DeployError, TargetError};
-use crate::health::{wait_healthy, watch_healthy};
+use crate::health::{check_round, wait_healthy, watch_healthy};
 use crate::lock::{chrono_duration, Lease};
-use crate::target::FleetRef;
+use crate::target::{FleetRef, HealthState};
 
 /// Why a step did not lead to its next state.
 enum StepError {
@@ -140,6 +140,10 @@ impl Deployer {
                 deployment.green_instances = fleet.instances;
                 Ok(DeploymentState::WaitingHealthy)
             }
+            DeploymentState::WaitingHealthy if deployment.kind == DeploymentKind::SwitchBack => {
+                self.warm_and_healthy(deployment, &green).await?;
+                Ok(DeploymentState::Switching)
+            }
             DeploymentState::WaitingHealthy => {
                 let snapshot = deployment.clone();
                 let expected = deployment.instances as usize;
@@ -182,6 +186,35 @@ impl Deployer {
             | DeploymentState::RolledBack
             | DeploymentState::Failed => Ok(step),
         }
+    }
+
+    /// A warm fleet's health is known: its load balancer kept checking it. One reading
+    /// decides, so a switch back waits for no new round of checks; a fleet that is not
+    /// healthy now fails the switch back, with what its instances report.
+    async fn warm_and_healthy(
+        &self,
+        deployment: &Deployment,
+        warm: &FleetRef,
+    ) -> Result<(), StepError> {
+        let round = check_round(&*self.target, warm).await;
+        self.observer.health_checked(deployment, &round);
+        let healthy = round
+            .iter()
+            .filter(|h| h.state == HealthState::Healthy)
+            .count();
+        if healthy >= deployment.instances as usize && healthy == round.len() && healthy > 0 {
+            return Ok(());
+        }
+        let instances: Vec<String> = round
+            .iter()
+            .map(|h| format!("{} {:?} ({})", h.instance, h.state, h.detail))
+            .collect();
+        Err(StepError::Failed(format!(
+            "the warm fleet {} is not healthy ({healthy}/{} instances): {}",
+            warm.id,
+            deployment.instances,
+            instances.join("; ")
+        )))
     }
 
     /// Watches green until `watch_until`, then keeps blue warm (or retires it at once).

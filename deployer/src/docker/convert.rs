@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, HostConfig, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::ListContainersOptions;
 
 use crate::target::FleetRef;
@@ -13,6 +15,9 @@ pub const ENVIRONMENT: &str = "slipway.environment";
 pub const RELEASE: &str = "slipway.release";
 pub const FLEET: &str = "slipway.fleet";
 pub const IMAGE: &str = "slipway.image";
+/// What a container is to its environment: an [`INSTANCE`] of a fleet, or its load balancer.
+pub const ROLE: &str = "slipway.role";
+pub const INSTANCE: &str = "instance";
 
 /// The labels every object of `environment` carries: ours plus the caller's extras.
 pub fn environment_labels(
@@ -34,7 +39,32 @@ pub fn fleet_labels(
     labels.insert(FLEET.to_owned(), fleet.id.clone());
     labels.insert(RELEASE.to_owned(), fleet.release.clone());
     labels.insert(IMAGE.to_owned(), fleet.image.clone());
+    labels.insert(ROLE.to_owned(), INSTANCE.to_owned());
     labels
+}
+
+/// The fleet a container belongs to, by its label.
+pub fn fleet_id(container: &ContainerSummary) -> Option<&str> {
+    container.labels.as_ref()?.get(FLEET).map(String::as_str)
+}
+
+/// When an object's `labels` are not the environment's (`ours`), who it belongs to: the
+/// labels that differ, or that it was not made by Slipway.
+pub fn foreign_owner(
+    labels: Option<&HashMap<String, String>>,
+    ours: &BTreeMap<String, String>,
+) -> Option<String> {
+    let empty = HashMap::new();
+    let labels = labels.unwrap_or(&empty);
+    if labels.get(OWNER).map(String::as_str) != Some("slipway") {
+        return Some("it was not made by Slipway".to_owned());
+    }
+    let differ: Vec<String> = ours
+        .keys()
+        .filter(|key| labels.get(*key) != ours.get(*key))
+        .map(|key| format!("{key}={}", labels.get(key).map_or("-", String::as_str)))
+        .collect();
+    (!differ.is_empty()).then(|| differ.join(", "))
 }
 
 /// A container name or fleet id made of what Docker accepts (`[a-zA-Z0-9_.-]`).
@@ -67,6 +97,11 @@ pub fn instance_body(
         labels: Some(fleet_labels(environment_labels, fleet)),
         host_config: Some(HostConfig {
             network_mode: Some(network.to_owned()),
+            // Kept running by dockerd, as the load balancer is, whether Slipway runs or not.
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -171,6 +206,7 @@ mod tests {
             (RELEASE, "v2"),
             (IMAGE, "app:v2"),
             ("test", "t1"),
+            (ROLE, INSTANCE),
         ] {
             assert_eq!(labels.get(key).map(String::as_str), Some(value), "{key}");
         }
@@ -204,6 +240,26 @@ mod tests {
         assert_eq!(address.to_string(), "172.18.0.2:8000");
         assert_eq!(address_on(&containers[0], "other", 8000), None);
         assert_eq!(name_of(&containers[0]), "dev-v2-0");
+    }
+
+    #[test]
+    fn objects_of_another_installation_are_told_apart() {
+        let ours = BTreeMap::from([("slipway.deploy-server".to_owned(), "a1".to_owned())]);
+        let labels = |server: &str| {
+            HashMap::from([
+                (OWNER.to_owned(), "slipway".to_owned()),
+                ("slipway.deploy-server".to_owned(), server.to_owned()),
+            ])
+        };
+        assert_eq!(foreign_owner(Some(&labels("a1")), &ours), None);
+        assert_eq!(
+            foreign_owner(Some(&labels("b2")), &ours).as_deref(),
+            Some("slipway.deploy-server=b2")
+        );
+        assert_eq!(
+            foreign_owner(None, &ours).as_deref(),
+            Some("it was not made by Slipway")
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! A docker-target environment for one test: the app images, a proxy on a loopback port,
+//! A docker-target environment for one test: the app images, a load balancer on a loopback port,
 //! everything labelled with the test's id and removed by that label when dropped.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use slipway_deployer::{DockerTarget, Proxy};
+use slipway_deployer::{DockerSettings, DockerTarget, LoadBalancerSettings};
 use tokio::sync::OnceCell;
 
 const TEST_LABEL: &str = "slipway.test";
@@ -56,7 +56,10 @@ pub struct DockerEnv {
     pub id: String,
     pub environment: String,
     pub docker: Docker,
-    proxy: Option<(Proxy, tokio::task::JoinHandle<()>)>,
+    /// Where the load balancer listens.
+    pub listen: SocketAddr,
+    /// Its directory (configuration, map, runtime socket).
+    pub dir: std::path::PathBuf,
 }
 
 impl DockerEnv {
@@ -68,37 +71,50 @@ impl DockerEnv {
             .negotiate_version()
             .await
             .unwrap();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         DockerEnv {
             environment: format!("dt-{id}"),
+            dir: std::env::temp_dir().join(format!("slipway-deployer-test-{id}")),
             id,
             docker,
-            proxy: None,
+            listen,
         }
     }
 
-    /// A fresh proxy on a loopback port and a target over it, as a (re)started server makes;
-    /// a previous proxy stops, as it would with its process.
-    pub async fn start_target(&mut self) -> Arc<DockerTarget> {
-        if let Some((_, serving)) = self.proxy.take() {
-            serving.abort();
+    /// The settings a server makes for this environment.
+    pub fn settings(&self) -> DockerSettings {
+        DockerSettings {
+            environment: self.environment.clone(),
+            network: self.environment.clone(),
+            name_prefix: "slipway-test-".to_owned(),
+            labels: BTreeMap::from([(TEST_LABEL.to_owned(), self.id.clone())]),
+            port: 8000,
+            variables: BTreeMap::new(),
+            drain_timeout: Duration::from_secs(5),
+            load_balancer: LoadBalancerSettings {
+                image: "slipway/haproxy:2.6".to_owned(),
+                container: format!("{}-lb", self.environment),
+                dir: self.dir.clone(),
+                listen: self.listen,
+                tls_pem: None,
+                max_request_body_bytes: 100 << 20,
+                health_path: "/health".to_owned(),
+                labels: BTreeMap::new(),
+            },
         }
-        let (proxy, serve) = Proxy::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        self.proxy = Some((proxy.clone(), tokio::spawn(serve)));
-        let labels = BTreeMap::from([(TEST_LABEL.to_owned(), self.id.clone())]);
-        let target = DockerTarget::new(
-            self.docker.clone(),
-            &self.environment,
-            &self.environment,
-            proxy,
-            labels,
-            8000,
-        )
-        .with_drain_timeout(Duration::from_secs(5));
-        Arc::new(target)
+    }
+
+    /// A target over the environment, as a (re)started server makes: the load balancer, if
+    /// it runs, is adopted.
+    pub async fn start_target(&mut self) -> Arc<DockerTarget> {
+        Arc::new(DockerTarget::new(self.docker.clone(), self.settings()))
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy.as_ref().unwrap().0.local_addr()
+        self.listen
     }
 
     /// The `slipway.fleet` label of every container of this test, sorted, deduplicated.
@@ -143,10 +159,11 @@ impl Drop for DockerEnv {
         let _ = Command::new("docker")
             .args(["network", "rm", &self.environment])
             .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// A GET through the proxy: the status and the body's first line.
+/// A GET through the load balancer: the status and the body's first line.
 pub async fn get(
     client: &Client<HttpConnector, Empty<Bytes>>,
     url: &str,
@@ -174,7 +191,7 @@ pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
 /// What one GET returned: the status and body, or why it failed.
 pub type Answer = Result<(u16, String), String>;
 
-/// Loops of GETs against the proxy until stopped: every tenth asks for a slow response,
+/// Loops of GETs against the load balancer until stopped: every tenth asks for a slow response,
 /// so some requests are in flight across each switch. Bounded to 20,000 requests.
 pub struct Load {
     stop: Arc<AtomicBool>,

@@ -5,6 +5,7 @@ mod algorithm;
 mod aws;
 mod aws_health;
 mod aws_kill;
+mod balancer;
 mod docker;
 mod docker_env;
 mod moto;

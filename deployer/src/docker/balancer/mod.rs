@@ -1,0 +1,610 @@
+//! The docker target's load balancer: HAProxy in a container of its own on the host's network,
+//! kept by dockerd (restart policy `unless-stopped`), so that it serves whether Slipway runs or
+//! not. Its directory on the host (mounted at [`config::MOUNT`]) holds the configuration file,
+//! the map naming the live slot, the TLS certificate and the runtime API's socket.
+//!
+//! Fleets take turns in two backends, the slots `a` and `b`; each instance is a server named
+//! like its container, added and removed through the runtime API with its health checked by
+//! HAProxy. A switch is one `set map` of the live slot: atomic, without a reload, every new
+//! request goes to the new slot while requests in flight finish where they are. After each
+//! change the files are rewritten, so a restarted load balancer routes as before.
+
+pub mod config;
+pub mod runtime;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy};
+use bollard::models::{ContainerStateStatusEnum, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StartContainerOptions,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::error::TargetError;
+use runtime::Runtime;
+pub use runtime::StatRow;
+
+/// Label carrying the address a load balancer container listens on, so that a conflict over
+/// it can name the other container.
+pub const LISTEN_LABEL: &str = "slipway.listen";
+/// Label marking a container as a load balancer.
+pub const ROLE_LABEL: &str = "slipway.role";
+
+/// One of the two backends fleets take turns in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    A,
+    B,
+}
+
+/// Both slots, in the order they are tried.
+pub const SLOTS: [Slot; 2] = [Slot::A, Slot::B];
+
+impl Slot {
+    pub fn parse(raw: &str) -> Option<Slot> {
+        match raw {
+            "a" => Some(Slot::A),
+            "b" => Some(Slot::B),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        })
+    }
+}
+
+/// One instance as the load balancer knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Server {
+    pub slot: Slot,
+    /// The instance's container name.
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Taking no new connections (retiring).
+    pub draining: bool,
+}
+
+/// Where traffic goes: the live slot and every server of both slots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routing {
+    pub live: Option<Slot>,
+    pub servers: Vec<Server>,
+}
+
+impl Routing {
+    /// The servers of `slot`.
+    pub fn of(&self, slot: Slot) -> impl Iterator<Item = &Server> {
+        self.servers.iter().filter(move |s| s.slot == slot)
+    }
+}
+
+/// How an environment's load balancer is made. The certificate is never printed.
+#[derive(Clone)]
+pub struct LoadBalancerSettings {
+    /// The image, built locally from Debian's haproxy package.
+    pub image: String,
+    /// Its container's name, unique per installation.
+    pub container: String,
+    /// Its directory on the host (created when missing, mode 0700; made absolute).
+    pub dir: PathBuf,
+    /// Where clients connect, on the host's network.
+    pub listen: SocketAddr,
+    /// TLS termination: the certificate chain then the private key, PEM.
+    pub tls_pem: Option<String>,
+    /// Larger request bodies (by `Content-Length`) are answered 413.
+    pub max_request_body_bytes: u64,
+    /// What HAProxy's health checks ask every instance for.
+    pub health_path: String,
+    /// Labels the container carries besides the load balancer's own.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for LoadBalancerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadBalancerSettings")
+            .field("container", &self.container)
+            .field("listen", &self.listen)
+            .field("tls", &self.tls_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an environment's load balancer reports, for the status.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadBalancerStatus {
+    pub container: String,
+    pub listen: SocketAddr,
+    pub tls: bool,
+    /// `running`, `restarting`, `exited`, ... or `missing`.
+    pub state: String,
+    /// The frontend's counters and each server's, as HAProxy reports them; empty unless
+    /// running.
+    pub stats: Vec<StatRow>,
+}
+
+/// One environment's load balancer.
+pub struct LoadBalancer {
+    docker: Docker,
+    settings: LoadBalancerSettings,
+    runtime: Runtime,
+    /// Changes go one at a time, so the files follow the runtime state in order.
+    changes: Mutex<()>,
+}
+
+impl LoadBalancer {
+    pub fn new(docker: Docker, mut settings: LoadBalancerSettings) -> LoadBalancer {
+        // dockerd takes only an absolute path for a host directory.
+        if let Ok(absolute) = std::path::absolute(&settings.dir) {
+            settings.dir = absolute;
+        }
+        let runtime = Runtime::new(&settings.dir.join("admin.sock"));
+        LoadBalancer {
+            docker,
+            settings,
+            runtime,
+            changes: Mutex::new(()),
+        }
+    }
+
+    pub fn settings(&self) -> &LoadBalancerSettings {
+        &self.settings
+    }
+
+    /// The container's state (`running`, `exited`, ...), or `None` when it does not exist.
+    pub async fn state(&self) -> Result<Option<String>, TargetError> {
+        match self
+            .docker
+            .inspect_container(&self.settings.container, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(found) => Ok(Some(
+                found
+                    .state
+                    .and_then(|s| s.status)
+                    .unwrap_or(ContainerStateStatusEnum::EMPTY)
+                    .to_string(),
+            )),
+            Err(error) if status(&error) == Some(404) => Ok(None),
+            Err(error) => Err(TargetError::platform(
+                format!("inspect container {}", self.settings.container),
+                error,
+            )),
+        }
+    }
+
+    /// Whether the load balancer runs and its runtime API answers.
+    pub async fn serving(&self) -> Result<bool, TargetError> {
+        Ok(self.state().await?.as_deref() == Some("running") && self.runtime.answers().await)
+    }
+
+    /// Makes sure the load balancer runs. A running one is adopted as it is (its routing is
+    /// the truth), and reloaded without dropping a connection only when its settings changed;
+    /// one that is missing or stopped starts with `routing` (the caller's record of what
+    /// should serve). Returns whether it started.
+    pub async fn ensure(&self, routing: &Routing) -> Result<bool, TargetError> {
+        let _changes = self.changes.lock().await;
+        match self.state().await?.as_deref() {
+            Some("running") if self.wait_answering(Duration::from_secs(10)).await => {
+                self.reload_if_changed().await?;
+                Ok(false)
+            }
+            Some(_) => {
+                // Stopped, or running without answering: start again from the record.
+                self.remove_container().await?;
+                self.start(routing).await?;
+                Ok(true)
+            }
+            None => {
+                self.start(routing).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The live slot and the servers of both slots, as the load balancer has them now.
+    pub async fn routing(&self) -> Result<Routing, TargetError> {
+        let state = self.runtime.query("show servers state").await?;
+        let map = self
+            .runtime
+            .query(&format!("show map {}", config::MAP))
+            .await?;
+        Ok(Routing {
+            live: runtime::live_slot(&map),
+            servers: runtime::servers(&state),
+        })
+    }
+
+    /// Adds servers (each starts taking requests once its slot is live and its checks pass).
+    pub async fn add(&self, servers: &[Server]) -> Result<(), TargetError> {
+        let _changes = self.changes.lock().await;
+        for server in servers {
+            let id = format!("{}/{}", server.slot, server.name);
+            self.runtime
+                .act(
+                    &format!("add server {id} {} {}", server.addr, config::CHECK),
+                    "New server registered.",
+                )
+                .await?;
+            self.runtime.act(&format!("enable health {id}"), "").await?;
+            self.runtime.act(&format!("enable server {id}"), "").await?;
+        }
+        self.persist().await
+    }
+
+    /// Removes servers: no new connection, their sessions closed, then deleted.
+    pub async fn remove(&self, servers: &[Server]) -> Result<(), TargetError> {
+        let _changes = self.changes.lock().await;
+        for server in servers {
+            let id = format!("{}/{}", server.slot, server.name);
+            self.runtime
+                .act(&format!("set server {id} state maint"), "")
+                .await?;
+            self.runtime
+                .act(&format!("shutdown sessions server {id}"), "")
+                .await?;
+            // Idle connections kept for reuse go shortly after the server leaves service.
+            let mut tries = 0;
+            loop {
+                match self
+                    .runtime
+                    .act(&format!("del server {id}"), "Server deleted.")
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(error) if tries >= 50 => return Err(error),
+                    Err(_) => tries += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        self.persist().await
+    }
+
+    /// Stops new connections to `servers`; those open go on.
+    pub async fn drain(&self, servers: &[Server]) -> Result<(), TargetError> {
+        let _changes = self.changes.lock().await;
+        for server in servers {
+            self.runtime
+                .act(
+                    &format!("set server {}/{} state drain", server.slot, server.name),
+                    "",
+                )
+                .await?;
+        }
+        self.persist().await
+    }
+
+    /// Sends every new request to `slot`.
+    pub async fn switch(&self, slot: Slot) -> Result<(), TargetError> {
+        let _changes = self.changes.lock().await;
+        let map = self
+            .runtime
+            .query(&format!("show map {}", config::MAP))
+            .await?;
+        let verb = match runtime::live_slot(&map) {
+            Some(live) if live == slot => None,
+            Some(_) => Some("set"),
+            None => Some("add"),
+        };
+        if let Some(verb) = verb {
+            self.runtime
+                .act(&format!("{verb} map {} live {slot}", config::MAP), "")
+                .await?;
+        }
+        self.persist().await
+    }
+
+    /// Every row of `show stat`.
+    pub async fn stats(&self) -> Result<Vec<StatRow>, TargetError> {
+        Ok(runtime::stat_rows(&self.runtime.query("show stat").await?))
+    }
+
+    /// What the status shows.
+    pub async fn status(&self) -> Result<LoadBalancerStatus, TargetError> {
+        let state = self.state().await?;
+        let stats = match state.as_deref() {
+            Some("running") => self.stats().await.unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        Ok(LoadBalancerStatus {
+            container: self.settings.container.clone(),
+            listen: self.settings.listen,
+            tls: self.settings.tls_pem.is_some(),
+            state: state.unwrap_or_else(|| "missing".to_owned()),
+            stats,
+        })
+    }
+
+    /// Removes the container and its directory (an environment taken out of service).
+    pub async fn destroy(&self) -> Result<(), TargetError> {
+        let _changes = self.changes.lock().await;
+        self.remove_container().await?;
+        match std::fs::remove_dir_all(&self.settings.dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(
+                TargetError::platform(format!("remove {}", self.settings.dir.display()), error),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn rendered(&self) -> Result<config::Rendered, TargetError> {
+        let uid = std::fs::metadata(&self.settings.dir)
+            .map_err(|e| TargetError::platform(format!("read {}", self.settings.dir.display()), e))?
+            .uid();
+        Ok(config::Rendered {
+            listen: self.settings.listen,
+            tls: self.settings.tls_pem.is_some(),
+            max_request_body_bytes: self.settings.max_request_body_bytes,
+            health_path: self.settings.health_path.clone(),
+            socket_uid: uid,
+        })
+    }
+
+    /// Writes the files for `routing`; returns whether any changed.
+    fn write_files(&self, routing: &Routing) -> Result<bool, TargetError> {
+        let dir = &self.settings.dir;
+        create_private_dir(dir)?;
+        let rendered = self.rendered()?;
+        let mut changed = write_if_changed(
+            &dir.join("haproxy.cfg"),
+            &config::render(&rendered, &routing.servers),
+        )?;
+        changed |= write_if_changed(&dir.join("live.map"), &config::map_file(routing.live))?;
+        match &self.settings.tls_pem {
+            Some(pem) => changed |= write_if_changed(&dir.join("tls.pem"), pem)?,
+            None => {
+                let _ = std::fs::remove_file(dir.join("tls.pem"));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Rewrites the files from the runtime state, so that a restart routes as now.
+    async fn persist(&self) -> Result<(), TargetError> {
+        let routing = self.routing().await?;
+        self.write_files(&routing)?;
+        Ok(())
+    }
+
+    /// After an upgrade or a configuration change: the files follow the settings, and
+    /// HAProxy reloads them (its master starts a new worker on the listening sockets; the old
+    /// one finishes what it serves).
+    async fn reload_if_changed(&self) -> Result<(), TargetError> {
+        let routing = self.routing().await?;
+        if !self.write_files(&routing)? {
+            return Ok(());
+        }
+        tracing::info!(container = %self.settings.container, "reloading the load balancer with new settings");
+        self.docker
+            .kill_container(
+                &self.settings.container,
+                Some(bollard::query_parameters::KillContainerOptions {
+                    signal: "SIGUSR2".to_owned(),
+                }),
+            )
+            .await
+            .map_err(|e| TargetError::platform(format!("reload {}", self.settings.container), e))?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match self.wait_answering(Duration::from_secs(10)).await {
+            true => Ok(()),
+            false => Err(TargetError::refused(
+                format!("reload {}", self.settings.container),
+                self.why_not_serving().await,
+            )),
+        }
+    }
+
+    async fn start(&self, routing: &Routing) -> Result<(), TargetError> {
+        let name = &self.settings.container;
+        self.write_files(routing)?;
+        let _ = std::fs::remove_file(self.settings.dir.join("admin.sock"));
+        let mut labels: HashMap<String, String> =
+            self.settings.labels.clone().into_iter().collect();
+        labels.insert(ROLE_LABEL.to_owned(), "load-balancer".to_owned());
+        labels.insert(LISTEN_LABEL.to_owned(), self.settings.listen.to_string());
+        let body = ContainerCreateBody {
+            image: Some(self.settings.image.clone()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some("host".to_owned()),
+                binds: Some(vec![format!(
+                    "{}:{}",
+                    self.settings.dir.display(),
+                    config::MOUNT
+                )]),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), "10m".to_owned()),
+                        ("max-file".to_owned(), "3".to_owned()),
+                    ])),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|error| match status(&error) {
+                Some(404) => TargetError::refused(
+                    format!("create the load balancer {name}"),
+                    format!(
+                        "image {} is not on dockerd; build it from scripts/images/haproxy \
+                         (docs/deploy.md)",
+                        self.settings.image
+                    ),
+                ),
+                _ => TargetError::platform(format!("create container {name}"), error),
+            })?;
+        self.docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| TargetError::platform(format!("start container {name}"), e))?;
+        if self.wait_answering(Duration::from_secs(10)).await {
+            tracing::info!(container = %name, listen = %self.settings.listen, "load balancer started");
+            return Ok(());
+        }
+        let why = self.why_not_serving().await;
+        // A load balancer that cannot serve would be restarted by dockerd forever.
+        let _ = self.remove_container().await;
+        Err(TargetError::refused(
+            format!("start the load balancer {name} on {}", self.settings.listen),
+            why,
+        ))
+    }
+
+    async fn wait_answering(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.runtime.answers().await {
+                return true;
+            }
+            let running = matches!(self.state().await, Ok(Some(ref s)) if s == "running" || s == "restarting" || s == "created");
+            if !running || tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Why the container does not serve, from what HAProxy said last; a listen address in
+    /// use names the load balancer of another installation that holds it, if one does.
+    async fn why_not_serving(&self) -> String {
+        let logs = self.last_log_lines(10).await;
+        if !logs.contains("cannot bind socket") {
+            return format!("HAProxy did not start: {}", logs.trim());
+        }
+        let listen = self.settings.listen;
+        let options = ListContainersOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{LISTEN_LABEL}={listen}")],
+            )])),
+            ..Default::default()
+        };
+        let holders = self.docker.list_containers(Some(options)).await;
+        let other = holders.ok().into_iter().flatten().find(|c| {
+            c.names.as_ref().is_some_and(|n| {
+                !n.iter()
+                    .any(|n| n.trim_start_matches('/') == self.settings.container)
+            })
+        });
+        match other {
+            Some(container) => {
+                let name = container.names.unwrap_or_default().join(",");
+                let owner = container
+                    .labels
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(k, _)| k.ends_with("server"))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                format!(
+                    "{listen} is in use by load balancer {} of another Slipway installation ({owner})",
+                    name.trim_start_matches('/')
+                )
+            }
+            None => format!("{listen} is in use by another process: {}", logs.trim()),
+        }
+    }
+
+    async fn last_log_lines(&self, lines: usize) -> String {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let mut logs = self.docker.logs(&self.settings.container, Some(options));
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        text
+    }
+
+    async fn remove_container(&self) -> Result<(), TargetError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self
+            .docker
+            .remove_container(&self.settings.container, Some(options))
+            .await
+        {
+            Err(error) if status(&error) != Some(404) => Err(TargetError::platform(
+                format!("remove container {}", self.settings.container),
+                error,
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), TargetError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| TargetError::platform(format!("create {}", dir.display()), e))
+}
+
+/// Replaces `path` with `content` (through a new file renamed over it, mode 0600) unless it
+/// holds that already; returns whether it wrote.
+fn write_if_changed(path: &Path, content: &str) -> Result<bool, TargetError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::read_to_string(path).is_ok_and(|old| old == content) {
+        return Ok(false);
+    }
+    let error = |e| TargetError::platform(format!("write {}", path.display()), e);
+    let partial = path.with_extension("new");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(error)?;
+    file.write_all(content.as_bytes()).map_err(error)?;
+    file.sync_all().map_err(error)?;
+    std::fs::rename(&partial, path).map_err(error)?;
+    Ok(true)
+}
+
+fn status(error: &DockerError) -> Option<u16> {
+    match error {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
