@@ -1,5 +1,6 @@
 //! Slipway's blue/green deployer: one algorithm ([`Deployer`]) over a [`Target`] trait, with
-//! the docker target (containers behind this crate's own reverse proxy, [`docker`]) and the
+//! the docker target (containers behind a load balancer of their own, HAProxy in a container
+//! that outlives the process, [`docker`]) and the
 //! aws target (EC2 + ELBv2 + Auto Scaling, [`aws`]).
 //!
 //! This crate knows nothing of HTTP APIs, Postgres or configuration files: the root crate
@@ -8,11 +9,12 @@
 //! [`Observer`]. In-memory stores and a contract-enforcing [`fake::FakeTarget`] serve tests.
 //!
 //! How the root crate drives one environment:
-//! 1. Build its target: for docker, [`Proxy::bind`] on the environment's listen address
-//!    (spawn the serve future), then [`DockerTarget::new`]; for aws, [`aws::sdk_config`] and
-//!    [`AwsTarget::new`].
+//! 1. Build its target: for docker, [`DockerTarget::new`] with [`DockerSettings`] (its
+//!    load balancer's image, container name, directory and listen address among them); for
+//!    aws, [`aws::sdk_config`] and [`AwsTarget::new`].
 //! 2. Build a [`Deployer`] over the target and the stores, and call [`Deployer::recover`]
-//!    once: it restores the proxy's routes from the recorded live fleet, resumes (or rolls
+//!    once: it starts (or adopts, as it runs) the docker load balancer, routing to the
+//!    recorded live fleet when it had to start it, resumes (or rolls
 //!    back) deployments a crash interrupted, and retires fleets nothing accounts for.
 //! 3. [`Deployer::deploy`] for a new release; [`Deployer::rollback`] for `--to vN` (a switch
 //!    to the warm fleet when there is one, else a full deploy of that image).

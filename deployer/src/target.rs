@@ -90,8 +90,9 @@ pub trait Target: Send + Sync {
     /// repeated launch after a crash finds what the first one made.
     fn fleet_for(&self, release: &str, image: &str) -> FleetRef;
 
-    /// Rebuilds in-memory routing after a start: `live` is the fleet the store says serves.
-    /// Targets whose routing survives a crash (an ALB listener) do nothing.
+    /// After a start: `live` is the fleet the store says serves. Routing that survived (an
+    /// ALB listener, a docker load balancer that kept running) is kept as it is; routing that
+    /// was lost (a load balancer that stopped) is rebuilt towards `live`.
     async fn adopt(&self, live: Option<&FleetRef>) -> Result<(), TargetError>;
 
     /// Launches `count` instances of the fleet's image; starts only what is missing.

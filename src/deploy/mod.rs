@@ -40,8 +40,10 @@ use progress::{Progress, ProgressObserver};
 const AUTO_DEPLOY_EVERY: Duration = Duration::from_secs(2);
 /// How often warm fleets past their retention window are retired.
 const RETIRE_EVERY: Duration = Duration::from_secs(5);
-/// How often docker environments' load balancers are checked.
+/// How often docker environments' load balancers are checked (and their access logs rotated).
 const BALANCERS_EVERY: Duration = Duration::from_secs(2);
+/// A load balancer's access log is rotated past this size (one older file is kept).
+const ACCESS_LOG_LIMIT: u64 = 50 * 1024 * 1024;
 
 /// What an operation does to an environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -630,7 +632,8 @@ async fn retire_expired(manager: DeployManager) {
     }
 }
 
-/// Starts again each docker environment's load balancer that stopped or went missing (killed,
+/// Rotates each docker environment's access log past [`ACCESS_LOG_LIMIT`], and starts again
+/// each docker environment's load balancer that stopped or went missing (killed,
 /// removed, or its dockerd restarted without live-restore), with the routing the store
 /// records, through the environment's recovery. An environment busy with an operation is left
 /// to it: the operation's own steps start the load balancer.
@@ -643,6 +646,9 @@ async fn watch_balancers(manager: DeployManager) {
             };
             if environment.busy().is_some() {
                 continue;
+            }
+            if let Err(error) = docker.balancer().rotate_access_log(ACCESS_LOG_LIMIT) {
+                tracing::warn!(project = %environment.project, environment = %environment.config.name, %error, "rotating the load balancer's access log failed");
             }
             // dockerd unreachable: the recovery would wait on it as well.
             if let Ok(false) = docker.balancer().serving().await {

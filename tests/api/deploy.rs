@@ -70,7 +70,7 @@ impl Project {
     }
 
     /// A config with this project and environments `dev` (and `prod`), each with `extra`.
-    fn config(&self, extra: &str) -> String {
+    pub(crate) fn config(&self, extra: &str) -> String {
         let mut text = format!(
             "[[projects]]\nname = \"{0}\"\nrepository = \"acme/{0}\"\nclone_url = \"file:///nonexistent\"\n",
             self.name
@@ -88,7 +88,7 @@ impl Project {
     }
 
     /// The releases of this project's running containers, one entry per container.
-    fn running_releases(&self) -> Vec<String> {
+    pub(crate) fn running_releases(&self) -> Vec<String> {
         let out = Command::new("docker")
             .args(["ps", "--format", "{{.Label \"slipway.release\"}}"])
             .args(["--filter", "label=slipway.role=instance"])
@@ -134,7 +134,13 @@ impl Drop for Project {
 }
 
 /// Seeds release `number` of `project`, baked into `image` when `baked`.
-async fn insert_release(database_url: &str, project: &str, number: i64, image: &str, baked: bool) {
+pub(crate) async fn insert_release(
+    database_url: &str,
+    project: &str,
+    number: i64,
+    image: &str,
+    baked: bool,
+) {
     let (client, connection) = tokio_postgres::connect(database_url, NoTls).await.unwrap();
     tokio::spawn(connection);
     let build = uuid::Uuid::new_v4();
@@ -296,14 +302,14 @@ pub(crate) fn events(stream: &str) -> Vec<Value> {
 }
 
 /// Requests to an environment's listener in a loop until stopped: what each answered.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     answers: Arc<Mutex<Vec<Result<String, String>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Load {
-    fn start(url: String) -> Load {
+    pub(crate) fn start(url: String) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let answers = Arc::new(Mutex::new(Vec::new()));
         let (stopped, answered) = (stop.clone(), answers.clone());
@@ -328,7 +334,7 @@ impl Load {
         }
     }
 
-    async fn stop(self) -> Vec<Result<String, String>> {
+    pub(crate) async fn stop(self) -> Vec<Result<String, String>> {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.unwrap();
         let answers = self.answers.lock().unwrap().clone();
@@ -577,13 +583,13 @@ async fn an_unknown_or_unbaked_release_is_refused_with_the_deployable_ones() {
 }
 
 /// The real binary in `dir` (reading its slipway.toml); killed when dropped.
-struct Server {
-    server: ServerChild,
-    api: Api,
+pub(crate) struct Server {
+    pub(crate) server: ServerChild,
+    pub(crate) api: Api,
 }
 
 impl Server {
-    fn start(dir: &Path) -> Server {
+    pub(crate) fn start(dir: &Path) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
         command
             .args(["server", "--listen", "127.0.0.1:0"])

@@ -8,6 +8,7 @@ mod bake;
 mod bake_stage;
 mod builds;
 mod cli;
+mod data_plane;
 mod dependencies;
 mod deploy;
 mod greet;

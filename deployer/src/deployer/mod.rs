@@ -269,7 +269,7 @@ impl Deployer {
         Ok(())
     }
 
-    /// The fleet serving now. A target that lost its routing (a docker proxy restarted
+    /// The fleet serving now. A target that lost its routing (a docker load balancer removed
     /// without [`Deployer::recover`]) adopts the recorded live fleet first, so that fleet
     /// is neither forgotten as blue nor taken for a leak.
     async fn live_fleet(&self) -> Result<Option<FleetRef>, DeployError> {

@@ -125,6 +125,13 @@ async fn a_50_mb_upload_passes_and_a_body_over_the_limit_is_refused() {
         ("200".to_owned(), format!("v1 {} {expected}", 50 << 20))
     );
     std::fs::remove_file(&file).unwrap();
+    // The access log has its line: the status, and the request.
+    let log = std::fs::read_to_string(env.dir.join("access.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("POST /upload"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains(" 200 "), "{line}");
 
     // Past max_request_body_bytes (100 MiB here), refused before it reaches the fleet.
     let over = curl(
@@ -311,4 +318,85 @@ fn self_signed(env: &DockerEnv) -> String {
         + &std::fs::read_to_string(dir.join("key.pem")).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     pem
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_setting_reloads_the_running_load_balancer_without_failing_a_request() {
+    let mut env = DockerEnv::new().await;
+    let stores = Stores::default();
+    deployed(&mut env, &stores, "v1").await;
+    let container = format!("{}-lb", env.environment);
+    let started = inspect(&container, "{{.Id}} {{.State.StartedAt}}");
+    let url = format!("http://{}/upload", env.listen);
+    let post = |length: usize| {
+        let url = url.clone();
+        move || {
+            let body = "x".repeat(length);
+            curl("%{http_code}", &["--data-binary", &body, &url]).0
+        }
+    };
+    assert_eq!(post(2000)(), "200");
+
+    // A server started with a lower limit adopts the load balancer and reloads it.
+    let load = crate::docker_env::Load::start(env.listen, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut settings = env.settings();
+    settings.load_balancer.max_request_body_bytes = 1000;
+    let target = slipway_deployer::DockerTarget::new(env.docker.clone(), settings);
+    let live = stores.deployments.live(&env.environment).await.unwrap();
+    target.adopt(live.as_ref()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results = load.stop().await;
+
+    assert_eq!(inspect(&container, "{{.Id}} {{.State.StartedAt}}"), started);
+    assert_eq!(post(2000)(), "413");
+    let total: usize = results.iter().map(Vec::len).sum();
+    let failed: Vec<_> = results
+        .iter()
+        .flatten()
+        .filter(|r| !matches!(r, Ok((200, _))))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?} of {total}");
+    assert!(total > 20, "{total}");
+}
+
+#[test]
+fn the_access_log_is_rotated_past_its_limit_keeping_one_older_file() {
+    let dir = tempfile_dir();
+    let settings = slipway_deployer::LoadBalancerSettings {
+        image: "unused".to_owned(),
+        container: "unused".to_owned(),
+        dir: dir.clone(),
+        listen: "127.0.0.1:1".parse().unwrap(),
+        tls_pem: None,
+        max_request_body_bytes: 1,
+        health_path: "/health".to_owned(),
+        labels: Default::default(),
+    };
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let balancer = slipway_deployer::LoadBalancer::new(docker, settings);
+    assert!(!balancer.rotate_access_log(10).unwrap(), "no log yet");
+    std::fs::write(dir.join("access.log"), "0123456789").unwrap();
+    assert!(!balancer.rotate_access_log(10).unwrap(), "at the limit");
+    std::fs::write(dir.join("access.log"), "first line\n").unwrap();
+    assert!(balancer.rotate_access_log(10).unwrap());
+    assert_eq!(std::fs::read_to_string(dir.join("access.log")).unwrap(), "");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("access.log.1")).unwrap(),
+        "first line\n"
+    );
+    std::fs::write(dir.join("access.log"), "second line\n").unwrap();
+    assert!(balancer.rotate_access_log(10).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("access.log.1")).unwrap(),
+        "second line\n"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("slipway-rotate-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

@@ -1,4 +1,5 @@
-//! The docker target and its proxy against the real dockerd, through the whole algorithm.
+//! The docker target and its load balancer against the real dockerd, through the whole
+//! algorithm.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ async fn v1_to_v2_under_load_fails_no_request() {
         .filter(|r| !matches!(r, Ok((200, _))))
         .collect();
     eprintln!(
-        "{total} requests through the proxy, {} failed",
+        "{total} requests through the load balancer, {} failed",
         failures.len()
     );
     assert!(failures.is_empty(), "{failures:?}");
@@ -130,7 +131,7 @@ async fn killed_after_launch_and_resumed_leaves_only_the_live_fleet() {
     ];
     assert_eq!(env.fleets_running().await, both);
 
-    // The server restarts: new proxy, new target, same stores and owner.
+    // The server restarts: a new target (adopting the load balancer), same stores and owner.
     let target = env.start_target().await;
     let second = stores.deployer(&env.environment, "server", target, policy(Duration::ZERO));
     let recovered = second.recover().await.unwrap();

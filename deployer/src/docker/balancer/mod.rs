@@ -1,7 +1,9 @@
 //! The docker target's load balancer: HAProxy in a container of its own on the host's network,
 //! kept by dockerd (restart policy `unless-stopped`), so that it serves whether Slipway runs or
 //! not. Its directory on the host (mounted at [`config::MOUNT`]) holds the configuration file,
-//! the map naming the live slot, the TLS certificate and the runtime API's socket.
+//! the map naming the live slot, the TLS certificate, the runtime API's socket and the access
+//! log (HAProxy's output: a file write per request costs a fraction of what a line through
+//! dockerd's log driver does).
 //!
 //! Fleets take turns in two backends, the slots `a` and `b`; each instance is a server named
 //! like its container, added and removed through the runtime API with its health checked by
@@ -40,6 +42,9 @@ pub use runtime::StatRow;
 pub const LISTEN_LABEL: &str = "slipway.listen";
 /// Label marking a container as a load balancer.
 pub const ROLE_LABEL: &str = "slipway.role";
+/// The access log in the load balancer's directory, and its one rotated predecessor.
+pub const ACCESS_LOG: &str = "access.log";
+pub const ACCESS_LOG_ROTATED: &str = "access.log.1";
 
 /// One of the two backends fleets take turns in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -239,7 +244,7 @@ impl LoadBalancer {
             let id = format!("{}/{}", server.slot, server.name);
             self.runtime
                 .act(
-                    &format!("add server {id} {} {}", server.addr, config::CHECK),
+                    &format!("add server {id} {} {}", server.addr, config::SERVER_OPTIONS),
                     "New server registered.",
                 )
                 .await?;
@@ -333,19 +338,44 @@ impl LoadBalancer {
         })
     }
 
-    /// Removes the container and its directory (an environment taken out of service).
-    pub async fn destroy(&self) -> Result<(), TargetError> {
-        let _changes = self.changes.lock().await;
-        self.remove_container().await?;
-        match std::fs::remove_dir_all(&self.settings.dir) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(
-                TargetError::platform(format!("remove {}", self.settings.dir.display()), error),
-            ),
-            _ => Ok(()),
+    /// Once the access log passed `limit` bytes: its content moves to [`ACCESS_LOG_ROTATED`]
+    /// (replacing the older one) and it starts empty again (HAProxy appends to the same
+    /// file). Returns whether it rotated.
+    pub fn rotate_access_log(&self, limit: u64) -> Result<bool, TargetError> {
+        let log = self.settings.dir.join(ACCESS_LOG);
+        let size = match std::fs::metadata(&log) {
+            Ok(metadata) => metadata.len(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => {
+                return Err(TargetError::platform(
+                    format!("read {}", log.display()),
+                    error,
+                ))
+            }
+        };
+        if size <= limit {
+            return Ok(false);
         }
+        let error = |e| TargetError::platform(format!("rotate {}", log.display()), e);
+        std::fs::copy(&log, self.settings.dir.join(ACCESS_LOG_ROTATED)).map_err(error)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log)
+            .map_err(error)?;
+        Ok(true)
     }
 
     fn rendered(&self) -> Result<config::Rendered, TargetError> {
+        if !config::valid_health_path(&self.settings.health_path) {
+            return Err(TargetError::refused(
+                format!("configure {}", self.settings.container),
+                format!(
+                    "health path {:?} cannot be written into HAProxy's configuration",
+                    self.settings.health_path
+                ),
+            ));
+        }
         let uid = std::fs::metadata(&self.settings.dir)
             .map_err(|e| TargetError::platform(format!("read {}", self.settings.dir.display()), e))?
             .uid();
@@ -420,8 +450,15 @@ impl LoadBalancer {
             self.settings.labels.clone().into_iter().collect();
         labels.insert(ROLE_LABEL.to_owned(), "load-balancer".to_owned());
         labels.insert(LISTEN_LABEL.to_owned(), self.settings.listen.to_string());
+        // HAProxy replaces the shell (signals reach it); its output, the access log, goes to a
+        // file, its alerts to dockerd's log.
+        let command = format!(
+            "exec haproxy -W -db -f {mount}/haproxy.cfg >>{mount}/{ACCESS_LOG}",
+            mount = config::MOUNT
+        );
         let body = ContainerCreateBody {
             image: Some(self.settings.image.clone()),
+            cmd: Some(vec!["sh".to_owned(), "-c".to_owned(), command]),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some("host".to_owned()),
