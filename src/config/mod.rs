@@ -920,6 +920,56 @@ mod tests {
     }
 
     #[test]
+    fn a_docker_environments_load_balancer_settings_are_read_and_checked() {
+        let docker = |extra: &str| {
+            format!("[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\n[[projects.environments]]\nname = \"dev\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:8081\"\n{extra}")
+        };
+        let config = load(&docker("")).unwrap();
+        assert_eq!(config.load_balancer_image, DEFAULT_LOAD_BALANCER_IMAGE);
+        let dev = &config.projects[0].environments[0];
+        assert_eq!(dev.max_request_body_bytes, DEFAULT_MAX_REQUEST_BODY_BYTES);
+        assert_eq!(dev.tls, None);
+
+        let text = docker("tls = { cert = \"/etc/c.pem\", key = \"/etc/k.pem\" }\nmax_request_body_bytes = 1000\n");
+        let config = load(&format!("load_balancer_image = \"lb:1\"\n{text}")).unwrap();
+        assert_eq!(config.load_balancer_image, "lb:1");
+        let dev = &config.projects[0].environments[0];
+        assert_eq!(dev.max_request_body_bytes, 1000);
+        assert_eq!(
+            dev.tls,
+            Some(TlsFiles {
+                cert: "/etc/c.pem".into(),
+                key: "/etc/k.pem".into()
+            })
+        );
+
+        let err = load(&docker("max_request_body_bytes = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("projects[0].environments[0].max_request_body_bytes"),
+            "{err}"
+        );
+        let err = load(&docker("health_path = \"/a b\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("health_path") && err.contains("without spaces"),
+            "{err}"
+        );
+        let err = load(&docker("tls = { cert = \"/c\" }\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `key`"), "{err}");
+        let aws = "[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\n[projects.ami]\nregion = \"eu-west-1\"\nsource_ami = \"ami-1\"\ncommunicator = \"none\"\n[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\nlistener_arn = \"l\"\ntarget_groups = [\"a\", \"b\"]\nlaunch_template_id = \"lt\"\ntls = { cert = \"/c\", key = \"/k\" }\n";
+        let err = load(aws).unwrap_err().to_string();
+        assert!(
+            err.contains(".tls`") && err.contains("only a docker environment"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn aws_environment_requires_its_addresses() {
         let text = "[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"x\"\n[[projects.environments]]\nname = \"prod\"\ntarget = \"aws\"\nregion = \"eu-west-1\"\n";
         let err = load(text).unwrap_err().to_string();

@@ -197,3 +197,52 @@ pub fn policy(environment: &Environment) -> DeployPolicy {
         lock_ttl: Duration::from_secs(30),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_files_are_joined_and_a_wrong_or_missing_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("dev.crt");
+        let key = dir.path().join("dev.key");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+        )
+        .unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let pem = read_tls(&cert, &key).unwrap();
+        assert!(
+            pem.contains("-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----"),
+            "{pem}"
+        );
+
+        let err = read_tls(&key, &key).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} holds no certificate (no `-----BEGIN CERTIFICATE-----` line)",
+                key.display()
+            )
+        );
+        let err = read_tls(&cert, &cert).unwrap_err().to_string();
+        assert!(err.contains("holds no private key"), "{err}");
+        // The key's content never appears in an error.
+        let missing = dir.path().join("missing.key");
+        let err = format!("{:#}", read_tls(&cert, &missing).unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "cannot read the private key {}",
+                missing.display()
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("MIIE"), "{err}");
+    }
+}

@@ -144,6 +144,18 @@ pub fn address_on(container: &ContainerSummary, network: &str, port: u16) -> Opt
     Some(SocketAddr::new(ip, port))
 }
 
+/// The container's address on any of its networks (an instance made before the environment's
+/// network took the installation's name: the load balancer, on the host's network, reaches
+/// every bridge).
+pub fn any_address(container: &ContainerSummary, port: u16) -> Option<SocketAddr> {
+    let networks = container.network_settings.as_ref()?.networks.as_ref()?;
+    let mut names: Vec<&String> = networks.keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .find_map(|name| address_on(container, name, port))
+}
+
 /// The container's name without Docker's leading `/`.
 pub fn name_of(container: &ContainerSummary) -> String {
     let names = container.names.clone().unwrap_or_default();
@@ -239,6 +251,10 @@ mod tests {
         let address = address_on(&containers[0], "net", 8000).unwrap();
         assert_eq!(address.to_string(), "172.18.0.2:8000");
         assert_eq!(address_on(&containers[0], "other", 8000), None);
+        assert_eq!(
+            any_address(&containers[0], 8000).unwrap().to_string(),
+            "172.18.0.2:8000"
+        );
         assert_eq!(name_of(&containers[0]), "dev-v2-0");
     }
 

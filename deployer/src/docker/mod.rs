@@ -106,12 +106,18 @@ impl DockerTarget {
         }
     }
 
-    /// Every container of the environment, stopped ones included.
+    /// Every instance of the environment, stopped ones included: any container of it with a
+    /// fleet (the load balancer has none; instances made before the role label have one).
     async fn all_containers(&self) -> Result<Vec<ContainerSummary>, TargetError> {
-        let mut labels = self.labels.clone();
-        labels.insert(convert::ROLE.to_owned(), convert::INSTANCE.to_owned());
+        let mut options = convert::list_options(&self.labels);
+        if let Some(filters) = options.filters.as_mut() {
+            filters
+                .entry("label".to_owned())
+                .or_default()
+                .push(convert::FLEET.to_owned());
+        }
         self.docker
-            .list_containers(Some(convert::list_options(&labels)))
+            .list_containers(Some(options))
             .await
             .map_err(|e| {
                 platform(
@@ -189,7 +195,8 @@ impl DockerTarget {
         for container in self.all_containers().await? {
             let running = container.state.as_ref().map(|s| s.to_string()) == Some("running".into());
             let address =
-                convert::address_on(&container, &self.settings.network, self.settings.port);
+                convert::address_on(&container, &self.settings.network, self.settings.port)
+                    .or_else(|| convert::any_address(&container, self.settings.port));
             if let (true, Some(address), Some(fleet)) =
                 (running, address, convert::fleet_id(&container))
             {

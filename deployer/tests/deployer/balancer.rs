@@ -400,3 +400,80 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_made_before_the_load_balancer_is_adopted_and_replaced_without_a_gap() {
+    let mut env = DockerEnv::new().await;
+    let stores = Stores::default();
+    // What the version with the listener inside the server left: instances without the role
+    // label or the installation's prefix, on a network named after the environment alone.
+    let old_network = format!("old-{}", env.environment);
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    docker(&["network", "create", &old_network]);
+    let fleet = format!("{}-v1", env.environment);
+    let image_v1 = image("v1");
+    for index in 0..2 {
+        let labels = [
+            "slipway.owner=slipway".to_owned(),
+            format!("slipway.environment={}", env.environment),
+            format!("slipway.test={}", env.id),
+            format!("slipway.fleet={fleet}"),
+            "slipway.release=v1".to_owned(),
+            format!("slipway.image={}", image("v1")),
+        ];
+        let mut args = vec!["run", "-d", "--network", &old_network, "-e", "PORT=8000"];
+        let name = format!("{fleet}-{index}");
+        args.extend(["--name", &name]);
+        for label in &labels {
+            args.extend(["--label", label]);
+        }
+        args.push(&image_v1);
+        docker(&args);
+    }
+    let live = slipway_deployer::FleetRef {
+        id: fleet.clone(),
+        release: "v1".to_owned(),
+        image: image("v1"),
+    };
+    stores
+        .deployments
+        .set_live(&env.environment, &live)
+        .await
+        .unwrap();
+
+    let target = env.start_target().await;
+    let deployer = stores.deployer(&env.environment, "a", target, policy());
+    deployer.recover().await.unwrap();
+    let url = format!("http://{}/", env.listen);
+    assert_eq!(get(&client(), &url).await, Ok((200, "v1".to_owned())));
+
+    let load = crate::docker_env::Load::start(env.listen, 2);
+    let v2 = deployer
+        .deploy(&request("v2", &image("v2"), 2))
+        .await
+        .unwrap();
+    let results = load.stop().await;
+    assert_eq!(v2.state, DeploymentState::RetainingBlue, "{v2:?}");
+    assert_eq!(v2.blue.unwrap().id, fleet);
+    let failed: Vec<_> = results
+        .iter()
+        .flatten()
+        .filter(|r| !matches!(r, Ok((200, _))))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(get(&client(), &url).await, Ok((200, "v2".to_owned())));
+    let back = deployer.switch_back("v1").await.unwrap();
+    assert_eq!(back.state, DeploymentState::RetainingBlue, "{back:?}");
+    assert_eq!(get(&client(), &url).await, Ok((200, "v1".to_owned())));
+    drop(env);
+    let _ = Command::new("docker")
+        .args(["network", "rm", &old_network])
+        .output();
+}
