@@ -299,6 +299,13 @@ impl DockerTarget {
             })
             .collect();
         self.balancer.add(&missing).await?;
+        // Left out of service (an earlier registration cut short): back in.
+        let paused: Vec<Server> = registered
+            .iter()
+            .filter(|s| s.draining && !stale.iter().any(|gone| gone.name == s.name))
+            .map(|s| (*s).clone())
+            .collect();
+        self.balancer.ready(&paused).await?;
         Ok(slot)
     }
 
@@ -346,6 +353,28 @@ impl DockerTarget {
                 .of(*slot)
                 .any(|s| owners.get(&s.name).is_some_and(|f| f.same(fleet)))
         }))
+    }
+
+    /// Removes every container of `fleet`.
+    async fn remove_containers(&self, fleet: &FleetRef) -> Result<(), TargetError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        for container in self.containers(fleet).await? {
+            let name = convert::name_of(&container);
+            match self
+                .docker
+                .remove_container(&name, Some(options.clone()))
+                .await
+            {
+                Err(error) if status(&error) != Some(404) => {
+                    return Err(platform(format!("remove container {name}"), error))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Requests in flight on `servers`.
@@ -485,6 +514,22 @@ impl Target for DockerTarget {
     /// Drains the fleet's servers (no new connection; those open go on, for at most the
     /// drain timeout), removes them from the load balancer, then removes the containers.
     async fn retire_fleet(&self, fleet: &FleetRef) -> Result<(), TargetError> {
+        if !self.balancer.serving().await? {
+            // Not running: its files say what it would serve once started again.
+            let persisted = self.balancer.persisted_routing();
+            let owners = self.fleet_of_servers().await?;
+            let would_serve = persisted.live.is_some_and(|slot| {
+                persisted
+                    .of(slot)
+                    .any(|s| owners.get(&s.name).is_some_and(|f| f.same(fleet)))
+            });
+            if would_serve {
+                return Err(TargetError::RetireLive {
+                    fleet: fleet.id.clone(),
+                });
+            }
+            return self.remove_containers(fleet).await;
+        }
         if self
             .current_live()
             .await?
@@ -494,41 +539,22 @@ impl Target for DockerTarget {
                 fleet: fleet.id.clone(),
             });
         }
-        if self.balancer.serving().await? {
-            let routing = self.balancer.routing().await?;
-            if let Some(slot) = self.slot_of(&routing, fleet).await? {
-                let servers: Vec<Server> = routing.of(slot).cloned().collect();
-                self.balancer.drain(&servers).await?;
-                let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
-                let mut remaining = self.in_flight(&servers).await?;
-                while remaining > 0 && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    remaining = self.in_flight(&servers).await?;
-                }
-                if remaining > 0 {
-                    tracing::warn!(fleet = %fleet.id, remaining, "drain timed out; removing anyway");
-                }
-                self.balancer.remove(&servers).await?;
+        let routing = self.balancer.routing().await?;
+        if let Some(slot) = self.slot_of(&routing, fleet).await? {
+            let servers: Vec<Server> = routing.of(slot).cloned().collect();
+            self.balancer.drain(&servers).await?;
+            let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
+            let mut remaining = self.in_flight(&servers).await?;
+            while remaining > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                remaining = self.in_flight(&servers).await?;
             }
-        }
-        let options = RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        };
-        for container in self.containers(fleet).await? {
-            let name = convert::name_of(&container);
-            match self
-                .docker
-                .remove_container(&name, Some(options.clone()))
-                .await
-            {
-                Err(error) if status(&error) != Some(404) => {
-                    return Err(platform(format!("remove container {name}"), error))
-                }
-                _ => {}
+            if remaining > 0 {
+                tracing::warn!(fleet = %fleet.id, remaining, "drain timed out; removing anyway");
             }
+            self.balancer.remove(&servers).await?;
         }
-        Ok(())
+        self.remove_containers(fleet).await
     }
 
     async fn list_fleets(&self) -> Result<Vec<FleetRef>, TargetError> {

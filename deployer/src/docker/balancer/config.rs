@@ -123,6 +123,42 @@ pub fn map_file(live: Option<Slot>) -> String {
     }
 }
 
+/// The live slot a map file names.
+pub fn live_in_map(map: &str) -> Option<Slot> {
+    map.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        (words.next()? == "live").then_some(())?;
+        Slot::parse(words.next()?)
+    })
+}
+
+/// The servers of the slots in a configuration file [`render`] wrote.
+pub fn servers_in(text: &str) -> Vec<Server> {
+    let mut slot = None;
+    let mut servers = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("backend ") {
+            slot = Slot::parse(name.trim());
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(slot), Some("server"), Some(name), Some(addr)) =
+            (slot, words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        if let Ok(addr) = addr.parse() {
+            servers.push(Server {
+                slot,
+                name: name.to_owned(),
+                addr,
+                draining: line.ends_with(" disabled"),
+            });
+        }
+    }
+    servers
+}
+
 /// Whether `raw` may appear in the file as a health path (it is checked by the config, but a
 /// space or quote here would change what HAProxy reads).
 pub fn valid_health_path(raw: &str) -> bool {
@@ -163,6 +199,7 @@ mod tests {
             },
         ];
         let text = render(&settings(false), &servers);
+        assert_eq!(servers_in(&text), servers, "read back as written");
         let a = text.find("backend a\n").unwrap();
         let b = text.find("backend b\n").unwrap();
         let v1 = text
@@ -190,6 +227,8 @@ mod tests {
     #[test]
     fn the_map_names_the_live_slot() {
         assert_eq!(map_file(Some(Slot::B)), "live b\n");
+        assert_eq!(live_in_map(&map_file(Some(Slot::B))), Some(Slot::B));
+        assert_eq!(live_in_map(&map_file(None)), None);
         assert_eq!(map_file(None), "");
     }
 

@@ -237,6 +237,19 @@ impl LoadBalancer {
         })
     }
 
+    /// The routing its files hold: what it serves once started again.
+    pub fn persisted_routing(&self) -> Routing {
+        let read = |name: &str| std::fs::read_to_string(self.settings.dir.join(name));
+        Routing {
+            live: read("live.map")
+                .ok()
+                .and_then(|map| config::live_in_map(&map)),
+            servers: read("haproxy.cfg")
+                .map(|text| config::servers_in(&text))
+                .unwrap_or_default(),
+        }
+    }
+
     /// Adds servers (each starts taking requests once its slot is live and its checks pass).
     pub async fn add(&self, servers: &[Server]) -> Result<(), TargetError> {
         let _changes = self.changes.lock().await;
@@ -279,6 +292,22 @@ impl LoadBalancer {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+        self.persist().await
+    }
+
+    /// Puts `servers` back in service, their health checked.
+    pub async fn ready(&self, servers: &[Server]) -> Result<(), TargetError> {
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let _changes = self.changes.lock().await;
+        for server in servers {
+            let id = format!("{}/{}", server.slot, server.name);
+            self.runtime.act(&format!("enable health {id}"), "").await?;
+            self.runtime
+                .act(&format!("set server {id} state ready"), "")
+                .await?;
         }
         self.persist().await
     }
