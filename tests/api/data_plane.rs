@@ -3,14 +3,13 @@
 //! comes back when removed, and two installations on one dockerd neither collide nor hide a
 //! conflict over a listen address.
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::deploy::{image, insert_release, Api, Load, Project, Server};
-use crate::helpers::{test_database, TestApp};
+use crate::helpers::TestApp;
 
 fn started_at(container: &str) -> String {
     let out = Command::new("docker")
@@ -27,14 +26,7 @@ fn failures(answers: &[Result<String, String>]) -> Vec<&Result<String, String>> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_restart_deploy_and_rollback_under_load_fail_no_request() {
     let project = Project::new(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let database_url = test_database();
-    let config = format!(
-        "database_url = \"{database_url}\"\n{}",
-        project.config("watch = \"1s\"\nretention = \"10m\"")
-    );
-    std::fs::write(dir.path().join("slipway.toml"), config).unwrap();
+    let (dir, database_url) = project.server_dir("watch = \"1s\"\nretention = \"10m\"");
     let name = project.name.clone();
 
     let first = Server::start(dir.path());

@@ -83,6 +83,17 @@ impl Project {
         text
     }
 
+    /// A directory for the real binary (its `slipway.toml` naming a fresh test database and
+    /// this project with `extra`), and that database's URL.
+    pub(crate) fn server_dir(&self, extra: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let database_url = test_database();
+        let config = format!("database_url = \"{database_url}\"\n{}", self.config(extra));
+        std::fs::write(dir.path().join("slipway.toml"), config).unwrap();
+        (dir, database_url)
+    }
+
     pub(crate) fn url(&self, environment: usize) -> String {
         format!("http://127.0.0.1:{}/", self.ports[environment])
     }
@@ -609,14 +620,7 @@ impl Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_between_launch_and_switch_then_restart_finishes_with_only_the_live_fleet() {
     let project = Project::new(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let database_url = test_database();
-    let config = format!(
-        "database_url = \"{database_url}\"\n{}",
-        project.config("watch = \"1s\"\nretention = \"0s\"")
-    );
-    std::fs::write(dir.path().join("slipway.toml"), config).unwrap();
+    let (dir, database_url) = project.server_dir("watch = \"1s\"\nretention = \"0s\"");
     let name = project.name.clone();
 
     let first = Server::start(dir.path());

@@ -6,9 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slipway_deployer::{
-    DeployPolicy, Deployer, DeploymentState, DeploymentStore, HealthPolicy, Target,
-};
+use slipway_deployer::{DeployPolicy, Deployer, DeploymentState, DeploymentStore, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -17,32 +15,28 @@ use crate::support::{request, Stores};
 
 fn policy() -> DeployPolicy {
     DeployPolicy {
-        health: HealthPolicy {
-            interval: Duration::from_millis(200),
-            healthy_threshold: 2,
-            unhealthy_threshold: 2,
-            timeout: Duration::from_secs(20),
-        },
         watch: Duration::ZERO,
-        retention: Duration::from_secs(3600),
-        lock_ttl: Duration::from_secs(10),
+        ..crate::docker_env::policy(Duration::from_secs(3600))
     }
 }
 
-async fn deployed(env: &mut DockerEnv, stores: &Stores, release: &str) -> Deployer {
+/// A deployer over a new target of `env` that deployed `releases` in turn, two instances each.
+async fn deployed(env: &mut DockerEnv, stores: &Stores, releases: &[&str]) -> Deployer {
     let target = env.start_target().await;
     let deployer = stores.deployer(&env.environment, "a", target, policy());
-    let done = deployer
-        .deploy(&request(release, &image(release), 2))
-        .await
-        .unwrap();
-    assert!(
-        matches!(
-            done.state,
-            DeploymentState::Succeeded | DeploymentState::RetainingBlue
-        ),
-        "{done:?}"
-    );
+    for release in releases {
+        let done = deployer
+            .deploy(&request(release, &image(release), 2))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                done.state,
+                DeploymentState::Succeeded | DeploymentState::RetainingBlue
+            ),
+            "{done:?}"
+        );
+    }
     deployer
 }
 
@@ -86,7 +80,7 @@ impl WebSocket {
 async fn a_websocket_opened_before_a_switch_keeps_working_until_it_closes() {
     let mut env = DockerEnv::new().await;
     let stores = Stores::default();
-    let deployer = deployed(&mut env, &stores, "v1").await;
+    let deployer = deployed(&mut env, &stores, &["v1"]).await;
     let mut socket = WebSocket::open(env.listen).await;
     assert_eq!(socket.say("before").await, "v1 before");
 
@@ -107,7 +101,7 @@ async fn a_websocket_opened_before_a_switch_keeps_working_until_it_closes() {
 async fn a_50_mb_upload_passes_and_a_body_over_the_limit_is_refused() {
     let mut env = DockerEnv::new().await;
     let stores = Stores::default();
-    deployed(&mut env, &stores, "v1").await;
+    deployed(&mut env, &stores, &["v1"]).await;
     let file = env.dir.with_extension("upload");
     let body: Vec<u8> = (0..50u32 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(&file, &body).unwrap();
@@ -191,11 +185,7 @@ async fn tls_is_terminated_with_http2_and_the_forwarded_headers_are_set() {
 async fn the_load_balancer_outlives_its_target_and_comes_back_with_the_live_routing() {
     let mut env = DockerEnv::new().await;
     let stores = Stores::default();
-    let deployer = deployed(&mut env, &stores, "v1").await;
-    deployer
-        .deploy(&request("v2", &image("v2"), 2))
-        .await
-        .unwrap();
+    let deployer = deployed(&mut env, &stores, &["v1", "v2"]).await;
     drop(deployer);
     let container = format!("{}-lb", env.environment);
     let started = inspect(&container, "{{.Id}} {{.State.StartedAt}}");
@@ -237,11 +227,7 @@ async fn the_load_balancer_outlives_its_target_and_comes_back_with_the_live_rout
 async fn a_rollback_to_a_warm_fleet_that_is_not_healthy_replaces_it_saying_why() {
     let mut env = DockerEnv::new().await;
     let stores = Stores::default();
-    let deployer = deployed(&mut env, &stores, "v1").await;
-    deployer
-        .deploy(&request("v2", &image("v2"), 2))
-        .await
-        .unwrap();
+    let deployer = deployed(&mut env, &stores, &["v1", "v2"]).await;
     // One instance of warm v1 stops; the load balancer's checks see it within two seconds.
     let v1 = format!("slipway-test-{}-v1-0", env.environment);
     let stopped = Command::new("docker")
@@ -324,7 +310,7 @@ fn self_signed(env: &DockerEnv) -> String {
 async fn a_changed_setting_reloads_the_running_load_balancer_without_failing_a_request() {
     let mut env = DockerEnv::new().await;
     let stores = Stores::default();
-    deployed(&mut env, &stores, "v1").await;
+    deployed(&mut env, &stores, &["v1"]).await;
     let container = format!("{}-lb", env.environment);
     let started = inspect(&container, "{{.Id}} {{.State.StartedAt}}");
     let url = format!("http://{}/upload", env.listen);

@@ -5,24 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use slipway_deployer::{DeployPolicy, DeploymentState, HealthPolicy};
+use slipway_deployer::DeploymentState;
 
-use crate::docker_env::{client, get, image, DockerEnv, Load};
+use crate::docker_env::{client, get, image, policy, DockerEnv, Load};
 use crate::support::{request, Recorder, Stores};
-
-fn policy(retention: Duration) -> DeployPolicy {
-    DeployPolicy {
-        health: HealthPolicy {
-            interval: Duration::from_millis(200),
-            healthy_threshold: 2,
-            unhealthy_threshold: 2,
-            timeout: Duration::from_secs(20),
-        },
-        watch: Duration::from_secs(1),
-        retention,
-        lock_ttl: Duration::from_secs(10),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_to_v2_under_load_fails_no_request() {

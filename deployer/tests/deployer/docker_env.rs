@@ -15,10 +15,27 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use slipway_deployer::{DockerSettings, DockerTarget, LoadBalancerSettings};
+use slipway_deployer::{
+    DeployPolicy, DockerSettings, DockerTarget, HealthPolicy, LoadBalancerSettings,
+};
 use tokio::sync::OnceCell;
 
 const TEST_LABEL: &str = "slipway.test";
+
+/// Quick health checks, a watch of one second, blue kept warm for `retention`.
+pub fn policy(retention: Duration) -> DeployPolicy {
+    DeployPolicy {
+        health: HealthPolicy {
+            interval: Duration::from_millis(200),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            timeout: Duration::from_secs(20),
+        },
+        watch: Duration::from_secs(1),
+        retention,
+        lock_ttl: Duration::from_secs(10),
+    }
+}
 
 /// `slipway-deployer-test/app:<tag>` for `v1`, `v2` and `bad` (whose /health answers 500).
 pub fn image(tag: &str) -> String {
