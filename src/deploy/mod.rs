@@ -40,6 +40,10 @@ use progress::{Progress, ProgressObserver};
 const AUTO_DEPLOY_EVERY: Duration = Duration::from_secs(2);
 /// How often warm fleets past their retention window are retired.
 const RETIRE_EVERY: Duration = Duration::from_secs(5);
+/// What a recovering environment is busy with.
+const RECOVERING: &str = "recovering after a restart";
+/// How long an operation asked for waits for the environment's recovery to end.
+const RECOVERY_WAIT: Duration = Duration::from_secs(30);
 /// How often docker environments' load balancers are checked (and their access logs rotated).
 const BALANCERS_EVERY: Duration = Duration::from_secs(2);
 /// A load balancer's access log is rotated past this size (one older file is kept).
@@ -240,14 +244,27 @@ impl DeployManager {
     }
 
     /// Starts `operation` on `environment` in the background and returns its events, the
-    /// last of which is `Finished`, `Errored` or `Refused`; fails at once with what keeps
-    /// the environment busy in this server.
-    pub fn start_operation(
+    /// last of which is `Finished`, `Errored` or `Refused`. An environment whose recovery runs
+    /// (a server that just started adopts its load balancer and fleets) is waited for, at most
+    /// [`RECOVERY_WAIT`]; otherwise a busy environment fails at once with what keeps it busy.
+    pub async fn start_operation(
         &self,
         environment: &Arc<EnvironmentHandle>,
         operation: Operation,
     ) -> Result<mpsc::UnboundedReceiver<Progress>, Busy> {
-        let guard = self.occupy(environment, &operation.describe())?;
+        let deadline = tokio::time::Instant::now() + RECOVERY_WAIT;
+        let guard = loop {
+            match self.occupy(environment, &operation.describe()) {
+                Ok(guard) => break guard,
+                Err(busy)
+                    if busy.operation == RECOVERING
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(busy) => return Err(busy),
+            }
+        };
         let (follower, events) = mpsc::unbounded_channel();
         let (sender, recorded) = mpsc::unbounded_channel();
         self.spawn(progress::record(
@@ -364,7 +381,7 @@ impl DeployManager {
     /// earlier deployments itself).
     fn recover(&self, environment: Arc<EnvironmentHandle>) {
         use std::sync::atomic::Ordering;
-        const BUSY_WITH: &str = "recovering after a restart";
+        const BUSY_WITH: &str = RECOVERING;
         if environment.recovering.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -577,7 +594,9 @@ async fn auto_deploy(manager: DeployManager) {
                     }
                     tracing::info!(project = %environment.project, environment = %environment.config.name, release = %release.version, "deploying a new release");
                     // Busy meanwhile: the next round tries again.
-                    let _ = manager.start_operation(environment, Operation::Deploy(release));
+                    let _ = manager
+                        .start_operation(environment, Operation::Deploy(release))
+                        .await;
                 }
                 Ok(None) => {
                     store_outage.recovered();

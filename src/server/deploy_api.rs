@@ -229,7 +229,7 @@ async fn start(
         Operation::Deploy(release) => ("promote", release.version.clone()),
         Operation::Rollback(release) => ("rollback", release.version.clone()),
     };
-    let mut events = match state.deploys.start_operation(environment, operation) {
+    let mut events = match state.deploys.start_operation(environment, operation).await {
         Ok(events) => events,
         Err(busy) => {
             let message = format!(
