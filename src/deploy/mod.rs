@@ -257,8 +257,7 @@ impl DeployManager {
             match self.occupy(environment, &operation.describe()) {
                 Ok(guard) => break guard,
                 Err(busy)
-                    if busy.operation == RECOVERING
-                        && tokio::time::Instant::now() < deadline =>
+                    if busy.operation == RECOVERING && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

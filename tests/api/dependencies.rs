@@ -102,9 +102,15 @@ impl OwnDockerd {
             .append(true)
             .open(dir.join("dockerd.log"))
             .unwrap();
+        // Not the host's daemon.json: its live-restore would keep containers running while
+        // this dockerd is stopped, which is what the tests cut off.
+        let config = dir.join("daemon.json");
+        std::fs::write(&config, "{}").unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", self.netns))
             .arg("dockerd")
+            .arg("--config-file")
+            .arg(&config)
             .arg("--data-root")
             .arg(dir.join("data"))
             .arg("--exec-root")
