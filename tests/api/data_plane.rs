@@ -56,6 +56,7 @@ async fn kill_9_restart_deploy_and_rollback_under_load_fail_no_request() {
     assert!(answers.len() > 50, "the load ran: {}", answers.len());
     assert!(answers.iter().all(|a| a.as_deref() == Ok("v1")));
     let across_the_restart = answers.len() as u64;
+    eprintln!("{across_the_restart} requests across kill -9 and the restart, none failed");
     assert_eq!(
         started_at(&container),
         before,
@@ -74,6 +75,10 @@ async fn kill_9_restart_deploy_and_rollback_under_load_fail_no_request() {
     assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
     assert!(answers.iter().any(|a| a.as_deref() == Ok("v2")));
     assert_eq!(answers.last().unwrap().as_deref(), Ok("v1"));
+    eprintln!(
+        "{} requests across the deploy and the rollback, none failed",
+        answers.len()
+    );
 
     // The status shows the load balancer and its counters.
     let status = Command::new(env!("CARGO_BIN_EXE_slipway"))
