@@ -21,7 +21,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy};
 use bollard::models::{ContainerStateStatusEnum, RestartPolicyNameEnum};
 use bollard::query_parameters::{
@@ -33,6 +32,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use super::status;
 use crate::error::TargetError;
 use runtime::Runtime;
 pub use runtime::StatRow;
@@ -666,11 +666,4 @@ fn write_if_changed(path: &Path, content: &str) -> Result<bool, TargetError> {
     file.sync_all().map_err(error)?;
     std::fs::rename(&partial, path).map_err(error)?;
     Ok(true)
-}
-
-fn status(error: &DockerError) -> Option<u16> {
-    match error {
-        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::{Server, Slot};
+use super::{config, Server, Slot};
 use crate::error::TargetError;
 
 /// At most this much of one answer is read (a `show stat` of two full slots is a few KiB).
@@ -66,13 +66,12 @@ fn action(command: &str) -> String {
     format!("load balancer command `{command}`")
 }
 
-/// The slot `show map` says is live.
+/// The slot `show map` says is live (its lines are the map file's, after an entry id).
 pub fn live_slot(map: &str) -> Option<Slot> {
     map.lines().find_map(|line| {
-        let mut words = line.split_whitespace();
-        let _id = words.next()?;
-        (words.next()? == "live").then_some(())?;
-        Slot::parse(words.next()?)
+        let line = line.trim_start();
+        let entry = line.split_once(' ').map_or("", |(_, rest)| rest);
+        config::live_in_map(entry)
     })
 }
 
