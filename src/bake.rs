@@ -24,9 +24,10 @@
 //!   like any bake). No bake needs the build's
 //!   checkout: the image's command and ports are recorded on the release when it is published,
 //!   and the team's settings are staged from the commit in the project's mirror.
-//! - A bake a server stop or crash interrupted is reaped at the next start (keeping the image
-//!   if it was finished) and queued again, once ([`recover_interrupted_bakes`]); interrupted a
-//!   second time, it fails with a reason and nothing of it is kept.
+//! - A bake a server stop or crash interrupted is reaped (keeping the image if it was
+//!   finished) and queued again, once, by the first server to find its owner no longer live
+//!   ([`recover_interrupted_bakes`]); interrupted a second time, it fails with a reason and
+//!   nothing of it is kept.
 //! - The stored bake log is capped (`bake_log_limit_bytes`, 4 MiB by default): past the cap a
 //!   notice says where it was cut, output is counted but not kept, and a last line says how
 //!   much was left out.
@@ -532,7 +533,9 @@ fn failure_reason(ansible_error: Option<String>, error: &slipway_bake::BakeError
     }
 }
 
-/// On server start: stops the Packer runs of bakes interrupted by a stop or crash and removes
+/// Takes over the bakes a server that is no longer live left `baking` (this one's stopped or
+/// killed predecessor, or another server of the installation): stops their Packer runs (found
+/// on this host) and removes
 /// what they left (by bake id, the release id: Docker labels, or AWS tags for an AMI) except a
 /// finished image or AMI, then queues each of them again, first in line, unless it was already
 /// a re-run: that one fails with [`INTERRUPTED_REASON`], and its images go too (its AMI is
@@ -542,7 +545,7 @@ pub async fn recover_interrupted_bakes(
     docker: &DockerClient,
     config: &Config,
 ) -> anyhow::Result<()> {
-    for bake in store.images_baking().await? {
+    for bake in store.adopt_orphaned_bakes().await? {
         let id = bake_id(bake.release);
         // Packer outlives a server killed mid-bake: stopped first, so nothing is made after
         // the reaping.

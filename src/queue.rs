@@ -2,7 +2,9 @@
 //! `max_concurrent_builds` at a time, runs each, and publishes their log lines to live readers.
 //!
 //! The queue itself lives in the store, so a restart loses nothing: builds still queued run
-//! after it, and builds that were running when a server died end as errored with that reason.
+//! after it (on any server sharing the database), and builds that were running when their
+//! server stopped or died end as errored with that reason, marked by whichever server sweeps
+//! first once the dead server is no longer live.
 //!
 //! While dockerd or the store is unreachable, nothing is claimed: queued builds stay queued
 //! and the dispatcher retries with a capped backoff (see [`crate::outage`]), so they run once
@@ -39,6 +41,9 @@ pub enum LiveEvent {
 /// Live events kept for a reader that is behind, at most (chunks are about 64 KiB): a reader
 /// further behind is told it lagged and catches up from the store.
 pub const LIVE_EVENTS: usize = 64;
+
+/// How often the work of servers that stopped or died is looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// A handle on the queue; cheap to clone.
 #[derive(Clone)]
@@ -78,13 +83,7 @@ impl BuildQueue {
         docker: DockerClient,
         server_id: Uuid,
     ) -> anyhow::Result<BuildQueue> {
-        let interrupted = store.error_interrupted_builds().await?;
-        if interrupted > 0 {
-            tracing::warn!(
-                count = interrupted,
-                "marked builds interrupted by a server stop as errored"
-            );
-        }
+        end_orphans(&store).await?;
         let engine = DockerEngine::with_client(docker.client());
         let registries = RegistryLogins::new(&config);
         let sources = runner::Sources::open(&config.data_dir)?;
@@ -110,6 +109,11 @@ impl BuildQueue {
             .inner
             .tasks
             .spawn(async move { dispatcher.dispatch().await });
+        let sweeper = queue.clone();
+        queue
+            .inner
+            .tasks
+            .spawn(async move { sweeper.sweep_orphans().await });
         Ok(queue)
     }
 
@@ -145,10 +149,6 @@ impl BuildQueue {
         let slots = Arc::new(Semaphore::new(self.inner.config.max_concurrent_builds));
         let mut docker_outage = Outage::new("dockerd", "queued builds wait");
         let mut store_outage = Outage::new("the state store", "queued builds wait");
-        // Leftovers of interrupted builds are reaped when dockerd first answers, and again
-        // after each outage (a build cut off by it could not tear down); only while no build
-        // of this server runs, since reaping goes by the server's label.
-        let mut reap_pending = true;
         loop {
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
@@ -162,13 +162,7 @@ impl BuildQueue {
                 }
                 continue;
             }
-            if docker_outage.recovered() {
-                reap_pending = true;
-            }
-            if reap_pending && self.inner.running.lock().expect("queue lock").is_empty() {
-                runner::reap_leftovers(&self.inner.engine, self.inner.server_id).await;
-                reap_pending = false;
-            }
+            docker_outage.recovered();
             let claimed = match self.inner.store.claim_next_build().await {
                 Ok(claimed) => {
                     store_outage.recovered();
@@ -235,6 +229,24 @@ impl BuildQueue {
         }
     }
 
+    /// Every [`SWEEP_EVERY`]: ends what servers that are no longer live left running (see
+    /// [`end_orphans`]), and removes from dockerd, when it answers, what builds that no longer
+    /// run left there, whichever server ran them.
+    async fn sweep_orphans(&self) {
+        let store = &self.inner.store;
+        loop {
+            if let Err(e) = end_orphans(store).await {
+                tracing::debug!(error = format!("{e:#}"), "cannot look for orphaned builds");
+            }
+            if self.inner.docker.check().await.is_ok() {
+                runner::reap_leftovers(&self.inner.engine, store, self.inner.server_id).await;
+            }
+            if !self.pause(SWEEP_EVERY).await {
+                return;
+            }
+        }
+    }
+
     /// Sleeps `wait` unless the queue shuts down first; false when it did.
     async fn pause(&self, wait: Duration) -> bool {
         tokio::select! {
@@ -261,4 +273,14 @@ impl BuildQueue {
             }
         }
     }
+}
+
+/// Errors the builds a server that is no longer live left running, and fails the releases it
+/// left packaging.
+async fn end_orphans(store: &Store) -> anyhow::Result<()> {
+    let errored = store.error_orphaned_builds().await?;
+    if !errored.is_empty() {
+        tracing::warn!(builds = ?errored, "marked builds whose server stopped as errored");
+    }
+    crate::releases::fail_interrupted_releases(store).await
 }

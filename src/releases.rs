@@ -7,7 +7,7 @@
 //! A package name belongs to one project: the one whose config declares it (`packages`), else
 //! the first to package it. Another project's release of that name fails before anything is
 //! built, and the apt repository is left as it was. A release the server stopped while
-//! packaging is failed at the next start.
+//! packaging is failed once that server is no longer live.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,15 +25,17 @@ use uuid::Uuid;
 use crate::config::Project;
 use crate::store::builds::Build;
 use crate::store::releases::{LintianReport, PackageRecord, Release};
+use crate::store::signing_key::StoredKey;
 use crate::store::Store;
 
-/// The signing identity of the repository key Slipway makes on first start.
+/// The signing identity of the repository key Slipway makes on an installation's first start.
 const SIGNER_UID: &str = "Slipway release signing <slipway@localhost>";
-/// The reason of releases that were packaging when the server stopped.
+/// The reason of releases that were packaging when their server stopped.
 pub const INTERRUPTED_REASON: &str =
     "the server stopped while this release was packaging; push again to release the commit";
 
-/// The server's apt repository, under `<data_dir>/apt`, signed with the key in `<data_dir>/gpg`.
+/// The installation's apt repository, in `apt_dir` (shared by every server), signed with the
+/// installation's key: kept in the database, imported into `<data_dir>/gpg` to sign.
 #[derive(Clone)]
 pub struct Repository {
     apt: Arc<AptRepository>,
@@ -43,13 +45,30 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// Opens the repository, making the signing key and the directories on first start.
-    pub async fn open(data_dir: &Path) -> anyhow::Result<Repository> {
+    /// Opens the repository with the installation's signing key: the one the database keeps,
+    /// or, on the installation's first start, this server's own (made now when it has none),
+    /// which is then kept for every other server.
+    pub async fn open(store: &Store, data_dir: &Path, apt_dir: &Path) -> anyhow::Result<Repository> {
         let staging = data_dir.join("staging");
-        let data_dir = data_dir.to_path_buf();
+        let home = data_dir.join("gpg");
+        let make_home = home.clone();
+        let kept = store
+            .signing_key_or_else(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    let signer = Signer::open_or_create(&make_home, SIGNER_UID)?;
+                    Ok::<_, anyhow::Error>(StoredKey {
+                        fingerprint: signer.fingerprint().to_owned(),
+                        secret_key: signer.export_secret_key()?,
+                    })
+                })
+                .await?
+            })
+            .await?
+            .context("making the installation's signing key")?;
+        let apt_dir = apt_dir.to_path_buf();
         let apt = tokio::task::spawn_blocking(move || {
-            let signer = Signer::open_or_create(&data_dir.join("gpg"), SIGNER_UID)?;
-            AptRepository::open(&data_dir.join("apt"), signer)
+            let signer = Signer::with_key(&home, &kept.fingerprint, &kept.secret_key)?;
+            AptRepository::open(&apt_dir, signer)
         })
         .await?
         .context("opening the apt repository")?;
@@ -277,7 +296,7 @@ pub async fn claim_declared_packages(store: &Store, projects: &[Project]) -> any
     Ok(())
 }
 
-/// On server start: fails the releases the previous server stopped while packaging. Their
+/// Fails the releases a server that is no longer live stopped while packaging. Their
 /// checkout is gone, so they cannot be finished; their number stays used.
 pub async fn fail_interrupted_releases(store: &Store) -> anyhow::Result<()> {
     for release in store.fail_interrupted_packaging(INTERRUPTED_REASON).await? {

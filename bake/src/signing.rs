@@ -61,6 +61,69 @@ impl Signer {
         Ok(signer)
     }
 
+    /// The key `fingerprint` in `dir`, imported first from `secret_key` (an armored secret
+    /// key, as [`Signer::export_secret_key`] gives) when the directory lacks it: how every
+    /// server of an installation signs with the one key kept where they all find it. Fails
+    /// when the imported key is not the one named.
+    #[tracing::instrument(skip_all, fields(dir = %dir.display(), %fingerprint), err)]
+    pub fn with_key(dir: &Path, fingerprint: &str, secret_key: &str) -> Result<Signer> {
+        fs::create_dir_all(dir).io_context("creating signing key directory", dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .io_context("restricting signing key directory", dir)?;
+        let lock_path = dir.join("slipway.lock");
+        let lock = File::create(&lock_path).io_context("creating signing lock", &lock_path)?;
+        lock.lock()
+            .io_context("locking signing key directory", &lock_path)?;
+        let signer = Signer {
+            home: dir.to_path_buf(),
+            fingerprint: fingerprint.to_owned(),
+        };
+        if !signer.has_secret_key()? {
+            signer.gpg("importing key", &["--import"], secret_key.as_bytes())?;
+            if !signer.has_secret_key()? {
+                return Err(Error::Gpg {
+                    action: "importing key",
+                    stderr: format!("the imported key is not {fingerprint}"),
+                });
+            }
+            tracing::info!("imported the installation's signing key");
+        }
+        Ok(signer)
+    }
+
+    /// The secret key, ASCII-armored: for keeping where the installation's other servers find
+    /// it (never for serving).
+    pub fn export_secret_key(&self) -> Result<String> {
+        let bytes = self.gpg(
+            "exporting secret key",
+            &[
+                "--passphrase",
+                "",
+                "--armor",
+                "--export-secret-keys",
+                &self.fingerprint,
+            ],
+            &[],
+        )?;
+        String::from_utf8(bytes).map_err(|_| Error::Gpg {
+            action: "exporting secret key",
+            stderr: "gpg's armored output is not text".into(),
+        })
+    }
+
+    /// Whether the home holds the secret key of this signer's fingerprint.
+    fn has_secret_key(&self) -> Result<bool> {
+        let listing = self.gpg(
+            "listing keys",
+            &["--with-colons", "--list-secret-keys"],
+            &[],
+        )?;
+        Ok(String::from_utf8_lossy(&listing)
+            .lines()
+            .filter(|line| line.starts_with("fpr:"))
+            .any(|line| line.split(':').nth(9) == Some(self.fingerprint.as_str())))
+    }
+
     /// The key's fingerprint, upper-case hex.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint

@@ -68,3 +68,40 @@ fn signatures_verify_against_the_exported_key_and_fail_when_altered() {
     let (ok, text) = verify();
     assert!(!ok && text.contains("BAD signature"), "{text}");
 }
+
+#[test]
+fn a_key_exported_from_one_home_signs_the_same_from_another() {
+    let data = tempfile::tempdir().unwrap();
+    let first = Signer::open_or_create(&data.path().join("first"), UID).unwrap();
+    let secret = first.export_secret_key().unwrap();
+    assert!(
+        secret.starts_with("-----BEGIN PGP PRIVATE KEY BLOCK-----"),
+        "an armored secret key"
+    );
+    // A home that made a key of its own still signs with the installation's.
+    let other_home = data.path().join("second");
+    let own = Signer::open_or_create(&other_home, UID).unwrap();
+    assert_ne!(own.fingerprint(), first.fingerprint());
+    let second = Signer::with_key(&other_home, first.fingerprint(), &secret).unwrap();
+    assert_eq!(second.fingerprint(), first.fingerprint());
+    assert_eq!(
+        second.public_key_binary().unwrap(),
+        first.public_key_binary().unwrap()
+    );
+    let keyring = data.path().join("key.gpg");
+    std::fs::write(&keyring, first.public_key_binary().unwrap()).unwrap();
+    let signed = data.path().join("InRelease");
+    std::fs::write(&signed, second.clearsign(b"Suite: stable\n").unwrap()).unwrap();
+    let (ok, text) = run(
+        "gpgv",
+        &["--keyring", keyring.to_str().unwrap(), signed.to_str().unwrap()],
+    );
+    assert!(ok, "{text}");
+    // Opening again finds the imported key without importing it a second time.
+    let again = Signer::with_key(&other_home, first.fingerprint(), "not a key").unwrap();
+    assert_eq!(again.fingerprint(), first.fingerprint());
+    // A key that is not the one named is refused.
+    let third = data.path().join("third");
+    let refused = Signer::with_key(&third, own.fingerprint(), &secret);
+    assert!(refused.is_err(), "the secret key is not {}", own.fingerprint());
+}

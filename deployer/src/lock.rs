@@ -21,8 +21,10 @@ pub struct LockHolder {
 
 /// Environment locks; the root crate implements it over Postgres.
 ///
-/// A lock whose last heartbeat is older than `ttl` belongs to a dead holder and may be
-/// taken over. The same owner acquiring again (a restarted server with a stable owner id)
+/// Times are the store's own clock (the database's), never a caller's: servers on several
+/// hosts agree on when a lock expires. A lock whose last heartbeat is older than `ttl` belongs
+/// to a dead holder and may be taken over; a store may also know a holder to be dead sooner
+/// (its process stopped) and let it be taken over at once. The same owner acquiring again
 /// succeeds and keeps `acquired_at`.
 #[async_trait]
 pub trait LockStore: Send + Sync {
@@ -32,16 +34,11 @@ pub trait LockStore: Send + Sync {
         environment: &str,
         owner: &str,
         ttl: Duration,
-        now: DateTime<Utc>,
     ) -> Result<Result<LockHolder, LockHolder>, StoreError>;
 
-    /// Refreshes the heartbeat; `false` when `owner` no longer holds the lock.
-    async fn heartbeat(
-        &self,
-        environment: &str,
-        owner: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    /// Refreshes the heartbeat; `false` when `owner` no longer holds the lock, or held it
+    /// past its time to live (it may have been taken over meanwhile): the lease is lost.
+    async fn heartbeat(&self, environment: &str, owner: &str) -> Result<bool, StoreError>;
 
     /// Releases the lock if `owner` holds it.
     async fn release(&self, environment: &str, owner: &str) -> Result<(), StoreError>;
@@ -49,6 +46,11 @@ pub trait LockStore: Send + Sync {
 
 /// A held lock: heartbeats run in the background until it is released or dropped. Dropping
 /// it without release (a crash, an aborted task) stops the heartbeats, so the lock expires.
+///
+/// The lease is lost when a heartbeat finds the lock gone or expired, or when no heartbeat
+/// succeeded for a whole time to live (the store may have let another owner take it). A step
+/// that changes what serves traffic first [`Lease::confirm`]s it: a heartbeat that succeeds
+/// there gives the step the whole time to live before anyone else may act.
 pub struct Lease {
     store: Arc<dyn LockStore>,
     environment: String,
@@ -65,10 +67,7 @@ impl Lease {
         owner: &str,
         ttl: Duration,
     ) -> Result<Lease, DeployError> {
-        if let Err(holder) = store
-            .try_acquire(environment, owner, ttl, Utc::now())
-            .await?
-        {
+        if let Err(holder) = store.try_acquire(environment, owner, ttl).await? {
             return Err(DeployError::Locked {
                 environment: environment.to_owned(),
                 owner: holder.owner,
@@ -81,7 +80,7 @@ impl Lease {
             store.clone(),
             environment.to_owned(),
             owner.to_owned(),
-            ttl / 3,
+            ttl,
             lost.clone(),
         ));
         Ok(Lease {
@@ -93,14 +92,33 @@ impl Lease {
         })
     }
 
-    /// Fails once a heartbeat found the lock held by someone else.
+    /// Fails once the lease was found lost.
     pub fn check(&self) -> Result<(), DeployError> {
         if self.lost.load(Ordering::SeqCst) {
-            return Err(DeployError::LockLost {
-                environment: self.environment.clone(),
-            });
+            return Err(self.lost_error());
         }
         Ok(())
+    }
+
+    /// Fences a step that changes traffic: renews the lock now and fails when that does not
+    /// succeed (the lock was taken over or expired, or the store does not answer), so the
+    /// step is not run by an owner that may no longer hold the environment.
+    pub async fn confirm(&self) -> Result<(), DeployError> {
+        self.check()?;
+        match self.store.heartbeat(&self.environment, &self.owner).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.lost.store(true, Ordering::SeqCst);
+                Err(self.lost_error())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn lost_error(&self) -> DeployError {
+        DeployError::LockLost {
+            environment: self.environment.clone(),
+        }
     }
 
     /// Stops heartbeats and releases the lock.
@@ -121,27 +139,37 @@ async fn beat(
     store: Arc<dyn LockStore>,
     environment: String,
     owner: String,
-    every: Duration,
+    ttl: Duration,
     lost: Arc<AtomicBool>,
 ) {
+    let mut renewed = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(every).await;
-        match store.heartbeat(&environment, &owner, Utc::now()).await {
-            Ok(true) => {}
+        tokio::time::sleep(ttl / 3).await;
+        match store.heartbeat(&environment, &owner).await {
+            Ok(true) => renewed = tokio::time::Instant::now(),
             Ok(false) => {
                 lost.store(true, Ordering::SeqCst);
                 return;
             }
-            // A database hiccup is not a lost lock; the next beat tries again.
-            Err(error) => tracing::warn!(%environment, %error, "lock heartbeat failed"),
+            // A database hiccup is not a lost lock, unless it outlasts the time to live.
+            Err(error) if renewed.elapsed() < ttl => {
+                tracing::warn!(%environment, %error, "lock heartbeat failed")
+            }
+            Err(error) => {
+                tracing::error!(%environment, %error, "no lock heartbeat succeeded for a whole time to live: the lease is lost");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
         }
     }
 }
 
-/// A [`LockStore`] in memory, for tests.
+/// A [`LockStore`] in memory, for tests; its clock is the system's plus what
+/// [`MemoryLockStore::advance`] added.
 #[derive(Default)]
 pub struct MemoryLockStore {
     locks: Mutex<HashMap<String, (LockHolder, Duration)>>,
+    offset: Mutex<chrono::Duration>,
 }
 
 impl MemoryLockStore {
@@ -152,11 +180,24 @@ impl MemoryLockStore {
             .map(|(holder, _)| holder.clone())
     }
 
+    /// Moves the store's clock forward.
+    pub fn advance(&self, by: Duration) {
+        *self.offset.lock().unwrap_or_else(|p| p.into_inner()) += chrono_duration(by);
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + *self.offset.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_table(&self) -> std::sync::MutexGuard<'_, HashMap<String, (LockHolder, Duration)>> {
         self.locks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+fn expired(holder: &LockHolder, ttl: Duration, now: DateTime<Utc>) -> bool {
+    now - holder.heartbeat_at > chrono_duration(ttl)
 }
 
 #[async_trait]
@@ -166,12 +207,11 @@ impl LockStore for MemoryLockStore {
         environment: &str,
         owner: &str,
         ttl: Duration,
-        now: DateTime<Utc>,
     ) -> Result<Result<LockHolder, LockHolder>, StoreError> {
+        let now = self.now();
         let mut locks = self.lock_table();
         if let Some((holder, held_ttl)) = locks.get(environment) {
-            let expired = now - holder.heartbeat_at > chrono_duration(*held_ttl);
-            if holder.owner != owner && !expired {
+            if holder.owner != owner && !expired(holder, *held_ttl, now) {
                 return Ok(Err(holder.clone()));
             }
         }
@@ -188,14 +228,10 @@ impl LockStore for MemoryLockStore {
         Ok(Ok(holder))
     }
 
-    async fn heartbeat(
-        &self,
-        environment: &str,
-        owner: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    async fn heartbeat(&self, environment: &str, owner: &str) -> Result<bool, StoreError> {
+        let now = self.now();
         match self.lock_table().get_mut(environment) {
-            Some((holder, _)) if holder.owner == owner => {
+            Some((holder, ttl)) if holder.owner == owner && !expired(holder, *ttl, now) => {
                 holder.heartbeat_at = now;
                 Ok(true)
             }
@@ -228,31 +264,36 @@ mod tests {
     async fn second_owner_is_refused_until_the_holder_expires() {
         let store = MemoryLockStore::default();
         let ttl = Duration::from_secs(30);
-        let start = Utc::now();
-        let first = store.try_acquire("dev", "a", ttl, start).await.unwrap();
-        assert!(first.is_ok());
-        let refused = store.try_acquire("dev", "b", ttl, start).await.unwrap();
+        let first = store.try_acquire("dev", "a", ttl).await.unwrap().unwrap();
+        let refused = store.try_acquire("dev", "b", ttl).await.unwrap();
         let holder = refused.unwrap_err();
         assert_eq!(holder.owner, "a");
-        assert_eq!(holder.acquired_at, start);
-        let later = start + chrono::Duration::seconds(31);
-        let taken = store.try_acquire("dev", "b", ttl, later).await.unwrap();
+        assert_eq!(holder.acquired_at, first.acquired_at);
+        store.advance(Duration::from_secs(31));
+        let taken = store.try_acquire("dev", "b", ttl).await.unwrap();
         assert_eq!(taken.unwrap().owner, "b");
-        assert!(!store.heartbeat("dev", "a", later).await.unwrap());
+        assert!(!store.heartbeat("dev", "a").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_expired_lock_cannot_be_renewed_even_when_no_one_took_it() {
+        let store = MemoryLockStore::default();
+        let ttl = Duration::from_secs(30);
+        store.try_acquire("dev", "a", ttl).await.unwrap().unwrap();
+        store.advance(Duration::from_secs(20));
+        assert!(store.heartbeat("dev", "a").await.unwrap());
+        store.advance(Duration::from_secs(31));
+        assert!(!store.heartbeat("dev", "a").await.unwrap());
     }
 
     #[tokio::test]
     async fn same_owner_reacquires_and_release_frees() {
         let store = MemoryLockStore::default();
         let ttl = Duration::from_secs(30);
-        let start = Utc::now();
-        store
-            .try_acquire("dev", "a", ttl, start)
-            .await
-            .unwrap()
-            .unwrap();
-        let again = store.try_acquire("dev", "a", ttl, start + chrono::Duration::seconds(5));
-        assert_eq!(again.await.unwrap().unwrap().acquired_at, start);
+        let first = store.try_acquire("dev", "a", ttl).await.unwrap().unwrap();
+        store.advance(Duration::from_secs(5));
+        let again = store.try_acquire("dev", "a", ttl);
+        assert_eq!(again.await.unwrap().unwrap().acquired_at, first.acquired_at);
         store.release("dev", "b").await.unwrap();
         assert!(store.holder("dev").is_some());
         store.release("dev", "a").await.unwrap();
@@ -267,12 +308,26 @@ mod tests {
             .await
             .unwrap();
         store.release("dev", "a").await.unwrap();
-        store
-            .try_acquire("dev", "b", ttl, Utc::now())
-            .await
-            .unwrap()
-            .unwrap();
+        store.try_acquire("dev", "b", ttl).await.unwrap().unwrap();
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert!(matches!(lease.check(), Err(DeployError::LockLost { .. })));
+    }
+
+    #[tokio::test]
+    async fn confirm_fences_an_owner_whose_lock_was_taken_over() {
+        let store: Arc<MemoryLockStore> = Arc::default();
+        let ttl = Duration::from_secs(30);
+        let lease = Lease::acquire(store.clone(), "dev", "a", ttl)
+            .await
+            .unwrap();
+        lease.confirm().await.unwrap();
+        store.advance(Duration::from_secs(31));
+        store.try_acquire("dev", "b", ttl).await.unwrap().unwrap();
+        assert!(matches!(
+            lease.confirm().await,
+            Err(DeployError::LockLost { .. })
+        ));
+        assert!(matches!(lease.check(), Err(DeployError::LockLost { .. })));
+        assert_eq!(store.holder("dev").unwrap().owner, "b");
     }
 }

@@ -7,8 +7,9 @@
 //! dockerd went away goes back to the queue without counting the attempt.
 //!
 //! The queue lives in the store, so a restart loses nothing: images still queued are baked
-//! after it, and a bake the stop interrupted is reaped and queued again once
-//! ([`super::recover_interrupted_bakes`]). A graceful stop cancels running bakes (the bake
+//! after it (by any server sharing the database), and a bake whose server stopped or died is
+//! reaped and queued again once ([`super::recover_interrupted_bakes`], at start and every few
+//! seconds). A graceful stop cancels running bakes (the bake
 //! crate removes what they left) and queues them again without counting the attempt.
 
 use std::collections::BTreeSet;
@@ -26,6 +27,9 @@ use crate::outage::Outage;
 use crate::store::release_images::{ClaimedBake, ImageSlot, QueuedImage};
 use crate::store::releases::{BakeRecipe, Release};
 use crate::store::Store;
+
+/// How often the bakes of servers that stopped or died are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// The images a release of `project` is baked into: the Docker image when the project has a
 /// docker environment, or no environment at all (its image is what users run by hand), and
@@ -104,6 +108,11 @@ impl BakeQueue {
             .inner
             .tasks
             .spawn(async move { dispatcher.dispatch().await });
+        let sweeper = queue.clone();
+        queue
+            .inner
+            .tasks
+            .spawn(async move { sweeper.sweep_orphans().await });
         let retention = queue.clone();
         queue
             .inner
@@ -158,6 +167,22 @@ impl BakeQueue {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+
+    /// Every [`SWEEP_EVERY`], takes over the bakes of servers that are no longer live.
+    async fn sweep_orphans(&self) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {},
+                _ = self.inner.shutdown.cancelled() => return,
+            }
+            let inner = &self.inner;
+            match super::recover_interrupted_bakes(&inner.store, &inner.docker, &inner.config).await
+            {
+                Ok(()) => self.wake(),
+                Err(e) => tracing::debug!(error = format!("{e:#}"), "cannot look for orphaned bakes"),
+            }
+        }
     }
 
     async fn dispatch(&self) {

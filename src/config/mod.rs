@@ -85,8 +85,18 @@ pub struct RawConfig {
     /// The image docker environments' load balancers run (built locally from Debian's
     /// haproxy package: scripts/images/haproxy).
     pub load_balancer_image: Option<String>,
+    /// `[apt]`: where the signed apt repository lives.
+    pub apt: Option<RawApt>,
     #[serde(default)]
     pub projects: Vec<RawProject>,
+}
+
+/// `[apt]`: the apt repository every server of the installation publishes to and serves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApt {
+    /// A directory every server mounts (default `<data_dir>/apt`, for one server).
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +226,8 @@ pub struct Config {
     pub bake_log_limit_bytes: u64,
     pub registry_mirror: Option<RegistryMirror>,
     pub load_balancer_image: String,
+    /// The apt repository's directory: shared by every server of the installation.
+    pub apt_dir: PathBuf,
     pub projects: Vec<Project>,
 }
 
@@ -405,6 +417,17 @@ pub fn resolve(
         ));
     }
 
+    let apt_dir = match raw.apt.and_then(|apt| apt.dir) {
+        Some(dir) if dir.as_os_str().is_empty() => {
+            return Err(invalid(
+                "apt.dir",
+                "expected the directory every server mounts, got \"\"".into(),
+            ))
+        }
+        Some(dir) => dir,
+        None => data_dir.join("apt"),
+    };
+
     let mut names = HashSet::new();
     let mut projects = Vec::new();
     let mut package_owners: BTreeMap<String, String> = BTreeMap::new();
@@ -446,6 +469,7 @@ pub fn resolve(
         load_balancer_image: raw
             .load_balancer_image
             .unwrap_or_else(|| DEFAULT_LOAD_BALANCER_IMAGE.to_owned()),
+        apt_dir,
         projects,
     })
 }
@@ -820,6 +844,18 @@ mod tests {
     fn load(text: &str) -> Result<Config, ConfigError> {
         let raw = parse(text, "slipway.toml")?;
         resolve(raw, "slipway.toml", &Overrides::default(), &|_| None)
+    }
+
+    #[test]
+    fn the_apt_repository_is_in_the_data_dir_unless_apt_dir_names_a_shared_one() {
+        let config = load("data_dir = \"/var/lib/slipway\"\n").unwrap();
+        assert_eq!(config.apt_dir, PathBuf::from("/var/lib/slipway/apt"));
+        let config = load("[apt]\ndir = \"/srv/slipway/apt\"\n").unwrap();
+        assert_eq!(config.apt_dir, PathBuf::from("/srv/slipway/apt"));
+        let err = load("[apt]\ndir = \"\"\n").unwrap_err().to_string();
+        assert!(err.contains("key `apt.dir`"), "{err}");
+        let err = load("[apt]\ndirectory = \"/srv\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `directory`"), "{err}");
     }
 
     #[test]

@@ -129,7 +129,8 @@ fn show(event: &Progress) -> Option<ExitCode> {
     }
 }
 
-/// Prints each environment: live release, fleet health, what runs now, last deployments.
+/// Prints each environment (live release, fleet health, what runs now, last deployments),
+/// then the installation's servers.
 pub async fn status(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(args)?;
     let project = client.project(args.project.as_deref()).await?;
@@ -185,7 +186,59 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let servers: Value = client.get("/servers").await?;
+    show_servers(&servers);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The installation's servers: which is live, its last heartbeat, and what it runs.
+fn show_servers(servers: &Value) {
+    let text = |value: &Value| value.as_str().unwrap_or("-").to_owned();
+    println!("servers:");
+    for server in servers["servers"].as_array().into_iter().flatten() {
+        let state = match (server["live"].as_bool(), server["stopped_at"].as_str()) {
+            (Some(true), _) => "live".to_owned(),
+            (_, Some(stopped)) => format!("stopped at {stopped}"),
+            _ => "not answering".to_owned(),
+        };
+        let running: Vec<String> = server["running"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|work| match work["kind"].as_str() {
+                Some("build") => format!("build {}#{}", text(&work["project"]), work["number"]),
+                Some("bake") => format!(
+                    "bake of {} {} {} ({})",
+                    text(&work["project"]),
+                    text(&work["release"]),
+                    text(&work["image"]),
+                    text(&work["region"])
+                ),
+                _ => format!(
+                    "environment {}/{}",
+                    text(&work["project"]),
+                    text(&work["environment"])
+                ),
+            })
+            .collect();
+        let answered = if server["id"] == servers["answered_by"] {
+            " (answered this)"
+        } else {
+            ""
+        };
+        println!(
+            "  {} on {} pid {} (v{}, {}){answered}: {state}, last heartbeat {}",
+            text(&server["id"]),
+            text(&server["host"]),
+            server["pid"],
+            text(&server["version"]),
+            text(&server["listen"]),
+            text(&server["heartbeat_at"]),
+        );
+        if !running.is_empty() {
+            println!("    running {}", running.join(", "));
+        }
+    }
 }
 
 /// A docker environment's load balancer: its state, the frontend's counters and each

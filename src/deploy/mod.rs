@@ -7,7 +7,9 @@
 //! rollbacks the API asks for.
 //!
 //! One operation per environment runs at a time in this process (a busy marker says which
-//! and since when); across servers sharing a database the deployer's lock decides.
+//! and since when); across servers sharing a database the deployer's lock decides, held under
+//! this server's id, so a deployment whose server stopped or died is taken over by another
+//! server once that one is no longer live.
 
 pub mod cli;
 pub mod progress;
@@ -44,6 +46,8 @@ const RETIRE_EVERY: Duration = Duration::from_secs(5);
 const RECOVERING: &str = "recovering after a restart";
 /// How long an operation asked for waits for the environment's recovery to end.
 const RECOVERY_WAIT: Duration = Duration::from_secs(30);
+/// How often deployments that servers which stopped or died left running are looked for.
+const TAKE_OVER_EVERY: Duration = Duration::from_secs(3);
 /// How often docker environments' load balancers are checked (and their access logs rotated).
 const BALANCERS_EVERY: Duration = Duration::from_secs(2);
 /// A load balancer's access log is rotated past this size (one older file is kept).
@@ -216,8 +220,8 @@ impl DeployManager {
         }
         let manager = DeployManager {
             inner: Arc::new(Inner {
+                owner: store.owner().to_string(),
                 store,
-                owner: format!("slipway-server-{server_id}"),
                 environments,
                 projects: config.projects.clone(),
                 mirrors: Mirrors::in_data_dir(&config.data_dir)?,
@@ -230,6 +234,7 @@ impl DeployManager {
         manager.spawn(auto_deploy(manager.clone()));
         manager.spawn(retire_expired(manager.clone()));
         manager.spawn(watch_balancers(manager.clone()));
+        manager.spawn(take_over_orphans(manager.clone()));
         Ok(manager)
     }
 
@@ -645,6 +650,42 @@ async fn retire_expired(manager: DeployManager) {
                 .await
             {
                 tracing::warn!(project = %environment.project, environment = %environment.config.name, %error, "retiring warm fleets failed");
+            }
+        }
+    }
+}
+
+/// Finishes or rolls back, through the environment's recovery, each deployment a server that
+/// stopped or died left running (no live server holds its environment's lock), whichever
+/// server of the installation ran it.
+async fn take_over_orphans(manager: DeployManager) {
+    let mut store_outage = Outage::new(
+        "the state store",
+        "deployments of stopped servers wait to be taken over",
+    );
+    loop {
+        tokio::time::sleep(TAKE_OVER_EVERY).await;
+        for project in &manager.inner.projects {
+            let orphaned = match manager.inner.store.orphaned_deployments(&project.name).await {
+                Ok(orphaned) => {
+                    store_outage.recovered();
+                    orphaned
+                }
+                Err(error) => {
+                    store_outage.failed(&error);
+                    break;
+                }
+            };
+            for name in orphaned {
+                let handle = manager
+                    .inner
+                    .environments
+                    .iter()
+                    .find(|e| e.project == project.name && e.config.name == name);
+                if let Some(environment) = handle.filter(|e| e.busy().is_none()) {
+                    tracing::warn!(project = %project.name, environment = %name, "taking over a deployment whose server stopped");
+                    manager.recover(environment.clone());
+                }
             }
         }
     }

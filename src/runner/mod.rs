@@ -329,17 +329,41 @@ fn status_of(status: pipeline::BuildStatus) -> BuildStatus {
     }
 }
 
-/// Removes containers, networks and volumes that this server's earlier life left behind.
-pub async fn reap_leftovers(engine: &DockerEngine, server_id: Uuid) {
-    match pipeline::reap(engine, &format!("{SERVER_LABEL}={server_id}")).await {
-        Ok(reaped) if reaped.containers + reaped.networks + reaped.volumes > 0 => tracing::warn!(
-            containers = reaped.containers,
-            networks = reaped.networks,
-            volumes = reaped.volumes,
-            "removed what interrupted builds left behind"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "cannot reap leftovers of interrupted builds"),
+/// Removes the containers, networks and volumes of this installation's builds (on this
+/// server's dockerd) whose build is no longer running: what a stopped or killed server's builds
+/// left, whichever server ran them. A build that ended in the last minute is left to its own
+/// teardown.
+pub async fn reap_leftovers(engine: &DockerEngine, store: &Store, installation: Uuid) {
+    let label = format!("{SERVER_LABEL}={installation}");
+    let labelled = match engine.builds_labelled(&label).await {
+        Ok(labelled) => labelled,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list what builds left in dockerd");
+            return;
+        }
+    };
+    if labelled.is_empty() {
+        return;
+    }
+    let active = match store.builds_active_or_recent(&labelled).await {
+        Ok(active) => active,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell which builds left something in dockerd");
+            return;
+        }
+    };
+    for build in labelled.difference(&active) {
+        let label = format!("{}={build}", pipeline::plan::BUILD_LABEL);
+        match pipeline::reap(engine, &label).await {
+            Ok(reaped) => tracing::warn!(
+                build = %build,
+                containers = reaped.containers,
+                networks = reaped.networks,
+                volumes = reaped.volumes,
+                "removed what an interrupted build left behind"
+            ),
+            Err(e) => tracing::error!(error = %e, build = %build, "cannot reap what an interrupted build left"),
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/projects", get(list_projects))
+        .route("/servers", get(list_servers))
         .route("/projects/{project}/builds", get(list_builds))
         .route("/projects/{project}/builds/{number}", get(get_build))
         .route("/projects/{project}/builds/{number}/logs", get(build_logs))
@@ -114,6 +115,29 @@ async fn find_build(state: &AppState, project: &str, number: i64) -> Result<Buil
 #[derive(Deserialize)]
 struct ListQuery {
     limit: Option<i64>,
+}
+
+/// `GET /servers`: the installation's servers (live ones first, then those stopped or silent
+/// within a day), each with what it runs now, and which one answered.
+async fn list_servers(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let servers = state.store.servers().await?;
+    let mut work = state.store.server_work().await?;
+    let listed: Vec<_> = servers
+        .into_iter()
+        .map(|server| {
+            let running: Vec<_> = work
+                .extract_if(.., |(owner, _)| *owner == server.id)
+                .map(|(_, work)| work)
+                .collect();
+            let mut body = json!(server);
+            body["running"] = json!(running);
+            body
+        })
+        .collect();
+    Ok(Json(json!({
+        "answered_by": state.store.owner(),
+        "servers": listed,
+    })))
 }
 
 async fn list_builds(

@@ -4,8 +4,9 @@
 //! [`Application::build`] resolves everything (data dir, database, the one Docker client,
 //! listener); [`Application::run_until`] serves until the given future completes, then shuts down
 //! gracefully: in-flight requests finish, running builds and bakes are stopped and torn down
-//! (the bakes queued again for the next start), and the
-//! embedded PostgreSQL (when Slipway started it) is stopped.
+//! (the bakes queued again), the server is recorded as stopped (so other servers sharing the
+//! database take over what it left at once), and the embedded PostgreSQL (when Slipway
+//! started it) is stopped.
 
 mod api;
 mod auth;
@@ -13,6 +14,7 @@ mod deploy_api;
 mod error;
 mod health;
 mod hooks;
+mod presence;
 mod releases_api;
 mod tokens_api;
 
@@ -24,6 +26,7 @@ use anyhow::Context;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower_http::services::{ServeDir, ServeFile};
 use uuid::Uuid;
 
@@ -71,7 +74,8 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let repository = Repository::open(&config.data_dir).await?;
+        presence::register(&store, listener.local_addr()?).await?;
+        let repository = Repository::open(&store, &config.data_dir, &config.apt_dir).await?;
         // Built without contacting dockerd: it may come later, and the queue waits for it.
         let docker = DockerClient::new(&config.docker_host)?;
         let baker = Baker::new(
@@ -83,7 +87,6 @@ impl Application {
         )
         .with_log_limit(config.bake_log_limit_bytes);
         crate::releases::claim_declared_packages(&store, &config.projects).await?;
-        crate::releases::fail_interrupted_releases(&store).await?;
         baker.remove_scratch_leftovers()?;
         let config = Arc::new(config);
         let bakes = BakeQueue::start(config.clone(), store.clone(), baker, &docker).await?;
@@ -136,6 +139,15 @@ impl Application {
             embedded,
             server_id,
         } = self;
+        let stop = CancellationToken::new();
+        let heartbeats = tokio::spawn(presence::heartbeat(state.store.clone(), stop.clone()));
+        let stopped = stop.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = shutdown => {},
+                _ = stopped.cancelled() => {},
+            }
+        };
         let queue = state.queue.clone();
         let deploys = state.deploys.clone();
         let bakes = state.bakes.clone();
@@ -152,6 +164,11 @@ impl Application {
         queue.shutdown().await;
         bakes.shutdown().await;
         deploys.shutdown();
+        stop.cancel();
+        let _ = heartbeats.await;
+        if let Err(error) = store.stop_server().await {
+            tracing::warn!(%error, "cannot record this server's stop; its work is taken over once its heartbeat ages");
+        }
         store.close();
         if let Some(cluster) = embedded {
             tokio::task::spawn_blocking(move || cluster.stop())

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::servers::owner_live;
 use super::{next_number, Store, StoreResult};
 
 /// A build's state. `queued` and `running` are live; the rest are final.
@@ -72,6 +73,8 @@ pub struct Build {
     /// follow the newest release's), e.g. `commit 1a2b3c4d5e6f is an ancestor of v7's commit
     /// 9f8e7d6c5b4a`; `None` otherwise.
     pub release_skipped: Option<String>,
+    /// The server that claimed it (its id in the installation's servers), once it ran.
+    pub server: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,7 +134,7 @@ pub const LOG_PAGE_BYTES: usize = 1024 * 1024;
 /// Chunks read per query while a page fills.
 const CHUNKS_PER_QUERY: i64 = 4;
 
-const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at, release_skipped";
+const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at, release_skipped, owner";
 
 fn build_from_row(row: &tokio_postgres::Row) -> Build {
     Build {
@@ -147,6 +150,7 @@ fn build_from_row(row: &tokio_postgres::Row) -> Build {
         started_at: row.get(9),
         finished_at: row.get(10),
         release_skipped: row.get(11),
+        server: row.get(12),
     }
 }
 
@@ -190,20 +194,20 @@ impl Store {
         Ok(Some(queued))
     }
 
-    /// Takes the oldest queued build and marks it running, or `None` when the queue is empty.
-    /// Safe with several workers: a build is claimed exactly once.
+    /// Takes the oldest queued build and marks it running under this store's owner, or `None`
+    /// when the queue is empty. Safe with several servers: a build is claimed exactly once.
     pub async fn claim_next_build(&self) -> StoreResult<Option<Build>> {
         let row = self
             .client()
             .await?
             .query_opt(
                 &format!(
-                    "UPDATE builds SET status = 'running', started_at = now()
+                    "UPDATE builds SET status = 'running', started_at = now(), owner = $1
                      WHERE id = (SELECT id FROM builds WHERE status = 'queued'
                                  ORDER BY queued_at, number LIMIT 1 FOR UPDATE SKIP LOCKED)
                      RETURNING {BUILD_COLUMNS}"
                 ),
-                &[],
+                &[&self.owner()],
             )
             .await?;
         Ok(row.as_ref().map(build_from_row))
@@ -218,25 +222,54 @@ impl Store {
         self.client()
             .await?
             .execute(
-                "UPDATE builds SET status = $2, reason = $3, finished_at = now() WHERE id = $1",
-                &[&id, &status.as_str(), &reason],
+                "UPDATE builds SET status = $2, reason = $3, finished_at = now()
+                 WHERE id = $1 AND status = 'running' AND owner = $4",
+                &[&id, &status.as_str(), &reason, &self.owner()],
             )
             .await?;
         Ok(())
     }
 
-    /// Builds left `running` by a server that died end as errored, with that reason.
-    pub async fn error_interrupted_builds(&self) -> StoreResult<u64> {
-        Ok(self
+    /// Builds left `running` by a server that stopped or died (it is not live) end as errored,
+    /// with that reason. Returns their ids, for their containers to be reaped.
+    pub async fn error_orphaned_builds(&self) -> StoreResult<Vec<Uuid>> {
+        let rows = self
             .client()
             .await?
-            .execute(
-                "UPDATE builds SET status = 'errored', finished_at = now(),
-                 reason = 'the server stopped while this build was running'
-                 WHERE status = 'running'",
+            .query(
+                &format!(
+                    "UPDATE builds SET status = 'errored', finished_at = now(),
+                     reason = 'the server stopped while this build was running'
+                     WHERE status = 'running' AND NOT {}
+                     RETURNING id",
+                    owner_live("builds.owner")
+                ),
                 &[],
             )
-            .await?)
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Of `builds` (ids in the simple form containers are labelled with), those still running
+    /// or that ended within the last minute.
+    pub async fn builds_active_or_recent(
+        &self,
+        builds: &std::collections::BTreeSet<String>,
+    ) -> StoreResult<std::collections::BTreeSet<String>> {
+        let ids: Vec<Uuid> = builds.iter().filter_map(|b| Uuid::parse_str(b).ok()).collect();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id FROM builds WHERE id = ANY($1)
+                 AND (status IN ('queued', 'running') OR finished_at > now() - interval '1 minute')",
+                &[&ids],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.get::<_, Uuid>(0).simple().to_string())
+            .collect())
     }
 
     /// Cancels a queued build at once (a running one is stopped by the queue). Returns the

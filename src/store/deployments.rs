@@ -295,6 +295,29 @@ impl Store {
         rows.iter().map(record_from_row).collect()
     }
 
+    /// The environments of `project` with an unfinished deployment that is not resting in its
+    /// warm window, while no live server holds their lock: what a stopped or dead server was
+    /// running, for another to finish or roll back.
+    pub async fn orphaned_deployments(&self, project: &str) -> StoreResult<Vec<String>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT DISTINCT d.environment FROM deployments d
+                     WHERE d.project = $1 AND d.finished_at IS NULL AND d.state <> 'retaining_blue'
+                     AND NOT EXISTS (SELECT 1 FROM environment_locks l
+                         WHERE l.project = d.project AND l.environment = d.environment
+                         AND l.heartbeat_at + l.ttl_ms * interval '1 millisecond' >= now()
+                         AND {})",
+                    lock_owner_live("l.owner")
+                ),
+                &[&project],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Records that `step` of a deployment started.
     pub async fn step_started(
         &self,
@@ -415,30 +438,34 @@ impl Store {
         }))
     }
 
-    /// Takes the lock in one statement: inserted when free, taken over when its holder's
-    /// heartbeat is older than the holder's time to live, refreshed when `owner` holds it.
+    /// Takes the lock in one statement, on the database's clock: inserted when free, taken
+    /// over when its holder's heartbeat is older than the holder's time to live or the holder
+    /// is a server that is no longer live, refreshed when `owner` holds it.
     async fn try_lock(
         &self,
         project: &str,
         environment: &str,
         owner: &str,
         ttl: Duration,
-        now: DateTime<Utc>,
     ) -> StoreResult<Option<LockHolder>> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let row = self
             .client()
             .await?
             .query_opt(
-                "INSERT INTO environment_locks AS l (project, environment, owner, acquired_at, heartbeat_at, ttl_ms)
-                 VALUES ($1, $2, $3, $4, $4, $5)
-                 ON CONFLICT (project, environment) DO UPDATE SET owner = EXCLUDED.owner,
-                     acquired_at = CASE WHEN l.owner = EXCLUDED.owner THEN l.acquired_at ELSE EXCLUDED.acquired_at END,
-                     heartbeat_at = EXCLUDED.heartbeat_at, ttl_ms = EXCLUDED.ttl_ms
-                 WHERE l.owner = EXCLUDED.owner
-                     OR l.heartbeat_at + l.ttl_ms * interval '1 millisecond' < EXCLUDED.heartbeat_at
-                 RETURNING owner, acquired_at, heartbeat_at",
-                &[&project, &environment, &owner, &now, &ttl_ms],
+                &format!(
+                    "INSERT INTO environment_locks AS l (project, environment, owner, acquired_at, heartbeat_at, ttl_ms)
+                     VALUES ($1, $2, $3, now(), now(), $4)
+                     ON CONFLICT (project, environment) DO UPDATE SET owner = EXCLUDED.owner,
+                         acquired_at = CASE WHEN l.owner = EXCLUDED.owner THEN l.acquired_at ELSE EXCLUDED.acquired_at END,
+                         heartbeat_at = EXCLUDED.heartbeat_at, ttl_ms = EXCLUDED.ttl_ms
+                     WHERE l.owner = EXCLUDED.owner
+                         OR l.heartbeat_at + l.ttl_ms * interval '1 millisecond' < now()
+                         OR NOT {}
+                     RETURNING owner, acquired_at, heartbeat_at",
+                    lock_owner_live("l.owner")
+                ),
+                &[&project, &environment, &owner, &ttl_ms],
             )
             .await?;
         Ok(row.map(|row| LockHolder {
@@ -448,20 +475,22 @@ impl Store {
         }))
     }
 
+    /// Renews `owner`'s lock on the database's clock, unless it expired: an owner that missed
+    /// its time to live has lost the lease even when no one took it.
     async fn heartbeat_lock(
         &self,
         project: &str,
         environment: &str,
         owner: &str,
-        now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let updated = self
             .client()
             .await?
             .execute(
-                "UPDATE environment_locks SET heartbeat_at = $4
-                 WHERE project = $1 AND environment = $2 AND owner = $3",
-                &[&project, &environment, &owner, &now],
+                "UPDATE environment_locks SET heartbeat_at = now()
+                 WHERE project = $1 AND environment = $2 AND owner = $3
+                     AND heartbeat_at + ttl_ms * interval '1 millisecond' >= now()",
+                &[&project, &environment, &owner],
             )
             .await?;
         Ok(updated == 1)
@@ -543,13 +572,12 @@ impl LockStore for PgLocks {
         environment: &str,
         owner: &str,
         ttl: Duration,
-        now: DateTime<Utc>,
     ) -> Result<Result<LockHolder, LockHolder>, DeployerStoreError> {
         // The holder may release between the refused insert and the read: try again then.
         for _ in 0..LOCK_ATTEMPTS {
             let taken = self
                 .store
-                .try_lock(&self.project, environment, owner, ttl, now)
+                .try_lock(&self.project, environment, owner, ttl)
                 .await
                 .map_err(failed("take the environment lock"))?;
             if let Some(holder) = taken {
@@ -564,6 +592,7 @@ impl LockStore for PgLocks {
                 return Ok(Err(holder));
             }
         }
+        let now = Utc::now();
         Ok(Err(LockHolder {
             owner: format!("others (the lock changed hands {LOCK_ATTEMPTS} times while read)"),
             acquired_at: now,
@@ -571,14 +600,9 @@ impl LockStore for PgLocks {
         }))
     }
 
-    async fn heartbeat(
-        &self,
-        environment: &str,
-        owner: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, DeployerStoreError> {
+    async fn heartbeat(&self, environment: &str, owner: &str) -> Result<bool, DeployerStoreError> {
         self.store
-            .heartbeat_lock(&self.project, environment, owner, now)
+            .heartbeat_lock(&self.project, environment, owner)
             .await
             .map_err(failed("heartbeat the environment lock"))
     }
@@ -589,4 +613,12 @@ impl LockStore for PgLocks {
             .await
             .map_err(failed("release the environment lock"))
     }
+}
+
+/// SQL true when the lock owner `owner` (an SQL text expression: a server's id, as the deploy
+/// manager names itself in locks) is a live server.
+fn lock_owner_live(owner: &str) -> String {
+    super::servers::owner_live(&format!(
+        "(CASE WHEN {owner} ~ '^[0-9a-f-]{{36}}$' THEN {owner}::uuid END)"
+    ))
 }

@@ -8,6 +8,8 @@ pub mod deployments;
 pub mod embedded;
 pub mod release_images;
 pub mod releases;
+pub mod servers;
+pub mod signing_key;
 pub mod tokens;
 
 use std::str::FromStr;
@@ -39,10 +41,12 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A handle on the store; cheap to clone.
+/// A handle on the store; cheap to clone. Each store opened is one owner: the id the work it
+/// claims is recorded under (see [`servers`]).
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    owner: Uuid,
 }
 
 impl Store {
@@ -67,7 +71,10 @@ impl Store {
             .recycle_timeout(Some(CONNECTION_TIMEOUT))
             .build()
             .map_err(|e| StoreError::BadUrl(e.to_string()))?;
-        let store = Store { pool };
+        let store = Store {
+            pool,
+            owner: Uuid::new_v4(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -93,8 +100,14 @@ impl Store {
         Ok(())
     }
 
-    /// This server's identity, made on first start and kept; labels on containers carry it
-    /// so that a restarted server reaps only what it (or its crashed predecessor) created.
+    /// The id this process claims work under: its row in `servers`, the owner of the builds
+    /// and bakes it runs and of the environment locks it holds.
+    pub fn owner(&self) -> Uuid {
+        self.owner
+    }
+
+    /// The installation's identity, made on the first start against the database and shared
+    /// by every server on it: names and labels of what Slipway starts in dockerd carry it.
     pub async fn server_id(&self) -> StoreResult<Uuid> {
         let client = self.pool.get().await?;
         client

@@ -243,7 +243,7 @@ impl Store {
         let Some(row) = tx
             .query_opt(
                 "UPDATE release_images SET status = 'baking', reason = NULL, started_at = now(),
-                     attempts = attempts + 1
+                     attempts = attempts + 1, owner = $2
                  WHERE (release_id, kind, region) = (
                      SELECT release_id, kind, region FROM release_images AS image
                      WHERE status = 'queued' AND ($1 OR kind <> 'docker')
@@ -253,7 +253,7 @@ impl Store {
                                  AND source.status IN ('queued', 'baking'))
                      ORDER BY queued_at LIMIT 1 FOR UPDATE OF image SKIP LOCKED)
                  RETURNING release_id, kind, region, rebake, attempts, copy_of",
-                &[&docker],
+                &[&docker, &self.owner()],
             )
             .await?
         else {
@@ -298,9 +298,23 @@ impl Store {
         self.record_release_image(release, &record).await
     }
 
-    /// The images still `baking`: at start, the bakes a stopped or killed server left.
-    pub async fn images_baking(&self) -> StoreResult<Vec<ClaimedBake>> {
-        self.images_in(&["baking"]).await
+    /// Takes over the images still `baking` under a server that is not live (the bakes a
+    /// stopped or killed server left): they become this store's, so one server recovers each.
+    pub async fn adopt_orphaned_bakes(&self) -> StoreResult<Vec<ClaimedBake>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "UPDATE release_images SET owner = $1
+                     WHERE status = 'baking' AND NOT {}
+                     RETURNING release_id, kind, region, rebake, attempts, copy_of",
+                    super::servers::owner_live("release_images.owner")
+                ),
+                &[&self.owner()],
+            )
+            .await?;
+        Ok(rows.iter().map(claimed_from_row).collect())
     }
 
     /// The images queued or baking: retention keeps what their bakes made, which a re-run

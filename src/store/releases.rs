@@ -329,8 +329,8 @@ impl Store {
         Ok(())
     }
 
-    /// Fails every release still `packaging`: after a restart, the ones the previous server
-    /// left. Returns them (as they were).
+    /// Fails every release still `packaging` whose build's server is not live: the ones a
+    /// stopped or dead server left. Returns them (as they were).
     pub async fn fail_interrupted_packaging(&self, reason: &str) -> StoreResult<Vec<Release>> {
         let rows = self
             .client()
@@ -338,9 +338,12 @@ impl Store {
             .query(
                 &format!(
                     "WITH failed AS (UPDATE releases SET status = 'failed', reason = $1
-                     WHERE status = 'packaging' RETURNING id)
+                     FROM builds WHERE builds.id = releases.build_id
+                         AND releases.status = 'packaging' AND NOT {}
+                     RETURNING releases.id)
                      SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id
-                     WHERE r.id IN (SELECT id FROM failed)"
+                     WHERE r.id IN (SELECT id FROM failed)",
+                    super::servers::owner_live("builds.owner")
                 ),
                 &[&reason],
             )

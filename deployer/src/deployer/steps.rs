@@ -37,6 +37,20 @@ impl From<TargetError> for StepError {
     }
 }
 
+/// Whether `step` changes what serves the environment (traffic, the launch template, the
+/// fleets, the database's schema): it runs only right after the lease is confirmed, so an
+/// owner whose lock was taken over never acts on the environment.
+fn fenced(step: DeploymentState) -> bool {
+    matches!(
+        step,
+        DeploymentState::Migrating
+            | DeploymentState::Switching
+            | DeploymentState::UpdatingLaunchTemplate
+            | DeploymentState::RetiringBlue
+            | DeploymentState::RollingBack
+    )
+}
+
 /// A target failure of the release itself, before the switch or during it.
 fn failed(error: TargetError) -> StepError {
     StepError::Failed(error.to_string())
@@ -65,6 +79,9 @@ impl Deployer {
                 self.advance(deployment, DeploymentState::RetiringBlue)
                     .await?;
                 continue;
+            }
+            if fenced(step) {
+                lease.confirm().await?;
             }
             self.observer.step_started(deployment, step);
             let started = Instant::now();

@@ -74,6 +74,45 @@ impl DockerEngine {
         }
     }
 
+    /// The builds (their [`crate::plan::BUILD_LABEL`] values) that left a container, network
+    /// or volume labelled `label` in dockerd: what [`crate::reap`] by build would remove.
+    pub async fn builds_labelled(
+        &self,
+        label: &str,
+    ) -> Result<std::collections::BTreeSet<String>, EngineError> {
+        let operation = format!("list the builds of objects labelled {label}");
+        let build_of = |labels: Option<std::collections::HashMap<String, String>>| {
+            labels.and_then(|mut labels| labels.remove(crate::plan::BUILD_LABEL))
+        };
+        let containers = self
+            .docker
+            .list_containers(Some(convert::list_containers_options(label)))
+            .await
+            .map_err(|e| failed(&operation, e))?;
+        let networks = self
+            .docker
+            .list_networks(Some(convert::list_networks_options(label)))
+            .await
+            .map_err(|e| failed(&operation, e))?;
+        let volumes = self
+            .docker
+            .list_volumes(Some(convert::list_volumes_options(label)))
+            .await
+            .map_err(|e| failed(&operation, e))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| build_of(c.labels))
+            .chain(networks.into_iter().filter_map(|n| build_of(n.labels)))
+            .chain(
+                volumes
+                    .volumes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|v| build_of(Some(v.labels))),
+            )
+            .collect())
+    }
+
     /// Pulls through `registries`' mirror and with its logins (a project's, for one build);
     /// without it, images come from their registries anonymously.
     pub fn with_registries(mut self, registries: Registries) -> DockerEngine {

@@ -1,0 +1,26 @@
+-- Several servers may share one database. Each process registers itself in `servers` with an
+-- id of its own and heartbeats on the database's clock; work it claims (a build, and through
+-- the build its release's packaging, a bake, an environment's lock) names it as the owner, so
+-- that another server touches only what a dead owner left.
+CREATE TABLE servers (
+    id           uuid PRIMARY KEY,
+    host         text NOT NULL,
+    pid          integer NOT NULL,
+    version      text NOT NULL,
+    listen       text NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    -- Set by a graceful stop, or by a server on the same host that found the process gone.
+    stopped_at   timestamptz
+);
+
+ALTER TABLE builds ADD COLUMN owner uuid;
+ALTER TABLE release_images ADD COLUMN owner uuid;
+
+-- The apt repository's signing key: one for the installation, made once, read by every server.
+CREATE TABLE signing_key (
+    only_one    boolean PRIMARY KEY DEFAULT true CHECK (only_one),
+    fingerprint text NOT NULL,
+    secret_key  text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
