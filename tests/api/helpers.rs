@@ -165,11 +165,36 @@ impl TestApp {
         TestApp::spawn_full(config_text, database_url, vars, "127.0.0.1:0").await
     }
 
+    /// Another server of `first`'s installation: on its database, with a data directory of
+    /// its own, answering to `first`'s admin token (made by the installation's first start).
+    pub async fn spawn_beside(config_text: &str, first: &TestApp) -> TestApp {
+        let mut app = TestApp::spawn_full_with(
+            config_text,
+            first.database_url.clone(),
+            &[],
+            "127.0.0.1:0",
+            Some(first.token.clone()),
+        )
+        .await;
+        app.token = first.token.clone();
+        app
+    }
+
     async fn spawn_full(
         config_text: &str,
         database_url: String,
         vars: &[(&str, &str)],
         listen: &str,
+    ) -> TestApp {
+        TestApp::spawn_full_with(config_text, database_url, vars, listen, None).await
+    }
+
+    async fn spawn_full_with(
+        config_text: &str,
+        database_url: String,
+        vars: &[(&str, &str)],
+        listen: &str,
+        token: Option<String>,
     ) -> TestApp {
         let vars: Vec<(String, String)> = vars
             .iter()
@@ -195,7 +220,7 @@ impl TestApp {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(app.run_until(async move { stopped.cancelled().await }));
-        let token = read_token(data_dir.path());
+        let token = token.unwrap_or_else(|| read_token(data_dir.path()));
         TestApp {
             address,
             database_url,

@@ -224,6 +224,38 @@ async fn the_load_balancer_outlives_its_target_and_comes_back_with_the_live_rout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_server_on_the_host_drives_the_running_load_balancer_through_its_directory() {
+    let mut env = DockerEnv::new().await;
+    let stores = Stores::default();
+    drop(deployed(&mut env, &stores, &["v1", "v2"]).await);
+    let container = format!("{}-lb", env.environment);
+    let started = inspect(&container, "{{.Id}} {{.State.StartedAt}}");
+    let url = format!("http://{}/", env.listen);
+
+    // Another server of the installation: its own data directory, the same container.
+    let mut settings = env.settings();
+    let own_dir = env.dir.with_extension("other-server");
+    settings.load_balancer.dir = own_dir.clone();
+    let target = Arc::new(slipway_deployer::DockerTarget::new(env.docker.clone(), settings));
+    let live = stores.deployments.live(&env.environment).await.unwrap();
+    target.adopt(live.as_ref()).await.unwrap();
+    assert_eq!(
+        inspect(&container, "{{.Id}} {{.State.StartedAt}}"),
+        started,
+        "adopted, not restarted"
+    );
+    assert_eq!(target.balancer().dir(), env.dir, "driven through the directory it mounts");
+    assert!(!own_dir.exists(), "nothing written where it does not live");
+    let map = || std::fs::read_to_string(env.dir.join("live.map")).unwrap();
+    let before = map();
+    let deployer = stores.deployer(&env.environment, "b", target, policy());
+    let back = deployer.switch_back("v1").await.unwrap();
+    assert_eq!(back.state, DeploymentState::RetainingBlue, "{back:?}");
+    assert_eq!(get(&client(), &url).await, Ok((200, "v1".to_owned())));
+    assert_ne!(map(), before, "the switch is persisted where the load balancer reads it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_to_a_warm_fleet_that_is_not_healthy_replaces_it_saying_why() {
     let mut env = DockerEnv::new().await;
     let stores = Stores::default();

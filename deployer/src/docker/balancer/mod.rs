@@ -108,7 +108,10 @@ pub struct LoadBalancerSettings {
     pub image: String,
     /// Its container's name, unique per installation.
     pub container: String,
-    /// Its directory on the host (created when missing, mode 0700; made absolute).
+    /// Its directory on the host (created when missing, mode 0700; made absolute), where
+    /// this server starts it. A running load balancer another server of the installation
+    /// started on this host is driven through that server's directory, found from the
+    /// container's mount.
     pub dir: PathBuf,
     /// Where clients connect, on the host's network.
     pub listen: SocketAddr,
@@ -149,7 +152,9 @@ pub struct LoadBalancerStatus {
 pub struct LoadBalancer {
     docker: Docker,
     settings: LoadBalancerSettings,
-    runtime: Runtime,
+    /// The directory its files and runtime socket are in: `settings.dir`, or the one the
+    /// container mounts when another server started it.
+    dir: std::sync::RwLock<PathBuf>,
     /// Changes go one at a time, so the files follow the runtime state in order.
     changes: Mutex<()>,
 }
@@ -160,12 +165,40 @@ impl LoadBalancer {
         if let Ok(absolute) = std::path::absolute(&settings.dir) {
             settings.dir = absolute;
         }
-        let runtime = Runtime::new(&settings.dir.join("admin.sock"));
         LoadBalancer {
             docker,
+            dir: std::sync::RwLock::new(settings.dir.clone()),
             settings,
-            runtime,
             changes: Mutex::new(()),
+        }
+    }
+
+    /// The directory of its files and runtime socket now.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime::new(&self.dir().join("admin.sock"))
+    }
+
+    /// Follows the directory the container mounts, when it is not the one used so far: the
+    /// container was started by another server of the installation on this host.
+    fn follow_mount(&self, container: &bollard::models::ContainerInspectResponse) {
+        let mounted = container
+            .mounts
+            .iter()
+            .flatten()
+            .find(|m| m.destination.as_deref() == Some(config::MOUNT))
+            .and_then(|m| m.source.clone())
+            .map(PathBuf::from);
+        let Some(mounted) = mounted else {
+            return;
+        };
+        let mut dir = self.dir.write().unwrap_or_else(|p| p.into_inner());
+        if *dir != mounted {
+            tracing::info!(container = %self.settings.container, dir = %mounted.display(), "driving the load balancer through the directory it mounts");
+            *dir = mounted;
         }
     }
 
@@ -180,13 +213,16 @@ impl LoadBalancer {
             .inspect_container(&self.settings.container, None::<InspectContainerOptions>)
             .await
         {
-            Ok(found) => Ok(Some(
-                found
-                    .state
-                    .and_then(|s| s.status)
-                    .unwrap_or(ContainerStateStatusEnum::EMPTY)
-                    .to_string(),
-            )),
+            Ok(found) => {
+                self.follow_mount(&found);
+                Ok(Some(
+                    found
+                        .state
+                        .and_then(|s| s.status)
+                        .unwrap_or(ContainerStateStatusEnum::EMPTY)
+                        .to_string(),
+                ))
+            }
             Err(error) if status(&error) == Some(404) => Ok(None),
             Err(error) => Err(TargetError::platform(
                 format!("inspect container {}", self.settings.container),
@@ -197,7 +233,7 @@ impl LoadBalancer {
 
     /// Whether the load balancer runs and its runtime API answers.
     pub async fn serving(&self) -> Result<bool, TargetError> {
-        Ok(self.state().await?.as_deref() == Some("running") && self.runtime.answers().await)
+        Ok(self.state().await?.as_deref() == Some("running") && self.runtime().answers().await)
     }
 
     /// Makes sure the load balancer runs. A running one is adopted as it is (its routing is
@@ -226,9 +262,9 @@ impl LoadBalancer {
 
     /// The live slot and the servers of both slots, as the load balancer has them now.
     pub async fn routing(&self) -> Result<Routing, TargetError> {
-        let state = self.runtime.query("show servers state").await?;
+        let state = self.runtime().query("show servers state").await?;
         let map = self
-            .runtime
+            .runtime()
             .query(&format!("show map {}", config::MAP))
             .await?;
         Ok(Routing {
@@ -239,7 +275,7 @@ impl LoadBalancer {
 
     /// The routing its files hold: what it serves once started again.
     pub fn persisted_routing(&self) -> Routing {
-        let read = |name: &str| std::fs::read_to_string(self.settings.dir.join(name));
+        let read = |name: &str| std::fs::read_to_string(self.dir().join(name));
         Routing {
             live: read("live.map")
                 .ok()
@@ -255,14 +291,14 @@ impl LoadBalancer {
         let _changes = self.changes.lock().await;
         for server in servers {
             let id = format!("{}/{}", server.slot, server.name);
-            self.runtime
+            self.runtime()
                 .act(
                     &format!("add server {id} {} {}", server.addr, config::SERVER_OPTIONS),
                     "New server registered.",
                 )
                 .await?;
-            self.runtime.act(&format!("enable health {id}"), "").await?;
-            self.runtime.act(&format!("enable server {id}"), "").await?;
+            self.runtime().act(&format!("enable health {id}"), "").await?;
+            self.runtime().act(&format!("enable server {id}"), "").await?;
         }
         self.persist().await
     }
@@ -272,17 +308,17 @@ impl LoadBalancer {
         let _changes = self.changes.lock().await;
         for server in servers {
             let id = format!("{}/{}", server.slot, server.name);
-            self.runtime
+            self.runtime()
                 .act(&format!("set server {id} state maint"), "")
                 .await?;
-            self.runtime
+            self.runtime()
                 .act(&format!("shutdown sessions server {id}"), "")
                 .await?;
             // Idle connections kept for reuse go shortly after the server leaves service.
             let mut tries = 0;
             loop {
                 match self
-                    .runtime
+                    .runtime()
                     .act(&format!("del server {id}"), "Server deleted.")
                     .await
                 {
@@ -304,8 +340,8 @@ impl LoadBalancer {
         let _changes = self.changes.lock().await;
         for server in servers {
             let id = format!("{}/{}", server.slot, server.name);
-            self.runtime.act(&format!("enable health {id}"), "").await?;
-            self.runtime
+            self.runtime().act(&format!("enable health {id}"), "").await?;
+            self.runtime()
                 .act(&format!("set server {id} state ready"), "")
                 .await?;
         }
@@ -316,7 +352,7 @@ impl LoadBalancer {
     pub async fn drain(&self, servers: &[Server]) -> Result<(), TargetError> {
         let _changes = self.changes.lock().await;
         for server in servers {
-            self.runtime
+            self.runtime()
                 .act(
                     &format!("set server {}/{} state drain", server.slot, server.name),
                     "",
@@ -330,7 +366,7 @@ impl LoadBalancer {
     pub async fn switch(&self, slot: Slot) -> Result<(), TargetError> {
         let _changes = self.changes.lock().await;
         let map = self
-            .runtime
+            .runtime()
             .query(&format!("show map {}", config::MAP))
             .await?;
         let verb = match runtime::live_slot(&map) {
@@ -339,7 +375,7 @@ impl LoadBalancer {
             None => Some("add"),
         };
         if let Some(verb) = verb {
-            self.runtime
+            self.runtime()
                 .act(&format!("{verb} map {} live {slot}", config::MAP), "")
                 .await?;
         }
@@ -348,7 +384,7 @@ impl LoadBalancer {
 
     /// Every row of `show stat`.
     pub async fn stats(&self) -> Result<Vec<StatRow>, TargetError> {
-        Ok(runtime::stat_rows(&self.runtime.query("show stat").await?))
+        Ok(runtime::stat_rows(&self.runtime().query("show stat").await?))
     }
 
     /// What the status shows.
@@ -371,7 +407,7 @@ impl LoadBalancer {
     /// (replacing the older one) and it starts empty again (HAProxy appends to the same
     /// file). Returns whether it rotated.
     pub fn rotate_access_log(&self, limit: u64) -> Result<bool, TargetError> {
-        let log = self.settings.dir.join(ACCESS_LOG);
+        let log = self.dir().join(ACCESS_LOG);
         let size = match std::fs::metadata(&log) {
             Ok(metadata) => metadata.len(),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -386,7 +422,7 @@ impl LoadBalancer {
             return Ok(false);
         }
         let error = |e| TargetError::platform(format!("rotate {}", log.display()), e);
-        std::fs::copy(&log, self.settings.dir.join(ACCESS_LOG_ROTATED)).map_err(error)?;
+        std::fs::copy(&log, self.dir().join(ACCESS_LOG_ROTATED)).map_err(error)?;
         std::fs::OpenOptions::new()
             .write(true)
             .truncate(true)
@@ -405,8 +441,9 @@ impl LoadBalancer {
                 ),
             ));
         }
-        let uid = std::fs::metadata(&self.settings.dir)
-            .map_err(|e| TargetError::platform(format!("read {}", self.settings.dir.display()), e))?
+        let dir = self.dir();
+        let uid = std::fs::metadata(&dir)
+            .map_err(|e| TargetError::platform(format!("read {}", dir.display()), e))?
             .uid();
         Ok(config::Rendered {
             listen: self.settings.listen,
@@ -419,7 +456,7 @@ impl LoadBalancer {
 
     /// Writes the files for `routing`; returns whether any changed.
     fn write_files(&self, routing: &Routing) -> Result<bool, TargetError> {
-        let dir = &self.settings.dir;
+        let dir = &self.dir();
         create_private_dir(dir)?;
         let rendered = self.rendered()?;
         let mut changed = write_if_changed(
@@ -474,7 +511,7 @@ impl LoadBalancer {
     async fn start(&self, routing: &Routing) -> Result<(), TargetError> {
         let name = &self.settings.container;
         self.write_files(routing)?;
-        let _ = std::fs::remove_file(self.settings.dir.join("admin.sock"));
+        let _ = std::fs::remove_file(self.dir().join("admin.sock"));
         let mut labels: HashMap<String, String> =
             self.settings.labels.clone().into_iter().collect();
         labels.insert(ROLE_LABEL.to_owned(), "load-balancer".to_owned());
@@ -491,11 +528,7 @@ impl LoadBalancer {
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some("host".to_owned()),
-                binds: Some(vec![format!(
-                    "{}:{}",
-                    self.settings.dir.display(),
-                    config::MOUNT
-                )]),
+                binds: Some(vec![format!("{}:{}", self.dir().display(), config::MOUNT)]),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
@@ -549,7 +582,7 @@ impl LoadBalancer {
     async fn wait_answering(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.runtime.answers().await {
+            if self.runtime().answers().await {
                 return true;
             }
             let running = matches!(self.state().await, Ok(Some(ref s)) if s == "running" || s == "restarting" || s == "created");
