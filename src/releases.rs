@@ -48,7 +48,11 @@ impl Repository {
     /// Opens the repository with the installation's signing key: the one the database keeps,
     /// or, on the installation's first start, this server's own (made now when it has none),
     /// which is then kept for every other server.
-    pub async fn open(store: &Store, data_dir: &Path, apt_dir: &Path) -> anyhow::Result<Repository> {
+    pub async fn open(
+        store: &Store,
+        data_dir: &Path,
+        apt_dir: &Path,
+    ) -> anyhow::Result<Repository> {
         let staging = data_dir.join("staging");
         let home = data_dir.join("gpg");
         let make_home = home.clone();

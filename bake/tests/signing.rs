@@ -94,7 +94,11 @@ fn a_key_exported_from_one_home_signs_the_same_from_another() {
     std::fs::write(&signed, second.clearsign(b"Suite: stable\n").unwrap()).unwrap();
     let (ok, text) = run(
         "gpgv",
-        &["--keyring", keyring.to_str().unwrap(), signed.to_str().unwrap()],
+        &[
+            "--keyring",
+            keyring.to_str().unwrap(),
+            signed.to_str().unwrap(),
+        ],
     );
     assert!(ok, "{text}");
     // Opening again finds the imported key without importing it a second time.
@@ -103,5 +107,9 @@ fn a_key_exported_from_one_home_signs_the_same_from_another() {
     // A key that is not the one named is refused.
     let third = data.path().join("third");
     let refused = Signer::with_key(&third, own.fingerprint(), &secret);
-    assert!(refused.is_err(), "the secret key is not {}", own.fingerprint());
+    assert!(
+        refused.is_err(),
+        "the secret key is not {}",
+        own.fingerprint()
+    );
 }

@@ -180,7 +180,9 @@ impl BakeQueue {
             match super::recover_interrupted_bakes(&inner.store, &inner.docker, &inner.config).await
             {
                 Ok(()) => self.wake(),
-                Err(e) => tracing::debug!(error = format!("{e:#}"), "cannot look for orphaned bakes"),
+                Err(e) => {
+                    tracing::debug!(error = format!("{e:#}"), "cannot look for orphaned bakes")
+                }
             }
         }
     }

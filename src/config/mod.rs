@@ -854,7 +854,9 @@ mod tests {
         assert_eq!(config.apt_dir, PathBuf::from("/srv/slipway/apt"));
         let err = load("[apt]\ndir = \"\"\n").unwrap_err().to_string();
         assert!(err.contains("key `apt.dir`"), "{err}");
-        let err = load("[apt]\ndirectory = \"/srv\"\n").unwrap_err().to_string();
+        let err = load("[apt]\ndirectory = \"/srv\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `directory`"), "{err}");
     }
 

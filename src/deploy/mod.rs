@@ -666,7 +666,12 @@ async fn take_over_orphans(manager: DeployManager) {
     loop {
         tokio::time::sleep(TAKE_OVER_EVERY).await;
         for project in &manager.inner.projects {
-            let orphaned = match manager.inner.store.orphaned_deployments(&project.name).await {
+            let orphaned = match manager
+                .inner
+                .store
+                .orphaned_deployments(&project.name)
+                .await
+            {
                 Ok(orphaned) => {
                     store_outage.recovered();
                     orphaned

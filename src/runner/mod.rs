@@ -331,8 +331,8 @@ fn status_of(status: pipeline::BuildStatus) -> BuildStatus {
 
 /// Removes the containers, networks and volumes of this installation's builds (on this
 /// server's dockerd) whose build is no longer running: what a stopped or killed server's builds
-/// left, whichever server ran them. A build that ended in the last minute is left to its own
-/// teardown.
+/// left, whichever server ran them. A build that ended in the last minute on a live server is
+/// left to that server's own teardown.
 pub async fn reap_leftovers(engine: &DockerEngine, store: &Store, installation: Uuid) {
     let label = format!("{SERVER_LABEL}={installation}");
     let labelled = match engine.builds_labelled(&label).await {
@@ -362,7 +362,9 @@ pub async fn reap_leftovers(engine: &DockerEngine, store: &Store, installation: 
                 volumes = reaped.volumes,
                 "removed what an interrupted build left behind"
             ),
-            Err(e) => tracing::error!(error = %e, build = %build, "cannot reap what an interrupted build left"),
+            Err(e) => {
+                tracing::error!(error = %e, build = %build, "cannot reap what an interrupted build left")
+            }
         }
     }
 }

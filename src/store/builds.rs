@@ -250,19 +250,26 @@ impl Store {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
-    /// Of `builds` (ids in the simple form containers are labelled with), those still running
-    /// or that ended within the last minute.
+    /// Of `builds` (ids in the simple form containers are labelled with), those still running,
+    /// or that ended within the last minute on a live server (whose teardown may still run).
     pub async fn builds_active_or_recent(
         &self,
         builds: &std::collections::BTreeSet<String>,
     ) -> StoreResult<std::collections::BTreeSet<String>> {
-        let ids: Vec<Uuid> = builds.iter().filter_map(|b| Uuid::parse_str(b).ok()).collect();
+        let ids: Vec<Uuid> = builds
+            .iter()
+            .filter_map(|b| Uuid::parse_str(b).ok())
+            .collect();
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT id FROM builds WHERE id = ANY($1)
-                 AND (status IN ('queued', 'running') OR finished_at > now() - interval '1 minute')",
+                &format!(
+                    "SELECT id FROM builds WHERE id = ANY($1)
+                     AND (status IN ('queued', 'running')
+                          OR (finished_at > now() - interval '1 minute' AND {}))",
+                    owner_live("builds.owner")
+                ),
                 &[&ids],
             )
             .await?;

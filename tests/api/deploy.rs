@@ -520,13 +520,8 @@ async fn a_release_that_never_turns_healthy_gets_no_traffic_and_holds_the_lock_m
         body["error"].as_str().unwrap().contains("deploying v2"),
         "{body}"
     );
-    assert!(
-        body["holder"]["owner"]
-            .as_str()
-            .unwrap()
-            .starts_with("slipway-server-"),
-        "{body}"
-    );
+    let this_server = api.get("/servers").await["answered_by"].clone();
+    assert_eq!(body["holder"]["owner"], this_server, "{body}");
     assert!(body["holder"]["acquired_at"].is_string(), "{body}");
 
     let dev = api
@@ -601,6 +596,16 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(dir: &Path) -> Server {
+        Server::start_with_token(dir, None)
+    }
+
+    /// Another server of an installation whose token is `token`: its slipway.toml in `dir`
+    /// names the installation's database.
+    pub(crate) fn start_beside(dir: &Path, token: &str) -> Server {
+        Server::start_with_token(dir, Some(token))
+    }
+
+    fn start_with_token(dir: &Path, token: Option<&str>) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
         command
             .args(["server", "--listen", "127.0.0.1:0"])
@@ -610,7 +615,7 @@ impl Server {
         let server = ServerChild::spawn(command);
         let api = Api {
             address: server.address.clone(),
-            token: read_token(&dir.join(".slipway")),
+            token: token.map_or_else(|| read_token(&dir.join(".slipway")), str::to_owned),
             http: reqwest::Client::new(),
         };
         Server { server, api }
@@ -664,7 +669,7 @@ async fn kill_9_between_launch_and_switch_then_restart_finishes_with_only_the_li
 }
 
 #[tokio::test]
-async fn a_lock_held_by_another_server_refuses_with_its_holder_until_its_heartbeat_expires() {
+async fn a_lock_held_by_another_live_server_refuses_with_its_holder_until_that_server_dies() {
     let project = Project::new(2).await;
     let app = TestApp::spawn(&project.config("")).await;
     let api = Api::of(&app);
@@ -674,14 +679,24 @@ async fn a_lock_held_by_another_server_refuses_with_its_holder_until_its_heartbe
         .await
         .unwrap();
     tokio::spawn(connection);
+    // Another server of the installation, heartbeating elsewhere.
+    let other = uuid::Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO servers (id, host, pid, version, listen) VALUES ($1, 'elsewhere', 1, '0', '10.0.0.2:8080')",
+            &[&other],
+        )
+        .await
+        .unwrap();
+    let owner = other.to_string();
     // The server's own recovery at start holds the lock for a moment: take it once it is free.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while client
         .execute(
             "INSERT INTO environment_locks (project, environment, owner, acquired_at, heartbeat_at, ttl_ms)
-             VALUES ($1, 'prod', 'slipway-server-elsewhere', now() - interval '1 minute', now(), 600000)
+             VALUES ($1, 'prod', $2, now() - interval '1 minute', now(), 600000)
              ON CONFLICT DO NOTHING",
-            &[&name],
+            &[&name, &owner],
         )
         .await
         .unwrap()
@@ -696,27 +711,33 @@ async fn a_lock_held_by_another_server_refuses_with_its_holder_until_its_heartbe
     let (status, body) = api.post(&path, json!({ "release": "v1" })).await;
     assert_eq!(status, 409, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        body["holder"]["owner"], "slipway-server-elsewhere",
-        "{body}"
-    );
+    assert_eq!(body["holder"]["owner"], owner.as_str(), "{body}");
     assert!(body["holder"]["acquired_at"].is_string(), "{body}");
     assert!(
         body["error"]
             .as_str()
             .unwrap()
-            .contains("locked by slipway-server-elsewhere since"),
+            .contains(&format!("locked by {owner} since")),
         "{body}"
     );
     let prod = api.environment(&name, "prod").await;
-    assert_eq!(prod["lock"]["owner"], "slipway-server-elsewhere");
+    assert_eq!(prod["lock"]["owner"], owner.as_str());
     assert!(prod["live"].is_null(), "nothing ran: {prod:#}");
+    let servers = api.get("/servers").await;
+    let listed = servers["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == owner.as_str())
+        .unwrap_or_else(|| panic!("{servers:#}"));
+    assert_eq!(listed["live"], true);
+    assert_eq!(listed["running"][0]["environment"], "prod", "{servers:#}");
 
-    // The other server stopped heartbeating longer ago than its time to live: taken over.
+    // The other server stopped heartbeating: its lock, fresh as it is, is taken over.
     client
         .execute(
-            "UPDATE environment_locks SET heartbeat_at = now() - interval '11 minutes' WHERE project = $1",
-            &[&name],
+            "UPDATE servers SET heartbeat_at = now() - interval '1 minute' WHERE id = $1",
+            &[&other],
         )
         .await
         .unwrap();

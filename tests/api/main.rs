@@ -23,6 +23,7 @@ mod release_order;
 mod releases;
 mod schema;
 mod server_process;
+mod servers;
 mod sources;
 mod team_bake;
 mod tokens;

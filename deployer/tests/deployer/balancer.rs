@@ -236,7 +236,10 @@ async fn another_server_on_the_host_drives_the_running_load_balancer_through_its
     let mut settings = env.settings();
     let own_dir = env.dir.with_extension("other-server");
     settings.load_balancer.dir = own_dir.clone();
-    let target = Arc::new(slipway_deployer::DockerTarget::new(env.docker.clone(), settings));
+    let target = Arc::new(slipway_deployer::DockerTarget::new(
+        env.docker.clone(),
+        settings,
+    ));
     let live = stores.deployments.live(&env.environment).await.unwrap();
     target.adopt(live.as_ref()).await.unwrap();
     assert_eq!(
@@ -244,7 +247,11 @@ async fn another_server_on_the_host_drives_the_running_load_balancer_through_its
         started,
         "adopted, not restarted"
     );
-    assert_eq!(target.balancer().dir(), env.dir, "driven through the directory it mounts");
+    assert_eq!(
+        target.balancer().dir(),
+        env.dir,
+        "driven through the directory it mounts"
+    );
     assert!(!own_dir.exists(), "nothing written where it does not live");
     let map = || std::fs::read_to_string(env.dir.join("live.map")).unwrap();
     let before = map();
@@ -252,7 +259,11 @@ async fn another_server_on_the_host_drives_the_running_load_balancer_through_its
     let back = deployer.switch_back("v1").await.unwrap();
     assert_eq!(back.state, DeploymentState::RetainingBlue, "{back:?}");
     assert_eq!(get(&client(), &url).await, Ok((200, "v1".to_owned())));
-    assert_ne!(map(), before, "the switch is persisted where the load balancer reads it");
+    assert_ne!(
+        map(),
+        before,
+        "the switch is persisted where the load balancer reads it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -297,8 +297,12 @@ impl LoadBalancer {
                     "New server registered.",
                 )
                 .await?;
-            self.runtime().act(&format!("enable health {id}"), "").await?;
-            self.runtime().act(&format!("enable server {id}"), "").await?;
+            self.runtime()
+                .act(&format!("enable health {id}"), "")
+                .await?;
+            self.runtime()
+                .act(&format!("enable server {id}"), "")
+                .await?;
         }
         self.persist().await
     }
@@ -340,7 +344,9 @@ impl LoadBalancer {
         let _changes = self.changes.lock().await;
         for server in servers {
             let id = format!("{}/{}", server.slot, server.name);
-            self.runtime().act(&format!("enable health {id}"), "").await?;
+            self.runtime()
+                .act(&format!("enable health {id}"), "")
+                .await?;
             self.runtime()
                 .act(&format!("set server {id} state ready"), "")
                 .await?;
@@ -384,7 +390,9 @@ impl LoadBalancer {
 
     /// Every row of `show stat`.
     pub async fn stats(&self) -> Result<Vec<StatRow>, TargetError> {
-        Ok(runtime::stat_rows(&self.runtime().query("show stat").await?))
+        Ok(runtime::stat_rows(
+            &self.runtime().query("show stat").await?,
+        ))
     }
 
     /// What the status shows.
