@@ -15,6 +15,8 @@ CREATE TABLE servers (
 );
 
 ALTER TABLE builds ADD COLUMN owner uuid;
+-- A cancel asked of any server: the server running the build sees it and stops the build.
+ALTER TABLE builds ADD COLUMN cancel_requested_at timestamptz;
 ALTER TABLE release_images ADD COLUMN owner uuid;
 
 -- The apt repository's signing key: one for the installation, made once, read by every server.

@@ -44,6 +44,8 @@ pub const LIVE_EVENTS: usize = 64;
 
 /// How often the work of servers that stopped or died is looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often running builds are checked for a cancel asked of another server.
+const CANCELS_EVERY: Duration = Duration::from_secs(1);
 
 /// A handle on the queue; cheap to clone.
 #[derive(Clone)]
@@ -114,6 +116,11 @@ impl BuildQueue {
             .inner
             .tasks
             .spawn(async move { sweeper.sweep_orphans().await });
+        let canceller = queue.clone();
+        queue
+            .inner
+            .tasks
+            .spawn(async move { canceller.follow_cancels().await });
         Ok(queue)
     }
 
@@ -226,6 +233,23 @@ impl BuildQueue {
                 queue.inner.running.lock().expect("queue lock").remove(&id);
                 drop(permit);
             });
+        }
+    }
+
+    /// While builds run here, every [`CANCELS_EVERY`]: stops those whose cancel was asked of
+    /// any server of the installation.
+    async fn follow_cancels(&self) {
+        loop {
+            if !self.pause(CANCELS_EVERY).await {
+                return;
+            }
+            if self.inner.running.lock().expect("queue lock").is_empty() {
+                continue;
+            }
+            match self.inner.store.cancels_requested().await {
+                Ok(builds) => builds.into_iter().for_each(|build| self.cancel(build)),
+                Err(e) => tracing::debug!(error = %e, "cannot look for cancel requests"),
+            }
         }
     }
 

@@ -279,8 +279,9 @@ impl Store {
             .collect())
     }
 
-    /// Cancels a queued build at once (a running one is stopped by the queue). Returns the
-    /// build as it is now, or `None` when there is no such build.
+    /// Cancels a queued build at once, and records the request for a running one, which the
+    /// server running it stops. Returns the build as it is now, or `None` when there is no
+    /// such build.
     pub async fn request_cancel(&self, project: &str, number: i64) -> StoreResult<Option<Build>> {
         let client = self.client().await?;
         client
@@ -290,7 +291,29 @@ impl Store {
                 &[&project, &number],
             )
             .await?;
+        // A running build may run on another server: it finds the request (see below).
+        client
+            .execute(
+                "UPDATE builds SET cancel_requested_at = now()
+                 WHERE project = $1 AND number = $2 AND status = 'running' AND cancel_requested_at IS NULL",
+                &[&project, &number],
+            )
+            .await?;
         self.build(project, number).await
+    }
+
+    /// The builds this store's server runs whose cancel was asked for (of any server).
+    pub async fn cancels_requested(&self) -> StoreResult<Vec<Uuid>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id FROM builds WHERE owner = $1 AND status = 'running'
+                 AND cancel_requested_at IS NOT NULL",
+                &[&self.owner()],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     pub async fn list_builds(&self, project: &str, limit: i64) -> StoreResult<Vec<Build>> {

@@ -1,5 +1,6 @@
 //! Several servers on one database: pushes split over two servers each build once and release
-//! without a gap; both serve one repository signed with one key; concurrent promotes of one
+//! without a gap; both serve one repository signed with one key; a cancel asked of either
+//! stops a build wherever it runs; concurrent promotes of one
 //! environment from both give one deployment and one refusal; the servers list shows each
 //! with what it runs; and kill -9 of the server running a deployment leaves it to the other.
 
@@ -215,6 +216,49 @@ async fn two_servers_on_one_database_build_each_push_once_and_serve_one_signed_r
         })
         .collect();
     assert_eq!(homes[0], homes[1], "one signing key for the installation");
+
+    // A cancel asked of the server that does not run the build stops it.
+    let spec = std::fs::read_to_string(repo.path().join(".slipway.yml")).unwrap();
+    std::fs::write(
+        repo.path().join(".slipway.yml"),
+        spec.replace("echo \"ran once", "sleep 300; echo \"ran once"),
+    )
+    .unwrap();
+    let slow = commit_all(repo.path(), "slow");
+    let number = push(&first, &slow).await;
+    let path = format!("/api/v1/projects/shared/builds/{number}");
+    let running = loop {
+        let build = first.get_json(&path).await;
+        if build["status"] == "running" && !build["steps"].as_array().unwrap().is_empty() {
+            break build;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut other = &first;
+    for app in [&first, &second] {
+        if app.get_json("/api/v1/servers").await["answered_by"] != running["server"] {
+            other = app;
+        }
+    }
+    let asked = Instant::now();
+    let response = other
+        .http
+        .post(format!("{}{path}/cancel", other.address))
+        .bearer_auth(&other.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let cancelled = loop {
+        let build = other.get_json(&path).await;
+        if build["status"] != "running" {
+            break build;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(30), "still running: {build}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    eprintln!("a cancel through the other server took {:?}", asked.elapsed());
     second.stop().await;
     first.stop().await;
 }
