@@ -6,11 +6,14 @@ CREATE TABLE servers (
     id           uuid PRIMARY KEY,
     host         text NOT NULL,
     pid          integer NOT NULL,
+    -- The kernel boot and pid namespace `pid` is in: servers sharing it can tell whether
+    -- another's process is gone (containers on one host share a host name, not pids).
+    process_space text NOT NULL,
     version      text NOT NULL,
     listen       text NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
-    -- Set by a graceful stop, or by a server on the same host that found the process gone.
+    -- Set by a graceful stop, or by a server in the same process space that found it gone.
     stopped_at   timestamptz
 );
 

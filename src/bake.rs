@@ -37,8 +37,9 @@
 //! - dockerd is the server's one [`DockerClient`]: the image lookups go through it, and Packer's
 //!   docker builder (which runs the `docker` command) gets its address as `DOCKER_HOST`.
 //! - Template and playbook come from `$SLIPWAY_SHARE_DIR/packer/slipway.json` and
-//!   `$SLIPWAY_SHARE_DIR/ansible/`; without the variable, from the source tree the binary was
-//!   built from.
+//!   `$SLIPWAY_SHARE_DIR/ansible/`; without the variable, from `share/slipway` beside the
+//!   binary's directory (`/usr/share/slipway` for `/usr/bin/slipway`, as Slipway's package
+//!   installs them), else from the source tree the binary was built from.
 
 mod ami;
 mod queue;
@@ -68,6 +69,23 @@ use crate::store::Store;
 
 /// Overrides where the template (`packer/slipway.json`) and playbook (`ansible/`) are found.
 pub const SHARE_DIR_ENV: &str = "SLIPWAY_SHARE_DIR";
+/// Where the template and playbook are: see the module's documentation.
+fn share_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(SHARE_DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    let installed = std::env::current_exe()
+        .ok()
+        .and_then(|exe| installed_share_dir(&exe));
+    installed.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// `share/slipway` beside the directory of the binary at `exe`, when it holds the template.
+fn installed_share_dir(exe: &Path) -> Option<PathBuf> {
+    let dir = exe.parent()?.parent()?.join("share/slipway");
+    dir.join("packer/slipway.json").is_file().then_some(dir)
+}
+
 /// The base of a full (not incremental) bake.
 pub const BASE_IMAGE: &str = "slipway/debian:bookworm";
 /// The port the image declares; the app itself listens on `$PORT`.
@@ -107,10 +125,11 @@ pub struct Baker {
 
 impl Baker {
     /// A baker for the server listening on `server_addr` (whose `/apt/` the build container
-    /// reaches over the host network) with its data in `data_dir`, baking on `docker` with
-    /// the Packer binary `packer`.
+    /// reaches over the host network, trusting the repository's public key at `apt_key_path`)
+    /// with its data in `data_dir`, baking on `docker` with the Packer binary `packer`.
     pub fn new(
         data_dir: &Path,
+        apt_key_path: &Path,
         server_addr: SocketAddr,
         server_id: Uuid,
         docker: DockerClient,
@@ -119,9 +138,7 @@ impl Baker {
         // Packer and Ansible resolve relative paths from elsewhere (Ansible from the role), and
         // the default data dir (`.slipway`) is relative.
         let data_dir = &std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        let share_dir = std::env::var_os(SHARE_DIR_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let share_dir = share_dir();
         let mut reachable = server_addr;
         if reachable.ip().is_unspecified() {
             reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -130,7 +147,8 @@ impl Baker {
             template: share_dir.join("packer/slipway.json"),
             playbook_dir: share_dir.join("ansible"),
             apt_url: format!("http://{reachable}/apt/"),
-            apt_key_path: data_dir.join("apt/key.gpg"),
+            apt_key_path: std::path::absolute(apt_key_path)
+                .unwrap_or_else(|_| apt_key_path.to_path_buf()),
             server_tag: server_id.simple().to_string()[..8].to_string(),
             docker,
             packer,
@@ -803,9 +821,24 @@ mod tests {
     }
 
     #[test]
+    fn an_installed_binary_finds_the_template_in_share_beside_its_directory() {
+        let prefix = tempfile::tempdir().unwrap();
+        let exe = prefix.path().join("bin/slipway");
+        assert_eq!(installed_share_dir(&exe), None);
+        let template = prefix.path().join("share/slipway/packer/slipway.json");
+        std::fs::create_dir_all(template.parent().unwrap()).unwrap();
+        std::fs::write(&template, "{}").unwrap();
+        assert_eq!(
+            installed_share_dir(&exe),
+            Some(prefix.path().join("share/slipway"))
+        );
+    }
+
+    #[test]
     fn image_names_are_per_server_and_in_dockers_alphabet() {
         let baker = Baker::new(
             Path::new("/data"),
+            Path::new("/srv/apt/key.gpg"),
             "0.0.0.0:8080".parse().unwrap(),
             Uuid::parse_str("1a2b3c4d-0000-0000-0000-000000000000").unwrap(),
             DockerClient::new("unix:///nonexistent/docker.sock").unwrap(),
@@ -814,7 +847,7 @@ mod tests {
         assert_eq!(baker.image_repository("hello"), "slipway/hello-1a2b3c4d");
         assert_eq!(baker.image_repository("libc++"), "slipway/libc---1a2b3c4d");
         assert_eq!(baker.apt_url, "http://127.0.0.1:8080/apt/");
-        assert_eq!(baker.apt_key_path, Path::new("/data/apt/key.gpg"));
+        assert_eq!(baker.apt_key_path, Path::new("/srv/apt/key.gpg"));
     }
 
     #[test]

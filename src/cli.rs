@@ -139,6 +139,23 @@ pub enum PipelineCommand {
         #[arg(long = "secret", value_name = "NAME=VALUE")]
         secrets: Vec<String>,
     },
+    /// Build the .deb a pipeline's `package:` section describes from a directory's files, as
+    /// the server packages a release from a build's workspace (no steps run).
+    Package {
+        /// A pipeline file, or a file holding only its `package:` section (default:
+        /// .slipway.yml in --dir).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The files the package's sources are relative to.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The package's version (a release's number).
+        #[arg(long)]
+        version: u32,
+        /// Where the .deb is written.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -89,6 +89,11 @@ impl Repository {
         })
     }
 
+    /// The public key clients trust the repository with (served as `/apt/key.gpg`).
+    pub fn key_path(&self) -> PathBuf {
+        self.apt.key_path()
+    }
+
     /// The repository's directory: `dists/`, `pool/` and `key.gpg` are served under `/apt/`.
     pub fn root(&self) -> PathBuf {
         self.apt.root().to_path_buf()
@@ -126,7 +131,11 @@ pub async fn publish(
         store.mark_release_failed(id, &reason).await?;
         anyhow::bail!(reason);
     }
-    let definition = definition(package, number, build, commit_time);
+    let described = format!(
+        "Release v{number} of {}, built by Slipway from commit {} (build {} on {}).",
+        build.project, build.commit, build.number, build.branch
+    );
+    let definition = definition(package, number, &described, commit_time);
     let apt = repository.apt.clone();
     let workspace = workspace.to_path_buf();
     let staging = repository.staging.clone();
@@ -310,12 +319,12 @@ pub async fn fail_interrupted_releases(store: &Store) -> anyhow::Result<()> {
 }
 
 /// The Debian package of release `number`: version `number`, files from the build's workspace
-/// (a file, a directory or a glob each), and
+/// (a file, a directory or a glob each), `long_description` (where it comes from), and
 /// `/usr/share/<name>/VERSION` holding `v<number>` so the application can report it.
-fn definition(
+pub fn definition(
     spec: &PackageSpec,
     number: i64,
-    build: &Build,
+    long_description: &str,
     commit_time: u64,
 ) -> PackageDefinition {
     let path = |p: &slipway_pipeline::spec::WorkspacePath| PathBuf::from(p.as_str());
@@ -328,10 +337,7 @@ fn definition(
             .unwrap_or_else(|| "all".to_string()),
         maintainer: spec.maintainer.clone(),
         description: spec.description.clone(),
-        long_description: format!(
-            "Release v{number} of {}, built by Slipway from commit {} (build {} on {}).",
-            build.project, build.commit, build.number, build.branch
-        ),
+        long_description: long_description.to_owned(),
         depends: spec.depends.clone(),
         files: spec
             .files

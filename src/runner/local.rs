@@ -40,6 +40,33 @@ pub async fn run(command: PipelineCommand) -> anyhow::Result<ExitCode> {
             branch,
             secrets,
         } => exec(&repo, commit.as_deref(), &branch, &secrets).await,
+        PipelineCommand::Package {
+            file,
+            dir,
+            version,
+            out,
+        } => {
+            let file = file.unwrap_or_else(|| dir.join(SPEC_FILE));
+            let package = read_package(&file)?;
+            let package = &package;
+            let epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            let epoch = std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(epoch);
+            let description = format!("Version {version}, packaged by Slipway.");
+            let definition =
+                crate::releases::definition(package, i64::from(version), &description, epoch);
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let built = slipway_bake::deb::build(&definition, &dir, &out)
+                .with_context(|| format!("packaging {}", definition.name))?;
+            println!("{}", built.path.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -104,6 +131,19 @@ fn local_build(branch: &str, commit: &str, event: pipeline::spec::Event) -> pipe
         event,
         extra_labels: Default::default(),
     }
+}
+
+/// The `package:` section of a `.slipway.yml`, or of a file holding that section alone.
+fn read_package(file: &Path) -> anyhow::Result<pipeline::PackageSpec> {
+    let text = pipeline::spec::read_file(file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    if !text.lines().any(|line| line.starts_with("steps:")) {
+        return pipeline::spec::parse_package(&text)
+            .map_err(|e| anyhow!("{}: {e}", file.display()));
+    }
+    let spec = pipeline::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    spec.package
+        .ok_or_else(|| anyhow!("{} has no `package:` section to build", file.display()))
 }
 
 fn read_spec(file: &Path) -> anyhow::Result<pipeline::Spec> {

@@ -80,6 +80,7 @@ impl Application {
         let docker = DockerClient::new(&config.docker_host)?;
         let baker = Baker::new(
             &config.data_dir,
+            &repository.key_path(),
             listener.local_addr()?,
             server_id,
             docker.clone(),

@@ -1,8 +1,8 @@
 //! This server's place among the installation's servers: registered at start under the
 //! store's owner id, heartbeating every [`HEARTBEAT_EVERY`] on the database's clock, recorded
-//! as stopped on a graceful stop. At start, servers recorded on this host whose process is
-//! gone are recorded as stopped, so a restarted server takes over its predecessor's work at
-//! once instead of waiting for the predecessor's heartbeat to age.
+//! as stopped on a graceful stop. At start, servers recorded in this process space (this
+//! host's pid namespace) whose process is gone are recorded as stopped, so a restarted server
+//! takes over its predecessor's work at once instead of waiting for its heartbeat to age.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,7 +24,19 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// Whether a process with this id runs on this host.
+/// Where this process's pid means something: the kernel's boot id and the pid namespace
+/// (containers on one host may share its name, never a pid namespace). Empty when unknown,
+/// which no other server's gone process is judged by.
+fn process_space() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let namespace = std::fs::read_link("/proc/self/ns/pid");
+    match (boot, namespace) {
+        (Ok(boot), Ok(namespace)) => format!("{} {}", boot.trim(), namespace.display()),
+        _ => String::new(),
+    }
+}
+
+/// Whether a process with this id runs in this process space.
 fn process_runs(pid: i32) -> bool {
     use nix::errno::Errno;
     use nix::sys::signal::kill;
@@ -32,16 +44,20 @@ fn process_runs(pid: i32) -> bool {
     pid > 0 && !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
 }
 
-/// Records this server, after recording as stopped the servers of this host that are gone.
+/// Records this server, after recording as stopped the servers of its process space (this
+/// host, or this container) whose process is gone.
 pub async fn register(store: &Store, listen: SocketAddr) -> anyhow::Result<()> {
-    let host = host_name();
-    let gone = store.stop_gone_servers(&host, process_runs).await?;
-    if !gone.is_empty() {
-        tracing::warn!(servers = ?gone, "recorded servers of this host whose process is gone as stopped");
+    let space = process_space();
+    if !space.is_empty() {
+        let gone = store.stop_gone_servers(&space, process_runs).await?;
+        if !gone.is_empty() {
+            tracing::warn!(servers = ?gone, "recorded servers of this host whose process is gone as stopped");
+        }
     }
     store
         .register_server(&ServerIdentity {
-            host,
+            host: host_name(),
+            process_space: space,
             pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             listen: listen.to_string(),

@@ -41,6 +41,8 @@ pub struct ServerRecord {
 pub struct ServerIdentity {
     pub host: String,
     pub pid: i32,
+    /// The kernel boot and pid namespace the pid means something in.
+    pub process_space: String,
     pub version: String,
     pub listen: String,
 }
@@ -51,11 +53,13 @@ impl Store {
         self.client()
             .await?
             .execute(
-                "INSERT INTO servers (id, host, pid, version, listen) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO servers (id, host, pid, process_space, version, listen)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
                     &self.owner(),
                     &identity.host,
                     &identity.pid,
+                    &identity.process_space,
                     &identity.version,
                     &identity.listen,
                 ],
@@ -90,19 +94,20 @@ impl Store {
         Ok(())
     }
 
-    /// Records as stopped the servers of `host` (other than this one) whose process is gone,
-    /// as `running(pid)` says: a server restarted on the same host need not wait for its
-    /// predecessor's heartbeat to age. Returns the ids it stopped.
+    /// Records as stopped the servers of `process_space` (other than this one) whose process
+    /// is gone, as `running(pid)` says: a server restarted on the same host need not wait for
+    /// its predecessor's heartbeat to age. Returns the ids it stopped.
     pub async fn stop_gone_servers(
         &self,
-        host: &str,
+        process_space: &str,
         running: impl Fn(i32) -> bool,
     ) -> StoreResult<Vec<Uuid>> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, pid FROM servers WHERE host = $1 AND stopped_at IS NULL AND id <> $2",
-                &[&host, &self.owner()],
+                "SELECT id, pid FROM servers
+                 WHERE process_space = $1 AND stopped_at IS NULL AND id <> $2",
+                &[&process_space, &self.owner()],
             )
             .await?;
         let mut stopped = Vec::new();

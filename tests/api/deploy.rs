@@ -683,7 +683,8 @@ async fn a_lock_held_by_another_live_server_refuses_with_its_holder_until_that_s
     let other = uuid::Uuid::new_v4();
     client
         .execute(
-            "INSERT INTO servers (id, host, pid, version, listen) VALUES ($1, 'elsewhere', 1, '0', '10.0.0.2:8080')",
+            "INSERT INTO servers (id, host, pid, process_space, version, listen)
+             VALUES ($1, 'elsewhere', 1, 'another boot', '0', '10.0.0.2:8080')",
             &[&other],
         )
         .await

@@ -16,6 +16,7 @@ mod health;
 mod hostile_input;
 mod lintian;
 mod logs;
+mod packaging;
 mod pipeline_cli;
 mod registry;
 mod release_guards;

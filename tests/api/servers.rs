@@ -254,11 +254,17 @@ async fn two_servers_on_one_database_build_each_push_once_and_serve_one_signed_r
         if build["status"] != "running" {
             break build;
         }
-        assert!(asked.elapsed() < Duration::from_secs(30), "still running: {build}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "still running: {build}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
-    eprintln!("a cancel through the other server took {:?}", asked.elapsed());
+    eprintln!(
+        "a cancel through the other server took {:?}",
+        asked.elapsed()
+    );
     second.stop().await;
     first.stop().await;
 }

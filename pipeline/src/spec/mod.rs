@@ -226,6 +226,42 @@ pub struct MaintainerScripts {
 /// whose aliases expand past [`MAX_VALUES`] values or [`MAX_EXPANDED_TEXT_BYTES`] of text, or
 /// nested deeper than [`MAX_DEPTH`], is refused before anything is built from it.
 pub fn parse(text: &str) -> Result<Spec, SpecError> {
+    let spec: Spec = parse_bounded(text)?;
+    validate::check(&spec).map_err(|problem| located(text, &problem))?;
+    Ok(spec)
+}
+
+/// A file holding a `package:` section and nothing else (a package built apart from any
+/// pipeline, as Slipway's own), with the bounds and checks of [`parse`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackageOnly {
+    package: PackageSpec,
+}
+
+/// Parses and validates the text of a file holding only a `package:` section.
+pub fn parse_package(text: &str) -> Result<PackageSpec, SpecError> {
+    let only: PackageOnly = parse_bounded(text)?;
+    validate::check_package(&only.package).map_err(|problem| located(text, &problem))?;
+    Ok(only.package)
+}
+
+/// The error of `problem`, at its place in `text`.
+fn located(text: &str, problem: &validate::Problem) -> SpecError {
+    let (line, column) = locate::locate(text, &problem.path).unwrap_or((1, 1));
+    SpecError {
+        line,
+        column,
+        message: format!(
+            "{}: {}",
+            locate::display_path(&problem.path),
+            problem.message
+        ),
+    }
+}
+
+/// Deserialises `text` once it is within the bounds [`parse`] documents.
+fn parse_bounded<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, SpecError> {
     if text.len() > MAX_SPEC_BYTES {
         let (line, column) = bounds::position_of_limit(text);
         return Err(SpecError {
@@ -242,20 +278,7 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
         });
     }
     bounds::check(text).map_err(|error| from_yaml_error(&error))?;
-    let spec: Spec = serde_yaml::from_str(text).map_err(|error| from_yaml_error(&error))?;
-    validate::check(&spec).map_err(|problem| {
-        let (line, column) = locate::locate(text, &problem.path).unwrap_or((1, 1));
-        SpecError {
-            line,
-            column,
-            message: format!(
-                "{}: {}",
-                locate::display_path(&problem.path),
-                problem.message
-            ),
-        }
-    })?;
-    Ok(spec)
+    serde_yaml::from_str(text).map_err(|error| from_yaml_error(&error))
 }
 
 fn from_yaml_error(error: &serde_yaml::Error) -> SpecError {
@@ -272,5 +295,29 @@ fn from_yaml_error(error: &serde_yaml::Error) -> SpecError {
         line,
         column,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACKAGE: &str = "package:\n  name: slipway\n  architecture: amd64\n  maintainer: \"Slipway <slipway@localhost>\"\n  description: \"the server\"\n  files:\n    - {src: bin/slipway, dest: /usr/bin/slipway, mode: \"0755\"}\n";
+
+    #[test]
+    fn a_package_section_alone_parses_with_the_checks_of_a_pipeline() {
+        let package = parse_package(PACKAGE).unwrap();
+        assert_eq!(package.name.as_str(), "slipway");
+        assert_eq!(package.files.len(), 1);
+
+        let bad = PACKAGE.replace("Slipway <slipway@localhost>", "nobody");
+        let error = parse_package(&bad).unwrap_err();
+        assert_eq!(error.line, 4, "{error}");
+        assert!(error.message.starts_with("package.maintainer:"), "{error}");
+
+        let with_steps = format!("steps:\n  - {{name: a, image: x, commands: [true]}}\n{PACKAGE}");
+        let error = parse_package(&with_steps).unwrap_err();
+        assert!(error.message.contains("unknown field `steps`"), "{error}");
+        assert!(parse(&with_steps).unwrap().package.is_some());
     }
 }

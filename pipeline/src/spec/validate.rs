@@ -273,7 +273,7 @@ fn find_cycle(edges: &[Vec<(usize, usize)>]) -> Option<Vec<(usize, usize)>> {
     }
 }
 
-fn check_package(package: &PackageSpec) -> Result<(), Problem> {
+pub fn check_package(package: &PackageSpec) -> Result<(), Problem> {
     let path = |rest: &[Segment]| [&[key("package")], rest].concat();
     let maintainer = package.maintainer.trim();
     if !(maintainer.contains('<') && maintainer.ends_with('>')) {
