@@ -71,6 +71,22 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Write the installation's state (database, signing key, apt repository) to one file.
+    Backup {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The backup file to write (mode 0600: it holds the signing key).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into an empty database and apt directory, for a server to start on.
+    Restore {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The backup file, as `slipway backup` wrote it.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Work with a .slipway.yml pipeline locally.
     #[command(subcommand)]
     Pipeline(PipelineCommand),

@@ -42,15 +42,34 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { client } => crate::deploy::cli::status(&client).await,
         Command::Releases { client } => releases(client).await,
+        Command::Backup { server, out } => {
+            let config = load_config(server)?;
+            tokio::task::spawn_blocking(move || crate::backup::backup(&config, &out)).await??;
+            println!("wrote the backup");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { server, from } => {
+            let config = load_config(server)?;
+            let restored =
+                tokio::task::spawn_blocking(move || crate::backup::restore(&config, &from))
+                    .await??;
+            println!("{restored}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
-async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+/// The server's configuration, as `slipway server` with these arguments would read it.
+fn load_config(args: ServerArgs) -> anyhow::Result<Config> {
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data_dir,
     };
-    let config = Config::load(args.config.as_deref(), &overrides)?;
+    Ok(Config::load(args.config.as_deref(), &overrides)?)
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(args)?;
     let app = Application::build(config)
         .await
         .context("cannot start the server")?;

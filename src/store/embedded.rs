@@ -46,6 +46,8 @@ pub struct EmbeddedPostgres {
     socket_dir: PathBuf,
     bin_dir: PathBuf,
     run_as: Option<User>,
+    /// Whether this start started it (it was not running already).
+    started_here: bool,
 }
 
 impl EmbeddedPostgres {
@@ -59,11 +61,12 @@ impl EmbeddedPostgres {
                 detail: format!("{} is not valid UTF-8", data_dir.display()),
             });
         }
-        let cluster = EmbeddedPostgres {
+        let mut cluster = EmbeddedPostgres {
             pgdata: data_dir.join("postgres"),
             socket_dir: data_dir.join("run"),
             bin_dir: find_bin_dir()?,
             run_as: unprivileged_user()?,
+            started_here: false,
         };
         let socket_len = cluster.socket_dir.join(".s.PGSQL.5432").as_os_str().len();
         if socket_len > MAX_SOCKET_PATH {
@@ -83,9 +86,21 @@ impl EmbeddedPostgres {
         } else {
             cluster.clear_stale_pid_file();
             cluster.pg_ctl_start()?;
+            cluster.started_here = true;
         }
         cluster.ensure_database()?;
         Ok(cluster)
+    }
+
+    /// Whether [`EmbeddedPostgres::start`] started it, rather than finding it running (a
+    /// command working beside a running server must leave its cluster running).
+    pub fn started_here(&self) -> bool {
+        self.started_here
+    }
+
+    /// Where its `pg_dump` and `psql` are.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
     }
 
     /// A tokio-postgres connection string for the `slipway` database.
@@ -297,7 +312,8 @@ impl EmbeddedPostgres {
     }
 }
 
-fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
+/// Debian's PostgreSQL binaries, else the first directory on `PATH` with `initdb` and `pg_ctl`.
+pub fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
     let debian = PathBuf::from(DEBIAN_BIN_DIR);
     if debian.join("initdb").exists() {
         return Ok(debian);

@@ -168,16 +168,20 @@ impl TestApp {
     /// Another server of `first`'s installation: on its database, with a data directory of
     /// its own, answering to `first`'s admin token (made by the installation's first start).
     pub async fn spawn_beside(config_text: &str, first: &TestApp) -> TestApp {
-        let mut app = TestApp::spawn_full_with(
+        TestApp::spawn_with_token(config_text, first.database_url.clone(), &first.token).await
+    }
+
+    /// A server on `database_url`, which holds an installation whose admin token is `token`
+    /// (the server writes none of its own then).
+    pub async fn spawn_with_token(config_text: &str, database_url: String, token: &str) -> TestApp {
+        TestApp::spawn_full_with(
             config_text,
-            first.database_url.clone(),
+            database_url,
             &[],
             "127.0.0.1:0",
-            Some(first.token.clone()),
+            Some(token.to_owned()),
         )
-        .await;
-        app.token = first.token.clone();
-        app
+        .await
     }
 
     async fn spawn_full(

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod aws_deploy;
+mod backup;
 mod bake;
 mod bake_stage;
 mod builds;

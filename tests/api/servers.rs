@@ -19,7 +19,7 @@ const SECRET: &str = "servers-secret";
 
 /// A repository whose one step prints a line once per run and whose package is one file, so
 /// a build takes a few seconds and its release is not baked (no systemd unit).
-fn quick_repository() -> tempfile::TempDir {
+pub(crate) fn quick_repository() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let spec = "steps:\n  - name: work\n    image: slipway/debian:bookworm\n    commands:\n      - echo \"ran once as $(cat /proc/sys/kernel/random/uuid)\"\npackage:\n  name: shared\n  architecture: all\n  maintainer: \"Acme Ops <ops@acme.test>\"\n  description: \"servers test package\"\n  files:\n    - {src: app.txt, dest: /usr/share/shared/app.txt, mode: \"0644\"}\n";
     std::fs::write(dir.path().join(".slipway.yml"), spec).unwrap();
@@ -29,7 +29,7 @@ fn quick_repository() -> tempfile::TempDir {
     dir
 }
 
-fn config(repo: &Path, apt: &Path) -> String {
+pub(crate) fn config(repo: &Path, apt: &Path) -> String {
     format!(
         "max_concurrent_builds = 2\n[apt]\ndir = \"{}\"\n[[projects]]\nname = \"shared\"\nrepository = \"acme/shared\"\nclone_url = \"file://{}\"\nwebhook_secret = \"{SECRET}\"\nbranches = \"^main$\"\n",
         apt.display(),
@@ -37,7 +37,7 @@ fn config(repo: &Path, apt: &Path) -> String {
     )
 }
 
-async fn push(app: &TestApp, commit: &str) -> i64 {
+pub(crate) async fn push(app: &TestApp, commit: &str) -> i64 {
     let body = push_body("acme/shared", "main", commit);
     let response = app
         .post_hook("repo:push", &body, Some(&sign(SECRET, &body)), None)
@@ -48,7 +48,7 @@ async fn push(app: &TestApp, commit: &str) -> i64 {
 }
 
 /// `GET path` from `app`, as bytes.
-async fn bytes(app: &TestApp, path: &str) -> Vec<u8> {
+pub(crate) async fn bytes(app: &TestApp, path: &str) -> Vec<u8> {
     let response = app.get(path).await;
     assert_eq!(response.status(), 200, "GET {path}");
     response.bytes().await.unwrap().to_vec()
