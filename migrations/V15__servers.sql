@@ -29,3 +29,13 @@ CREATE TABLE signing_key (
     secret_key  text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Housekeeping ([retention]): when a release's package left the apt repository.
+ALTER TABLE releases ADD COLUMN package_removed_at timestamptz;
+-- ... and a Docker image retention removed from dockerd (status 'removed', with the reason).
+ALTER TABLE release_images DROP CONSTRAINT release_images_status_check;
+ALTER TABLE release_images ADD CONSTRAINT release_images_status_check
+    CHECK (status IN ('queued', 'baking', 'baked', 'failed', 'deregistered', 'removed'));
+ALTER TABLE releases DROP CONSTRAINT releases_bake_status_check;
+ALTER TABLE releases ADD CONSTRAINT releases_bake_status_check
+    CHECK (bake_status IN ('queued', 'baking', 'baked', 'failed', 'removed'));

@@ -19,6 +19,7 @@ pub mod outage;
 pub mod queue;
 pub mod registries;
 pub mod releases;
+pub mod retention;
 pub mod runner;
 pub mod server;
 pub mod store;

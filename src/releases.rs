@@ -89,6 +89,12 @@ impl Repository {
         })
     }
 
+    /// Removes these package files from the repository (see [`AptRepository::remove`]);
+    /// returns the names it removed.
+    pub fn remove(&self, filenames: &[String]) -> anyhow::Result<Vec<String>> {
+        Ok(self.apt.remove(filenames)?)
+    }
+
     /// The public key clients trust the repository with (served as `/apt/key.gpg`).
     pub fn key_path(&self) -> PathBuf {
         self.apt.key_path()

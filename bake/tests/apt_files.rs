@@ -290,3 +290,50 @@ fn a_generation_left_unfinished_by_a_crash_is_redone_and_never_served() {
         "{packages}"
     );
 }
+
+#[test]
+fn a_removed_version_leaves_the_signed_index_and_the_pool_and_the_others_stay() {
+    let (data, workspace) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let repository = signed_repository(data.path());
+    let root = repository.root().to_path_buf();
+    let mut records = Vec::new();
+    for version in ["1", "2", "3"] {
+        let (path, info) = build_into(
+            workspace.path(),
+            &hello_definition(workspace.path(), version),
+        );
+        records.push(repository.publish(&path, &info).unwrap());
+    }
+    let removed = repository
+        .remove(&["hello_1_all.deb".to_owned(), "nothing_9_all.deb".to_owned()])
+        .unwrap();
+    assert_eq!(removed, ["hello_1_all.deb"]);
+    assert!(!root.join(&records[0].pool_path).exists());
+    for record in &records[1..] {
+        assert!(root.join(&record.pool_path).exists());
+    }
+    let packages = read(root.join("dists/stable/main/binary-amd64/Packages"));
+    assert!(!packages.contains("Version: 1\n"), "{packages}");
+    assert!(packages.contains("Version: 2\n") && packages.contains("Version: 3\n"));
+    let listed: Vec<String> = repository
+        .packages()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.version)
+        .collect();
+    assert_eq!(listed, ["2", "3"]);
+    let keyring = root.join("key.gpg");
+    let (ok, text) = run(
+        "gpgv",
+        &[
+            "--keyring",
+            keyring.to_str().unwrap(),
+            root.join("dists/stable/InRelease").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "the new index is signed: {text}");
+    assert!(repository
+        .remove(&["hello_1_all.deb".to_owned()])
+        .unwrap()
+        .is_empty());
+}

@@ -87,8 +87,24 @@ pub struct RawConfig {
     pub load_balancer_image: Option<String>,
     /// `[apt]`: where the signed apt repository lives.
     pub apt: Option<RawApt>,
+    /// `[retention]`: what housekeeping removes; absent keys keep everything.
+    pub retention: Option<RawRetention>,
     #[serde(default)]
     pub projects: Vec<RawProject>,
+}
+
+/// `[retention]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Builds that ended longer ago than this many days are deleted with their logs...
+    pub build_days: Option<u32>,
+    /// ...unless among the newest this many builds of their project.
+    pub build_keep: Option<u32>,
+    /// Docker images of releases older than a project's newest this many are removed.
+    pub image_keep: Option<u32>,
+    /// Versions of a package older than its newest this many leave the apt repository.
+    pub apt_keep: Option<u32>,
 }
 
 /// `[apt]`: the apt repository every server of the installation publishes to and serves.
@@ -228,7 +244,23 @@ pub struct Config {
     pub load_balancer_image: String,
     /// The apt repository's directory: shared by every server of the installation.
     pub apt_dir: PathBuf,
+    /// What housekeeping removes, and what it keeps.
+    pub retention: Retention,
     pub projects: Vec<Project>,
+}
+
+/// What housekeeping removes (see docs/configuration.md, "Retention"); `None` keeps all.
+/// Whatever is live, warm or taken by an unfinished deployment in an environment is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Builds that ended more than this long ago (and made no release) are deleted...
+    pub build_age: Option<Duration>,
+    /// ...unless among the newest this many of their project.
+    pub build_keep: Option<u32>,
+    /// Docker images of releases older than a project's newest this many are removed.
+    pub image_keep: Option<u32>,
+    /// Versions of a package older than its newest this many leave the apt repository.
+    pub apt_keep: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -428,6 +460,8 @@ pub fn resolve(
         None => data_dir.join("apt"),
     };
 
+    let retention = resolve_retention(raw.retention.unwrap_or_default(), &invalid)?;
+
     let mut names = HashSet::new();
     let mut projects = Vec::new();
     let mut package_owners: BTreeMap<String, String> = BTreeMap::new();
@@ -470,7 +504,35 @@ pub fn resolve(
             .load_balancer_image
             .unwrap_or_else(|| DEFAULT_LOAD_BALANCER_IMAGE.to_owned()),
         apt_dir,
+        retention,
         projects,
+    })
+}
+
+/// `[retention]`, checked: keeping nothing of something is refused, since the newest release
+/// or build is what users look at.
+fn resolve_retention(raw: RawRetention, invalid: &Invalid<'_>) -> Result<Retention, ConfigError> {
+    for (key, value) in [
+        ("retention.build_days", raw.build_days),
+        ("retention.build_keep", raw.build_keep),
+        ("retention.image_keep", raw.image_keep),
+        ("retention.apt_keep", raw.apt_keep),
+    ] {
+        if value == Some(0) {
+            return Err(invalid(
+                key,
+                "expected a number of at least 1, got 0 (leave the key out to keep everything)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(Retention {
+        build_age: raw
+            .build_days
+            .map(|days| Duration::from_secs(u64::from(days) * 24 * 3600)),
+        build_keep: raw.build_keep,
+        image_keep: raw.image_keep,
+        apt_keep: raw.apt_keep,
     })
 }
 
@@ -844,6 +906,28 @@ mod tests {
     fn load(text: &str) -> Result<Config, ConfigError> {
         let raw = parse(text, "slipway.toml")?;
         resolve(raw, "slipway.toml", &Overrides::default(), &|_| None)
+    }
+
+    #[test]
+    fn retention_keeps_everything_unless_told_and_refuses_keeping_nothing() {
+        let config = load("").unwrap();
+        assert_eq!(config.retention, Retention::default());
+        let config =
+            load("[retention]\nbuild_days = 30\nbuild_keep = 100\nimage_keep = 5\napt_keep = 10\n")
+                .unwrap();
+        assert_eq!(
+            config.retention,
+            Retention {
+                build_age: Some(Duration::from_secs(30 * 24 * 3600)),
+                build_keep: Some(100),
+                image_keep: Some(5),
+                apt_keep: Some(10),
+            }
+        );
+        let err = load("[retention]\napt_keep = 0\n").unwrap_err().to_string();
+        assert!(err.contains("key `retention.apt_keep`"), "{err}");
+        let err = load("[retention]\nkeep = 3\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `keep`"), "{err}");
     }
 
     #[test]

@@ -142,6 +142,12 @@ impl Application {
         } = self;
         let stop = CancellationToken::new();
         let heartbeats = tokio::spawn(presence::heartbeat(state.store.clone(), stop.clone()));
+        let housekeeping = tokio::spawn(crate::retention::run(
+            state.config.clone(),
+            state.store.clone(),
+            state.docker.clone(),
+            state.repository.clone(),
+        ));
         let stopped = stop.clone();
         let shutdown = async move {
             tokio::select! {
@@ -162,6 +168,7 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await
             .context("HTTP server failed");
+        housekeeping.abort();
         queue.shutdown().await;
         bakes.shutdown().await;
         deploys.shutdown();

@@ -8,6 +8,7 @@ pub mod deployments;
 pub mod embedded;
 pub mod release_images;
 pub mod releases;
+pub mod retention;
 pub mod servers;
 pub mod signing_key;
 pub mod tokens;

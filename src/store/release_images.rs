@@ -27,7 +27,8 @@ pub struct ReleaseImage {
     /// The Docker image's name (`slipway/hello-1a2b3c4d:v3`); absent for an AMI.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `queued`, `baking`, `baked`, `failed`, or for an AMI `deregistered` (by retention).
+    /// `queued`, `baking`, `baked`, `failed`, or after retention `deregistered` (an AMI) or
+    /// `removed` (a Docker image).
     pub status: String,
     pub reason: Option<String>,
     pub bake_key: Option<String>,

@@ -23,8 +23,8 @@ pub struct Release {
     pub package: Option<PackageRecord>,
     pub created_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,
-    /// The Docker image's bake: `queued`, `baking`, `baked` or `failed`; `None` when the
-    /// release has no Docker image to bake (yet).
+    /// The Docker image's bake: `queued`, `baking`, `baked`, `failed`, or `removed` (by
+    /// retention); `None` when the release has no Docker image to bake (yet).
     pub bake_status: Option<String>,
     /// The bake's id once one started: what it left carries the Docker label
     /// `slipway.bake=<id>` (containers) or `slipway.baked-by=<id>` (images).
@@ -44,6 +44,8 @@ pub struct Release {
     pub lintian: Option<LintianReport>,
     /// Every image of the release, by kind (the Docker image; an AMI per region).
     pub images: Vec<ReleaseImage>,
+    /// When retention (`apt_keep`) removed its package from the apt repository.
+    pub package_removed_at: Option<DateTime<Utc>>,
 }
 
 /// Lintian's errors and warnings on a release's package.
@@ -142,7 +144,7 @@ const COLUMNS: &str = "r.id, r.number, r.project, b.number, r.commit, r.status, 
         'status', i.status, 'reason', i.reason, 'bake_key', i.bake_key, 'baked_at', i.baked_at,
         'copy_of', i.copy_of)
         ORDER BY i.kind DESC, i.region), '[]'::json)
-     FROM release_images i WHERE i.release_id = r.id)";
+     FROM release_images i WHERE i.release_id = r.id), r.package_removed_at";
 
 fn from_row(row: &tokio_postgres::Row) -> Release {
     let number: i64 = row.get(1);
@@ -186,6 +188,7 @@ fn from_row(row: &tokio_postgres::Row) -> Release {
                 note: row.get(25),
             }),
         images,
+        package_removed_at: row.get(27),
     };
     release.follow_the_ami_without_a_docker_image();
     release

@@ -23,6 +23,7 @@ mod registry;
 mod release_guards;
 mod release_order;
 mod releases;
+mod retention;
 mod schema;
 mod server_process;
 mod servers;

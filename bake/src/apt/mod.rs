@@ -135,6 +135,38 @@ impl AptRepository {
         })
     }
 
+    /// Removes the packages whose file names are in `filenames` from the signed index, then
+    /// their files from the pool (so a reader of the old index finds them until it is
+    /// replaced). Names not in the repository are ignored. Returns the names it removed.
+    #[tracing::instrument(skip_all, err)]
+    pub fn remove(&self, filenames: &[String]) -> Result<Vec<String>> {
+        let _guard = self.lock()?;
+        let mut catalogue = Catalogue::load(&self.root)?;
+        let (gone, kept): (Vec<_>, Vec<_>) = catalogue
+            .packages
+            .drain(..)
+            .partition(|entry| filenames.contains(&entry.info.filename));
+        catalogue.packages = kept;
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Index, catalogue, files: a removal cut short is finished by the next one (the
+        // catalogue still lists what the index may still list), and a reader of the old index
+        // finds every file it names until the new index is live.
+        let generation = self.republish(&catalogue)?;
+        catalogue.save(&self.root)?;
+        for entry in &gone {
+            let path = self.root.join(&entry.pool_path);
+            if let Err(error) = fs::remove_file(&path) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    return Err(error).io_context("removing package", &path);
+                }
+            }
+        }
+        tracing::info!(generation, removed = gone.len(), "removed packages");
+        Ok(gone.into_iter().map(|entry| entry.info.filename).collect())
+    }
+
     /// Regenerates, signs and atomically swaps in `dists/stable` from `catalogue`.
     fn republish(&self, catalogue: &Catalogue) -> Result<u64> {
         let indexes = index::package_indexes(catalogue);
