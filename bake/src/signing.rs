@@ -11,6 +11,19 @@ use std::process::{Command, Stdio};
 
 use crate::error::{Error, IoContext, Result};
 
+/// Makes the GnuPG home `dir` (mode 0700) and locks it against other processes until the
+/// returned file is dropped.
+fn lock_home(dir: &Path) -> Result<File> {
+    fs::create_dir_all(dir).io_context("creating signing key directory", dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .io_context("restricting signing key directory", dir)?;
+    let lock_path = dir.join("slipway.lock");
+    let lock = File::create(&lock_path).io_context("creating signing lock", &lock_path)?;
+    lock.lock()
+        .io_context("locking signing key directory", &lock_path)?;
+    Ok(lock)
+}
+
 /// Signs apt indexes with one secret key living in `home` (a GNUPGHOME, mode 0700).
 #[derive(Debug, Clone)]
 pub struct Signer {
@@ -23,13 +36,7 @@ impl Signer {
     /// (e.g. `Slipway apt <apt@example.com>`) when none exists yet. Safe across processes.
     #[tracing::instrument(skip_all, fields(dir = %dir.display()), err)]
     pub fn open_or_create(dir: &Path, uid: &str) -> Result<Signer> {
-        fs::create_dir_all(dir).io_context("creating signing key directory", dir)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .io_context("restricting signing key directory", dir)?;
-        let lock_path = dir.join("slipway.lock");
-        let lock = File::create(&lock_path).io_context("creating signing lock", &lock_path)?;
-        lock.lock()
-            .io_context("locking signing key directory", &lock_path)?;
+        let _lock = lock_home(dir)?;
         let mut signer = Signer {
             home: dir.to_path_buf(),
             fingerprint: String::new(),
@@ -67,13 +74,7 @@ impl Signer {
     /// when the imported key is not the one named.
     #[tracing::instrument(skip_all, fields(dir = %dir.display(), %fingerprint), err)]
     pub fn with_key(dir: &Path, fingerprint: &str, secret_key: &str) -> Result<Signer> {
-        fs::create_dir_all(dir).io_context("creating signing key directory", dir)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .io_context("restricting signing key directory", dir)?;
-        let lock_path = dir.join("slipway.lock");
-        let lock = File::create(&lock_path).io_context("creating signing lock", &lock_path)?;
-        lock.lock()
-            .io_context("locking signing key directory", &lock_path)?;
+        let _lock = lock_home(dir)?;
         let signer = Signer {
             home: dir.to_path_buf(),
             fingerprint: fingerprint.to_owned(),

@@ -5,12 +5,11 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-use serde_json::Value;
+use std::time::Duration;
 
 use crate::builds::commit_all;
 use crate::helpers::{test_database, TestApp};
+use crate::release_order::wait_for_build;
 use crate::servers::{bytes, config, push, quick_repository};
 
 /// `slipway ARGS` with the config file `config`; its exit status and output.
@@ -27,19 +26,9 @@ fn slipway(config: &Path, args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
-async fn wait_released(app: &TestApp, number: i64) -> Value {
-    let started = Instant::now();
-    loop {
-        let build = app
-            .get_json(&format!("/api/v1/projects/shared/builds/{number}"))
-            .await;
-        if !matches!(build["status"].as_str(), Some("queued" | "running")) {
-            assert_eq!(build["status"], "passed", "{build}");
-            return build;
-        }
-        assert!(started.elapsed() < Duration::from_secs(300), "{build}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+async fn wait_released(app: &TestApp, number: i64) {
+    let build = wait_for_build(app, "shared", number, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "passed", "{build}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

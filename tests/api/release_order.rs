@@ -38,7 +38,13 @@ async fn push(app: &TestApp, name: &str, commit: &str) -> i64 {
     answer["queued"][0]["number"].as_i64().expect("a build")
 }
 
-async fn wait_for_build(app: &TestApp, name: &str, number: i64, limit: Duration) -> Value {
+/// Build `number` of project `name` once it ended, waiting at most `limit`.
+pub(crate) async fn wait_for_build(
+    app: &TestApp,
+    name: &str,
+    number: i64,
+    limit: Duration,
+) -> Value {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let build = app

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::builds::{commit_all, push_body};
 use crate::deploy::{image, insert_release, Api, Project};
 use crate::helpers::{sign, TestApp};
+use crate::release_order::wait_for_build;
 use crate::servers::{bytes, quick_repository};
 
 const SECRET: &str = "retention-secret";
@@ -23,18 +24,9 @@ async fn push(app: &TestApp, branch: &str, commit: &str) -> i64 {
     assert_eq!(response.status(), 202);
     let answer: Value = response.json().await.unwrap();
     let number = answer["queued"][0]["number"].as_i64().expect("a build");
-    let started = Instant::now();
-    loop {
-        let build = app
-            .get_json(&format!("/api/v1/projects/shared/builds/{number}"))
-            .await;
-        if !matches!(build["status"].as_str(), Some("queued" | "running")) {
-            assert_eq!(build["status"], "passed", "{build}");
-            return number;
-        }
-        assert!(started.elapsed() < Duration::from_secs(300), "{build}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let build = wait_for_build(app, "shared", number, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    number
 }
 
 /// Waits until `check` holds, for at most a minute.

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::builds::{commit_all, git, push_body};
 use crate::deploy::{events, image, insert_release, Api, Project, Server};
 use crate::helpers::{sign, TestApp};
+use crate::release_order::wait_for_build;
 
 const SECRET: &str = "servers-secret";
 
@@ -45,6 +46,17 @@ pub(crate) async fn push(app: &TestApp, commit: &str) -> i64 {
     assert_eq!(response.status(), 202);
     let answer: Value = response.json().await.unwrap();
     answer["queued"][0]["number"].as_i64().expect("a build")
+}
+
+/// The ids of the live servers in an answer of `GET /api/v1/servers`.
+fn live_servers(servers: &Value) -> BTreeSet<String> {
+    servers["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["live"] == true)
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// `GET path` from `app`, as bytes.
@@ -82,19 +94,7 @@ async fn two_servers_on_one_database_build_each_push_once_and_serve_one_signed_r
     let started = Instant::now();
     let mut ran_on = BTreeSet::new();
     for (number, _) in &commits {
-        let build = loop {
-            let build = first
-                .get_json(&format!("/api/v1/projects/shared/builds/{number}"))
-                .await;
-            if !matches!(build["status"].as_str(), Some("queued" | "running")) {
-                break build;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(600),
-                "build {number} unfinished: {build}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let build = wait_for_build(&first, "shared", *number, Duration::from_secs(600)).await;
         assert_eq!(build["status"], "passed", "{build}");
         ran_on.insert(build["server"].as_str().unwrap().to_owned());
         let lines = second
@@ -112,13 +112,7 @@ async fn two_servers_on_one_database_build_each_push_once_and_serve_one_signed_r
     }
     eprintln!("20 builds on two servers took {:?}", started.elapsed());
     let servers = first.get_json("/api/v1/servers").await;
-    let ids: BTreeSet<String> = servers["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["live"] == true)
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = live_servers(&servers);
     assert_eq!(ids.len(), 2, "both servers are live: {servers:#}");
     assert!(ran_on.is_subset(&ids), "builds ran on {ran_on:?}");
     assert_eq!(ran_on.len(), 2, "both servers built: {ran_on:?}");
@@ -341,14 +335,7 @@ async fn kill_9_of_the_server_running_a_deployment_leaves_it_to_the_other_within
     .await;
     let holder = watching["lock"]["owner"].as_str().unwrap().to_owned();
     let servers = first.api.get("/servers").await;
-    let ids: Vec<String> = servers["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["live"] == true)
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(ids.len(), 2, "{servers:#}");
+    assert_eq!(live_servers(&servers).len(), 2, "{servers:#}");
     let running = servers["servers"]
         .as_array()
         .unwrap()

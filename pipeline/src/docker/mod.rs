@@ -80,10 +80,31 @@ impl DockerEngine {
         &self,
         label: &str,
     ) -> Result<std::collections::BTreeSet<String>, EngineError> {
-        let operation = format!("list the builds of objects labelled {label}");
         let build_of = |labels: Option<std::collections::HashMap<String, String>>| {
             labels.and_then(|mut labels| labels.remove(crate::plan::BUILD_LABEL))
         };
+        let (containers, networks, volumes) = self.labelled(label).await?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| build_of(c.labels))
+            .chain(networks.into_iter().filter_map(|n| build_of(n.labels)))
+            .chain(volumes.into_iter().filter_map(|v| build_of(Some(v.labels))))
+            .collect())
+    }
+
+    /// The containers (stopped ones too), networks and volumes labelled `label`.
+    async fn labelled(
+        &self,
+        label: &str,
+    ) -> Result<
+        (
+            Vec<bollard::models::ContainerSummary>,
+            Vec<bollard::models::Network>,
+            Vec<bollard::models::Volume>,
+        ),
+        EngineError,
+    > {
+        let operation = format!("list objects labelled {label}");
         let containers = self
             .docker
             .list_containers(Some(convert::list_containers_options(label)))
@@ -99,18 +120,7 @@ impl DockerEngine {
             .list_volumes(Some(convert::list_volumes_options(label)))
             .await
             .map_err(|e| failed(&operation, e))?;
-        Ok(containers
-            .into_iter()
-            .filter_map(|c| build_of(c.labels))
-            .chain(networks.into_iter().filter_map(|n| build_of(n.labels)))
-            .chain(
-                volumes
-                    .volumes
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|v| build_of(Some(v.labels))),
-            )
-            .collect())
+        Ok((containers, networks, volumes.volumes.unwrap_or_default()))
     }
 
     /// Pulls through `registries`' mirror and with its logins (a project's, for one build);
@@ -527,31 +537,11 @@ impl Engine for DockerEngine {
     }
 
     async fn list_labelled(&self, label: &str) -> Result<Leftovers, EngineError> {
-        let operation = format!("list objects labelled {label}");
-        let containers = self
-            .docker
-            .list_containers(Some(convert::list_containers_options(label)))
-            .await
-            .map_err(|e| failed(&operation, e))?;
-        let networks = self
-            .docker
-            .list_networks(Some(convert::list_networks_options(label)))
-            .await
-            .map_err(|e| failed(&operation, e))?;
-        let volumes = self
-            .docker
-            .list_volumes(Some(convert::list_volumes_options(label)))
-            .await
-            .map_err(|e| failed(&operation, e))?;
+        let (containers, networks, volumes) = self.labelled(label).await?;
         Ok(Leftovers {
             containers: containers.into_iter().filter_map(|c| c.id).collect(),
             networks: networks.into_iter().filter_map(|n| n.name).collect(),
-            volumes: volumes
-                .volumes
-                .unwrap_or_default()
-                .into_iter()
-                .map(|v| v.name)
-                .collect(),
+            volumes: volumes.into_iter().map(|v| v.name).collect(),
         })
     }
 }
