@@ -169,7 +169,11 @@ impl BuildQueue {
                 }
                 continue;
             }
-            docker_outage.recovered();
+            // What builds cut off by the outage left is reaped before anything new runs.
+            if docker_outage.recovered() {
+                runner::reap_leftovers(&self.inner.engine, &self.inner.store, self.inner.server_id)
+                    .await;
+            }
             let claimed = match self.inner.store.claim_next_build().await {
                 Ok(claimed) => {
                     store_outage.recovered();

@@ -331,8 +331,7 @@ fn status_of(status: pipeline::BuildStatus) -> BuildStatus {
 
 /// Removes the containers, networks and volumes of this installation's builds (on this
 /// server's dockerd) whose build is no longer running: what a stopped or killed server's builds
-/// left, whichever server ran them. A build that ended in the last minute on a live server is
-/// left to that server's own teardown.
+/// left, whichever server ran them (a build is recorded final only after its own teardown).
 pub async fn reap_leftovers(engine: &DockerEngine, store: &Store, installation: Uuid) {
     let label = format!("{SERVER_LABEL}={installation}");
     let labelled = match engine.builds_labelled(&label).await {
@@ -345,7 +344,7 @@ pub async fn reap_leftovers(engine: &DockerEngine, store: &Store, installation: 
     if labelled.is_empty() {
         return;
     }
-    let active = match store.builds_active_or_recent(&labelled).await {
+    let active = match store.builds_unfinished(&labelled).await {
         Ok(active) => active,
         Err(e) => {
             tracing::warn!(error = %e, "cannot tell which builds left something in dockerd");

@@ -250,9 +250,10 @@ impl Store {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
-    /// Of `builds` (ids in the simple form containers are labelled with), those still running,
-    /// or that ended within the last minute on a live server (whose teardown may still run).
-    pub async fn builds_active_or_recent(
+    /// Of `builds` (ids in the simple form containers are labelled with), those queued or
+    /// running. A build is recorded final only after its teardown ran, so what a final build
+    /// still has in dockerd is what no teardown will remove.
+    pub async fn builds_unfinished(
         &self,
         builds: &std::collections::BTreeSet<String>,
     ) -> StoreResult<std::collections::BTreeSet<String>> {
@@ -264,12 +265,7 @@ impl Store {
             .client()
             .await?
             .query(
-                &format!(
-                    "SELECT id FROM builds WHERE id = ANY($1)
-                     AND (status IN ('queued', 'running')
-                          OR (finished_at > now() - interval '1 minute' AND {}))",
-                    owner_live("builds.owner")
-                ),
+                "SELECT id FROM builds WHERE id = ANY($1) AND status IN ('queued', 'running')",
                 &[&ids],
             )
             .await?;
