@@ -1,6 +1,7 @@
-//! The server's one Docker client: dockerd's address comes from `docker_host`, the bollard
-//! client is built once at start without contacting dockerd, and every user (the build queue,
-//! the deploy manager's docker targets, the bake service) shares clones of it.
+//! The server's Docker clients, one per dockerd: the server's `docker_host` (the build queue,
+//! the bake service and the docker environments that name no other share clones of it), and
+//! each other `docker_host` an environment names. A client is built once at start without
+//! contacting dockerd.
 //!
 //! bollard connects per request, so there is no connection to lose: "reconnecting" means that
 //! nothing caches a failed state, and that the API version is negotiated each time

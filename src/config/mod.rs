@@ -188,6 +188,9 @@ pub struct RawEnvironment {
     pub tls: Option<RawTls>,
     /// A docker environment's limit on a request body (by its `Content-Length`), in bytes.
     pub max_request_body_bytes: Option<u64>,
+    /// The dockerd a docker environment's load balancer and instances run on:
+    /// `unix:///path` or `tcp://host:port`; default the server's `docker_host`.
+    pub docker_host: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +304,8 @@ pub struct Environment {
     /// Where a docker environment's certificate and key are (read when the server starts).
     pub tls: Option<TlsFiles>,
     pub max_request_body_bytes: u64,
+    /// The dockerd a docker environment runs on (checked; the server's unless it names one).
+    pub docker_host: String,
 }
 
 /// The files of a docker environment's TLS termination.
@@ -466,7 +471,7 @@ pub fn resolve(
     let mut projects = Vec::new();
     let mut package_owners: BTreeMap<String, String> = BTreeMap::new();
     for (i, raw_project) in raw.projects.into_iter().enumerate() {
-        let project = resolve_project(raw_project, i, &invalid, env)?;
+        let project = resolve_project(raw_project, i, &invalid, env, &docker_host)?;
         if !names.insert(project.name.clone()) {
             return Err(invalid(
                 &format!("projects[{i}].name"),
@@ -543,6 +548,7 @@ fn resolve_project(
     index: usize,
     invalid: &Invalid<'_>,
     env: &dyn Fn(&str) -> Option<String>,
+    docker_host: &str,
 ) -> Result<Project, ConfigError> {
     let key = |field: &str| format!("projects[{index}].{field}");
     if !is_name(&raw.name) {
@@ -641,7 +647,7 @@ fn resolve_project(
     let mut env_names = HashSet::new();
     for (j, raw_env) in raw.environments.into_iter().enumerate() {
         let env_key = |field: &str| key(&format!("environments[{j}].{field}"));
-        let environment = resolve_environment(raw_env, &env_key, invalid, env)?;
+        let environment = resolve_environment(raw_env, &env_key, invalid, env, docker_host)?;
         if !env_names.insert(environment.name.clone()) {
             return Err(invalid(
                 &env_key("name"),
@@ -689,6 +695,7 @@ fn resolve_environment(
     key: &dyn Fn(&str) -> String,
     invalid: &Invalid<'_>,
     lookup: &dyn Fn(&str) -> Option<String>,
+    server_docker_host: &str,
 ) -> Result<Environment, ConfigError> {
     if !is_name(&raw.name) {
         return Err(invalid(
@@ -749,17 +756,29 @@ fn resolve_environment(
         "health_timeout",
         Duration::from_secs(60),
     )?;
-    if raw.target == TargetKind::Aws && (tls.is_some() || raw.max_request_body_bytes.is_some()) {
-        let field = if tls.is_some() {
-            "tls"
-        } else {
-            "max_request_body_bytes"
-        };
+    let docker_only = [
+        ("tls", tls.is_some()),
+        (
+            "max_request_body_bytes",
+            raw.max_request_body_bytes.is_some(),
+        ),
+        ("docker_host", raw.docker_host.is_some()),
+    ];
+    if let (TargetKind::Aws, Some((field, _))) =
+        (raw.target, docker_only.iter().find(|(_, given)| *given))
+    {
         return Err(invalid(
             &key(field),
-            "only a docker environment has a load balancer of Slipway's; an aws environment's is the listener given by listener_arn".into(),
+            "only a docker environment has a load balancer of Slipway's and a dockerd; an aws environment's is the listener given by listener_arn".into(),
         ));
     }
+    let docker_host = match raw.docker_host {
+        Some(host) => {
+            check_docker_host(&host).map_err(|m| invalid(&key("docker_host"), m))?;
+            host
+        }
+        None => server_docker_host.to_owned(),
+    };
     let aws = match raw.target {
         TargetKind::Docker => {
             if listen.is_none() {
@@ -834,6 +853,7 @@ fn resolve_environment(
         env,
         tls,
         max_request_body_bytes,
+        docker_host,
     })
 }
 
@@ -906,6 +926,32 @@ mod tests {
     fn load(text: &str) -> Result<Config, ConfigError> {
         let raw = parse(text, "slipway.toml")?;
         resolve(raw, "slipway.toml", &Overrides::default(), &|_| None)
+    }
+
+    #[test]
+    fn a_docker_environment_runs_on_the_servers_dockerd_unless_it_names_one() {
+        let env = |extra: &str| {
+            format!(
+                "docker_host = \"unix:///run/d.sock\"\n[[projects]]\nname = \"p\"\nrepository = \"a/p\"\nclone_url = \"file:///r\"\nwebhook_secret = \"s\"\n[[projects.environments]]\nname = \"dev\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:9000\"\n{extra}"
+            )
+        };
+        let config = load(&env("")).unwrap();
+        assert_eq!(
+            config.projects[0].environments[0].docker_host,
+            "unix:///run/d.sock"
+        );
+        let config = load(&env("docker_host = \"tcp://10.0.0.5:2375\"\n")).unwrap();
+        assert_eq!(
+            config.projects[0].environments[0].docker_host,
+            "tcp://10.0.0.5:2375"
+        );
+        let err = load(&env("docker_host = \"10.0.0.5\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `projects[0].environments[0].docker_host`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -171,6 +171,9 @@ pub struct DeployManager {
 }
 
 struct Inner {
+    /// The dockerds environments name besides the server's (whose API version the build
+    /// queue negotiates); the load balancers' checks negotiate theirs.
+    environment_dockers: Vec<DockerClient>,
     store: Store,
     owner: String,
     environments: Vec<Arc<EnvironmentHandle>>,
@@ -191,15 +194,28 @@ impl DeployManager {
         docker: &DockerClient,
     ) -> anyhow::Result<DeployManager> {
         let tasks = JoinSet::new();
-        let docker = docker.client();
+        // One client per dockerd: the server's, and each other one an environment names.
+        let mut clients = std::collections::HashMap::new();
+        clients.insert(config.docker_host.clone(), docker.clone());
         let mut environments = Vec::new();
         for project in &config.projects {
             for (index, environment) in project.environments.iter().enumerate() {
+                let client = match clients.get(&environment.docker_host) {
+                    Some(client) => client.clone(),
+                    None => {
+                        let client = DockerClient::new(&environment.docker_host)?;
+                        // The API version is negotiated now if dockerd answers, else by
+                        // the load balancers' checks once it does.
+                        let _ = client.check().await;
+                        clients.insert(environment.docker_host.clone(), client.clone());
+                        client
+                    }
+                };
                 let built = targets::build(
                     project,
                     environment,
                     server_id,
-                    &docker,
+                    &client.client(),
                     &config.data_dir,
                     &config.load_balancer_image,
                 )
@@ -218,8 +234,10 @@ impl DeployManager {
                 }));
             }
         }
+        clients.remove(&config.docker_host);
         let manager = DeployManager {
             inner: Arc::new(Inner {
+                environment_dockers: clients.into_values().collect(),
                 owner: store.owner().to_string(),
                 store,
                 environments,
@@ -704,6 +722,9 @@ async fn take_over_orphans(manager: DeployManager) {
 async fn watch_balancers(manager: DeployManager) {
     loop {
         tokio::time::sleep(BALANCERS_EVERY).await;
+        for client in &manager.inner.environment_dockers {
+            let _ = client.check().await;
+        }
         for environment in &manager.inner.environments {
             let Some(docker) = &environment.docker else {
                 continue;
@@ -711,7 +732,7 @@ async fn watch_balancers(manager: DeployManager) {
             if environment.busy().is_some() {
                 continue;
             }
-            if let Err(error) = docker.balancer().rotate_access_log(ACCESS_LOG_LIMIT) {
+            if let Err(error) = docker.balancer().rotate_access_log(ACCESS_LOG_LIMIT).await {
                 tracing::warn!(project = %environment.project, environment = %environment.config.name, %error, "rotating the load balancer's access log failed");
             }
             // dockerd unreachable: the recovery would wait on it as well.

@@ -121,6 +121,7 @@ pub async fn build(
                     listen,
                     tls_pem,
                     max_request_body_bytes: environment.max_request_body_bytes,
+                    remote: !environment.docker_host.starts_with("unix://"),
                     health_path: environment.health_path.clone(),
                     labels: BTreeMap::new(),
                 },

@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 
 use crate::helpers::{read_token, test_database, ServerChild, TestApp};
+use crate::tcp_dockerd::TcpDockerd;
 
 /// The app image of `tag`: `v1`, `v2` (answering / with their version) or `bad` (whose
 /// /health answers 500).
@@ -755,4 +756,67 @@ async fn a_lock_held_by_another_live_server_refuses_with_its_holder_until_that_s
         "released after the deployment: {prod:#}"
     );
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_on_a_docker_host_reached_over_tcp_is_deployed_through_its_api() {
+    let project = Project::new(2).await;
+    let tcp = TcpDockerd::start();
+    // prod, the last section, names its docker host.
+    let config = format!(
+        "{}docker_host = \"{}\"\n",
+        project.config("watch = \"1s\""),
+        tcp.address
+    );
+    let app = TestApp::spawn(&config).await;
+    let api = Api::of(&app);
+    let name = project.name.clone();
+    insert_release(&app.database_url, &name, 1, &image("v1"), true).await;
+    api.wait_live(&name, "dev", "v1").await;
+    let (status, stream) = api
+        .post(
+            &format!("/projects/{name}/environments/prod/promote"),
+            json!({ "release": "v1" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{stream}");
+    let prod = api.wait_live(&name, "prod", "v1").await;
+    assert_eq!(prod["load_balancer"]["state"], "running", "{prod:#}");
+    assert!(
+        prod["load_balancer"]["stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["name"] == "FRONTEND"),
+        "{prod:#}"
+    );
+    assert_eq!(prod["health"]["healthy"], 2, "{prod:#}");
+    let body = reqwest::get(project.url(1))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), "v1");
+    let container = prod["load_balancer"]["container"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mounts = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Type}}{{end}}",
+            &container,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&mounts.stdout).trim(), "volume");
+    app.stop().await;
+    let _ = Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output();
+    let _ = Command::new("docker")
+        .args(["volume", "rm", "-f", &container])
+        .output();
 }

@@ -28,6 +28,8 @@ mod schema;
 mod server_process;
 mod servers;
 mod sources;
+#[path = "../../deployer/tests/deployer/tcp_dockerd.rs"]
+mod tcp_dockerd;
 mod team_bake;
 mod tokens;
 mod webhooks;

@@ -516,7 +516,7 @@ impl Target for DockerTarget {
     async fn retire_fleet(&self, fleet: &FleetRef) -> Result<(), TargetError> {
         if !self.balancer.serving().await? {
             // Not running: its files say what it would serve once started again.
-            let persisted = self.balancer.persisted_routing();
+            let persisted = self.balancer.persisted_routing().await?;
             let owners = self.fleet_of_servers().await?;
             let would_serve = persisted.live.is_some_and(|slot| {
                 persisted

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::docker_env::{client, get, image, DockerEnv};
 use crate::support::{request, Stores};
+use crate::tcp_dockerd::TcpDockerd;
 
 fn policy() -> DeployPolicy {
     DeployPolicy {
@@ -249,7 +250,7 @@ async fn another_server_on_the_host_drives_the_running_load_balancer_through_its
     );
     assert_eq!(
         target.balancer().dir(),
-        env.dir,
+        Some(env.dir.clone()),
         "driven through the directory it mounts"
     );
     assert!(!own_dir.exists(), "nothing written where it does not live");
@@ -389,8 +390,8 @@ async fn a_changed_setting_reloads_the_running_load_balancer_without_failing_a_r
     assert!(total > 20, "{total}");
 }
 
-#[test]
-fn the_access_log_is_rotated_past_its_limit_keeping_one_older_file() {
+#[tokio::test]
+async fn the_access_log_is_rotated_past_its_limit_keeping_one_older_file() {
     let dir = tempfile_dir();
     let settings = slipway_deployer::LoadBalancerSettings {
         image: "unused".to_owned(),
@@ -401,21 +402,25 @@ fn the_access_log_is_rotated_past_its_limit_keeping_one_older_file() {
         max_request_body_bytes: 1,
         health_path: "/health".to_owned(),
         labels: Default::default(),
+        remote: false,
     };
     let docker = bollard::Docker::connect_with_local_defaults().unwrap();
     let balancer = slipway_deployer::LoadBalancer::new(docker, settings);
-    assert!(!balancer.rotate_access_log(10).unwrap(), "no log yet");
+    assert!(!balancer.rotate_access_log(10).await.unwrap(), "no log yet");
     std::fs::write(dir.join("access.log"), "0123456789").unwrap();
-    assert!(!balancer.rotate_access_log(10).unwrap(), "at the limit");
+    assert!(
+        !balancer.rotate_access_log(10).await.unwrap(),
+        "at the limit"
+    );
     std::fs::write(dir.join("access.log"), "first line\n").unwrap();
-    assert!(balancer.rotate_access_log(10).unwrap());
+    assert!(balancer.rotate_access_log(10).await.unwrap());
     assert_eq!(std::fs::read_to_string(dir.join("access.log")).unwrap(), "");
     assert_eq!(
         std::fs::read_to_string(dir.join("access.log.1")).unwrap(),
         "first line\n"
     );
     std::fs::write(dir.join("access.log"), "second line\n").unwrap();
-    assert!(balancer.rotate_access_log(10).unwrap());
+    assert!(balancer.rotate_access_log(10).await.unwrap());
     assert_eq!(
         std::fs::read_to_string(dir.join("access.log.1")).unwrap(),
         "second line\n"
@@ -505,4 +510,76 @@ async fn a_fleet_made_before_the_load_balancer_is_adopted_and_replaced_without_a
     let _ = Command::new("docker")
         .args(["network", "rm", &old_network])
         .output();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_balancer_on_a_docker_host_reached_over_tcp_is_driven_through_its_api_alone() {
+    let env = DockerEnv::new().await;
+    let tcp = TcpDockerd::start();
+    let remote =
+        bollard::Docker::connect_with_http(&tcp.address, 120, bollard::API_DEFAULT_VERSION)
+            .unwrap()
+            .negotiate_version()
+            .await
+            .unwrap();
+    let mut settings = env.settings();
+    settings.load_balancer.remote = true;
+    let target = Arc::new(slipway_deployer::DockerTarget::new(remote, settings));
+    let stores = Stores::default();
+    let deployer = stores.deployer(&env.environment, "a", target.clone(), policy());
+    for release in ["v1", "v2"] {
+        deployer
+            .deploy(&request(release, &image(release), 2))
+            .await
+            .unwrap();
+    }
+    let url = format!("http://{}/", env.listen);
+    assert_eq!(get(&client(), &url).await, Ok((200, "v2".to_owned())));
+    assert!(!env.dir.exists(), "nothing written on this host");
+    assert_eq!(target.balancer().dir(), None);
+    let container = format!("{}-lb", env.environment);
+    assert_eq!(
+        inspect(&container, "{{range .Mounts}}{{.Type}} {{.Name}}{{end}}"),
+        format!("volume {container}")
+    );
+
+    // The runtime API through an exec: a switch back, and the statistics.
+    let back = deployer.switch_back("v1").await.unwrap();
+    assert_eq!(back.state, DeploymentState::RetainingBlue, "{back:?}");
+    assert_eq!(get(&client(), &url).await, Ok((200, "v1".to_owned())));
+    let status = target.balancer().status().await.unwrap();
+    assert!(
+        status.stats.iter().any(|row| row.name == "FRONTEND"),
+        "{status:?}"
+    );
+    let live = target.current_live().await.unwrap().unwrap();
+    assert_eq!(live.release, "v1");
+
+    // The files in the volume, read through the archive API even while it is stopped.
+    let stopped = Command::new("docker")
+        .args(["stop", &container])
+        .output()
+        .unwrap();
+    assert!(stopped.status.success());
+    let persisted = target.balancer().persisted_routing().await.unwrap();
+    assert_eq!(persisted.servers.len(), 4, "{persisted:?}");
+    let routing_live = persisted.live.expect("a live slot");
+    assert!(
+        persisted
+            .of(routing_live)
+            .all(|server| server.name.contains("-v1-")),
+        "{persisted:?}"
+    );
+    // Started again (files uploaded into the new container's volume) with the live routing.
+    deployer.recover().await.unwrap();
+    assert_eq!(get(&client(), &url).await, Ok((200, "v1".to_owned())));
+
+    // The access log, rotated by a shell in the container.
+    assert!(target.balancer().rotate_access_log(0).await.unwrap());
+    let listed = Command::new("docker")
+        .args(["exec", &container, "ls", "/etc/slipway-lb"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("access.log.1"), "{listed}");
 }

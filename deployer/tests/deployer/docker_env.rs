@@ -120,6 +120,7 @@ impl DockerEnv {
                 max_request_body_bytes: 100 << 20,
                 health_path: "/health".to_owned(),
                 labels: BTreeMap::new(),
+                remote: false,
             },
         }
     }
@@ -175,6 +176,10 @@ impl Drop for DockerEnv {
         }
         let _ = Command::new("docker")
             .args(["network", "rm", &self.environment])
+            .output();
+        // The files of a load balancer on a remote docker host.
+        let _ = Command::new("docker")
+            .args(["volume", "rm", &format!("{}-lb", self.environment)])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -10,3 +10,4 @@ mod docker;
 mod docker_env;
 mod moto;
 mod support;
+mod tcp_dockerd;

@@ -11,14 +11,14 @@
 //! request goes to the new slot while requests in flight finish where they are. After each
 //! change the files are rewritten, so a restarted load balancer routes as before.
 
+mod access;
 pub mod config;
 pub mod runtime;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy};
@@ -34,7 +34,7 @@ use tokio::sync::Mutex;
 
 use super::status;
 use crate::error::TargetError;
-use runtime::Runtime;
+use access::Access;
 pub use runtime::StatRow;
 
 /// Label carrying the address a load balancer container listens on, so that a conflict over
@@ -113,6 +113,9 @@ pub struct LoadBalancerSettings {
     /// started on this host is driven through that server's directory, found from the
     /// container's mount.
     pub dir: PathBuf,
+    /// The docker host does not share this host's filesystem (a `tcp://` docker host): the
+    /// files are in a volume, reached through dockerd's API, and `dir` is not used.
+    pub remote: bool,
     /// Where clients connect, on the host's network.
     pub listen: SocketAddr,
     /// TLS termination: the certificate chain then the private key, PEM.
@@ -152,9 +155,8 @@ pub struct LoadBalancerStatus {
 pub struct LoadBalancer {
     docker: Docker,
     settings: LoadBalancerSettings,
-    /// The directory its files and runtime socket are in: `settings.dir`, or the one the
-    /// container mounts when another server started it.
-    dir: std::sync::RwLock<PathBuf>,
+    /// How its files and runtime API are reached.
+    access: Access,
     /// Changes go one at a time, so the files follow the runtime state in order.
     changes: Mutex<()>,
 }
@@ -165,41 +167,63 @@ impl LoadBalancer {
         if let Ok(absolute) = std::path::absolute(&settings.dir) {
             settings.dir = absolute;
         }
+        let access = match settings.remote {
+            true => Access::Remote,
+            false => Access::Local(std::sync::RwLock::new(settings.dir.clone())),
+        };
         LoadBalancer {
             docker,
-            dir: std::sync::RwLock::new(settings.dir.clone()),
+            access,
             settings,
             changes: Mutex::new(()),
         }
     }
 
-    /// The directory of its files and runtime socket now.
-    pub fn dir(&self) -> PathBuf {
-        self.dir.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The directory of its files and runtime socket on this host now (none on a remote
+    /// docker host: they are in the container's volume there).
+    pub fn dir(&self) -> Option<PathBuf> {
+        self.access.dir()
     }
 
-    fn runtime(&self) -> Runtime {
-        Runtime::new(&self.dir().join("admin.sock"))
-    }
-
-    /// Follows the directory the container mounts, when it is not the one used so far: the
-    /// container was started by another server of the installation on this host.
+    /// Follows the directory the container mounts (a bind mount), when it is not the one used
+    /// so far: the container was started by another server of the installation on this host.
     fn follow_mount(&self, container: &bollard::models::ContainerInspectResponse) {
         let mounted = container
             .mounts
             .iter()
             .flatten()
-            .find(|m| m.destination.as_deref() == Some(config::MOUNT))
+            .find(|m| {
+                m.destination.as_deref() == Some(config::MOUNT)
+                    && m.typ == Some(bollard::models::MountPointTypeEnum::BIND)
+            })
             .and_then(|m| m.source.clone())
             .map(PathBuf::from);
-        let Some(mounted) = mounted else {
-            return;
-        };
-        let mut dir = self.dir.write().unwrap_or_else(|p| p.into_inner());
-        if *dir != mounted {
-            tracing::info!(container = %self.settings.container, dir = %mounted.display(), "driving the load balancer through the directory it mounts");
-            *dir = mounted;
+        self.access.follow(&self.settings.container, mounted);
+    }
+
+    async fn query(&self, command: &str) -> Result<String, TargetError> {
+        self.access
+            .query(&self.docker, &self.settings.container, command)
+            .await
+    }
+
+    /// Sends a command that changes something; it succeeded when the answer is `success`
+    /// (empty for most: HAProxy answers only to say why it refused).
+    async fn act(&self, command: &str, success: &str) -> Result<(), TargetError> {
+        let answer = self.query(command).await?;
+        match answer.trim() == success {
+            true => Ok(()),
+            false => Err(TargetError::refused(
+                runtime::action(command),
+                answer.trim().to_owned(),
+            )),
         }
+    }
+
+    async fn answers(&self) -> bool {
+        self.access
+            .answers(&self.docker, &self.settings.container)
+            .await
     }
 
     pub fn settings(&self) -> &LoadBalancerSettings {
@@ -233,7 +257,7 @@ impl LoadBalancer {
 
     /// Whether the load balancer runs and its runtime API answers.
     pub async fn serving(&self) -> Result<bool, TargetError> {
-        Ok(self.state().await?.as_deref() == Some("running") && self.runtime().answers().await)
+        Ok(self.state().await?.as_deref() == Some("running") && self.answers().await)
     }
 
     /// Makes sure the load balancer runs. A running one is adopted as it is (its routing is
@@ -262,11 +286,8 @@ impl LoadBalancer {
 
     /// The live slot and the servers of both slots, as the load balancer has them now.
     pub async fn routing(&self) -> Result<Routing, TargetError> {
-        let state = self.runtime().query("show servers state").await?;
-        let map = self
-            .runtime()
-            .query(&format!("show map {}", config::MAP))
-            .await?;
+        let state = self.query("show servers state").await?;
+        let map = self.query(&format!("show map {}", config::MAP)).await?;
         Ok(Routing {
             live: runtime::live_slot(&map),
             servers: runtime::servers(&state),
@@ -274,16 +295,18 @@ impl LoadBalancer {
     }
 
     /// The routing its files hold: what it serves once started again.
-    pub fn persisted_routing(&self) -> Routing {
-        let read = |name: &str| std::fs::read_to_string(self.dir().join(name));
-        Routing {
+    pub async fn persisted_routing(&self) -> Result<Routing, TargetError> {
+        let container = &self.settings.container;
+        let read = |name| self.access.read(&self.docker, container, name);
+        Ok(Routing {
             live: read("live.map")
-                .ok()
+                .await?
                 .and_then(|map| config::live_in_map(&map)),
             servers: read("haproxy.cfg")
+                .await?
                 .map(|text| config::servers_in(&text))
                 .unwrap_or_default(),
-        }
+        })
     }
 
     /// Adds servers (each starts taking requests once its slot is live and its checks pass).
@@ -291,18 +314,13 @@ impl LoadBalancer {
         let _changes = self.changes.lock().await;
         for server in servers {
             let id = format!("{}/{}", server.slot, server.name);
-            self.runtime()
-                .act(
-                    &format!("add server {id} {} {}", server.addr, config::SERVER_OPTIONS),
-                    "New server registered.",
-                )
-                .await?;
-            self.runtime()
-                .act(&format!("enable health {id}"), "")
-                .await?;
-            self.runtime()
-                .act(&format!("enable server {id}"), "")
-                .await?;
+            self.act(
+                &format!("add server {id} {} {}", server.addr, config::SERVER_OPTIONS),
+                "New server registered.",
+            )
+            .await?;
+            self.act(&format!("enable health {id}"), "").await?;
+            self.act(&format!("enable server {id}"), "").await?;
         }
         self.persist().await
     }
@@ -312,17 +330,14 @@ impl LoadBalancer {
         let _changes = self.changes.lock().await;
         for server in servers {
             let id = format!("{}/{}", server.slot, server.name);
-            self.runtime()
-                .act(&format!("set server {id} state maint"), "")
+            self.act(&format!("set server {id} state maint"), "")
                 .await?;
-            self.runtime()
-                .act(&format!("shutdown sessions server {id}"), "")
+            self.act(&format!("shutdown sessions server {id}"), "")
                 .await?;
             // Idle connections kept for reuse go shortly after the server leaves service.
             let mut tries = 0;
             loop {
                 match self
-                    .runtime()
                     .act(&format!("del server {id}"), "Server deleted.")
                     .await
                 {
@@ -344,11 +359,8 @@ impl LoadBalancer {
         let _changes = self.changes.lock().await;
         for server in servers {
             let id = format!("{}/{}", server.slot, server.name);
-            self.runtime()
-                .act(&format!("enable health {id}"), "")
-                .await?;
-            self.runtime()
-                .act(&format!("set server {id} state ready"), "")
+            self.act(&format!("enable health {id}"), "").await?;
+            self.act(&format!("set server {id} state ready"), "")
                 .await?;
         }
         self.persist().await
@@ -358,12 +370,11 @@ impl LoadBalancer {
     pub async fn drain(&self, servers: &[Server]) -> Result<(), TargetError> {
         let _changes = self.changes.lock().await;
         for server in servers {
-            self.runtime()
-                .act(
-                    &format!("set server {}/{} state drain", server.slot, server.name),
-                    "",
-                )
-                .await?;
+            self.act(
+                &format!("set server {}/{} state drain", server.slot, server.name),
+                "",
+            )
+            .await?;
         }
         self.persist().await
     }
@@ -371,18 +382,14 @@ impl LoadBalancer {
     /// Sends every new request to `slot`.
     pub async fn switch(&self, slot: Slot) -> Result<(), TargetError> {
         let _changes = self.changes.lock().await;
-        let map = self
-            .runtime()
-            .query(&format!("show map {}", config::MAP))
-            .await?;
+        let map = self.query(&format!("show map {}", config::MAP)).await?;
         let verb = match runtime::live_slot(&map) {
             Some(live) if live == slot => None,
             Some(_) => Some("set"),
             None => Some("add"),
         };
         if let Some(verb) = verb {
-            self.runtime()
-                .act(&format!("{verb} map {} live {slot}", config::MAP), "")
+            self.act(&format!("{verb} map {} live {slot}", config::MAP), "")
                 .await?;
         }
         self.persist().await
@@ -390,9 +397,7 @@ impl LoadBalancer {
 
     /// Every row of `show stat`.
     pub async fn stats(&self) -> Result<Vec<StatRow>, TargetError> {
-        Ok(runtime::stat_rows(
-            &self.runtime().query("show stat").await?,
-        ))
+        Ok(runtime::stat_rows(&self.query("show stat").await?))
     }
 
     /// What the status shows.
@@ -414,29 +419,16 @@ impl LoadBalancer {
     /// Once the access log passed `limit` bytes: its content moves to [`ACCESS_LOG_ROTATED`]
     /// (replacing the older one) and it starts empty again (HAProxy appends to the same
     /// file). Returns whether it rotated.
-    pub fn rotate_access_log(&self, limit: u64) -> Result<bool, TargetError> {
-        let log = self.dir().join(ACCESS_LOG);
-        let size = match std::fs::metadata(&log) {
-            Ok(metadata) => metadata.len(),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(error) => {
-                return Err(TargetError::platform(
-                    format!("read {}", log.display()),
-                    error,
-                ))
-            }
-        };
-        if size <= limit {
-            return Ok(false);
-        }
-        let error = |e| TargetError::platform(format!("rotate {}", log.display()), e);
-        std::fs::copy(&log, self.dir().join(ACCESS_LOG_ROTATED)).map_err(error)?;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&log)
-            .map_err(error)?;
-        Ok(true)
+    pub async fn rotate_access_log(&self, limit: u64) -> Result<bool, TargetError> {
+        self.access
+            .rotate(
+                &self.docker,
+                &self.settings.container,
+                ACCESS_LOG,
+                ACCESS_LOG_ROTATED,
+                limit,
+            )
+            .await
     }
 
     fn rendered(&self) -> Result<config::Rendered, TargetError> {
@@ -449,10 +441,7 @@ impl LoadBalancer {
                 ),
             ));
         }
-        let dir = self.dir();
-        let uid = std::fs::metadata(&dir)
-            .map_err(|e| TargetError::platform(format!("read {}", dir.display()), e))?
-            .uid();
+        let uid = self.access.socket_uid()?;
         Ok(config::Rendered {
             listen: self.settings.listen,
             tls: self.settings.tls_pem.is_some(),
@@ -463,28 +452,37 @@ impl LoadBalancer {
     }
 
     /// Writes the files for `routing`; returns whether any changed.
-    fn write_files(&self, routing: &Routing) -> Result<bool, TargetError> {
-        let dir = &self.dir();
-        create_private_dir(dir)?;
+    async fn write_files(&self, routing: &Routing) -> Result<bool, TargetError> {
         let rendered = self.rendered()?;
-        let mut changed = write_if_changed(
-            &dir.join("haproxy.cfg"),
-            &config::render(&rendered, &routing.servers),
-        )?;
-        changed |= write_if_changed(&dir.join("live.map"), &config::map_file(routing.live))?;
+        let cfg = config::render(&rendered, &routing.servers);
+        let map = config::map_file(routing.live);
+        let mut files = vec![
+            access::File {
+                name: "haproxy.cfg",
+                content: &cfg,
+            },
+            access::File {
+                name: "live.map",
+                content: &map,
+            },
+        ];
+        let mut gone = Vec::new();
         match &self.settings.tls_pem {
-            Some(pem) => changed |= write_if_changed(&dir.join("tls.pem"), pem)?,
-            None => {
-                let _ = std::fs::remove_file(dir.join("tls.pem"));
-            }
+            Some(pem) => files.push(access::File {
+                name: "tls.pem",
+                content: pem,
+            }),
+            None => gone.push("tls.pem"),
         }
-        Ok(changed)
+        self.access
+            .write(&self.docker, &self.settings.container, &files, &gone)
+            .await
     }
 
     /// Rewrites the files from the runtime state, so that a restart routes as now.
     async fn persist(&self) -> Result<(), TargetError> {
         let routing = self.routing().await?;
-        self.write_files(&routing)?;
+        self.write_files(&routing).await?;
         Ok(())
     }
 
@@ -493,7 +491,7 @@ impl LoadBalancer {
     /// one finishes what it serves).
     async fn reload_if_changed(&self) -> Result<(), TargetError> {
         let routing = self.routing().await?;
-        if !self.write_files(&routing)? {
+        if !self.write_files(&routing).await? {
             return Ok(());
         }
         tracing::info!(container = %self.settings.container, "reloading the load balancer with new settings");
@@ -518,8 +516,12 @@ impl LoadBalancer {
 
     async fn start(&self, routing: &Routing) -> Result<(), TargetError> {
         let name = &self.settings.container;
-        self.write_files(routing)?;
-        let _ = std::fs::remove_file(self.dir().join("admin.sock"));
+        // Here the directory is written before the container mounts it; through dockerd,
+        // the files go into the created container's volume before it starts.
+        if self.access.dir().is_some() {
+            self.write_files(routing).await?;
+            self.access.clear_socket();
+        }
         let mut labels: HashMap<String, String> =
             self.settings.labels.clone().into_iter().collect();
         labels.insert(ROLE_LABEL.to_owned(), "load-balancer".to_owned());
@@ -536,7 +538,7 @@ impl LoadBalancer {
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some("host".to_owned()),
-                binds: Some(vec![format!("{}:{}", self.dir().display(), config::MOUNT)]),
+                mounts: Some(vec![self.access.mount(name)]),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
@@ -570,6 +572,9 @@ impl LoadBalancer {
                 ),
                 _ => TargetError::platform(format!("create container {name}"), error),
             })?;
+        if self.access.dir().is_none() {
+            self.write_files(routing).await?;
+        }
         self.docker
             .start_container(name, None::<StartContainerOptions>)
             .await
@@ -590,7 +595,7 @@ impl LoadBalancer {
     async fn wait_answering(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.runtime().answers().await {
+            if self.answers().await {
                 return true;
             }
             let running = matches!(self.state().await, Ok(Some(ref s)) if s == "running" || s == "restarting" || s == "created");
@@ -675,36 +680,4 @@ impl LoadBalancer {
             _ => Ok(()),
         }
     }
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), TargetError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| TargetError::platform(format!("create {}", dir.display()), e))
-}
-
-/// Replaces `path` with `content` (through a new file renamed over it, mode 0600) unless it
-/// holds that already; returns whether it wrote.
-fn write_if_changed(path: &Path, content: &str) -> Result<bool, TargetError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if std::fs::read_to_string(path).is_ok_and(|old| old == content) {
-        return Ok(false);
-    }
-    let error = |e| TargetError::platform(format!("write {}", path.display()), e);
-    let partial = path.with_extension("new");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)
-        .map_err(error)?;
-    file.write_all(content.as_bytes()).map_err(error)?;
-    file.sync_all().map_err(error)?;
-    std::fs::rename(&partial, path).map_err(error)?;
-    Ok(true)
 }

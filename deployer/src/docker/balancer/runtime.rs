@@ -62,7 +62,7 @@ impl Runtime {
     }
 }
 
-fn action(command: &str) -> String {
+pub(super) fn action(command: &str) -> String {
     format!("load balancer command `{command}`")
 }
 
