@@ -1,5 +1,7 @@
 //! HAProxy's runtime API over its Unix socket: one command per connection (the socket's
-//! non-interactive mode, which answers and closes), and the parsing of what it answers.
+//! non-interactive mode, which answers and closes), and the parsing of what it answers. A
+//! load balancer on a docker host reached over TCP gets the same commands through an exec
+//! (see `access.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,22 +45,6 @@ impl Runtime {
             .await
             .map_err(|_| TargetError::refused(action(command), "no answer within 5 s"))?
             .map_err(|error| TargetError::platform(action(command), error))
-    }
-
-    /// Sends a command that changes something; it succeeded when the answer is `success`
-    /// (empty for most: HAProxy answers only to say why it refused).
-    pub async fn act(&self, command: &str, success: &str) -> Result<(), TargetError> {
-        let answer = self.query(command).await?;
-        let answer = answer.trim();
-        match answer == success {
-            true => Ok(()),
-            false => Err(TargetError::refused(action(command), answer.to_owned())),
-        }
-    }
-
-    /// Whether the socket answers at all.
-    pub async fn answers(&self) -> bool {
-        self.query("show info").await.is_ok()
     }
 }
 
