@@ -1,7 +1,7 @@
 //! The docker target's load balancer: HAProxy in a container of its own on the host's network,
 //! kept by dockerd (restart policy `unless-stopped`), so that it serves whether Slipway runs or
 //! not. Its directory (mounted at [`config::MOUNT`]: a directory on this host, or on a docker
-//! host reached over TCP a volume, see [`access`]) holds the configuration file, the map
+//! host reached over TCP a volume, see `access.rs`) holds the configuration file, the map
 //! naming the live slot, the TLS certificate, the runtime API's socket and the access log
 //! (HAProxy's output: a file write per request costs a fraction of what a line through
 //! dockerd's log driver does).
