@@ -1,7 +1,8 @@
 //! `slipway backup` and `slipway restore` (the real binary): a backup of an installation with
 //! releases, restored into a fresh database and data directory, gives a server that serves
 //! the same signed repository, answers to the same tokens and numbers the next release after
-//! the last; a restore into a database or apt directory that is not empty changes nothing.
+//! the last; a restore into a database or apt directory that is not empty changes nothing; and
+//! the embedded cluster of a data directory is backed up and restored with no server running.
 
 use std::path::Path;
 use std::process::Command;
@@ -168,4 +169,96 @@ async fn a_restored_backup_serves_the_same_repository_and_goes_on_numbering_rele
         String::from_utf8_lossy(&verified.stderr)
     );
     restored.stop().await;
+}
+
+/// `slipway ARGS` in `dir` (no config file there: the embedded defaults); its output.
+fn slipway_in(dir: &Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SLIPWAY_DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+/// A directory the embedded cluster's user (postgres) can enter.
+fn reachable_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
+/// GET `path` of the server at `address` with `token`: its status and body.
+async fn fetch(address: &str, path: &str, token: &str) -> (u16, Vec<u8>) {
+    let response = reqwest::Client::new()
+        .get(format!("{address}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.bytes().await.unwrap().to_vec(),
+    )
+}
+
+/// SIGTERM, and the graceful stop's end.
+fn stop(mut server: crate::server_process::Server) {
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(server.child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_cluster_is_backed_up_and_restored_while_no_server_runs() {
+    let first = reachable_dir();
+    let server = crate::server_process::start(first.path());
+    let token = crate::helpers::read_token(&first.path().join(".slipway"));
+    let (_, key) = fetch(&server.address, "/apt/key.gpg", &token).await;
+    let (_, index) = fetch(&server.address, "/apt/dists/stable/InRelease", &token).await;
+    stop(server);
+
+    let backup = first.path().join("installation.backup");
+    let (ok, out) = slipway_in(first.path(), &["backup", "--out", backup.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        !first
+            .path()
+            .join(".slipway/postgres/postmaster.pid")
+            .exists(),
+        "the cluster the backup started is stopped again"
+    );
+
+    let second = reachable_dir();
+    let (ok, out) = slipway_in(
+        second.path(),
+        &["restore", "--from", backup.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    assert!(!second
+        .path()
+        .join(".slipway/postgres/postmaster.pid")
+        .exists());
+    let server = crate::server_process::start(second.path());
+    assert!(
+        !second.path().join(".slipway/admin.token").exists(),
+        "the installation's tokens came back: no new one is made"
+    );
+    let (status, _) = fetch(&server.address, "/api/v1/servers", &token).await;
+    assert_eq!(status, 200, "the first installation's token works");
+    assert_eq!(fetch(&server.address, "/apt/key.gpg", &token).await.1, key);
+    assert_eq!(
+        fetch(&server.address, "/apt/dists/stable/InRelease", &token)
+            .await
+            .1,
+        index
+    );
+    stop(server);
 }
