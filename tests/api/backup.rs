@@ -71,48 +71,34 @@ async fn a_restored_backup_serves_the_same_repository_and_goes_on_numbering_rele
     let database = test_database();
     let data_dir = work.path().join("restored");
     let apt = data_dir.join("apt");
-    let restored_config = work.path().join("restored.toml");
-    std::fs::write(
-        &restored_config,
-        format!(
-            "database_url = \"{database}\"\ndata_dir = \"{}\"\n",
-            data_dir.display()
-        ),
-    )
-    .unwrap();
-    let (ok, out) = slipway(
-        &restored_config,
-        &["restore", "--from", backup.to_str().unwrap()],
+    let restored_config = format!(
+        "database_url = \"{database}\"\ndata_dir = \"{}\"\n",
+        data_dir.display()
     );
+    let restore = |name: &str, config: &str| {
+        let path = work.path().join(name);
+        std::fs::write(&path, config).unwrap();
+        slipway(&path, &["restore", "--from", backup.to_str().unwrap()])
+    };
+    let (ok, out) = restore("restored.toml", &restored_config);
     assert!(ok, "{out}");
     assert!(out.contains("restored installation "), "{out}");
     assert!(out.contains("signing key "), "{out}");
 
     // Again: the database is not empty now; nothing changes.
     let other_apt = work.path().join("other-apt");
-    let again_config = work.path().join("again.toml");
-    std::fs::write(
-        &again_config,
-        format!(
-            "database_url = \"{database}\"\n[apt]\ndir = \"{}\"\n",
-            other_apt.display()
-        ),
-    )
-    .unwrap();
-    let (ok, out) = slipway(
-        &again_config,
-        &["restore", "--from", backup.to_str().unwrap()],
+    let again_config = format!(
+        "database_url = \"{database}\"\n[apt]\ndir = \"{}\"\n",
+        other_apt.display()
     );
+    let (ok, out) = restore("again.toml", &again_config);
     assert!(!ok, "{out}");
     assert!(
         out.contains("a restore goes only into an empty database"),
         "{out}"
     );
     assert!(!other_apt.exists(), "nothing was written");
-    let (ok, out) = slipway(
-        &restored_config,
-        &["restore", "--from", backup.to_str().unwrap()],
-    );
+    let (ok, out) = restore("restored.toml", &restored_config);
     assert!(!ok, "{out}");
     assert!(out.contains("is not empty"), "{out}");
 
