@@ -4,9 +4,10 @@
 //! it is: format, Slipway's version, when, the installation id and the signing key's
 //! fingerprint), `database.sql` (`pg_dump` of Slipway's database, which holds everything but
 //! files: builds, releases, deployments, tokens, the servers and the signing key) and `apt/`
-//! (the apt repository: every published package and the signed index). It is written to a
-//! temporary file beside the destination and renamed into place, so a failed backup leaves no
-//! partial file.
+//! (the apt repository: every published package and the signed index; not with `[apt] s3`,
+//! where the bucket keeps the repository and this server's directory is a working copy). It
+//! is written to a temporary file beside the destination and renamed into place, so a failed
+//! backup leaves no partial file.
 //!
 //! A restore goes into an empty database and an empty (or absent) apt directory only, and
 //! checks both before it changes anything; the database is restored in one transaction. A
@@ -191,7 +192,7 @@ fn write_backup(config: &Config, database: &Database, out: &Path) -> anyhow::Res
             manifest.as_slice(),
         )?;
         archive.append_path_with_name(&dump, format!("{ROOT}/database.sql"))?;
-        if config.apt_dir.is_dir() {
+        if config.apt_s3.is_none() && config.apt_dir.is_dir() {
             archive.append_dir_all(format!("{ROOT}/apt"), &config.apt_dir)?;
         }
         archive.into_inner()?.finish()?.sync_all()?;

@@ -6,6 +6,7 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod app_schema;
+pub mod apt_bucket;
 pub mod backup;
 pub mod bake;
 pub mod cli;

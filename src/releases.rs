@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use slipway_bake::{
-    deb, AptRepository, ExtraFile, MaintainerScripts, PackageDefinition, PackageFile, Signer,
+    deb, AptRepository, ExtraFile, MaintainerScripts, PackageDefinition, PackageFile, PackageInfo,
+    PublishRecord, RemovedPackage, Signer,
 };
 use slipway_pipeline::PackageSpec;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use uuid::Uuid;
 
-use crate::config::Project;
+use crate::apt_bucket::AptBucket;
+use crate::config::{AptS3, Project};
 use crate::store::builds::Build;
 use crate::store::releases::{LintianReport, PackageRecord, Release};
 use crate::store::signing_key::StoredKey;
@@ -34,11 +36,15 @@ const SIGNER_UID: &str = "Slipway release signing <slipway@localhost>";
 pub const INTERRUPTED_REASON: &str =
     "the server stopped while this release was packaging; push again to release the commit";
 
-/// The installation's apt repository, in `apt_dir` (shared by every server), signed with the
+/// The installation's apt repository, in `apt_dir` (shared by every server) or in a bucket
+/// (with `apt_dir` this server's working copy, see [`crate::apt_bucket`]), signed with the
 /// installation's key: kept in the database, imported into `<data_dir>/gpg` to sign.
 #[derive(Clone)]
 pub struct Repository {
     apt: Arc<AptRepository>,
+    bucket: Option<Arc<AptBucket>>,
+    /// Where servers take turns at changing the repository in the bucket.
+    store: Store,
     /// Where packages are built before they are published (`<data_dir>/staging`): on the data
     /// directory's disk, since a package may be large.
     staging: PathBuf,
@@ -52,6 +58,7 @@ impl Repository {
         store: &Store,
         data_dir: &Path,
         apt_dir: &Path,
+        apt_s3: Option<&AptS3>,
     ) -> anyhow::Result<Repository> {
         let staging = data_dir.join("staging");
         let home = data_dir.join("gpg");
@@ -76,6 +83,15 @@ impl Repository {
         })
         .await?
         .context("opening the apt repository")?;
+        let bucket = match apt_s3 {
+            Some(settings) => {
+                let bucket = AptBucket::connect(settings).await?;
+                bucket.check_key(&apt).await?;
+                store.in_apt_turn(|| bucket.pull(&apt)).await??;
+                Some(Arc::new(bucket))
+            }
+            None => None,
+        };
         // What a stopped server left being built is of no use: start empty.
         if staging.exists() {
             std::fs::remove_dir_all(&staging)
@@ -85,14 +101,73 @@ impl Repository {
             .with_context(|| format!("cannot create {}", staging.display()))?;
         Ok(Repository {
             apt: Arc::new(apt),
+            bucket,
+            store: store.clone(),
             staging,
         })
     }
 
-    /// Removes these package files from the repository (see [`AptRepository::remove`]);
-    /// returns the names it removed.
-    pub fn remove(&self, filenames: &[String]) -> anyhow::Result<Vec<String>> {
-        Ok(self.apt.remove(filenames)?)
+    /// Publishes the .deb at `deb` (see [`AptRepository::publish`]); in a bucket, in this
+    /// installation's turn.
+    pub async fn publish(&self, deb: &Path, info: &PackageInfo) -> anyhow::Result<PublishRecord> {
+        let publish = || {
+            let (apt, deb, info) = (self.apt.clone(), deb.to_path_buf(), info.clone());
+            async move {
+                anyhow::Ok(tokio::task::spawn_blocking(move || apt.publish(&deb, &info)).await??)
+            }
+        };
+        let Some(bucket) = &self.bucket else {
+            return publish().await;
+        };
+        self.store
+            .in_apt_turn(|| async {
+                let pulled = bucket.pull(&self.apt).await?;
+                let record = publish().await?;
+                if record.newly_published {
+                    bucket
+                        .push(&self.apt, std::slice::from_ref(&record.pool_path), &pulled)
+                        .await?;
+                }
+                Ok(record)
+            })
+            .await?
+    }
+
+    /// Removes these package files from the repository (see [`AptRepository::remove`]); in a
+    /// bucket, in this installation's turn. Returns the names it removed.
+    pub async fn remove(&self, filenames: &[String]) -> anyhow::Result<Vec<String>> {
+        let remove = || {
+            let (apt, filenames) = (self.apt.clone(), filenames.to_vec());
+            async move {
+                anyhow::Ok(tokio::task::spawn_blocking(move || apt.remove(&filenames)).await??)
+            }
+        };
+        let removed: Vec<RemovedPackage> = match &self.bucket {
+            None => remove().await?,
+            Some(bucket) => {
+                self.store
+                    .in_apt_turn(|| async {
+                        let pulled = bucket.pull(&self.apt).await?;
+                        let removed: Vec<RemovedPackage> = remove().await?;
+                        if !removed.is_empty() {
+                            // The index first: a reader of the old one finds every file it names.
+                            bucket.push(&self.apt, &[], &pulled).await?;
+                            let files: Vec<String> =
+                                removed.iter().map(|r| r.pool_path.clone()).collect();
+                            bucket.delete_pool_files(&files).await?;
+                        }
+                        anyhow::Ok(removed)
+                    })
+                    .await??
+            }
+        };
+        Ok(removed.into_iter().map(|r| r.filename).collect())
+    }
+
+    /// The bucket the repository is kept in, when it is not a shared directory: `/apt/` is
+    /// served from it.
+    pub fn bucket(&self) -> Option<Arc<AptBucket>> {
+        self.bucket.clone()
     }
 
     /// The public key clients trust the repository with (served as `/apt/key.gpg`).
@@ -142,16 +217,22 @@ pub async fn publish(
         build.project, build.commit, build.number, build.branch
     );
     let definition = definition(package, number, &described, commit_time);
-    let apt = repository.apt.clone();
     let workspace = workspace.to_path_buf();
     let staging = repository.staging.clone();
-    let published = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let built = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let staging = tempfile::tempdir_in(&staging)?;
         let built = deb::build(&definition, &workspace, staging.path())?;
-        let published = apt.publish(&built.path, &built.info)?;
-        Ok((built.info, published.pool_path))
+        Ok((staging, built))
     })
     .await?;
+    let published = match built {
+        // `_staging` holds the built file until it is published.
+        Ok((_staging, built)) => repository
+            .publish(&built.path, &built.info)
+            .await
+            .map(|published| (built.info, published.pool_path)),
+        Err(error) => Err(error),
+    };
     match published {
         Ok((info, pool_path)) => {
             let record = PackageRecord {

@@ -94,8 +94,7 @@ async fn once(
         let expired = store.expired_packages(name, keep).await?;
         if !expired.is_empty() {
             let filenames: Vec<String> = expired.iter().map(|e| e.what.clone()).collect();
-            let apt = repository.clone();
-            let removed = tokio::task::spawn_blocking(move || apt.remove(&filenames)).await??;
+            let removed = repository.remove(&filenames).await?;
             let releases: Vec<_> = expired.iter().map(|e| e.release).collect();
             store.record_packages_removed(&releases).await?;
             tracing::info!(project = %name, packages = ?removed, "removed old packages from the apt repository");

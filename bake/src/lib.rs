@@ -28,7 +28,7 @@ pub mod packer;
 pub mod signing;
 
 pub use ami::{AmiAccount, Communicator, SourceAmi};
-pub use apt::{AptRepository, PublishRecord};
+pub use apt::{AptRepository, PublishRecord, RemovedPackage};
 pub use deb::{
     DebPackage, ExtraFile, MaintainerScripts, PackageDefinition, PackageFile, PackageInfo,
 };

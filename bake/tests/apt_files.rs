@@ -307,7 +307,9 @@ fn a_removed_version_leaves_the_signed_index_and_the_pool_and_the_others_stay() 
     let removed = repository
         .remove(&["hello_1_all.deb".to_owned(), "nothing_9_all.deb".to_owned()])
         .unwrap();
-    assert_eq!(removed, ["hello_1_all.deb"]);
+    let names: Vec<&str> = removed.iter().map(|r| r.filename.as_str()).collect();
+    assert_eq!(names, ["hello_1_all.deb"]);
+    assert_eq!(removed[0].pool_path, records[0].pool_path);
     assert!(!root.join(&records[0].pool_path).exists());
     for record in &records[1..] {
         assert!(root.join(&record.pool_path).exists());
@@ -336,4 +338,72 @@ fn a_removed_version_leaves_the_signed_index_and_the_pool_and_the_others_stay() 
         .remove(&["hello_1_all.deb".to_owned()])
         .unwrap()
         .is_empty());
+}
+
+#[test]
+fn a_copy_receives_the_index_by_hash_first_and_in_release_last_and_may_adopt_a_catalogue() {
+    let (data, workspace) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let repository = signed_repository(data.path());
+    let root = repository.root().to_path_buf();
+    let mut records = Vec::new();
+    for version in ["1", "2"] {
+        let (path, info) = build_into(
+            workspace.path(),
+            &hello_definition(workspace.path(), version),
+        );
+        records.push(repository.publish(&path, &info).unwrap());
+    }
+    let files = repository.live_index_files().unwrap();
+    assert_eq!(
+        files[files.len() - 3..],
+        [
+            "dists/stable/Release",
+            "dists/stable/Release.gpg",
+            "dists/stable/InRelease"
+        ]
+    );
+    let first_plain = files.iter().position(|f| !f.contains("/by-hash/")).unwrap();
+    assert!(first_plain > 0, "{files:?}");
+    assert!(files[first_plain..]
+        .iter()
+        .all(|f| !f.contains("/by-hash/")));
+    assert!(files.contains(&"dists/stable/main/binary-amd64/Packages".to_owned()));
+    for file in &files {
+        assert!(root.join(file).is_file(), "{file}");
+    }
+    // Every by-hash index the live Release names is among them, under its hash.
+    let release = read(root.join("dists/stable/Release"));
+    let named = slipway_bake::apt::by_hash_files(&release);
+    assert_eq!(named.len(), 2, "Packages and Packages.gz: {named:?}");
+    let by_hash: Vec<&String> = files.iter().filter(|f| f.contains("/by-hash/")).collect();
+    assert_eq!(by_hash.len(), 2, "only the live Release's: {files:?}");
+    for file in &named {
+        assert!(files.contains(file), "{file}");
+        assert_eq!(
+            file.rsplit('/').next().unwrap(),
+            sha256_hex(&std::fs::read(root.join(file)).unwrap())
+        );
+    }
+
+    // Adopting another copy's catalogue: the next publish indexes what it lists, and a
+    // catalogue that does not parse changes nothing.
+    let other = tempfile::tempdir().unwrap();
+    let copy = signed_repository(other.path());
+    let err = copy.adopt_catalogue(b"{not json").unwrap_err().to_string();
+    assert!(err.contains("catalogue"), "{err}");
+    copy.adopt_catalogue(&std::fs::read(repository.catalogue_path()).unwrap())
+        .unwrap();
+    assert_eq!(
+        copy.pool_paths().unwrap(),
+        [records[0].pool_path.clone(), records[1].pool_path.clone()]
+    );
+    let (path, info) = build_into(workspace.path(), &hello_definition(workspace.path(), "3"));
+    copy.publish(&path, &info).unwrap();
+    let packages = read(copy.root().join("dists/stable/main/binary-amd64/Packages"));
+    for version in ["1", "2", "3"] {
+        assert!(
+            packages.contains(&format!("Version: {version}\n")),
+            "{packages}"
+        );
+    }
 }

@@ -113,6 +113,30 @@ pub struct RawRetention {
 pub struct RawApt {
     /// A directory every server mounts (default `<data_dir>/apt`, for one server).
     pub dir: Option<PathBuf>,
+    /// An S3 bucket every server publishes to and serves from, instead of a directory.
+    pub s3: Option<RawAptS3>,
+}
+
+/// `[apt] s3 = { bucket, prefix, endpoint_url, region }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAptS3 {
+    pub bucket: String,
+    pub prefix: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+}
+
+/// The S3 bucket that keeps the apt repository (`[apt] s3`), checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptS3 {
+    pub bucket: String,
+    /// The keys' common beginning: empty, or ending in `/`.
+    pub prefix: String,
+    /// Another S3 endpoint than AWS's (addressed path-style then).
+    pub endpoint_url: Option<String>,
+    /// The bucket's region; the AWS environment's (`AWS_REGION`, the profile) when unset.
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,8 +269,11 @@ pub struct Config {
     pub bake_log_limit_bytes: u64,
     pub registry_mirror: Option<RegistryMirror>,
     pub load_balancer_image: String,
-    /// The apt repository's directory: shared by every server of the installation.
+    /// The apt repository's directory: shared by every server of the installation, or, with
+    /// `apt_s3`, this server's working copy of the repository in the bucket.
     pub apt_dir: PathBuf,
+    /// The bucket that keeps the apt repository, when it is not a shared directory.
+    pub apt_s3: Option<AptS3>,
     /// What housekeeping removes, and what it keeps.
     pub retention: Retention,
     pub projects: Vec<Project>,
@@ -454,7 +481,18 @@ pub fn resolve(
         ));
     }
 
-    let apt_dir = match raw.apt.and_then(|apt| apt.dir) {
+    let raw_apt = raw.apt.unwrap_or_default();
+    let apt_s3 = match raw_apt.s3 {
+        Some(_) if raw_apt.dir.is_some() => {
+            return Err(invalid(
+                "apt",
+                "expected `dir` or `s3`, not both: the repository lives in one place".into(),
+            ))
+        }
+        Some(s3) => Some(resolve_apt_s3(s3, &invalid)?),
+        None => None,
+    };
+    let apt_dir = match raw_apt.dir {
         Some(dir) if dir.as_os_str().is_empty() => {
             return Err(invalid(
                 "apt.dir",
@@ -509,8 +547,79 @@ pub fn resolve(
             .load_balancer_image
             .unwrap_or_else(|| DEFAULT_LOAD_BALANCER_IMAGE.to_owned()),
         apt_dir,
+        apt_s3,
         retention,
         projects,
+    })
+}
+
+/// `[apt] s3`, checked: a bucket name S3 accepts, a prefix of plain path segments, and an
+/// endpoint that is a URL.
+fn resolve_apt_s3(raw: RawAptS3, invalid: &Invalid<'_>) -> Result<AptS3, ConfigError> {
+    let bucket_ok = (3..=63).contains(&raw.bucket.len())
+        && raw
+            .bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !raw.bucket.starts_with(['-', '.'])
+        && !raw.bucket.ends_with(['-', '.']);
+    if !bucket_ok {
+        return Err(invalid(
+            "apt.s3.bucket",
+            format!(
+                "expected a bucket name (3 to 63 lowercase letters, digits, `-` and `.`), got {:?}",
+                raw.bucket
+            ),
+        ));
+    }
+    let prefix = raw.prefix.unwrap_or_default();
+    let trimmed = prefix.trim_matches('/');
+    let segments_ok = trimmed.is_empty()
+        || trimmed.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+    if !segments_ok || prefix.len() > 200 {
+        return Err(invalid(
+            "apt.s3.prefix",
+            format!("expected path segments like \"slipway/apt\", got {prefix:?}"),
+        ));
+    }
+    if let Some(url) = &raw.endpoint_url {
+        let valid = (url.starts_with("http://") || url.starts_with("https://"))
+            && !url.contains(char::is_whitespace);
+        if !valid {
+            return Err(invalid(
+                "apt.s3.endpoint_url",
+                format!("expected a URL like http://127.0.0.1:5000, got {url:?}"),
+            ));
+        }
+    }
+    if let Some(region) = &raw.region {
+        let valid = !region.is_empty()
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(invalid(
+                "apt.s3.region",
+                format!("expected a region like eu-west-1, got {region:?}"),
+            ));
+        }
+    }
+    Ok(AptS3 {
+        bucket: raw.bucket,
+        prefix: if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("{trimmed}/")
+        },
+        endpoint_url: raw.endpoint_url,
+        region: raw.region,
     })
 }
 
@@ -988,6 +1097,63 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `directory`"), "{err}");
+    }
+
+    #[test]
+    fn the_apt_repository_may_live_in_a_bucket_with_a_working_copy_in_the_data_dir() {
+        let config = load(
+            "data_dir = \"/var/lib/slipway\"\n[apt]\ns3 = { bucket = \"acme-apt\", prefix = \"/teams/ops/\", endpoint_url = \"http://127.0.0.1:5000\" }\n",
+        )
+        .unwrap();
+        assert_eq!(config.apt_dir, PathBuf::from("/var/lib/slipway/apt"));
+        assert_eq!(
+            config.apt_s3,
+            Some(AptS3 {
+                bucket: "acme-apt".into(),
+                prefix: "teams/ops/".into(),
+                endpoint_url: Some("http://127.0.0.1:5000".into()),
+                region: None,
+            })
+        );
+        let config =
+            load("[apt]\ns3 = { bucket = \"acme-apt\", region = \"eu-west-1\" }\n").unwrap();
+        let s3 = config.apt_s3.unwrap();
+        assert_eq!(
+            (s3.prefix.as_str(), s3.region.as_deref()),
+            ("", Some("eu-west-1"))
+        );
+        for (text, key) in [
+            (
+                "[apt]\ndir = \"/srv\"\ns3 = { bucket = \"acme-apt\" }\n",
+                "key `apt`",
+            ),
+            (
+                "[apt]\ns3 = { bucket = \"Acme_Apt\" }\n",
+                "key `apt.s3.bucket`",
+            ),
+            (
+                "[apt]\ns3 = { bucket = \"acme-apt\", prefix = \"a/../b\" }\n",
+                "key `apt.s3.prefix`",
+            ),
+            (
+                "[apt]\ns3 = { bucket = \"acme-apt\", endpoint_url = \"127.0.0.1:5000\" }\n",
+                "key `apt.s3.endpoint_url`",
+            ),
+            (
+                "[apt]\ns3 = { bucket = \"acme-apt\", region = \"EU West\" }\n",
+                "key `apt.s3.region`",
+            ),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = load("[apt]\ns3 = { bucket = \"acme-apt\", prefx = \"a\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `prefx`") && err.contains("line 2"),
+            "{err}"
+        );
     }
 
     #[test]

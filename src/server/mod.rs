@@ -9,6 +9,7 @@
 //! started it) is stopped.
 
 mod api;
+mod apt;
 mod auth;
 mod deploy_api;
 mod error;
@@ -27,7 +28,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::services::{ServeDir, ServeFile};
 use uuid::Uuid;
 
 use crate::bake::{BakeQueue, Baker};
@@ -75,7 +75,13 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         presence::register(&store, listener.local_addr()?).await?;
-        let repository = Repository::open(&store, &config.data_dir, &config.apt_dir).await?;
+        let repository = Repository::open(
+            &store,
+            &config.data_dir,
+            &config.apt_dir,
+            config.apt_s3.as_ref(),
+        )
+        .await?;
         // Built without contacting dockerd: it may come later, and the queue waits for it.
         let docker = DockerClient::new(&config.docker_host)?;
         let baker = Baker::new(
@@ -190,7 +196,6 @@ impl Application {
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.webhook_max_body_bytes;
-    let apt = state.repository.root();
     Router::new()
         .route("/healthz", get(health::healthz))
         .route(
@@ -198,11 +203,7 @@ pub fn router(state: AppState) -> Router {
             post(hooks::bitbucket).layer(axum::extract::DefaultBodyLimit::max(max_body)),
         )
         .nest("/api/v1", api::routes(state.clone()))
-        // The apt repository: the index (a symlink swapped atomically on publish), the pool
-        // of every release's package, and the public key for `signed-by`.
-        .nest_service("/apt/dists", ServeDir::new(apt.join("dists")))
-        .nest_service("/apt/pool", ServeDir::new(apt.join("pool")))
-        .route_service("/apt/key.gpg", ServeFile::new(apt.join("key.gpg")))
+        .merge(apt::routes(&state))
         .with_state(state)
 }
 

@@ -2,6 +2,7 @@
 //! `migrations/` at start, and the queries the service needs, grouped by what they are about.
 
 pub mod app_schema;
+pub mod apt;
 pub mod audit;
 pub mod builds;
 pub mod deployments;

@@ -25,7 +25,7 @@ use crate::helpers::{read_token, sign, test_database, HeldBakeRecords, BAKE_LIMI
 use crate::server_process::{self, Server};
 
 #[path = "../../deployer/tests/deployer/moto.rs"]
-mod moto;
+pub(crate) mod moto;
 
 use moto::{registered, Infra, Moto, REGION};
 

@@ -66,6 +66,32 @@ pub(crate) async fn bytes(app: &TestApp, path: &str) -> Vec<u8> {
     response.bytes().await.unwrap().to_vec()
 }
 
+/// Runs `apt-get update` in a container against the repository of the server at `address`
+/// (trusting `key`), then `commands`; what they printed. Panics if any fails or apt warns.
+pub(crate) fn apt_get(address: &str, key: &[u8], commands: &str) -> String {
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::write(keys.path().join("key.gpg"), key).unwrap();
+    let port = address.rsplit(':').next().unwrap();
+    let script = format!(
+        "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*\n\
+         echo 'deb [signed-by=/keys/key.gpg] http://127.0.0.1:{port}/apt stable main' > /etc/apt/sources.list.d/slipway.list\n\
+         apt-get update 2>&1\n\
+         {commands}"
+    );
+    let output = Command::new("docker")
+        .args(["run", "--rm", "--network", "host"])
+        .arg("-v")
+        .arg(format!("{}:/keys:ro", keys.path().display()))
+        .args(["slipway/debian:bookworm", "sh", "-ec", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(!text.contains("W: "), "apt-get update warned: {text}");
+    text
+}
+
 // Multi-threaded: both servers build while the test waits on them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_database_build_each_push_once_and_serve_one_signed_repository() {
@@ -162,31 +188,9 @@ async fn two_servers_on_one_database_build_each_push_once_and_serve_one_signed_r
             "{path}"
         );
     }
-    let keys = tempfile::tempdir().unwrap();
-    std::fs::write(
-        keys.path().join("key.gpg"),
-        bytes(&second, "/apt/key.gpg").await,
-    )
-    .unwrap();
+    let key = bytes(&second, "/apt/key.gpg").await;
     for app in [&first, &second] {
-        let port = app.address.rsplit(':').next().unwrap();
-        let script = format!(
-            "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*\n\
-             echo 'deb [signed-by=/keys/key.gpg] http://127.0.0.1:{port}/apt stable main' > /etc/apt/sources.list.d/slipway.list\n\
-             apt-get update 2>&1\n\
-             apt-cache madison shared"
-        );
-        let output = Command::new("docker")
-            .args(["run", "--rm", "--network", "host"])
-            .arg("-v")
-            .arg(format!("{}:/keys:ro", keys.path().display()))
-            .args(["slipway/debian:bookworm", "sh", "-ec", &script])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).to_string()
-            + &String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{text}");
-        assert!(!text.contains("W: "), "apt-get update warned: {text}");
+        let text = apt_get(&app.address, &key, "apt-cache madison shared");
         let newest = text
             .lines()
             .filter_map(|l| l.split('|').nth(1))

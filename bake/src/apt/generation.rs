@@ -22,6 +22,11 @@ impl Dists {
         }
     }
 
+    /// The live generation's directory (`dists/stable`, followed).
+    pub(crate) fn live_dir(&self) -> PathBuf {
+        self.dir.join(SUITE)
+    }
+
     /// The generation `dists/stable` points at, if any was published.
     pub(crate) fn current(&self) -> Option<u64> {
         let target = fs::read_link(self.dir.join(SUITE)).ok()?;

@@ -5,7 +5,8 @@ use sha2::{Digest, Sha256};
 use super::catalogue::Catalogue;
 use crate::deb::{gzip, md5_hex};
 
-pub(crate) const SUITE: &str = "stable";
+/// The one suite the repository publishes.
+pub const SUITE: &str = "stable";
 pub(crate) const COMPONENT: &str = "main";
 
 /// One index file, relative to `dists/stable/`.

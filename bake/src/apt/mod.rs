@@ -5,6 +5,11 @@
 //! `pool/main/<first letter>/<name>/<file>.deb`, `dists/stable -> .stable-<N>` holding
 //! `Release`, `InRelease`, `Release.gpg` and `main/binary-<arch>/Packages{,.gz}`, the public key
 //! as `key.gpg`, and `db/` (the catalogue and the publish lock).
+//!
+//! The directory may also be one server's working copy of a repository kept elsewhere (an S3
+//! bucket): [`AptRepository::adopt_catalogue`] takes the remote list of packages before a
+//! change, and [`AptRepository::live_index_files`] names what to upload after it, in an order
+//! that keeps every reader consistent.
 
 mod catalogue;
 mod generation;
@@ -23,6 +28,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::signing::Signer;
 use catalogue::{Catalogue, CatalogueEntry};
 use generation::Dists;
+pub use index::SUITE;
 
 /// What one `publish` did, for the release record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +41,14 @@ pub struct PublishRecord {
     /// False when this exact file had already been published (a retried publish).
     pub newly_published: bool,
     pub published_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A package [`AptRepository::remove`] took out of the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedPackage {
+    pub filename: String,
+    /// Relative to the repository root, e.g. `pool/main/h/hello/hello_1_amd64.deb`.
+    pub pool_path: String,
 }
 
 /// A signed apt repository in a directory. Publishes are serialized within the process by a
@@ -69,6 +83,9 @@ impl AptRepository {
             if Dists::new(root).current().is_none() {
                 repository.republish(&Catalogue::load(root)?)?;
             }
+            if !Catalogue::path(root).exists() {
+                Catalogue::default().save(root)?;
+            }
         }
         Ok(repository)
     }
@@ -80,6 +97,58 @@ impl AptRepository {
     /// The binary public keyring clients use with `signed-by=` (served as `/apt/key.gpg`).
     pub fn key_path(&self) -> PathBuf {
         self.root.join("key.gpg")
+    }
+
+    /// The catalogue's file (`db/catalogue.json`), the list of published packages.
+    pub fn catalogue_path(&self) -> PathBuf {
+        Catalogue::path(&self.root)
+    }
+
+    /// Replaces the catalogue with `bytes`, the catalogue of the repository this directory is
+    /// a working copy of; a catalogue that does not parse is refused and changes nothing.
+    pub fn adopt_catalogue(&self, bytes: &[u8]) -> Result<()> {
+        let path = Catalogue::path(&self.root);
+        let catalogue: Catalogue = serde_json::from_slice(bytes)
+            .map_err(|source| Error::CorruptCatalogue { path, source })?;
+        let _guard = self.lock()?;
+        catalogue.save(&self.root)
+    }
+
+    /// The pool files of every published package, relative to the root.
+    pub fn pool_paths(&self) -> Result<Vec<String>> {
+        Ok(Catalogue::load(&self.root)?
+            .packages
+            .into_iter()
+            .map(|entry| entry.pool_path)
+            .collect())
+    }
+
+    /// Every file of the live index, relative to the root, in the order a copy must receive
+    /// them to stay consistent for its readers: the by-hash indexes its `Release` names
+    /// first (not the previous generation's, kept here for this directory's readers), then
+    /// the plain indexes, then `Release`, `Release.gpg` and `InRelease`.
+    pub fn live_index_files(&self) -> Result<Vec<String>> {
+        let live = Dists::new(&self.root).live_dir();
+        let release_path = live.join("Release");
+        let release = fs::read_to_string(&release_path).io_context("reading", &release_path)?;
+        let named = by_hash_files(&release);
+        let mut files = Vec::new();
+        list_files(&live, &mut files)?;
+        let mut relative: Vec<String> = files
+            .iter()
+            .filter_map(|path| path.strip_prefix(&live).ok())
+            .map(|path| format!("dists/{}/{}", index::SUITE, path.display()))
+            .filter(|path| !path.contains("/by-hash/") || named.contains(path))
+            .collect();
+        let rank = |path: &str| match path.rsplit('/').next() {
+            Some("Release") => 2,
+            Some("Release.gpg") => 3,
+            Some("InRelease") => 4,
+            _ if path.contains("/by-hash/") => 0,
+            _ => 1,
+        };
+        relative.sort_by_key(|path| (rank(path), path.clone()));
+        Ok(relative)
     }
 
     /// Every published package, oldest first.
@@ -137,9 +206,9 @@ impl AptRepository {
 
     /// Removes the packages whose file names are in `filenames` from the signed index, then
     /// their files from the pool (so a reader of the old index finds them until it is
-    /// replaced). Names not in the repository are ignored. Returns the names it removed.
+    /// replaced). Names not in the repository are ignored. Returns what it removed.
     #[tracing::instrument(skip_all, err)]
-    pub fn remove(&self, filenames: &[String]) -> Result<Vec<String>> {
+    pub fn remove(&self, filenames: &[String]) -> Result<Vec<RemovedPackage>> {
         let _guard = self.lock()?;
         let mut catalogue = Catalogue::load(&self.root)?;
         let (gone, kept): (Vec<_>, Vec<_>) = catalogue
@@ -164,7 +233,13 @@ impl AptRepository {
             }
         }
         tracing::info!(generation, removed = gone.len(), "removed packages");
-        Ok(gone.into_iter().map(|entry| entry.info.filename).collect())
+        Ok(gone
+            .into_iter()
+            .map(|entry| RemovedPackage {
+                filename: entry.info.filename,
+                pool_path: entry.pool_path,
+            })
+            .collect())
     }
 
     /// Regenerates, signs and atomically swaps in `dists/stable` from `catalogue`.
@@ -311,6 +386,34 @@ fn check_matches(file: &FileDigests, info: &PackageInfo) -> Result<()> {
 fn pool_path(info: &PackageInfo) -> String {
     let letter = &info.name[..1];
     format!("pool/main/{letter}/{}/{}", info.name, info.filename)
+}
+
+/// The by-hash index files (relative to the root) that the `Release` file `release` names:
+/// what a reader of that `Release` may still fetch.
+pub fn by_hash_files(release: &str) -> Vec<String> {
+    index::listed_sha256(release)
+        .into_iter()
+        .filter_map(|(sha256, path)| {
+            let parent = Path::new(&path).parent()?.to_str()?.to_owned();
+            Some(format!(
+                "dists/{}/{parent}/by-hash/SHA256/{sha256}",
+                index::SUITE
+            ))
+        })
+        .collect()
+}
+
+/// Appends every regular file under `dir` (following the links in it) to `files`.
+fn list_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir).io_context("listing", dir)? {
+        let path = entry.io_context("listing", dir)?.path();
+        if path.is_dir() {
+            list_files(&path, files)?;
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` and flushes them to disk.
