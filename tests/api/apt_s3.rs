@@ -1,8 +1,9 @@
 //! The apt repository in an S3 bucket (`[apt] s3`, moto here): two servers on one database
 //! that share no directory publish in turn, then at once, into one bucket, losing no package,
-//! and serve the same signed repository from it, so apt-get installs the newest release through either; a third server
-//! with an empty data directory serves it too, and its retention removes old versions from
-//! the bucket; a bucket that is not there stops a server at its start, named.
+//! and serve the same signed repository from it, so apt-get installs the newest release
+//! through either; a third server with an empty data directory serves it too, and its
+//! retention removes old versions from the bucket; a bucket that is not there, or one holding
+//! another installation's repository, stops a server at its start, saying why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -324,11 +325,32 @@ async fn servers_sharing_no_directory_publish_to_and_serve_one_repository_in_a_b
     assert!(listed[0].contains(&format!(" {count} ")), "{text}");
     drop(third);
 
-    // A bucket that is not there: the server stops at its start and names it.
+    // A bucket that is not there, or that holds another installation's repository: the server
+    // stops at its start and says why.
     let wrong = server_dir(&database_url, &moto, "no-such-bucket", repo.path(), "");
+    let said = refused(wrong.path());
+    assert!(
+        said.contains("cannot reach the apt bucket s3://no-such-bucket/acme/apt/"),
+        "{said}"
+    );
+    let other = server_dir(&test_database(), &moto, BUCKET, repo.path(), "");
+    let said = refused(other.path());
+    assert!(
+        said.contains("s3://slipway-apt/acme/apt/ holds a repository signed with another key"),
+        "{said}"
+    );
+    assert_eq!(
+        object(&s3, "key.gpg").await,
+        key,
+        "the bucket's key is untouched"
+    );
+}
+
+/// Starts a server in `dir` that must exit before it listens; what it said.
+fn refused(dir: &Path) -> String {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(["server", "--listen", "127.0.0.1:0"])
-        .current_dir(wrong.path())
+        .current_dir(dir)
         .envs(AWS_VARIABLES)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -341,12 +363,12 @@ async fn servers_sharing_no_directory_publish_to_and_serve_one_repository_in_a_b
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("a server on a missing bucket kept running");
+            panic!("the server kept running");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
-    assert!(stderr.contains("s3://no-such-bucket/acme/apt/"), "{stderr}");
+    assert!(!status.success(), "{stderr}");
+    stderr
 }
