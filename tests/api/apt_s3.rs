@@ -13,21 +13,16 @@ use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use serde_json::Value;
 
 use crate::aws_deploy::moto::{Moto, REGION};
-use crate::builds::{commit_all, push_body};
+use crate::aws_deploy::AWS_VARIABLES;
+use crate::builds::{commit_all, push_queued};
 use crate::deploy::Api;
-use crate::helpers::{read_token, sign, test_database};
+use crate::helpers::{read_token, test_database};
 use crate::server_process;
-use crate::servers::{apt_get, quick_repository};
+use crate::servers::{apt_get, published, quick_repository};
 
 const SECRET: &str = "apt-s3-secret";
 const BUCKET: &str = "slipway-apt";
 const PREFIX: &str = "acme/apt/";
-/// Dummy credentials for moto, and no instance metadata lookups.
-const AWS_VARIABLES: [(&str, &str); 3] = [
-    ("AWS_ACCESS_KEY_ID", "slipway-test"),
-    ("AWS_SECRET_ACCESS_KEY", "slipway-test"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-];
 
 /// A server directory whose slipway.toml puts the repository in `bucket` of `moto`.
 fn server_dir(
@@ -45,22 +40,6 @@ fn server_dir(
     );
     std::fs::write(dir.path().join("slipway.toml"), text).unwrap();
     dir
-}
-
-/// Pushes `commit` of main to the server at `address`; the build's number.
-async fn push(address: &str, commit: &str) -> i64 {
-    let body = push_body("acme/shared", "main", commit);
-    let response = reqwest::Client::new()
-        .post(format!("{address}/hooks/bitbucket"))
-        .header("X-Event-Key", "repo:push")
-        .header("X-Hub-Signature", sign(SECRET, &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let answer: Value = response.json().await.unwrap();
-    answer["queued"][0]["number"].as_i64().expect("a build")
 }
 
 /// Waits until release `version` of the project is published; the release.
@@ -107,19 +86,7 @@ async fn wait_settled(api: &Api, builds: &[i64]) -> Vec<(i64, String)> {
         let releases = api.get("/projects/shared/releases").await;
         let releases = releases.as_array().unwrap();
         if releases.iter().all(|r| r["status"] != "packaging") {
-            let mut settled: Vec<(i64, String)> = releases
-                .iter()
-                .map(|r| {
-                    assert_eq!(r["status"], "published", "{r}");
-                    let version = r["version"].as_str().unwrap();
-                    (
-                        version.trim_start_matches('v').parse().unwrap(),
-                        r["commit"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect();
-            settled.sort();
-            return settled;
+            return published(releases);
         }
         assert!(Instant::now() < deadline, "{releases:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -202,7 +169,15 @@ async fn servers_sharing_no_directory_publish_to_and_serve_one_repository_in_a_b
         std::fs::write(repo.path().join("app.txt"), format!("{n}\n")).unwrap();
         let commit = commit_all(repo.path(), &format!("change {n}"));
         written.insert(commit.clone(), n);
-        builds.push(push(&servers[(n % 2) as usize].address, &commit).await);
+        builds.push(
+            push_queued(
+                &servers[(n % 2) as usize].address,
+                ("acme/shared", SECRET),
+                "main",
+                &commit,
+            )
+            .await,
+        );
         if n <= 4 {
             wait_published(&api, &format!("v{n}")).await;
         }

@@ -35,7 +35,7 @@ const WEBHOOK_SECRET: &str = "aws-hello-secret";
 const SOURCE_AMI: &str = "ami-785db401";
 
 /// The server's environment: dummy credentials for moto, and no instance metadata lookups.
-const AWS_VARIABLES: [(&str, &str); 3] = [
+pub(crate) const AWS_VARIABLES: [(&str, &str); 3] = [
     ("AWS_ACCESS_KEY_ID", "slipway-test"),
     ("AWS_SECRET_ACCESS_KEY", "slipway-test"),
     ("AWS_EC2_METADATA_DISABLED", "true"),

@@ -57,6 +57,30 @@ pub fn push_body(repository: &str, branch: &str, commit: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// Pushes `commit` on `branch` of `repository` (signed with `secret`) to the server at
+/// `address`; the number of the build it queued.
+pub(crate) async fn push_queued(
+    address: &str,
+    (repository, secret): (&str, &str),
+    branch: &str,
+    commit: &str,
+) -> i64 {
+    let body = push_body(repository, branch, commit);
+    let response = reqwest::Client::new()
+        .post(format!("{address}/hooks/bitbucket"))
+        .header("X-Event-Key", "repo:push")
+        .header("X-Hub-Signature", sign(secret, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    answer["queued"][0]["number"]
+        .as_i64()
+        .expect("a build was queued")
+}
+
 /// Pushes `commit` of main to project hello of the real binary listening at `address`.
 pub async fn push_to(address: &str, commit: &str) {
     let body = push_body("acme/hello", "main", commit);

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::builds::{commit_all, git, push_body};
+use crate::builds::{commit_all, git, push_queued};
 use crate::deploy::{events, image, insert_release, Api, Project, Server};
-use crate::helpers::{sign, TestApp};
+use crate::helpers::TestApp;
 use crate::release_order::wait_for_build;
 
 const SECRET: &str = "servers-secret";
@@ -39,13 +39,25 @@ pub(crate) fn config(repo: &Path, apt: &Path) -> String {
 }
 
 pub(crate) async fn push(app: &TestApp, commit: &str) -> i64 {
-    let body = push_body("acme/shared", "main", commit);
-    let response = app
-        .post_hook("repo:push", &body, Some(&sign(SECRET, &body)), None)
-        .await;
-    assert_eq!(response.status(), 202);
-    let answer: Value = response.json().await.unwrap();
-    answer["queued"][0]["number"].as_i64().expect("a build")
+    push_queued(&app.address, ("acme/shared", SECRET), "main", commit).await
+}
+
+/// `(number, commit)` of each release in `releases` (an answer of the releases API), oldest
+/// first; every one must be published.
+pub(crate) fn published(releases: &[Value]) -> Vec<(i64, String)> {
+    let mut published: Vec<(i64, String)> = releases
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "published", "{r}");
+            let version = r["version"].as_str().unwrap();
+            (
+                version.trim_start_matches('v').parse().unwrap(),
+                r["commit"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    published.sort();
+    published
 }
 
 /// The ids of the live servers in an answer of `GET /api/v1/servers`.
@@ -146,20 +158,7 @@ async fn two_servers_on_one_database_build_each_push_once_and_serve_one_signed_r
 
     // Releases: numbered 1..N without a gap or a duplicate, in the commits' order.
     let releases = first.get_json("/api/v1/projects/shared/releases").await;
-    let mut releases: Vec<(i64, String)> = releases
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            assert_eq!(r["status"], "published", "{r}");
-            let version = r["version"].as_str().unwrap();
-            (
-                version.trim_start_matches('v').parse().unwrap(),
-                r["commit"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    releases.sort();
+    let releases = published(releases.as_array().unwrap());
     let count = releases.len() as i64;
     assert!(count >= 1);
     assert_eq!(

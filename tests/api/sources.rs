@@ -14,8 +14,8 @@ use axum::body::Body;
 use axum::http::{header, Response, StatusCode};
 use serde_json::Value;
 
-use crate::builds::{commit_all, git, hello_repository, push_body};
-use crate::helpers::{read_token, sign, ServerChild};
+use crate::builds::{commit_all, git, hello_repository, push_queued};
+use crate::helpers::{read_token, ServerChild};
 
 const HOOK_SECRET: &str = "sources-secret";
 
@@ -79,21 +79,13 @@ impl RealServer {
 
     /// Pushes `commit` on `branch` of acme/hello; the number of the build it queued.
     async fn push(&self, branch: &str, commit: &str) -> i64 {
-        let body = push_body("acme/hello", branch, commit);
-        let response = self
-            .http
-            .post(format!("{}/hooks/bitbucket", self.server.address))
-            .header("X-Event-Key", "repo:push")
-            .header("X-Hub-Signature", sign(HOOK_SECRET, &body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        let answer: Value = response.json().await.unwrap();
-        answer["queued"][0]["number"]
-            .as_i64()
-            .expect("a build was queued")
+        push_queued(
+            &self.server.address,
+            ("acme/hello", HOOK_SECRET),
+            branch,
+            commit,
+        )
+        .await
     }
 
     async fn wait_for_build(&self, number: i64, limit: Duration) -> Value {
