@@ -70,14 +70,19 @@ impl AptBucket {
             client: aws_sdk_s3::Client::from_conf(config),
             settings: settings.clone(),
         };
-        bucket
-            .client
+        bucket.check().await?;
+        Ok(bucket)
+    }
+
+    /// Whether the bucket answers (for `/api/v1/health`); why not, when it does not.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        self.client
             .head_bucket()
-            .bucket(&settings.bucket)
+            .bucket(&self.settings.bucket)
             .send()
             .await
-            .map_err(|e| bucket.failed("cannot reach", e))?;
-        Ok(bucket)
+            .map_err(|e| self.failed("cannot reach", e))?;
+        Ok(())
     }
 
     /// The bucket and where in it, for messages.

@@ -49,13 +49,14 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
                 .filter_map(move |e| Some((p.name.as_str(), e.name.as_str(), e.aws.as_ref()?)))
         })
         .collect();
-    let (database, docker, packer, aws) = tokio::join!(
+    let (database, docker, packer, apt, aws) = tokio::join!(
         check_database(&state),
         state.docker.check(),
         check_packer(&state),
+        check_apt(&state),
         futures::future::join_all(aws_environments.iter().map(|(_, _, aws)| check_aws(aws))),
     );
-    let mut healthy = database.is_ok() && docker.is_ok() && packer.is_ok();
+    let mut healthy = database.is_ok() && docker.is_ok() && packer.is_ok() && apt.1.is_ok();
     let database = match database {
         Ok(()) => json!({ "status": "ok" }),
         Err(reason) => unavailable(json!({}), &reason),
@@ -72,6 +73,10 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
     let packer = match packer {
         Ok(version) => json!({ "status": "ok", "binary": binary, "version": version }),
         Err(reason) => unavailable(json!({ "binary": binary }), &reason),
+    };
+    let apt = match apt {
+        (fields, Ok(())) => with_status(fields, "ok"),
+        (fields, Err(reason)) => unavailable(fields, &reason),
     };
     let aws: Vec<Value> = aws
         .into_iter()
@@ -97,6 +102,7 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
         "database": database,
         "docker": docker,
         "packer": packer,
+        "apt": apt,
         "aws": aws,
     }))
 }
@@ -106,6 +112,30 @@ async fn check_database(state: &AppState) -> Result<(), String> {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
+}
+
+/// Where the apt repository is (`dir` or `bucket`), and whether its signed index can be read
+/// there: the directory's `InRelease`, or the bucket answering.
+async fn check_apt(state: &AppState) -> (Value, Result<(), String>) {
+    match state.repository.bucket() {
+        Some(bucket) => {
+            let fields = json!({ "bucket": bucket.describe() });
+            match tokio::time::timeout(CHECK_TIMEOUT, bucket.check()).await {
+                Ok(Ok(())) => (fields, Ok(())),
+                Ok(Err(e)) => (fields, Err(format!("{e:#}"))),
+                Err(_) => (fields, Err(format!("no answer within {CHECK_TIMEOUT:?}"))),
+            }
+        }
+        None => {
+            let root = state.repository.root();
+            let index = root.join("dists/stable/InRelease");
+            let result = match tokio::fs::metadata(&index).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("cannot read {}: {e}", index.display())),
+            };
+            (json!({ "dir": root }), result)
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! and serve the same signed repository from it, so apt-get installs the newest release
 //! through either; a third server with an empty data directory serves it too, and its
 //! retention removes old versions from the bucket; a bucket that is not there, or one holding
-//! another installation's repository, stops a server at its start, saying why.
+//! another installation's repository, stops a server at its start, saying why; and a bucket
+//! that goes away shows in the health API while `/apt/` answers 502.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -298,7 +299,6 @@ async fn servers_sharing_no_directory_publish_to_and_serve_one_repository_in_a_b
     let listed: Vec<&str> = text.lines().filter(|l| l.contains(" | ")).collect();
     assert_eq!(listed.len(), 1, "only the newest is left: {text}");
     assert!(listed[0].contains(&format!(" {count} ")), "{text}");
-    drop(third);
 
     // A bucket that is not there, or that holds another installation's repository: the server
     // stops at its start and says why.
@@ -319,6 +319,23 @@ async fn servers_sharing_no_directory_publish_to_and_serve_one_repository_in_a_b
         key,
         "the bucket's key is untouched"
     );
+
+    // The bucket going away: the health API says so, and /apt/ answers 502, not stale files.
+    let third_api = Api::at(&third.address, &token);
+    let health = third_api.get("/health").await;
+    assert_eq!(health["apt"]["status"], "ok", "{health}");
+    assert_eq!(
+        health["apt"]["bucket"], "s3://slipway-apt/acme/apt/",
+        "{health}"
+    );
+    drop(moto);
+    let health = third_api.get("/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["apt"]["status"], "unavailable", "{health}");
+    let response = reqwest::get(format!("{}/apt/dists/stable/InRelease", third.address))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
 }
 
 /// Starts a server in `dir` that must exit before it listens; what it said.

@@ -33,6 +33,12 @@ async fn healthz_says_ok_and_the_authenticated_health_gives_the_detail() {
             .starts_with("Packer v"),
         "{health}"
     );
+    assert_eq!(health["apt"]["status"], "ok", "{health}");
+    assert_eq!(
+        health["apt"]["dir"],
+        app.data_dir().join("apt").to_str().unwrap(),
+        "{health}"
+    );
     assert_eq!(health["aws"], serde_json::json!([]));
     app.stop().await;
 }
