@@ -9,6 +9,8 @@ pub mod app_schema;
 pub mod apt_bucket;
 pub mod backup;
 pub mod bake;
+pub mod bitbucket;
+pub mod build_reports;
 pub mod cli;
 pub mod client;
 pub mod commands;

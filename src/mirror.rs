@@ -310,10 +310,11 @@ impl Mirror {
         // credentials on disk.
         command.args(["-c", "credential.helper="]);
         if let Some(credentials) = &self.credentials {
+            let password = credentials.password.read()?;
             command
                 .args(["-c", &format!("credential.helper={CREDENTIAL_HELPER}")])
                 .env(USERNAME_VAR, &credentials.username)
-                .env(PASSWORD_VAR, credentials.password.expose());
+                .env(PASSWORD_VAR, password.expose());
         }
         command
             .args([
@@ -327,7 +328,10 @@ impl Mirror {
         run(&mut command)
             .await
             .map(drop)
-            .map_err(|e| format!("cannot fetch from {}: {e}", self.url))
+            .map_err(|e| match why(&e) {
+                Some(why) => format!("cannot fetch from {}: {why} ({e})", self.url),
+                None => format!("cannot fetch from {}: {e}", self.url),
+            })
     }
 }
 
@@ -390,6 +394,37 @@ fn error_text(output: &Output) -> String {
         format!("git exited with {}", output.status)
     } else {
         text
+    }
+}
+
+/// What a failed fetch's git error means, in the words of a project's settings.
+fn why(git_error: &str) -> Option<&'static str> {
+    let says = |needles: &[&str]| needles.iter().any(|n| git_error.contains(n));
+    if says(&[
+        "Authentication failed",
+        "could not read Username",
+        "could not read Password",
+        "The requested URL returned error: 401",
+        "The requested URL returned error: 403",
+    ]) {
+        Some("authentication failed: the repository refused the credentials (the token of [projects.bitbucket], or clone_password_env)")
+    } else if says(&["Could not resolve host", "Name or service not known"]) {
+        Some("unknown host: the clone URL's host name does not resolve")
+    } else if says(&[
+        "Connection refused",
+        "Failed to connect",
+        "Connection timed out",
+    ]) {
+        Some("cannot connect to the clone URL's host")
+    } else if says(&[
+        "repository not found",
+        "Repository not found",
+        "returned error: 404",
+        "does not appear to be a git repository",
+    ]) {
+        Some("no repository at the clone URL")
+    } else {
+        None
     }
 }
 

@@ -1,13 +1,13 @@
 //! A project's `clone_url`, split into the URL git is given (no credentials) and the
 //! credentials, which reach git only through a credential helper (see `crate::mirror`).
 
-use super::Secret;
+use super::{Secret, SecretSource};
 
 /// The user and password for an `http(s)://` clone URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloneCredentials {
     pub username: String,
-    pub password: Secret,
+    pub password: SecretSource,
 }
 
 /// The configured URL without its userinfo, and the credentials it held (or that
@@ -73,7 +73,10 @@ pub fn split_clone_url(
     }
     Ok((
         format!("{scheme}://{host}{path}"),
-        Some(CloneCredentials { username, password }),
+        Some(CloneCredentials {
+            username,
+            password: SecretSource::Value(password),
+        }),
     ))
 }
 
@@ -118,7 +121,7 @@ mod tests {
         assert_eq!(url, "https://bitbucket.org/acme/hello.git");
         let credentials = credentials.unwrap();
         assert_eq!(credentials.username, "bot");
-        assert_eq!(credentials.password.expose(), "s3cr@t");
+        assert_eq!(credentials.password.read().unwrap().expose(), "s3cr@t");
     }
 
     #[test]
@@ -126,7 +129,10 @@ mod tests {
         let (url, credentials) =
             split_clone_url("http://bot:p@ss@127.0.0.1:8000/hello.git", None).unwrap();
         assert_eq!(url, "http://127.0.0.1:8000/hello.git");
-        assert_eq!(credentials.unwrap().password.expose(), "p@ss");
+        assert_eq!(
+            credentials.unwrap().password.read().unwrap().expose(),
+            "p@ss"
+        );
     }
 
     #[test]
@@ -150,7 +156,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(url, "https://bitbucket.org/acme/hello.git");
-        assert_eq!(credentials.unwrap().password.expose(), "from-env");
+        assert_eq!(
+            credentials.unwrap().password.read().unwrap().expose(),
+            "from-env"
+        );
     }
 
     #[test]

@@ -16,11 +16,13 @@ use serde::Deserialize;
 
 mod ami;
 mod bake;
+pub mod bitbucket;
 mod clone_url;
 mod docker_host;
 mod registries;
 pub use ami::{AmiSettings, RawAmi, RawSourceAmiFilter, DEFAULT_KEEP_RELEASES};
 pub use bake::{check_relative_path, BakeSettings, PlaybookRepo, PlaybookSource, RawBake};
+pub use bitbucket::Bitbucket;
 pub use clone_url::CloneCredentials;
 use docker_host::check_address as check_docker_host;
 pub use docker_host::DEFAULT_DOCKER_HOST;
@@ -62,6 +64,8 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
+    /// The URL users reach the server at, for links (build statuses, notifications).
+    pub public_url: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     /// dockerd's address: `unix:///path` or `tcp://host:port`.
@@ -166,6 +170,8 @@ pub struct RawProject {
     pub bake: Option<RawBake>,
     /// How the project's AMIs are baked; needed by a project with an aws environment.
     pub ami: Option<RawAmi>,
+    /// The Bitbucket hosting the repository: its API and the token for clones and statuses.
+    pub bitbucket: Option<bitbucket::RawBitbucket>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,10 +258,41 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Where a secret value is: given (from the environment), or in a file read at each use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Value(Secret),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// The value: a file's content without its trailing newline. The error names the file,
+    /// never its content.
+    pub fn read(&self) -> Result<Secret, String> {
+        match self {
+            SecretSource::Value(secret) => Ok(secret.clone()),
+            SecretSource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+                let value = text.trim_end_matches(['\n', '\r']);
+                if value.is_empty() || value.len() > 4096 || value.contains(char::is_control) {
+                    return Err(format!(
+                        "the token file {} does not hold one line of at most 4096 characters",
+                        path.display()
+                    ));
+                }
+                Ok(Secret::new(value))
+            }
+        }
+    }
+}
+
 /// The resolved configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The URL users reach the server at, without a trailing `/` (default `http://<listen>`).
+    pub public_url: String,
     pub data_dir: PathBuf,
     /// `None`: the embedded PostgreSQL cluster in `data_dir`.
     pub database_url: Option<Secret>,
@@ -313,6 +350,8 @@ pub struct Project {
     pub bake: BakeSettings,
     /// `[projects.ami]`: present whenever the project has an aws environment.
     pub ami: Option<AmiSettings>,
+    /// `[projects.bitbucket]`: where build statuses are reported, with which token.
+    pub bitbucket: Option<Bitbucket>,
 }
 
 #[derive(Debug, Clone)]
@@ -441,6 +480,27 @@ pub fn resolve(
         .or(raw.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
     let listen = parse_addr(&listen_text).map_err(|m| invalid("listen", m))?;
+    let public_url = match raw.public_url {
+        Some(url) => {
+            let valid = (url.starts_with("https://") || url.starts_with("http://"))
+                && !url.contains(['@', '?', '#'])
+                && !url.contains(char::is_whitespace)
+                && url.len() <= 500;
+            if !valid {
+                let got = if url.contains('@') {
+                    "a URL with credentials in it".to_owned()
+                } else {
+                    format!("{url:?}")
+                };
+                return Err(invalid(
+                    "public_url",
+                    format!("expected an http(s) URL like https://slipway.acme.test, got {got}"),
+                ));
+            }
+            url.trim_end_matches('/').to_owned()
+        }
+        None => format!("http://{listen}"),
+    };
     let data_dir = overrides
         .data_dir
         .clone()
@@ -531,6 +591,7 @@ pub fn resolve(
     }
     Ok(Config {
         listen,
+        public_url,
         data_dir,
         database_url,
         docker_host,
@@ -705,8 +766,38 @@ fn resolve_project(
             })
         })
         .transpose()?;
-    let (clone_url, clone_credentials) = clone_url::split_clone_url(&raw.clone_url, clone_password)
-        .map_err(|m| invalid(&key("clone_url"), m))?;
+    let (clone_url, mut clone_credentials) =
+        clone_url::split_clone_url(&raw.clone_url, clone_password)
+            .map_err(|m| invalid(&key("clone_url"), m))?;
+    let bitbucket = raw
+        .bitbucket
+        .map(|raw| bitbucket::resolve(raw, env))
+        .transpose()
+        .map_err(|(field, message)| invalid(&key(&format!("bitbucket.{field}")), message))?;
+    // An HTTPS clone without credentials of its own uses the Bitbucket token.
+    if let Some(Bitbucket {
+        username,
+        token: Some(token),
+        ..
+    }) = &bitbucket
+    {
+        let https = clone_url.starts_with("https://") || clone_url.starts_with("http://");
+        match &clone_credentials {
+            Some(_) => {
+                return Err(invalid(
+                    &key("clone_url"),
+                    "the clone credentials are given twice: in clone_url (or clone_password_env) and as [projects.bitbucket]'s token; keep one".into(),
+                ))
+            }
+            None if https => {
+                clone_credentials = Some(CloneCredentials {
+                    username: username.clone(),
+                    password: token.clone(),
+                })
+            }
+            None => {}
+        }
+    }
     let pattern = raw.branches.unwrap_or_else(|| "^main$".to_string());
     let branches = Regex::new(&pattern).map_err(|e| {
         invalid(
@@ -796,6 +887,7 @@ fn resolve_project(
         registries,
         bake,
         ami,
+        bitbucket,
     })
 }
 
@@ -1035,6 +1127,101 @@ mod tests {
     fn load(text: &str) -> Result<Config, ConfigError> {
         let raw = parse(text, "slipway.toml")?;
         resolve(raw, "slipway.toml", &Overrides::default(), &|_| None)
+    }
+
+    #[test]
+    fn a_bitbucket_token_clones_over_https_and_is_read_from_the_environment_or_a_file() {
+        let project = |clone_url: &str, bitbucket: &str| {
+            format!(
+                "[[projects]]\nname = \"p\"\nrepository = \"acme/p\"\nclone_url = \"{clone_url}\"\n[projects.bitbucket]\n{bitbucket}\n"
+            )
+        };
+        let raw = parse(
+            &project(
+                "https://bitbucket.org/acme/p.git",
+                "token_env = \"P_TOKEN\"",
+            ),
+            "slipway.toml",
+        )
+        .unwrap();
+        let env = |key: &str| (key == "P_TOKEN").then(|| "t0ken".to_owned());
+        let config = resolve(raw, "slipway.toml", &Overrides::default(), &env).unwrap();
+        let project_config = &config.projects[0];
+        let bitbucket = project_config.bitbucket.as_ref().unwrap();
+        assert_eq!(bitbucket.flavour, bitbucket::Flavour::Cloud);
+        assert_eq!(bitbucket.api_url, "https://api.bitbucket.org");
+        let credentials = project_config.clone_credentials.as_ref().unwrap();
+        assert_eq!(credentials.username, "x-token-auth");
+        assert_eq!(credentials.password.read().unwrap().expose(), "t0ken");
+        assert_eq!(config.public_url, "http://127.0.0.1:8080");
+
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "from-file\n").unwrap();
+        let text = project(
+            "ssh://git@bitbucket.acme.test/acme/p.git",
+            &format!(
+                "flavour = \"datacenter\"\napi_url = \"https://bitbucket.acme.test/\"\nusername = \"ci-bot\"\ntoken_file = \"{}\"",
+                file.path().display()
+            ),
+        );
+        let config = load(&format!("public_url = \"https://ci.acme.test/\"\n{text}")).unwrap();
+        let bitbucket = config.projects[0].bitbucket.as_ref().unwrap();
+        assert_eq!(bitbucket.api_url, "https://bitbucket.acme.test");
+        assert_eq!(
+            bitbucket.token.as_ref().unwrap().read().unwrap().expose(),
+            "from-file"
+        );
+        assert!(
+            config.projects[0].clone_credentials.is_none(),
+            "ssh clones use no token"
+        );
+        assert_eq!(config.public_url, "https://ci.acme.test");
+
+        for (text, key) in [
+            (
+                project("https://b/x.git", "flavour = \"server\""),
+                "bitbucket.flavour",
+            ),
+            (
+                project("https://b/x.git", "flavour = \"datacenter\""),
+                "bitbucket.api_url",
+            ),
+            (
+                project("https://b/x.git", "api_url = \"https://u:p@b\""),
+                "bitbucket.api_url",
+            ),
+            (
+                project("https://b/x.git", "token_env = \"UNSET\""),
+                "bitbucket.token_env",
+            ),
+            (
+                project("https://b/x.git", "token_file = \"relative\""),
+                "bitbucket.token_file",
+            ),
+            (
+                project("https://b/x.git", "token_env = \"A\"\ntoken_file = \"/t\""),
+                "bitbucket.token_env",
+            ),
+            (
+                project("https://u:p@b/x.git", "token_file = \"/t\""),
+                "clone_url",
+            ),
+            (
+                format!(
+                    "public_url = \"ci.acme.test\"\n{}",
+                    project("https://b/x.git", "")
+                ),
+                "public_url",
+            ),
+        ] {
+            let err = load(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("{key}`")), "{text}: {err}");
+            assert!(!err.contains(":p@"), "{err}");
+        }
+        let err = load(&project("https://b/x.git", "ssh_key = \"/k\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `ssh_key`"), "{err}");
     }
 
     #[test]

@@ -281,7 +281,7 @@ async fn checkout(
     mirror
         .fetch_commit(&commit)
         .await
-        .map_err(Outcome::errored)?;
+        .map_err(|e| Outcome::errored(format!("cannot clone project `{}`: {e}", project.name)))?;
     mirror
         .export_tree(&commit, workspace.path(), &workspace.index_file())
         .await

@@ -157,9 +157,11 @@ async fn get_build(
     let build = find_build(&state, &project, number).await?;
     let steps = state.store.steps(build.id).await?;
     let migrations = state.store.build_migrations(build.id).await?;
+    let reports = state.store.build_reports(build.id).await?;
     let mut body = serde_json::to_value(&build).expect("builds serialize");
     body["steps"] = json!(steps);
     body["migrations"] = json!(migrations);
+    body["status_reports"] = json!(reports);
     Ok(Json(body))
 }
 

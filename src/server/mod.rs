@@ -154,6 +154,11 @@ impl Application {
             state.docker.clone(),
             state.repository.clone(),
         ));
+        let reports = tokio::spawn(crate::build_reports::run(
+            state.config.clone(),
+            state.store.clone(),
+            stop.clone(),
+        ));
         let stopped = stop.clone();
         let shutdown = async move {
             tokio::select! {
@@ -180,6 +185,7 @@ impl Application {
         deploys.shutdown();
         stop.cancel();
         let _ = heartbeats.await;
+        let _ = reports.await;
         if let Err(error) = store.stop_server().await {
             tracing::warn!(%error, "cannot record this server's stop; its work is taken over once its heartbeat ages");
         }

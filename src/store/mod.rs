@@ -4,6 +4,7 @@
 pub mod app_schema;
 pub mod apt;
 pub mod audit;
+pub mod build_reports;
 pub mod builds;
 pub mod deployments;
 pub mod embedded;

@@ -8,6 +8,7 @@ mod aws_deploy;
 mod backup;
 mod bake;
 mod bake_stage;
+mod bitbucket;
 mod builds;
 mod cli;
 mod data_plane;

@@ -20,16 +20,16 @@ use crate::helpers::{read_token, ServerChild};
 const HOOK_SECRET: &str = "sources-secret";
 
 /// The real server, its stderr kept for inspection, killed (-9) when dropped.
-struct RealServer {
-    server: ServerChild,
+pub(crate) struct RealServer {
+    pub(crate) server: ServerChild,
     token: String,
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     http: reqwest::Client,
 }
 
 impl RealServer {
     /// Starts `slipway server` with `config` and the data dir `data_dir`; waits until it listens.
-    fn start(config: &Path, data_dir: &Path) -> RealServer {
+    pub(crate) fn start(config: &Path, data_dir: &Path) -> RealServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
         command
             .args(["server", "--listen", "127.0.0.1:0", "--config"])
@@ -46,7 +46,7 @@ impl RealServer {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.server.log()
     }
 
@@ -61,7 +61,7 @@ impl RealServer {
             .unwrap_or_else(|| panic!("{field} in {status}"))
     }
 
-    async fn get_text(&self, path: &str) -> String {
+    pub(crate) async fn get_text(&self, path: &str) -> String {
         let response = self
             .http
             .get(format!("{}{path}", self.server.address))
@@ -73,7 +73,7 @@ impl RealServer {
         response.text().await.unwrap()
     }
 
-    async fn get_json(&self, path: &str) -> Value {
+    pub(crate) async fn get_json(&self, path: &str) -> Value {
         serde_json::from_str(&self.get_text(path).await).unwrap()
     }
 
@@ -137,8 +137,8 @@ fn server_dir(clone_url: &str, extra: &str) -> (tempfile::TempDir, PathBuf, Path
 
 /// A git smart-HTTP server on loopback in front of `git http-backend`, answering only
 /// requests that carry the user and password (HTTP basic auth).
-struct GitHttpServer {
-    address: SocketAddr,
+pub(crate) struct GitHttpServer {
+    pub(crate) address: SocketAddr,
     authorized: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -149,7 +149,7 @@ impl Drop for GitHttpServer {
     }
 }
 
-async fn serve_git(root: PathBuf, user: &str, password: &str) -> GitHttpServer {
+pub(crate) async fn serve_git(root: PathBuf, user: &str, password: &str) -> GitHttpServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let expected = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
@@ -247,7 +247,7 @@ async fn http_backend(root: &Path, user: &str, request: axum::extract::Request) 
         .unwrap()
 }
 
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut text = String::new();
     for chunk in bytes.chunks(3) {
@@ -264,7 +264,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// Every piece of `secret` (8 characters or more) that occurs in `text`.
-fn pieces_of(secret: &str, text: &str) -> Vec<String> {
+pub(crate) fn pieces_of(secret: &str, text: &str) -> Vec<String> {
     let chars: Vec<char> = secret.chars().collect();
     chars
         .windows(8)
@@ -274,7 +274,7 @@ fn pieces_of(secret: &str, text: &str) -> Vec<String> {
 }
 
 /// Every file under `dir` whose bytes hold `needle`.
-fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+pub(crate) fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(path) = pending.pop() {
@@ -432,13 +432,13 @@ async fn a_password_in_clone_url_reaches_no_workspace_log_answer_or_package() {
 }
 
 /// Collects the command lines of git processes while a build runs, as `ps` would show them.
-struct ArgumentWatch {
+pub(crate) struct ArgumentWatch {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<String>>,
 }
 
 impl ArgumentWatch {
-    fn start() -> ArgumentWatch {
+    pub(crate) fn start() -> ArgumentWatch {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -460,7 +460,7 @@ impl ArgumentWatch {
         ArgumentWatch { stop, thread }
     }
 
-    fn stop(self) -> Vec<String> {
+    pub(crate) fn stop(self) -> Vec<String> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().unwrap()
     }
