@@ -118,8 +118,9 @@ async fn deliver(config: &Config, http: &reqwest::Client, report: &PendingReport
     }
 }
 
-/// The wait after the `failed`-th failure (counting from 0): 1, 2, 4, ... at most 60 s.
-fn backoff(failed: i32) -> Duration {
+/// The wait after the `failed`-th failure (counting from 0): 1, 2, 4, ... at most 60 s. Shared
+/// with notifications.
+pub fn backoff(failed: i32) -> Duration {
     let seconds = 1u64 << failed.clamp(0, 6);
     Duration::from_secs(seconds).min(MAX_BACKOFF)
 }

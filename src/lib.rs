@@ -18,6 +18,7 @@ pub mod config;
 pub mod deploy;
 pub mod docker;
 pub mod mirror;
+pub mod notify;
 pub mod outage;
 pub mod queue;
 pub mod registries;

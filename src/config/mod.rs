@@ -19,6 +19,7 @@ mod bake;
 pub mod bitbucket;
 mod clone_url;
 mod docker_host;
+pub mod notify;
 mod registries;
 pub use ami::{AmiSettings, RawAmi, RawSourceAmiFilter, DEFAULT_KEEP_RELEASES};
 pub use bake::{check_relative_path, BakeSettings, PlaybookRepo, PlaybookSource, RawBake};
@@ -172,6 +173,9 @@ pub struct RawProject {
     pub ami: Option<RawAmi>,
     /// The Bitbucket hosting the repository: its API and the token for clones and statuses.
     pub bitbucket: Option<bitbucket::RawBitbucket>,
+    /// Who is told about failed builds, bakes and deployments.
+    #[serde(default)]
+    pub notify: Vec<notify::RawNotify>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,7 +295,8 @@ impl SecretSource {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// The URL users reach the server at, without a trailing `/` (default `http://<listen>`).
+    /// The URL users reach the server at, without a trailing `/` (default `http://<listen>`,
+    /// with the port the server bound when `listen` names port 0).
     pub public_url: String,
     pub data_dir: PathBuf,
     /// `None`: the embedded PostgreSQL cluster in `data_dir`.
@@ -352,6 +357,8 @@ pub struct Project {
     pub ami: Option<AmiSettings>,
     /// `[projects.bitbucket]`: where build statuses are reported, with which token.
     pub bitbucket: Option<Bitbucket>,
+    /// `[[projects.notify]]`, in order: a delivery names its target by its place here.
+    pub notify: Vec<notify::Notify>,
 }
 
 #[derive(Debug, Clone)]
@@ -774,6 +781,14 @@ fn resolve_project(
         .map(|raw| bitbucket::resolve(raw, env))
         .transpose()
         .map_err(|(field, message)| invalid(&key(&format!("bitbucket.{field}")), message))?;
+    let mut notify = Vec::new();
+    for (j, raw_notify) in raw.notify.into_iter().enumerate() {
+        notify.push(
+            notify::resolve(raw_notify, env).map_err(|(field, message)| {
+                invalid(&key(&format!("notify[{j}].{field}")), message)
+            })?,
+        );
+    }
     // An HTTPS clone without credentials of its own uses the Bitbucket token.
     if let Some(Bitbucket {
         username,
@@ -888,6 +903,7 @@ fn resolve_project(
         bake,
         ami,
         bitbucket,
+        notify,
     })
 }
 
@@ -1222,6 +1238,75 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `ssh_key`"), "{err}");
+    }
+
+    #[test]
+    fn notify_targets_take_their_url_and_secret_from_the_environment_and_name_their_events() {
+        let text = |notify: &str| {
+            format!(
+                "[[projects]]\nname = \"p\"\nrepository = \"acme/p\"\nclone_url = \"file:///r\"\n[[projects.notify]]\n{notify}\n"
+            )
+        };
+        let env = |key: &str| match key {
+            "SLACK" => Some("https://hooks.slack.test/services/T/B/secret".to_owned()),
+            "HOOK" => Some("https://ops.acme.test/slipway".to_owned()),
+            "HOOK_SECRET" => Some("s3cret".to_owned()),
+            "NOT_A_URL" => Some("hooks.slack.test/services/T/B/secret".to_owned()),
+            _ => None,
+        };
+        let resolve_text = |text: &str| {
+            let raw = parse(text, "slipway.toml")?;
+            resolve(raw, "slipway.toml", &Overrides::default(), &env)
+        };
+        let config = resolve_text(&text("kind = \"slack\"\nurl_env = \"SLACK\"")).unwrap();
+        let target = &config.projects[0].notify[0];
+        assert_eq!(target.kind, notify::NotifyKind::Slack);
+        assert_eq!(
+            target.on.len(),
+            notify::EVENTS.len(),
+            "every event by default"
+        );
+        let config = resolve_text(&text(
+            "kind = \"webhook\"\nurl_env = \"HOOK\"\nsecret_env = \"HOOK_SECRET\"\non = [\"deployed\", \"rolled_back\"]",
+        ))
+        .unwrap();
+        let target = &config.projects[0].notify[0];
+        assert_eq!(target.secret.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(target.on, ["deployed", "rolled_back"]);
+        for (notify, key) in [
+            ("kind = \"email\"\nurl_env = \"HOOK\"", "notify[0].kind"),
+            ("kind = \"slack\"\nurl_env = \"UNSET\"", "notify[0].url_env"),
+            (
+                "kind = \"slack\"\nurl_env = \"NOT_A_URL\"",
+                "notify[0].url_env",
+            ),
+            (
+                "kind = \"webhook\"\nurl_env = \"HOOK\"",
+                "notify[0].secret_env",
+            ),
+            (
+                "kind = \"slack\"\nurl_env = \"SLACK\"\nsecret_env = \"HOOK_SECRET\"",
+                "notify[0].secret_env",
+            ),
+            (
+                "kind = \"slack\"\nurl_env = \"SLACK\"\non = [\"build_broke\"]",
+                "notify[0].on",
+            ),
+            (
+                "kind = \"slack\"\nurl_env = \"SLACK\"\non = []",
+                "notify[0].on",
+            ),
+        ] {
+            let err = resolve_text(&text(notify)).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("projects[0].{key}`")),
+                "{notify}: {err}"
+            );
+            assert!(
+                !err.contains("services/T/B/secret") && !err.contains("s3cret"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(super::releases_api::routes())
         .merge(super::deploy_api::routes())
         .merge(super::tokens_api::routes())
+        .merge(super::notify_api::routes())
         .layer(middleware::from_fn_with_state(
             state,
             super::auth::require_token,
@@ -82,7 +83,7 @@ async fn list_projects(State(state): State<AppState>) -> Json<serde_json::Value>
     Json(json!(projects))
 }
 
-fn known_project(state: &AppState, project: &str) -> Result<(), ApiError> {
+pub(super) fn known_project(state: &AppState, project: &str) -> Result<(), ApiError> {
     if state.config.project(project).is_some() {
         Ok(())
     } else {

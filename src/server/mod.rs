@@ -15,6 +15,7 @@ mod deploy_api;
 mod error;
 mod health;
 mod hooks;
+mod notify_api;
 mod presence;
 mod releases_api;
 mod tokens_api;
@@ -64,7 +65,7 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(config: Config) -> anyhow::Result<Application> {
+    pub async fn build(mut config: Config) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
@@ -75,6 +76,10 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         presence::register(&store, listener.local_addr()?).await?;
+        // The default public URL names the listen address: with port 0, the port bound.
+        if config.public_url == format!("http://{}", config.listen) {
+            config.public_url = format!("http://{}", listener.local_addr()?);
+        }
         let repository = Repository::open(
             &store,
             &config.data_dir,
@@ -159,6 +164,11 @@ impl Application {
             state.store.clone(),
             stop.clone(),
         ));
+        let notifications = tokio::spawn(crate::notify::run(
+            state.config.clone(),
+            state.store.clone(),
+            stop.clone(),
+        ));
         let stopped = stop.clone();
         let shutdown = async move {
             tokio::select! {
@@ -186,6 +196,7 @@ impl Application {
         stop.cancel();
         let _ = heartbeats.await;
         let _ = reports.await;
+        let _ = notifications.await;
         if let Err(error) = store.stop_server().await {
             tracing::warn!(%error, "cannot record this server's stop; its work is taken over once its heartbeat ages");
         }

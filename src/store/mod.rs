@@ -8,6 +8,7 @@ pub mod build_reports;
 pub mod builds;
 pub mod deployments;
 pub mod embedded;
+pub mod notifications;
 pub mod release_images;
 pub mod releases;
 pub mod retention;

@@ -26,20 +26,23 @@ const WRONG_TOKEN: &str = "BBDC-wrong-1a2b3c4d5e6f7a8b9c0d";
 
 /// One request the recording server received.
 #[derive(Debug, Clone)]
-struct Call {
-    method: String,
-    path: String,
-    authorization: String,
-    content_type: String,
-    body: Value,
+pub(crate) struct Call {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) authorization: String,
+    pub(crate) content_type: String,
+    pub(crate) body: Value,
+    pub(crate) headers: axum::http::HeaderMap,
+    pub(crate) raw: Vec<u8>,
 }
 
-/// A stand-in for Bitbucket's API on loopback: records every request, and answers with the
-/// codes queued in `answers` (then 200 for Cloud, 204 for Data Center, as each documents).
-struct Recorder {
-    address: String,
+/// A stand-in for Bitbucket's API (or a team's webhook) on loopback: records every request,
+/// and answers with the codes queued in `answers` (then 201 for Bitbucket Cloud's paths, 204
+/// for the others, as Bitbucket documents).
+pub(crate) struct Recorder {
+    pub(crate) address: String,
     calls: Arc<Mutex<Vec<Call>>>,
-    answers: Arc<Mutex<VecDeque<u16>>>,
+    pub(crate) answers: Arc<Mutex<VecDeque<u16>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,7 +53,7 @@ impl Drop for Recorder {
 }
 
 impl Recorder {
-    async fn start() -> Recorder {
+    pub(crate) async fn start() -> Recorder {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
@@ -76,6 +79,8 @@ impl Recorder {
                     content_type: text(header::CONTENT_TYPE),
                     body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
                     path: path.clone(),
+                    headers: parts.headers.clone(),
+                    raw: bytes.to_vec(),
                 });
                 let default = if path.starts_with("/2.0/") { 201 } else { 204 };
                 let code = queued.lock().unwrap().pop_front().unwrap_or(default);
@@ -100,7 +105,7 @@ impl Recorder {
         }
     }
 
-    fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }
 }

@@ -19,6 +19,7 @@ mod health;
 mod hostile_input;
 mod lintian;
 mod logs;
+mod notify;
 mod packaging;
 mod pipeline_cli;
 mod registry;
