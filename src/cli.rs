@@ -61,6 +61,23 @@ pub enum Command {
         #[arg(long)]
         allow_older_schema: bool,
     },
+    /// List a project's builds, newest first.
+    Builds {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// How many builds (1 to 1000).
+        #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+    /// Queue a manual build of a branch (`--branch`), or show, follow, cancel or rebuild a
+    /// build.
+    Build(BuildArgs),
+    /// Check an API token against a server and store both (and --project, if given) for later
+    /// commands, in $XDG_CONFIG_HOME/slipway/client.toml, else ~/.config/slipway/client.toml.
+    Login {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List a project's releases.
     Releases {
         #[command(flatten)]
@@ -118,15 +135,73 @@ pub struct ServerArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The Slipway server's URL.
-    #[arg(long, env = "SLIPWAY_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// API token; default: the admin token in ./.slipway/admin.token when readable.
+    /// The Slipway server's URL; default: the one `slipway login` stored, else
+    /// http://127.0.0.1:8080.
+    #[arg(long, env = "SLIPWAY_SERVER")]
+    pub server: Option<String>,
+    /// API token, or `-` to read it from stdin (out of sight of `ps`); default: the one
+    /// `slipway login` stored for the server, else the admin token in ./.slipway/admin.token.
     #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Project; optional when the server has exactly one.
+    /// Project; optional when `slipway login` stored one or the server has exactly one.
     #[arg(long)]
     pub project: Option<String>,
+}
+
+/// `slipway build --branch B [--commit C]`, or one of its subcommands.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BuildArgs {
+    #[command(subcommand)]
+    pub command: Option<BuildCommand>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The branch to build: any branch of the repository, whatever the project's `branches`
+    /// (which only selects the pushes that build).
+    #[arg(long, required = true)]
+    pub branch: Option<String>,
+    /// The commit to build, a full id on the branch; default: the branch's head.
+    #[arg(long, requires = "branch")]
+    pub commit: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildCommand {
+    /// Show a build and its steps with their status and timings.
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The build's number.
+        number: i64,
+    },
+    /// Print a build's log.
+    Logs {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The build's number.
+        number: i64,
+        /// Only this step's lines.
+        #[arg(long)]
+        step: Option<String>,
+        /// Keep printing lines as the build writes them, until it ends; the exit code is then
+        /// 0 only when it passed.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel a queued or running build.
+    Cancel {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The build's number.
+        number: i64,
+    },
+    /// Queue a build's commit again, on its branch.
+    Rebuild {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The build's number.
+        number: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,9 @@ use crate::client::ApiClient;
 use crate::config::{Config, Overrides};
 use crate::server::{shutdown_signal, Application};
 
+mod builds;
+mod login;
+
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Server(args) => server(args).await,
@@ -42,6 +45,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { client } => crate::deploy::cli::status(&client).await,
         Command::Releases { client } => releases(client).await,
+        Command::Builds { client, limit } => builds::list(client, limit).await,
+        Command::Build(args) => builds::run(args).await,
+        Command::Login { client } => login::login(client).await,
         Command::Backup { server, out } => {
             let config = load_config(server)?;
             tokio::task::spawn_blocking(move || crate::backup::backup(&config, &out)).await??;

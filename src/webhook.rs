@@ -277,7 +277,7 @@ fn commit_id(text: &str) -> Result<String, String> {
 
 /// A branch name as `git check-ref-format --branch` accepts it, at most
 /// [`MAX_BRANCH_BYTES`] long.
-fn check_branch(name: &str) -> Result<(), String> {
+pub(crate) fn check_branch(name: &str) -> Result<(), String> {
     if name.len() > MAX_BRANCH_BYTES {
         return Err(format!(
             "the branch name is {} bytes long; the limit is {MAX_BRANCH_BYTES}",

@@ -21,9 +21,11 @@ use tokio::sync::broadcast::error::RecvError;
 use super::auth::Caller;
 use super::tokens_api::audit;
 use super::{ApiError, AppState};
+use crate::mirror::{CommitId, Mirror, Mirrors};
 use crate::queue::LiveEvent;
 use crate::store::audit::NewAuditEvent;
 use crate::store::builds::{Build, LogChunkRecord, LogLineRecord, NewBuild};
+use crate::webhook::check_branch;
 
 /// The largest request body the API reads: its requests are a few small fields.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -32,7 +34,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/projects", get(list_projects))
         .route("/servers", get(list_servers))
-        .route("/projects/{project}/builds", get(list_builds))
+        .route(
+            "/projects/{project}/builds",
+            get(list_builds).post(queue_manual_build),
+        )
         .route("/projects/{project}/builds/{number}", get(get_build))
         .route("/projects/{project}/builds/{number}/logs", get(build_logs))
         .route(
@@ -106,11 +111,51 @@ pub(super) fn known_project(state: &AppState, project: &str) -> Result<(), ApiEr
 
 async fn find_build(state: &AppState, project: &str, number: i64) -> Result<Build, ApiError> {
     known_project(state, project)?;
-    state
-        .store
-        .build(project, number)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("project `{project}` has no build {number}")))
+    match state.store.build(project, number).await? {
+        Some(build) => Ok(build),
+        None => Err(no_such_build(state, project, number).await),
+    }
+}
+
+/// The most builds (the newest) an answer about a missing build lists.
+const LISTED_BUILDS: i64 = 1000;
+
+/// 404 for build `number` of `project`, saying which builds it has (as runs of numbers:
+/// retention may have removed older ones) or that it has none.
+async fn no_such_build(state: &AppState, project: &str, number: i64) -> ApiError {
+    let builds = match state.store.list_builds(project, LISTED_BUILDS).await {
+        Ok(builds) => builds,
+        Err(e) => return e.into(),
+    };
+    let mut numbers: Vec<i64> = builds.iter().map(|build| build.number).collect();
+    numbers.sort_unstable();
+    let has = match numbers.len() {
+        0 => "it has no builds yet".to_string(),
+        n if n as i64 == LISTED_BUILDS => {
+            format!("its newest {n} builds: {}", number_runs(&numbers))
+        }
+        _ => format!("its builds: {}", number_runs(&numbers)),
+    };
+    ApiError::not_found(format!("project `{project}` has no build {number}; {has}"))
+}
+
+/// Sorted numbers as runs, e.g. `1-4, 7, 9-12`.
+fn number_runs(numbers: &[i64]) -> String {
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for &number in numbers {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == number => *last = number,
+            _ => runs.push((number, number)),
+        }
+    }
+    let shown: Vec<String> = runs
+        .iter()
+        .map(|&(first, last)| match first == last {
+            true => first.to_string(),
+            false => format!("{first}-{last}"),
+        })
+        .collect();
+    shown.join(", ")
 }
 
 #[derive(Deserialize)]
@@ -339,11 +384,9 @@ async fn cancel_build(
     Path((project, number)): Path<(String, i64)>,
 ) -> Result<Json<Build>, ApiError> {
     let before = find_build(&state, &project, number).await?;
-    let build = state
-        .store
-        .request_cancel(&project, number)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("project `{project}` has no build {number}")))?;
+    let Some(build) = state.store.request_cancel(&project, number).await? else {
+        return Err(no_such_build(&state, &project, number).await);
+    };
     state.queue.cancel(build.id);
     let event = NewAuditEvent {
         action: "cancel",
@@ -391,6 +434,106 @@ async fn rebuild(
     Ok((StatusCode::CREATED, Json(build)))
 }
 
+/// What `POST /projects/{p}/builds` asks to build.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManualBuild {
+    branch: String,
+    /// A full commit id on `branch`; absent: the branch's head now.
+    commit: Option<String>,
+}
+
+/// `POST /projects/{p}/builds {branch, commit?}`: queues a manual build (event `manual`) of
+/// any branch of the project's repository: its `branches` filter governs pushes only.
+async fn queue_manual_build(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Build>), ApiError> {
+    let request: ManualBuild = json_body(body)?;
+    known_project(&state, &project)?;
+    check_branch(&request.branch).map_err(|why| ApiError::bad_request(format!("branch: {why}")))?;
+    let commit = request.commit.as_deref().map(checked_commit).transpose()?;
+    let config = state.config.project(&project).expect("a known project");
+    // The queue's mirrors, in the data directory it made at start.
+    let mirror = Mirrors::lazy(&state.config.data_dir.join("mirrors")).mirror(config);
+    let commit = commit_to_build(&mirror, &project, &request.branch, commit).await?;
+    let new = NewBuild {
+        project: project.clone(),
+        branch: request.branch.clone(),
+        commit: commit.to_string(),
+        event: "manual".to_string(),
+    };
+    let queued = state
+        .store
+        .enqueue_builds(None, std::slice::from_ref(&new))
+        .await?
+        .unwrap_or_default();
+    state.queue.wake();
+    let build = queued
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing was queued"))?;
+    let event = NewAuditEvent {
+        action: "build",
+        project: Some(&project),
+        environment: None,
+        subject: format!("build {}", build.number),
+        deployment_id: None,
+        detail: json!({ "branch": build.branch, "commit": build.commit }),
+    };
+    audit(&state, &caller, event).await;
+    Ok((StatusCode::CREATED, Json(build)))
+}
+
+/// A commit id from a request: 40 or 64 hex digits, in either case.
+fn checked_commit(text: &str) -> Result<CommitId, ApiError> {
+    CommitId::parse(&text.to_ascii_lowercase()).map_err(|_| {
+        let shown: String = text.chars().take(80).collect();
+        ApiError::bad_request(format!(
+            "commit: {shown:?} is not a full commit id: expected 40 or 64 hex digits"
+        ))
+    })
+}
+
+/// The commit a manual build of `branch` builds: `commit` when the branch holds it (a
+/// build on the deploy branch may become a release, so a commit from elsewhere is refused),
+/// else the branch's head, fetched into the mirror now.
+async fn commit_to_build(
+    mirror: &Mirror,
+    project: &str,
+    branch: &str,
+    commit: Option<CommitId>,
+) -> Result<CommitId, ApiError> {
+    let unprocessable = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message);
+    let head = mirror.resolve_ref(branch).await.map_err(|why| {
+        unprocessable(format!(
+            "branch: cannot find branch `{branch}` of project `{project}`: {why}"
+        ))
+    })?;
+    let Some(commit) = commit else {
+        return Ok(head);
+    };
+    mirror
+        .fetch_commit(&commit)
+        .await
+        .map_err(|why| unprocessable(format!("commit: {why}")))?;
+    let on_branch = mirror.is_ancestor(&commit, &head).await.map_err(|why| {
+        tracing::error!(project, %commit, %head, error = %why, "cannot check a manual build's commit");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot tell whether the commit is on the branch; see the server log",
+        )
+    })?;
+    if !on_branch {
+        return Err(unprocessable(format!(
+            "commit: {commit} is not on branch `{branch}` (its head is {head})"
+        )));
+    }
+    Ok(commit)
+}
+
 async fn list_releases(
     State(state): State<AppState>,
     Path(project): Path<String>,
@@ -404,4 +547,16 @@ async fn list_releases(
         body
     });
     Ok(Json(with_schema.collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_numbers_show_as_runs() {
+        assert_eq!(number_runs(&[]), "");
+        assert_eq!(number_runs(&[4]), "4");
+        assert_eq!(number_runs(&[1, 2, 3, 4, 7, 9, 10, 11, 12]), "1-4, 7, 9-12");
+    }
 }

@@ -95,7 +95,8 @@ pub fn needed_scope(method: &Method, route: &str, environment: Option<String>) -
         (&Method::GET, _) => Scope::Read,
         (
             &Method::POST,
-            "/projects/{project}/builds/{number}/cancel"
+            "/projects/{project}/builds"
+            | "/projects/{project}/builds/{number}/cancel"
             | "/projects/{project}/builds/{number}/rebuild",
         ) => Scope::Build,
         (
@@ -132,6 +133,7 @@ mod tests {
     fn every_action_needs_more_than_read() {
         let read = Scope::Read;
         for (method, route) in [
+            (Method::POST, "/api/v1/projects/{project}/builds"),
             (
                 Method::POST,
                 "/api/v1/projects/{project}/builds/{number}/cancel",
@@ -163,6 +165,16 @@ mod tests {
             None,
         );
         assert_eq!(build_logs, Scope::Read);
+    }
+
+    #[test]
+    fn queuing_a_build_needs_the_build_scope() {
+        let needed = needed_scope(&Method::POST, "/api/v1/projects/{project}/builds", None);
+        assert_eq!(needed, Scope::Build);
+        assert!(Scope::Build.allows(&needed));
+        assert!(!Scope::Deploy(None).allows(&needed));
+        let listing = needed_scope(&Method::GET, "/api/v1/projects/{project}/builds", None);
+        assert_eq!(listing, Scope::Read);
     }
 
     #[test]
