@@ -1,7 +1,9 @@
 //! Bitbucket webhook deliveries: signature check and the pushes they describe.
 //!
 //! Bitbucket Cloud sends `repo:push`, Data Center sends `repo:refs_changed` (and
-//! `diagnostics:ping` when an admin tests the hook). Both sign the raw body with
+//! `diagnostics:ping` when an admin tests the hook); pull requests come as Cloud's
+//! `pullrequest:created` / `pullrequest:updated` and Data Center's `pr:opened` /
+//! `pr:from_ref_updated`. Both sign the raw body with
 //! `X-Hub-Signature: sha256=<hex HMAC-SHA256>`. Parsing is pure: no IO, no store.
 //!
 //! A signed delivery is still checked field by field before anything acts on it: its commits
@@ -19,6 +21,7 @@ pub enum Delivery {
     /// Data Center's "test connection".
     Ping,
     Push(Push),
+    PullRequest(PullRequest),
     /// An event Slipway does not act on; the string is its key.
     Ignored(String),
 }
@@ -28,6 +31,45 @@ pub struct Push {
     /// Cloud `owner/slug`, Data Center `PROJECTKEY/slug`.
     pub repository: String,
     pub refs: Vec<RefChange>,
+    /// Tags created or moved (deleted ones start nothing).
+    pub tags: Vec<TagPush>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagPush {
+    /// The tag's name without `refs/tags/`.
+    pub name: String,
+    pub commit: String,
+}
+
+/// A pull request opened, or whose source branch moved: its source commit is to be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    /// The repository the pull request targets (the project's).
+    pub repository: String,
+    /// The repository its commits come from: another one for a pull request from a fork.
+    pub source_repository: String,
+    pub number: i64,
+    /// Control characters removed, at most [`MAX_TITLE_CHARS`] characters.
+    pub title: String,
+    pub source_branch: String,
+    pub target_branch: String,
+    /// The source's head: a full id from Data Center; Cloud sends an abbreviated one (at
+    /// least 7 hex digits), to resolve against the source branch.
+    pub commit: String,
+}
+
+impl PullRequest {
+    pub fn from_fork(&self) -> bool {
+        !self
+            .source_repository
+            .eq_ignore_ascii_case(&self.repository)
+    }
+
+    /// Whether [`PullRequest::commit`] is a full object id.
+    pub fn commit_is_full(&self) -> bool {
+        matches!(self.commit.len(), 40 | 64)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +99,8 @@ pub enum WebhookError {
 pub const MAX_BRANCH_BYTES: usize = 255;
 /// Longest repository name (`owner/slug`) accepted, in bytes.
 pub const MAX_REPOSITORY_BYTES: usize = 255;
+/// The most of a pull request's title kept.
+pub const MAX_TITLE_CHARS: usize = 255;
 
 /// Checks `header` (the value of `X-Hub-Signature`) against the raw body in constant time.
 pub fn verify_signature(
@@ -88,10 +132,28 @@ pub fn repository_of(body: &[u8]) -> Result<Option<String>, WebhookError> {
     #[derive(Deserialize)]
     struct Envelope {
         repository: Option<Repository>,
+        /// Data Center's pull request events name the repository only in their refs.
+        #[serde(rename = "pullRequest")]
+        pull_request: Option<PullRequestEnvelope>,
+    }
+    #[derive(Deserialize)]
+    struct PullRequestEnvelope {
+        #[serde(rename = "toRef")]
+        to_ref: Option<RefEnvelope>,
+    }
+    #[derive(Deserialize)]
+    struct RefEnvelope {
+        repository: Option<Repository>,
     }
     let envelope: Envelope =
         serde_json::from_slice(body).map_err(|e| WebhookError::Json(e.to_string()))?;
-    let Some(name) = envelope.repository.and_then(|r| r.full_name()) else {
+    let repository = envelope.repository.or_else(|| {
+        envelope
+            .pull_request
+            .and_then(|pr| pr.to_ref)
+            .and_then(|to| to.repository)
+    });
+    let Some(name) = repository.and_then(|r| r.full_name()) else {
         return Ok(None);
     };
     check_repository(&name).map_err(|problem| invalid("repository", problem))?;
@@ -110,6 +172,14 @@ pub fn parse(event_key: &str, body: &[u8]) -> Result<Delivery, WebhookError> {
         "repo:refs_changed" => {
             let push: DataCenterPush = serde_json::from_slice(body).map_err(json)?;
             Ok(Delivery::Push(push.into_push()?))
+        }
+        "pullrequest:created" | "pullrequest:updated" => {
+            let event: CloudPullRequestEvent = serde_json::from_slice(body).map_err(json)?;
+            Ok(Delivery::PullRequest(event.into_pull_request()?))
+        }
+        "pr:opened" | "pr:from_ref_updated" => {
+            let event: DataCenterPullRequestEvent = serde_json::from_slice(body).map_err(json)?;
+            Ok(Delivery::PullRequest(event.into_pull_request()?))
         }
         other => {
             // Still reject bodies that are not JSON at all.
@@ -176,9 +246,21 @@ struct CloudTarget {
 impl CloudPush {
     fn into_push(self) -> Result<Push, WebhookError> {
         let mut refs = Vec::new();
+        let mut tags = Vec::new();
         for (index, change) in self.push.changes.into_iter().enumerate() {
             let at = |field: &str| format!("push.changes[{index}].{field}");
             match (change.new, change.old) {
+                (Some(new), _) if new.kind == "tag" => {
+                    check_ref(&format!("refs/tags/{}", new.name))
+                        .map_err(|p| invalid(&at("new.name"), p))?;
+                    let hash = new.target.map(|t| t.hash).unwrap_or_default();
+                    let commit =
+                        commit_id(&hash).map_err(|p| invalid(&at("new.target.hash"), p))?;
+                    tags.push(TagPush {
+                        name: new.name,
+                        commit,
+                    });
+                }
                 (Some(new), _) if new.kind == "branch" => {
                     check_branch(&new.name).map_err(|p| invalid(&at("new.name"), p))?;
                     let commit = match new.target {
@@ -206,6 +288,7 @@ impl CloudPush {
         Ok(Push {
             repository: self.repository.full_name().unwrap_or_default(),
             refs,
+            tags,
         })
     }
 }
@@ -228,11 +311,23 @@ struct DataCenterChange {
 impl DataCenterPush {
     fn into_push(self) -> Result<Push, WebhookError> {
         let mut refs = Vec::new();
+        let mut tags = Vec::new();
         for (index, change) in self.changes.into_iter().enumerate() {
             let at = |field: &str| format!("changes[{index}].{field}");
-            // Tags and other refs start no build, but their names are still checked: a
-            // delivery carrying a control character anywhere Slipway reads is refused whole.
+            // Other refs start no build, but their names are still checked: a delivery
+            // carrying a control character anywhere Slipway reads is refused whole.
             check_ref(&change.ref_id).map_err(|p| invalid(&at("refId"), p))?;
+            if let Some(tag) = change.ref_id.strip_prefix("refs/tags/") {
+                if change.kind != "DELETE" {
+                    let commit =
+                        commit_id(&change.to_hash).map_err(|p| invalid(&at("toHash"), p))?;
+                    tags.push(TagPush {
+                        name: tag.to_string(),
+                        commit,
+                    });
+                }
+                continue;
+            }
             let Some(branch) = change.ref_id.strip_prefix("refs/heads/") else {
                 continue;
             };
@@ -250,8 +345,164 @@ impl DataCenterPush {
         Ok(Push {
             repository: self.repository.full_name().unwrap_or_default(),
             refs,
+            tags,
         })
     }
+}
+
+#[derive(Deserialize)]
+struct CloudPullRequestEvent {
+    pullrequest: CloudPullRequest,
+    repository: Repository,
+}
+
+#[derive(Deserialize)]
+struct CloudPullRequest {
+    id: i64,
+    title: String,
+    source: CloudEndpoint,
+    destination: CloudEndpoint,
+}
+
+#[derive(Deserialize)]
+struct CloudEndpoint {
+    branch: CloudBranch,
+    commit: Option<CloudTarget>,
+    repository: Option<Repository>,
+}
+
+#[derive(Deserialize)]
+struct CloudBranch {
+    name: String,
+}
+
+impl CloudPullRequestEvent {
+    fn into_pull_request(self) -> Result<PullRequest, WebhookError> {
+        let repository = self.repository.full_name().unwrap_or_default();
+        let pr = self.pullrequest;
+        let at = |field: &str| format!("pullrequest.{field}");
+        check_number(pr.id).map_err(|p| invalid(&at("id"), p))?;
+        check_branch(&pr.source.branch.name).map_err(|p| invalid(&at("source.branch.name"), p))?;
+        check_branch(&pr.destination.branch.name)
+            .map_err(|p| invalid(&at("destination.branch.name"), p))?;
+        let hash = pr.source.commit.map(|c| c.hash).unwrap_or_default();
+        let commit =
+            abbreviated_commit_id(&hash).map_err(|p| invalid(&at("source.commit.hash"), p))?;
+        let source_repository = match pr.source.repository.and_then(|r| r.full_name()) {
+            Some(name) => {
+                check_repository(&name)
+                    .map_err(|p| invalid(&at("source.repository.full_name"), p))?;
+                name
+            }
+            None => repository.clone(),
+        };
+        Ok(PullRequest {
+            repository,
+            source_repository,
+            number: pr.id,
+            title: clean_title(&pr.title),
+            source_branch: pr.source.branch.name,
+            target_branch: pr.destination.branch.name,
+            commit,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DataCenterPullRequestEvent {
+    pull_request: DataCenterPullRequest,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DataCenterPullRequest {
+    id: i64,
+    title: String,
+    from_ref: DataCenterRef,
+    to_ref: DataCenterRef,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DataCenterRef {
+    id: String,
+    latest_commit: String,
+    repository: Repository,
+}
+
+impl DataCenterPullRequestEvent {
+    fn into_pull_request(self) -> Result<PullRequest, WebhookError> {
+        let pr = self.pull_request;
+        let at = |field: &str| format!("pullRequest.{field}");
+        check_number(pr.id).map_err(|p| invalid(&at("id"), p))?;
+        let branch_of = |reference: &DataCenterRef, field: &str| {
+            check_ref(&reference.id).map_err(|p| invalid(&at(field), p))?;
+            let branch = reference.id.strip_prefix("refs/heads/").ok_or_else(|| {
+                invalid(
+                    &at(field),
+                    format!("{} is not a branch", quoted(&reference.id)),
+                )
+            })?;
+            check_branch(branch).map_err(|p| invalid(&at(field), p))?;
+            Ok::<_, WebhookError>(branch.to_string())
+        };
+        let source_branch = branch_of(&pr.from_ref, "fromRef.id")?;
+        let target_branch = branch_of(&pr.to_ref, "toRef.id")?;
+        let commit = commit_id(&pr.from_ref.latest_commit)
+            .map_err(|p| invalid(&at("fromRef.latestCommit"), p))?;
+        let repository = pr.to_ref.repository.full_name().unwrap_or_default();
+        let source_repository = pr
+            .from_ref
+            .repository
+            .full_name()
+            .unwrap_or_else(|| repository.clone());
+        check_repository(&source_repository).map_err(|p| invalid(&at("fromRef.repository"), p))?;
+        Ok(PullRequest {
+            repository,
+            source_repository,
+            number: pr.id,
+            title: clean_title(&pr.title),
+            source_branch,
+            target_branch,
+            commit,
+        })
+    }
+}
+
+/// A pull request's number: positive.
+fn check_number(number: i64) -> Result<(), String> {
+    if number > 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a positive pull request number, got {number}"
+        ))
+    }
+}
+
+/// A title as the build's environment gets it: one line, bounded.
+fn clean_title(title: &str) -> String {
+    title
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_TITLE_CHARS)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// A commit id as Cloud's pull request events give it: at least 7 hex digits (full ids too),
+/// returned in lowercase.
+fn abbreviated_commit_id(text: &str) -> Result<String, String> {
+    check_printable(text)?;
+    if !(7..=64).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{} is not a commit id: expected 7 to 64 hex digits",
+            quoted(text)
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
 }
 
 fn invalid(field: &str, problem: String) -> WebhookError {
@@ -466,7 +717,8 @@ mod tests {
             "changes":[
               {"ref":{"id":"refs/heads/main","displayId":"main","type":"BRANCH"},"refId":"refs/heads/main","fromHash":"aaa","toHash":"BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB","type":"UPDATE"},
               {"ref":{"id":"refs/heads/old","displayId":"old","type":"BRANCH"},"refId":"refs/heads/old","fromHash":"ccc","toHash":"0000000000000000000000000000000000000000","type":"DELETE"},
-              {"ref":{"id":"refs/tags/v1","displayId":"v1","type":"TAG"},"refId":"refs/tags/v1","fromHash":"0","toHash":"ddd","type":"ADD"}
+              {"ref":{"id":"refs/tags/v1","displayId":"v1","type":"TAG"},"refId":"refs/tags/v1","fromHash":"0","toHash":"dddddddddddddddddddddddddddddddddddddddd","type":"ADD"},
+              {"ref":{"id":"refs/tags/v0","displayId":"v0","type":"TAG"},"refId":"refs/tags/v0","fromHash":"eee","toHash":"0000000000000000000000000000000000000000","type":"DELETE"}
             ]}"#;
         assert_eq!(repository_of(body).unwrap().as_deref(), Some("ACME/hello"));
         let Delivery::Push(push) = parse("repo:refs_changed", body).unwrap() else {
@@ -485,6 +737,93 @@ mod tests {
                 },
             ]
         );
+        assert_eq!(
+            push.tags,
+            vec![TagPush {
+                name: "v1".into(),
+                commit: "d".repeat(40)
+            }],
+            "a deleted tag starts nothing"
+        );
+    }
+
+    #[test]
+    fn cloud_tag_pushes_are_listed_with_their_commit() {
+        let body = br#"{"repository":{"full_name":"acme/hello"},"push":{"changes":[
+            {"old":null,"new":{"type":"tag","name":"v1.2.0","target":{"hash":"ABCDEF0123456789ABCDEF0123456789ABCDEF01"}}}]}}"#;
+        let Delivery::Push(push) = parse("repo:push", body).unwrap() else {
+            panic!("expected a push");
+        };
+        assert!(push.refs.is_empty());
+        assert_eq!(
+            push.tags,
+            vec![TagPush {
+                name: "v1.2.0".into(),
+                commit: "abcdef0123456789abcdef0123456789abcdef01".into()
+            }]
+        );
+        let bad = br#"{"repository":{"full_name":"acme/hello"},"push":{"changes":[
+            {"old":null,"new":{"type":"tag","name":"v1..2","target":{"hash":"ABCDEF0123456789ABCDEF0123456789ABCDEF01"}}}]}}"#;
+        assert!(matches!(
+            parse("repo:push", bad),
+            Err(WebhookError::Invalid { field, .. }) if field == "push.changes[0].new.name"
+        ));
+    }
+
+    #[test]
+    fn cloud_pull_requests_give_their_source_commit_branches_title_and_fork() {
+        let body = br#"{"repository":{"full_name":"acme/hello"},"pullrequest":{"id":42,
+            "title":"Add\nthe thing","state":"OPEN",
+            "source":{"branch":{"name":"feature/x"},"commit":{"hash":"1A2B3C4D5E6F"},"repository":{"full_name":"bob/hello"}},
+            "destination":{"branch":{"name":"main"},"commit":{"hash":"aaaaaaaaaaaa"},"repository":{"full_name":"acme/hello"}}}}"#;
+        assert_eq!(repository_of(body).unwrap().as_deref(), Some("acme/hello"));
+        let Delivery::PullRequest(pr) = parse("pullrequest:updated", body).unwrap() else {
+            panic!("expected a pull request");
+        };
+        assert_eq!(
+            pr,
+            PullRequest {
+                repository: "acme/hello".into(),
+                source_repository: "bob/hello".into(),
+                number: 42,
+                title: "Add the thing".into(),
+                source_branch: "feature/x".into(),
+                target_branch: "main".into(),
+                commit: "1a2b3c4d5e6f".into(),
+            }
+        );
+        assert!(pr.from_fork() && !pr.commit_is_full());
+        let bad = String::from_utf8_lossy(body).replace("1A2B3C4D5E6F", "-f");
+        assert!(matches!(
+            parse("pullrequest:created", bad.as_bytes()),
+            Err(WebhookError::Invalid { field, .. }) if field == "pullrequest.source.commit.hash"
+        ));
+    }
+
+    #[test]
+    fn data_center_pull_requests_name_their_repository_in_their_refs() {
+        let body = br#"{"eventKey":"pr:from_ref_updated","pullRequest":{"id":7,"title":"Fix it",
+            "fromRef":{"id":"refs/heads/fix","displayId":"fix","latestCommit":"CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC",
+                       "repository":{"slug":"hello","project":{"key":"ACME"}}},
+            "toRef":{"id":"refs/heads/main","displayId":"main","latestCommit":"dddddddddddddddddddddddddddddddddddddddd",
+                     "repository":{"slug":"hello","project":{"key":"ACME"}}}}}"#;
+        assert_eq!(repository_of(body).unwrap().as_deref(), Some("ACME/hello"));
+        let Delivery::PullRequest(pr) = parse("pr:from_ref_updated", body).unwrap() else {
+            panic!("expected a pull request");
+        };
+        assert_eq!(pr.repository, "ACME/hello");
+        assert_eq!((pr.number, pr.title.as_str()), (7, "Fix it"));
+        assert_eq!(
+            (pr.source_branch.as_str(), pr.target_branch.as_str()),
+            ("fix", "main")
+        );
+        assert_eq!(pr.commit, "c".repeat(40));
+        assert!(!pr.from_fork() && pr.commit_is_full());
+        let tag = String::from_utf8_lossy(body).replace("refs/heads/fix", "refs/tags/fix");
+        assert!(matches!(
+            parse("pr:opened", tag.as_bytes()),
+            Err(WebhookError::Invalid { field, .. }) if field == "pullRequest.fromRef.id"
+        ));
     }
 
     #[test]
@@ -510,8 +849,8 @@ mod tests {
             Err(WebhookError::Json(_))
         ));
         assert_eq!(
-            parse("pullrequest:created", b"{}").unwrap(),
-            Delivery::Ignored("pullrequest:created".into())
+            parse("pullrequest:fulfilled", b"{}").unwrap(),
+            Delivery::Ignored("pullrequest:fulfilled".into())
         );
         assert_eq!(
             parse("diagnostics:ping", b"{\"test\":true}").unwrap(),

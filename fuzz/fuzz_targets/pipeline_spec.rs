@@ -22,6 +22,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         branch: "main".to_owned(),
         event: Event::Push,
         extra_labels: BTreeMap::new(),
+        extra_env: Default::default(),
     };
     if let Ok(plan) = compile(&spec, &build) {
         serde_json::to_vec(&plan).expect("a plan always serialises");

@@ -34,6 +34,9 @@ pub struct BuildInfo {
     pub event: Event,
     /// More labels for everything the build creates (a test id, a server id).
     pub extra_labels: BTreeMap<String, String>,
+    /// More variables for every step: what the event adds (a pull request's number,
+    /// branches and title; a tag's name). Slipway's own variables win over them.
+    pub extra_env: BTreeMap<String, String>,
 }
 
 /// Why a plan could not be compiled.
@@ -265,6 +268,7 @@ fn compile_step(
             }
         };
     }
+    env.extend(build.extra_env.clone());
     env.extend(
         [
             ("CI", "true".to_owned()),

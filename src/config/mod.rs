@@ -156,6 +156,8 @@ pub struct RawProject {
     pub webhook_secret_env: Option<String>,
     pub branches: Option<String>,
     pub deploy_branch: Option<String>,
+    /// Whether builds of pull requests from forks get the project's secrets.
+    pub trust_forks: Option<bool>,
     /// Values for the pipeline's `secrets:` by name: a string, or `{ env = "VAR" }`.
     #[serde(default)]
     pub secrets: BTreeMap<String, RawSecret>,
@@ -346,6 +348,8 @@ pub struct Project {
     pub webhook_secret: Option<Secret>,
     pub branches: Regex,
     pub deploy_branch: String,
+    /// Builds of pull requests from forks get `secrets` too (default: none).
+    pub trust_forks: bool,
     pub secrets: BTreeMap<String, Secret>,
     pub environments: Vec<Environment>,
     /// Package names declared as this project's: no other project may publish them.
@@ -896,6 +900,7 @@ fn resolve_project(
         webhook_secret,
         branches,
         deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".to_string()),
+        trust_forks: raw.trust_forks.unwrap_or(false),
         secrets,
         environments,
         packages,

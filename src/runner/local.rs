@@ -130,6 +130,7 @@ fn local_build(branch: &str, commit: &str, event: pipeline::spec::Event) -> pipe
         branch: branch.to_string(),
         event,
         extra_labels: Default::default(),
+        extra_env: Default::default(),
     }
 }
 

@@ -11,7 +11,7 @@ mod source;
 
 pub use source::{read_spec, Sources};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use slipway_pipeline::{self as pipeline, DockerEngine, RunOptions};
@@ -101,6 +101,7 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         branch: build.branch.clone(),
         event: event_of(&build.event),
         extra_labels: [(SERVER_LABEL.to_string(), context.server_id.to_string())].into(),
+        extra_env: event_environment(build),
     };
     let plan = match pipeline::compile(&spec, &info) {
         Ok(plan) => plan,
@@ -121,8 +122,11 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         context.live.clone(),
     )
     .await;
-    // Only a build that may become a release needs what its steps produced.
-    let releasable = build.branch == project.deploy_branch && plan.package.is_some();
+    // Only a build that may become a release needs what its steps produced: a push's (or a
+    // person's) on the deploy branch, never a pull request's or a tag's.
+    let releasable = build.branch == project.deploy_branch
+        && !matches!(build.event.as_str(), "pull_request" | "tag")
+        && plan.package.is_some();
     let built = if releasable {
         match workspace.built_dir() {
             Ok(dir) => Some(dir),
@@ -146,11 +150,19 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         ))),
         ..RunOptions::default()
     };
-    let secrets: HashMap<String, String> = project
-        .secrets
-        .iter()
-        .map(|(name, value)| (name.clone(), value.expose().to_string()))
-        .collect();
+    // A pull request from a fork runs code the project's team did not write: it gets no
+    // secrets unless the project trusts forks.
+    let withheld =
+        build.pull_request.as_ref().is_some_and(|pr| pr.from_fork) && !project.trust_forks;
+    let secrets: HashMap<String, String> = if withheld {
+        HashMap::new()
+    } else {
+        project
+            .secrets
+            .iter()
+            .map(|(name, value)| (name.clone(), value.expose().to_string()))
+            .collect()
+    };
     let outcome = pipeline::run(
         &plan,
         &engine,
@@ -209,9 +221,15 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
             }
         }
     }
+    let reason = match outcome.message {
+        Some(message) if withheld && message.contains("was not supplied") => Some(format!(
+            "{message}: a pull request from a fork gets no secrets (set trust_forks = true in the project to give them)"
+        )),
+        message => message,
+    };
     Outcome {
         status: status_of(outcome.status),
-        reason: outcome.message,
+        reason,
     }
 }
 
@@ -369,6 +387,27 @@ pub async fn reap_leftovers(engine: &DockerEngine, store: &Store, installation: 
 }
 
 /// Stored events are the pipeline's event names; a rebuild keeps its build's event.
+/// The variables a pull request's or a tag's build adds for its steps.
+fn event_environment(build: &Build) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    if let Some(pr) = &build.pull_request {
+        env.extend([
+            ("SLIPWAY_PULL_REQUEST".to_owned(), pr.number.to_string()),
+            ("SLIPWAY_PULL_REQUEST_TITLE".to_owned(), pr.title.clone()),
+            ("SLIPWAY_SOURCE_BRANCH".to_owned(), pr.source_branch.clone()),
+            ("SLIPWAY_TARGET_BRANCH".to_owned(), pr.target_branch.clone()),
+            (
+                "SLIPWAY_SOURCE_REPOSITORY".to_owned(),
+                pr.source_repository.clone(),
+            ),
+        ]);
+    }
+    if build.event == "tag" {
+        env.insert("SLIPWAY_TAG".to_owned(), build.branch.clone());
+    }
+    env
+}
+
 fn event_of(name: &str) -> pipeline::spec::Event {
     serde_json::from_value(serde_json::Value::String(name.to_string()))
         .unwrap_or(pipeline::spec::Event::Manual)

@@ -406,11 +406,18 @@ async fn rebuild(
     Path((project, number)): Path<(String, i64)>,
 ) -> Result<(StatusCode, Json<Build>), ApiError> {
     let old = find_build(&state, &project, number).await?;
+    // A pull request's or a tag's build stays one: a fork's gets no secrets again, and no
+    // pull request becomes a release.
+    let event = match old.event.as_str() {
+        "pull_request" | "tag" => old.event.clone(),
+        _ => "rebuild".to_string(),
+    };
     let new = NewBuild {
         project: old.project,
         branch: old.branch,
         commit: old.commit,
-        event: "rebuild".to_string(),
+        event,
+        pull_request: old.pull_request,
     };
     let queued = state
         .store
@@ -464,6 +471,7 @@ async fn queue_manual_build(
         branch: request.branch.clone(),
         commit: commit.to_string(),
         event: "manual".to_string(),
+        pull_request: None,
     };
     let queued = state
         .store

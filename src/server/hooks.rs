@@ -13,9 +13,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 
+use std::time::Duration;
+
 use super::{ApiError, AppState};
-use crate::store::builds::NewBuild;
-use crate::webhook::{self, Delivery};
+use crate::config::Project;
+use crate::mirror::Mirrors;
+use crate::store::builds::{NewBuild, PullRequestInfo};
+use crate::webhook::{self, Delivery, PullRequest};
 
 pub async fn bitbucket(
     State(state): State<AppState>,
@@ -64,6 +68,12 @@ pub async fn bitbucket(
         match webhook::parse(&event, &body).map_err(|e| ApiError::bad_request(e.to_string()))? {
             Delivery::Push(push) => push,
             Delivery::Ping => return Ok(accepted(json!({ "result": "pong" }))),
+            Delivery::PullRequest(pr) => {
+                return match pull_request_build(&state, project, pr).await? {
+                    Ok(build) => queue(&state, delivery_id, vec![build], Vec::new()).await,
+                    Err(reason) => Ok(ignored(reason)),
+                }
+            }
             Delivery::Ignored(event) => {
                 return Ok(ignored(format!("event `{event}` does not start builds")))
             }
@@ -83,9 +93,100 @@ pub async fn bitbucket(
                 branch: change.branch,
                 commit,
                 event: "push".to_string(),
+                pull_request: None,
             }),
         }
     }
+    // Every tag pushed builds, as `event: tag`, with the tag's name as its branch.
+    for tag in push.tags {
+        builds.push(NewBuild {
+            project: project.name.clone(),
+            branch: tag.name,
+            commit: tag.commit,
+            event: "tag".to_string(),
+            pull_request: None,
+        });
+    }
+    queue(&state, delivery_id, builds, skipped).await
+}
+
+/// How long the answer to a pull request delivery may wait for its source branch's head.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The build a pull request asks for: its source commit, with the pull request attached; or
+/// why none is queued.
+async fn pull_request_build(
+    state: &AppState,
+    project: &Project,
+    pr: PullRequest,
+) -> Result<Result<NewBuild, String>, ApiError> {
+    let commit = if pr.commit_is_full() {
+        pr.commit.clone()
+    } else if pr.from_fork() {
+        return Ok(Err(format!(
+            "pull request #{} comes from the fork `{}`, and Bitbucket names its commit only by the abbreviated id {}: Slipway resolves those in the project's own repository only",
+            pr.number, pr.source_repository, pr.commit
+        )));
+    } else {
+        // Cloud names the commit by an abbreviated id: the source branch's head gives the
+        // full one, when it still is that commit.
+        let mirror = Mirrors::lazy(&state.config.data_dir.join("mirrors")).mirror(project);
+        let head = tokio::time::timeout(RESOLVE_TIMEOUT, mirror.resolve_ref(&pr.source_branch))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the head of `{}` could not be fetched within {} s; redeliver the event",
+                        pr.source_branch,
+                        RESOLVE_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "pull request #{}: cannot find the head of `{}`: {e}",
+                        pr.number, pr.source_branch
+                    ),
+                )
+            })?;
+        if !head.as_str().starts_with(&pr.commit) {
+            return Ok(Err(format!(
+                "pull request #{}: `{}` moved on from {} to {}; its next update builds the new head",
+                pr.number,
+                pr.source_branch,
+                pr.commit,
+                head.as_str()
+            )));
+        }
+        head.as_str().to_owned()
+    };
+    let pull_request = PullRequestInfo {
+        number: pr.number,
+        from_fork: pr.from_fork(),
+        title: pr.title,
+        source_branch: pr.source_branch.clone(),
+        target_branch: pr.target_branch,
+        source_repository: pr.source_repository,
+    };
+    Ok(Ok(NewBuild {
+        project: project.name.clone(),
+        branch: pr.source_branch,
+        commit,
+        event: "pull_request".to_string(),
+        pull_request: Some(pull_request),
+    }))
+}
+
+/// Queues `builds` for the delivery (nothing when it was seen before) and answers.
+async fn queue(
+    state: &AppState,
+    delivery_id: Option<&str>,
+    builds: Vec<NewBuild>,
+    skipped: Vec<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     if builds.is_empty() {
         return Ok(accepted(json!({ "queued": [], "skipped": skipped })));
     }
@@ -97,11 +198,11 @@ pub async fn bitbucket(
     };
     state.queue.wake();
     for build in &queued {
-        tracing::info!(project = %build.project, build = build.number, branch = %build.branch, commit = %build.commit, "queued a build");
+        tracing::info!(project = %build.project, build = build.number, branch = %build.branch, commit = %build.commit, event = %build.event, "queued a build");
     }
     let queued: Vec<Value> = queued
         .iter()
-        .map(|b| json!({ "number": b.number, "branch": b.branch, "commit": b.commit }))
+        .map(|b| json!({ "number": b.number, "branch": b.branch, "commit": b.commit, "event": b.event }))
         .collect();
     Ok(accepted(json!({ "queued": queued, "skipped": skipped })))
 }

@@ -1,7 +1,8 @@
 //! Builds, their steps and log chunks: the persistent build queue.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::servers::owner_live;
@@ -47,13 +48,29 @@ impl BuildStatus {
     }
 }
 
-/// What a push asks to build.
+/// What a push (a pull request, a tag, a person) asks to build.
 #[derive(Debug, Clone)]
 pub struct NewBuild {
     pub project: String,
     pub branch: String,
     pub commit: String,
     pub event: String,
+    /// For a pull request build: the pull request.
+    pub pull_request: Option<PullRequestInfo>,
+}
+
+/// The pull request a build is of, as its steps' environment and the API show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestInfo {
+    pub number: i64,
+    pub title: String,
+    pub source_branch: String,
+    pub target_branch: String,
+    /// The repository the commits come from (`owner/slug`, `KEY/slug`).
+    pub source_repository: String,
+    /// From another repository than the project's: its build gets no secrets unless the
+    /// project trusts forks.
+    pub from_fork: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +92,8 @@ pub struct Build {
     pub release_skipped: Option<String>,
     /// The server that claimed it (its id in the installation's servers), once it ran.
     pub server: Option<Uuid>,
+    /// The pull request a `pull_request` build is of.
+    pub pull_request: Option<PullRequestInfo>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,7 +153,7 @@ pub const LOG_PAGE_BYTES: usize = 1024 * 1024;
 /// Chunks read per query while a page fills.
 const CHUNKS_PER_QUERY: i64 = 4;
 
-const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at, release_skipped, owner";
+const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at, release_skipped, owner, pull_request";
 
 fn build_from_row(row: &tokio_postgres::Row) -> Build {
     Build {
@@ -151,6 +170,9 @@ fn build_from_row(row: &tokio_postgres::Row) -> Build {
         finished_at: row.get(10),
         release_skipped: row.get(11),
         server: row.get(12),
+        pull_request: row
+            .get::<_, Option<Json<PullRequestInfo>>>(13)
+            .map(|Json(info)| info),
     }
 }
 
@@ -182,10 +204,10 @@ impl Store {
             let row = tx
                 .query_one(
                     &format!(
-                        "INSERT INTO builds (id, project, number, branch, commit, event, status, delivery_id)
-                         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) RETURNING {BUILD_COLUMNS}"
+                        "INSERT INTO builds (id, project, number, branch, commit, event, status, delivery_id, pull_request)
+                         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8) RETURNING {BUILD_COLUMNS}"
                     ),
-                    &[&Uuid::new_v4(), &new.project, &number, &new.branch, &new.commit, &new.event, &delivery_id],
+                    &[&Uuid::new_v4(), &new.project, &number, &new.branch, &new.commit, &new.event, &delivery_id, &new.pull_request.as_ref().map(Json)],
                 )
                 .await?;
             queued.push(build_from_row(&row));

@@ -22,6 +22,7 @@ mod logs;
 mod notify;
 mod packaging;
 mod pipeline_cli;
+mod pull_requests;
 mod registry;
 mod release_guards;
 mod release_order;

@@ -56,6 +56,7 @@ pub(super) async fn run_docker(yaml: &str, options: Options<'_>) -> DockerRun {
         branch: "main".to_owned(),
         event: Event::Push,
         extra_labels: BTreeMap::from([(TEST_LABEL.to_owned(), id.clone())]),
+        extra_env: Default::default(),
     };
     let plan = compile(&parse(yaml).unwrap(), &build).unwrap();
     let scratch = tempfile::tempdir().unwrap();

@@ -20,6 +20,7 @@ pub fn build_info() -> BuildInfo {
         branch: "main".to_owned(),
         event: Event::Push,
         extra_labels: BTreeMap::from([("slipway.test".to_owned(), "snapshot".to_owned())]),
+        extra_env: Default::default(),
     }
 }
 

@@ -1,0 +1,189 @@
+//! Pull requests and tags: a Cloud pull request (its commit named by an abbreviated id)
+//! builds its source commit with `SLIPWAY_EVENT=pull_request` and the pull request in the
+//! environment, skips push-only steps and never becomes a release, even from the deploy
+//! branch; a Data Center pull request from a fork gets no secrets; a tag push builds as
+//! `event: tag`; a pull request whose branch moved on queues nothing.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::builds::{commit_all, git};
+use crate::helpers::{sign, TestApp};
+use crate::release_order::wait_for_build;
+
+const SECRET: &str = "pr-secret";
+const TOKEN: &str = "pr-token-value-4f3e2d1c";
+
+/// A repository whose first step prints the build's variables and uses a secret, and whose
+/// second runs on pushes only; its package makes a release of a deploy-branch push.
+fn repository() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = "steps:\n  - name: show\n    image: slipway/debian:bookworm\n    secrets: [TOKEN]\n    commands:\n      - env | grep '^SLIPWAY_' | sort\n      - echo \"token=$TOKEN\"\n  - name: push-only\n    image: slipway/debian:bookworm\n    commands: [\"echo pushed\"]\n    when:\n      event: [push]\npackage:\n  name: prs\n  architecture: all\n  maintainer: \"Acme Ops <ops@acme.test>\"\n  description: \"pull request test package\"\n  files:\n    - {src: app.txt, dest: /usr/share/prs/app.txt, mode: \"0644\"}\n";
+    std::fs::write(dir.path().join(".slipway.yml"), spec).unwrap();
+    std::fs::write(dir.path().join("app.txt"), "0\n").unwrap();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    commit_all(dir.path(), "first");
+    dir
+}
+
+async fn deliver(app: &TestApp, event: &str, body: &Value) -> (u16, Value) {
+    let body = serde_json::to_vec(body).unwrap();
+    let response = app
+        .post_hook(event, &body, Some(&sign(SECRET, &body)), None)
+        .await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+fn cloud_pull_request(number: i64, source: &str, target: &str, commit: &str, from: &str) -> Value {
+    json!({
+        "repository": {"full_name": "acme/prs"},
+        "pullrequest": {
+            "id": number, "title": format!("Change {source}"), "state": "OPEN",
+            "source": {"branch": {"name": source}, "commit": {"hash": commit}, "repository": {"full_name": from}},
+            "destination": {"branch": {"name": target}, "commit": {"hash": "0123456789ab"}, "repository": {"full_name": "acme/prs"}}
+        }
+    })
+}
+
+/// The lines build `number` printed.
+async fn log(app: &TestApp, number: i64) -> String {
+    let lines = app
+        .get_json(&format!(
+            "/api/v1/projects/prs/builds/{number}/logs?limit=1000"
+        ))
+        .await;
+    lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| format!("{}\n", l["line"].as_str().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_requests_and_tags_build_as_their_events_and_never_release() {
+    let repo = repository();
+    git(repo.path(), &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(repo.path().join("app.txt"), "feature\n").unwrap();
+    let feature = commit_all(repo.path(), "a feature");
+    git(repo.path(), &["checkout", "-q", "main"]);
+    let main = git(repo.path(), &["rev-parse", "HEAD"]);
+    let config = format!(
+        "[[projects]]\nname = \"prs\"\nrepository = \"acme/prs\"\nclone_url = \"file://{}\"\nwebhook_secret = \"{SECRET}\"\n[projects.secrets]\nTOKEN = \"{TOKEN}\"\n",
+        repo.path().display()
+    );
+    let app = TestApp::spawn(&config).await;
+
+    // A Cloud pull request of `feature` into main, named by 12 hex digits.
+    let (status, answer) = deliver(
+        &app,
+        "pullrequest:created",
+        &cloud_pull_request(42, "feature", "main", &feature[..12], "acme/prs"),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer["queued"][0]["commit"],
+        feature.as_str(),
+        "the full id"
+    );
+    assert_eq!(answer["queued"][0]["event"], "pull_request");
+    let number = answer["queued"][0]["number"].as_i64().unwrap();
+    let build = wait_for_build(&app, "prs", number, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    assert_eq!(build["pull_request"]["number"], 42, "{build}");
+    assert_eq!(build["pull_request"]["from_fork"], false, "{build}");
+    let text = log(&app, number).await;
+    for line in [
+        "SLIPWAY_EVENT=pull_request",
+        "SLIPWAY_PULL_REQUEST=42",
+        "SLIPWAY_PULL_REQUEST_TITLE=Change feature",
+        "SLIPWAY_SOURCE_BRANCH=feature",
+        "SLIPWAY_TARGET_BRANCH=main",
+        "SLIPWAY_SOURCE_REPOSITORY=acme/prs",
+        "SLIPWAY_BRANCH=feature",
+        "token=****",
+    ] {
+        assert!(text.contains(&format!("{line}\n")), "{line} in {text}");
+    }
+    let steps = app
+        .get_json(&format!("/api/v1/projects/prs/builds/{number}"))
+        .await["steps"]
+        .clone();
+    let push_only = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "push-only")
+        .unwrap();
+    assert_eq!(push_only["status"], "skipped", "{steps}");
+
+    // A pull request from the deploy branch passes and still makes no release.
+    let (status, answer) = deliver(
+        &app,
+        "pullrequest:updated",
+        &cloud_pull_request(43, "main", "release", &main[..12], "acme/prs"),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let number = answer["queued"][0]["number"].as_i64().unwrap();
+    let build = wait_for_build(&app, "prs", number, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "passed", "{build}");
+
+    // A tag push builds as `event: tag`.
+    let tag = json!({"repository": {"full_name": "acme/prs"}, "push": {"changes": [
+        {"old": null, "new": {"type": "tag", "name": "v1.0.0", "target": {"hash": main}}}]}});
+    let (status, answer) = deliver(&app, "repo:push", &tag).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["queued"][0]["event"], "tag");
+    let number = answer["queued"][0]["number"].as_i64().unwrap();
+    let build = wait_for_build(&app, "prs", number, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    let text = log(&app, number).await;
+    assert!(
+        text.contains("SLIPWAY_EVENT=tag\n") && text.contains("SLIPWAY_TAG=v1.0.0\n"),
+        "{text}"
+    );
+    let releases = app.get_json("/api/v1/projects/prs/releases").await;
+    assert_eq!(
+        releases,
+        json!([]),
+        "no pull request or tag makes a release"
+    );
+
+    // A Data Center pull request from a fork: no secrets, and the build says why it stopped.
+    let fork = json!({"eventKey": "pr:opened", "pullRequest": {"id": 7, "title": "From a fork",
+        "fromRef": {"id": "refs/heads/feature", "displayId": "feature", "latestCommit": feature,
+                    "repository": {"slug": "prs", "project": {"key": "~BOB"}}},
+        "toRef": {"id": "refs/heads/main", "displayId": "main", "latestCommit": main,
+                  "repository": {"slug": "prs", "project": {"key": "ACME"}}}}});
+    let (status, answer) = deliver(&app, "pr:opened", &fork).await;
+    assert_eq!(status, 202, "{answer}");
+    let number = answer["queued"][0]["number"].as_i64().unwrap();
+    let build = wait_for_build(&app, "prs", number, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "errored", "{build}");
+    assert_eq!(build["pull_request"]["from_fork"], true, "{build}");
+    let reason = build["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("secret `TOKEN` needed by step `show` was not supplied")
+            && reason.contains("a pull request from a fork gets no secrets"),
+        "{reason}"
+    );
+    assert!(!log(&app, number).await.contains(TOKEN));
+
+    // A pull request whose branch moved on since the event was sent queues nothing.
+    let (status, answer) = deliver(
+        &app,
+        "pullrequest:updated",
+        &cloud_pull_request(42, "feature", "main", "abcdef123456", "acme/prs"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["ignored"].as_str().unwrap().contains("moved on"),
+        "{answer}"
+    );
+    app.stop().await;
+}
