@@ -158,6 +158,11 @@ pub struct RawProject {
     pub deploy_branch: Option<String>,
     /// Whether builds of pull requests from forks get the project's secrets.
     pub trust_forks: Option<bool>,
+    /// Whether a push (a pull request update) cancels the older builds of its branch (its
+    /// pull request).
+    pub auto_cancel: Option<bool>,
+    /// Whether `auto_cancel` applies on the deploy branch too.
+    pub auto_cancel_deploy_branch: Option<bool>,
     /// Values for the pipeline's `secrets:` by name: a string, or `{ env = "VAR" }`.
     #[serde(default)]
     pub secrets: BTreeMap<String, RawSecret>,
@@ -350,6 +355,11 @@ pub struct Project {
     pub deploy_branch: String,
     /// Builds of pull requests from forks get `secrets` too (default: none).
     pub trust_forks: bool,
+    /// A new push to a branch, or update of a pull request, cancels the older queued and
+    /// running builds of that branch or pull request (not the deploy branch's, unless
+    /// `auto_cancel_deploy_branch`).
+    pub auto_cancel: bool,
+    pub auto_cancel_deploy_branch: bool,
     pub secrets: BTreeMap<String, Secret>,
     pub environments: Vec<Environment>,
     /// Package names declared as this project's: no other project may publish them.
@@ -901,6 +911,8 @@ fn resolve_project(
         branches,
         deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".to_string()),
         trust_forks: raw.trust_forks.unwrap_or(false),
+        auto_cancel: raw.auto_cancel.unwrap_or(false),
+        auto_cancel_deploy_branch: raw.auto_cancel_deploy_branch.unwrap_or(false),
         secrets,
         environments,
         packages,

@@ -418,6 +418,7 @@ async fn rebuild(
         commit: old.commit,
         event,
         pull_request: old.pull_request,
+        supersedes: false,
     };
     let queued = state
         .store
@@ -472,6 +473,7 @@ async fn queue_manual_build(
         commit: commit.to_string(),
         event: "manual".to_string(),
         pull_request: None,
+        supersedes: false,
     };
     let queued = state
         .store

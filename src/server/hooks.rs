@@ -90,6 +90,9 @@ pub async fn bitbucket(
             })),
             Some(commit) => builds.push(NewBuild {
                 project: project.name.clone(),
+                supersedes: project.auto_cancel
+                    && (change.branch != project.deploy_branch
+                        || project.auto_cancel_deploy_branch),
                 branch: change.branch,
                 commit,
                 event: "push".to_string(),
@@ -105,6 +108,7 @@ pub async fn bitbucket(
             commit: tag.commit,
             event: "tag".to_string(),
             pull_request: None,
+            supersedes: false,
         });
     }
     queue(&state, delivery_id, builds, skipped).await
@@ -177,6 +181,7 @@ async fn pull_request_build(
         commit,
         event: "pull_request".to_string(),
         pull_request: Some(pull_request),
+        supersedes: project.auto_cancel,
     }))
 }
 

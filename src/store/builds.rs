@@ -57,6 +57,9 @@ pub struct NewBuild {
     pub event: String,
     /// For a pull request build: the pull request.
     pub pull_request: Option<PullRequestInfo>,
+    /// Whether it cancels the project's older queued and running builds of the same branch
+    /// (of a push) or the same pull request (the project's `auto_cancel`).
+    pub supersedes: bool,
 }
 
 /// The pull request a build is of, as its steps' environment and the API show it.
@@ -176,6 +179,41 @@ fn build_from_row(row: &tokio_postgres::Row) -> Build {
     }
 }
 
+/// Cancels the builds `newer` supersedes: the older queued and running builds of its project
+/// and branch (a push's, a person's) or of its pull request. Queued ones end at once; running
+/// ones are asked to stop (their server sees it within a second).
+async fn supersede(tx: &tokio_postgres::Transaction<'_>, newer: &Build) -> StoreResult<()> {
+    let reason = format!("superseded by build #{}", newer.number);
+    let (same, key): (&str, String) = match &newer.pull_request {
+        Some(pr) => (
+            "event = 'pull_request' AND pull_request->>'number' = $4",
+            pr.number.to_string(),
+        ),
+        None => (
+            "event IN ('push', 'manual', 'rebuild') AND branch = $4",
+            newer.branch.clone(),
+        ),
+    };
+    tx.execute(
+        &format!(
+            "UPDATE builds SET status = 'cancelled', finished_at = now(), reason = $3
+             WHERE project = $1 AND number < $2 AND status = 'queued' AND {same}"
+        ),
+        &[&newer.project, &newer.number, &reason, &key],
+    )
+    .await?;
+    tx.execute(
+        &format!(
+            "UPDATE builds SET cancel_requested_at = now(), cancel_reason = $3
+             WHERE project = $1 AND number < $2 AND status = 'running'
+               AND cancel_requested_at IS NULL AND {same}"
+        ),
+        &[&newer.project, &newer.number, &reason, &key],
+    )
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Queues the builds of one webhook delivery. Returns `None` when `delivery_id` was seen
     /// before (a redelivery queues nothing new).
@@ -210,7 +248,11 @@ impl Store {
                     &[&Uuid::new_v4(), &new.project, &number, &new.branch, &new.commit, &new.event, &delivery_id, &new.pull_request.as_ref().map(Json)],
                 )
                 .await?;
-            queued.push(build_from_row(&row));
+            let build = build_from_row(&row);
+            if new.supersedes {
+                supersede(&tx, &build).await?;
+            }
+            queued.push(build);
         }
         tx.commit().await?;
         Ok(Some(queued))
@@ -244,7 +286,9 @@ impl Store {
         self.client()
             .await?
             .execute(
-                "UPDATE builds SET status = $2, reason = $3, finished_at = now()
+                "UPDATE builds SET status = $2, finished_at = now(),
+                     reason = CASE WHEN $2 = 'cancelled' AND cancel_reason IS NOT NULL
+                                   THEN cancel_reason ELSE $3 END
                  WHERE id = $1 AND status = 'running' AND owner = $4",
                 &[&id, &status.as_str(), &reason, &self.owner()],
             )

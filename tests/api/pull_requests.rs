@@ -2,7 +2,8 @@
 //! builds its source commit with `SLIPWAY_EVENT=pull_request` and the pull request in the
 //! environment, skips push-only steps and never becomes a release, even from the deploy
 //! branch; a Data Center pull request from a fork gets no secrets; a tag push builds as
-//! `event: tag`; a pull request whose branch moved on queues nothing.
+//! `event: tag`; a pull request whose branch moved on queues nothing; and with `auto_cancel`, a
+//! newer push cancels the older builds of its branch, except on the deploy branch.
 
 use std::time::Duration;
 
@@ -185,5 +186,73 @@ async fn pull_requests_and_tags_build_as_their_events_and_never_release() {
         answer["ignored"].as_str().unwrap().contains("moved on"),
         "{answer}"
     );
+    app.stop().await;
+}
+
+/// Waits until build `number` of project `name` runs a step.
+async fn wait_running(app: &TestApp, name: &str, number: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let build = app
+            .get_json(&format!("/api/v1/projects/{name}/builds/{number}"))
+            .await;
+        if build["status"] == "running" && !build["steps"].as_array().unwrap().is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{build}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_push_cancels_the_older_builds_of_its_branch_but_not_of_the_deploy_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = "steps:\n  - name: wait\n    image: slipway/debian:bookworm\n    commands: [\"sleep $(cat delay)\"]\n";
+    std::fs::write(dir.path().join(".slipway.yml"), spec).unwrap();
+    std::fs::write(dir.path().join("delay"), "0\n").unwrap();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    commit_all(dir.path(), "first");
+    let config = format!(
+        "max_concurrent_builds = 4\n[[projects]]\nname = \"prs\"\nrepository = \"acme/prs\"\nclone_url = \"file://{}\"\nwebhook_secret = \"{SECRET}\"\nbranches = \".*\"\nauto_cancel = true\n",
+        dir.path().display()
+    );
+    let app = TestApp::spawn(&config).await;
+    let pushes = std::cell::Cell::new(0);
+    let push = |branch: &str, delay: &str| {
+        git(dir.path(), &["checkout", "-q", "-B", branch]);
+        std::fs::write(dir.path().join("delay"), format!("{delay}\n")).unwrap();
+        pushes.set(pushes.get() + 1);
+        std::fs::write(dir.path().join("push"), pushes.get().to_string()).unwrap();
+        let commit = commit_all(dir.path(), &format!("{branch} {delay}"));
+        json!({"repository": {"full_name": "acme/prs"}, "push": {"changes": [
+            {"old": null, "new": {"type": "branch", "name": branch, "target": {"hash": commit}}}]}})
+    };
+    let queued = |answer: Value| answer["queued"][0]["number"].as_i64().unwrap();
+
+    // On a feature branch: a running build and a queued one are both superseded.
+    let slow = queued(deliver(&app, "repo:push", &push("feature", "300")).await.1);
+    wait_running(&app, "prs", slow).await;
+    let (_, answer) = deliver(&app, "repo:push", &push("feature", "300")).await;
+    let middle = queued(answer);
+    let newest = queued(deliver(&app, "repo:push", &push("feature", "0")).await.1);
+    for (number, by) in [(slow, middle), (middle, newest)] {
+        let build = wait_for_build(&app, "prs", number, Duration::from_secs(60)).await;
+        assert_eq!(build["status"], "cancelled", "{build}");
+        assert_eq!(
+            build["reason"],
+            format!("superseded by build #{by}"),
+            "{build}"
+        );
+    }
+    let build = wait_for_build(&app, "prs", newest, Duration::from_secs(120)).await;
+    assert_eq!(build["status"], "passed", "{build}");
+
+    // On the deploy branch every push builds.
+    let older = queued(deliver(&app, "repo:push", &push("main", "2")).await.1);
+    let newer = queued(deliver(&app, "repo:push", &push("main", "0")).await.1);
+    for number in [older, newer] {
+        let build = wait_for_build(&app, "prs", number, Duration::from_secs(120)).await;
+        assert_eq!(build["status"], "passed", "{build}");
+    }
     app.stop().await;
 }
