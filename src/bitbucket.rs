@@ -209,6 +209,7 @@ mod tests {
             api_url: api_url.into(),
             username: TOKEN_USERNAME.into(),
             token: Some(SecretSource::Value(crate::config::Secret::new("t"))),
+            ssh: None,
         }
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use crate::config::bitbucket::SshKey;
 use crate::config::{CloneCredentials, Project};
 
 const GIT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -93,6 +94,7 @@ impl Mirrors {
             &project.name,
             &project.clone_url,
             project.clone_credentials.clone(),
+            project.clone_ssh.clone(),
         )
     }
 
@@ -102,6 +104,7 @@ impl Mirrors {
         name: &str,
         url: &str,
         credentials: Option<CloneCredentials>,
+        ssh: Option<SshKey>,
     ) -> Mirror {
         let lock = self
             .locks
@@ -114,6 +117,7 @@ impl Mirrors {
             git_dir: self.dir.join(format!("{name}.git")),
             url: url.to_string(),
             credentials,
+            ssh,
             fetch_lock: lock,
         }
     }
@@ -124,6 +128,7 @@ pub struct Mirror {
     git_dir: PathBuf,
     url: String,
     credentials: Option<CloneCredentials>,
+    ssh: Option<SshKey>,
     fetch_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -309,6 +314,18 @@ impl Mirror {
         // An empty value first drops helpers configured elsewhere, which could store the
         // credentials on disk.
         command.args(["-c", "credential.helper="]);
+        if let Some(ssh) = &self.ssh {
+            // Only this key, and only the pinned host keys: no agent, no user config, no
+            // prompt, no host trusted on first use.
+            command.env(
+                "GIT_SSH_COMMAND",
+                format!(
+                    "ssh -F /dev/null -i '{}' -o IdentitiesOnly=yes -o IdentityAgent=none -o UserKnownHostsFile='{}' -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes",
+                    ssh.key_file.display(),
+                    ssh.known_hosts.display()
+                ),
+            );
+        }
         if let Some(credentials) = &self.credentials {
             let password = credentials.password.read()?;
             command
@@ -402,12 +419,18 @@ fn why(git_error: &str) -> Option<&'static str> {
     let says = |needles: &[&str]| needles.iter().any(|n| git_error.contains(n));
     if says(&[
         "Authentication failed",
+        "Permission denied (publickey",
         "could not read Username",
         "could not read Password",
         "The requested URL returned error: 401",
         "The requested URL returned error: 403",
     ]) {
-        Some("authentication failed: the repository refused the credentials (the token of [projects.bitbucket], or clone_password_env)")
+        Some("authentication failed: the repository refused the credentials (the token or deploy key of [projects.bitbucket], or clone_password_env)")
+    } else if says(&[
+        "Host key verification failed",
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    ]) {
+        Some("the host's key is not one known_hosts pins")
     } else if says(&["Could not resolve host", "Name or service not known"]) {
         Some("unknown host: the clone URL's host name does not resolve")
     } else if says(&[

@@ -111,10 +111,10 @@ pub async fn stage(
             )?)
         }
         Some(PlaybookSource::Repo(repo)) => {
-            let credentials = same_origin(&repo.url, &project.clone_url)
-                .then(|| project.clone_credentials.clone())
-                .flatten();
-            let mirror = mirrors.mirror_named(&mirror_name(&repo.url), &repo.url, credentials);
+            let same = same_origin(&repo.url, &project.clone_url);
+            let credentials = same.then(|| project.clone_credentials.clone()).flatten();
+            let ssh = same.then(|| project.clone_ssh.clone()).flatten();
+            let mirror = mirrors.mirror_named(&mirror_name(&repo.url), &repo.url, credentials, ssh);
             let commit = mirror.resolve_ref(&repo.git_ref).await?;
             std::fs::create_dir_all(scratch_dir)
                 .map_err(|e| format!("cannot make {}: {e}", scratch_dir.display()))?;

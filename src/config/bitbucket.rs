@@ -28,6 +28,17 @@ pub struct RawBitbucket {
     pub username: Option<String>,
     pub token_env: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// A deploy key (a private key file) for SSH clones, with `known_hosts`.
+    pub ssh_key_file: Option<PathBuf>,
+    /// The pinned host keys of the SSH clone URL's host (a known_hosts file).
+    pub known_hosts: Option<PathBuf>,
+}
+
+/// An SSH clone's deploy key and the host keys it trusts; paths only (ssh reads the files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshKey {
+    pub key_file: PathBuf,
+    pub known_hosts: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +55,7 @@ pub struct Bitbucket {
     pub api_url: String,
     pub username: String,
     pub token: Option<SecretSource>,
+    pub ssh: Option<SshKey>,
 }
 
 /// Checks `raw`; errors are `(field, message)` for the caller to place under its key.
@@ -122,10 +134,45 @@ pub fn resolve(
         }
         (None, None) => None,
     };
+    let ssh = match (raw.ssh_key_file, raw.known_hosts) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err((
+                "known_hosts",
+                "an SSH clone pins its host's keys: name a known_hosts file beside ssh_key_file"
+                    .into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                "ssh_key_file",
+                "known_hosts is for SSH clones: name the deploy key's file too".into(),
+            ))
+        }
+        (Some(key_file), Some(known_hosts)) => {
+            for (field, path) in [("ssh_key_file", &key_file), ("known_hosts", &known_hosts)] {
+                let text = path.to_string_lossy();
+                // The paths reach ssh's command line through a shell: plain paths only.
+                let plain = path.is_absolute()
+                    && !text.contains(|c: char| c.is_control() || "'\"\\$`".contains(c));
+                if !plain {
+                    return Err((
+                        field,
+                        format!("expected an absolute path without quotes, `$` or backquotes, got {text:?}"),
+                    ));
+                }
+            }
+            Some(SshKey {
+                key_file,
+                known_hosts,
+            })
+        }
+    };
     Ok(Bitbucket {
         flavour,
         api_url: api_url.trim_end_matches('/').to_owned(),
         username,
         token,
+        ssh,
     })
 }

@@ -350,6 +350,8 @@ pub struct Project {
     pub clone_url: String,
     /// Given to git only through a credential helper, never in a URL or argument.
     pub clone_credentials: Option<CloneCredentials>,
+    /// The deploy key of an SSH `clone_url` (from `[projects.bitbucket]`).
+    pub clone_ssh: Option<bitbucket::SshKey>,
     pub webhook_secret: Option<Secret>,
     pub branches: Regex,
     pub deploy_branch: String,
@@ -803,6 +805,16 @@ fn resolve_project(
             })?,
         );
     }
+    let clone_ssh = bitbucket.as_ref().and_then(|b| b.ssh.clone());
+    let ssh_url = clone_url.starts_with("ssh://")
+        || (!clone_url.contains("://") && clone_url.contains('@') && clone_url.contains(':'));
+    if clone_ssh.is_some() && !ssh_url {
+        return Err(invalid(
+            &key("bitbucket.ssh_key_file"),
+            "a deploy key clones an SSH clone_url, like ssh://git@bitbucket.org/acme/hello.git"
+                .into(),
+        ));
+    }
     // An HTTPS clone without credentials of its own uses the Bitbucket token.
     if let Some(Bitbucket {
         username,
@@ -907,6 +919,7 @@ fn resolve_project(
         repository: raw.repository,
         clone_url,
         clone_credentials,
+        clone_ssh,
         webhook_secret,
         branches,
         deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".to_string()),
@@ -1245,6 +1258,35 @@ mod tests {
                     project("https://b/x.git", "")
                 ),
                 "public_url",
+            ),
+            (
+                project("ssh://git@b/x.git", "ssh_key_file = \"/k\""),
+                "bitbucket.known_hosts",
+            ),
+            (
+                project("ssh://git@b/x.git", "known_hosts = \"/h\""),
+                "bitbucket.ssh_key_file",
+            ),
+            (
+                project(
+                    "ssh://git@b/x.git",
+                    "ssh_key_file = \"k\"\nknown_hosts = \"/h\"",
+                ),
+                "bitbucket.ssh_key_file",
+            ),
+            (
+                project(
+                    "ssh://git@b/x.git",
+                    "ssh_key_file = \"/k$x\"\nknown_hosts = \"/h\"",
+                ),
+                "bitbucket.ssh_key_file",
+            ),
+            (
+                project(
+                    "https://b/x.git",
+                    "ssh_key_file = \"/k\"\nknown_hosts = \"/h\"",
+                ),
+                "bitbucket.ssh_key_file",
             ),
         ] {
             let err = load(&text).unwrap_err().to_string();

@@ -32,6 +32,7 @@ mod schema;
 mod server_process;
 mod servers;
 mod sources;
+mod ssh_clone;
 #[path = "../../deployer/tests/deployer/tcp_dockerd.rs"]
 mod tcp_dockerd;
 mod team_bake;
