@@ -5,3 +5,8 @@ ALTER TABLE builds ADD COLUMN pull_request jsonb;
 -- Why a running build was asked to stop, when not by a person (a newer push superseded it):
 -- the build ends cancelled with this reason.
 ALTER TABLE builds ADD COLUMN cancel_reason text;
+
+-- Who made the commit a build built, and the first line of its message (read from the
+-- repository when the build checks it out).
+ALTER TABLE builds ADD COLUMN author text;
+ALTER TABLE builds ADD COLUMN message text;

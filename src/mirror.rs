@@ -233,6 +233,32 @@ impl Mirror {
             .map_err(|_| format!("commit {commit} has no readable time: {:?}", text.trim()))
     }
 
+    /// The author's name and the first line of the message of `commit`, each one line of at
+    /// most [`SUMMARY_CHARS`] characters.
+    pub async fn commit_summary(&self, commit: &CommitId) -> Result<(String, String), String> {
+        let output = run(git(Some(&self.git_dir))
+            .args([
+                "show",
+                "--no-patch",
+                "--format=%an%x00%s",
+                "--end-of-options",
+            ])
+            .arg(commit.as_str()))
+        .await
+        .map_err(|e| format!("cannot read commit {commit}: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let (author, subject) = text.trim_end().split_once('\0').unwrap_or((&text, ""));
+        let line = |text: &str| -> String {
+            text.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(SUMMARY_CHARS)
+                .collect::<String>()
+                .trim()
+                .to_owned()
+        };
+        Ok((line(author), line(subject)))
+    }
+
     /// Writes the files of `commit` into the empty directory `dest`, as a checkout would, and
     /// nothing else: no `.git`. `index` is a scratch file outside `dest`, removed after.
     pub async fn export_tree(
@@ -351,6 +377,9 @@ impl Mirror {
             })
     }
 }
+
+/// The most of a commit's author or message line kept.
+pub const SUMMARY_CHARS: usize = 200;
 
 /// A git command that reads no repository but `git_dir` and never prompts.
 fn git(git_dir: Option<&Path>) -> Command {

@@ -31,17 +31,18 @@ pub async fn list(args: ClientArgs, limit: u32) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:>6}  {:<10} {:<8} {:<24} {:<12} {:>8}  QUEUED",
-        "BUILD", "STATUS", "EVENT", "BRANCH", "COMMIT", "DURATION"
+        "{:>6}  {:<10} {:<12} {:<24} {:<12} {:<20} {:>8}  QUEUED",
+        "BUILD", "STATUS", "EVENT", "BRANCH", "COMMIT", "AUTHOR", "DURATION"
     );
     for build in &builds {
         println!(
-            "{:>6}  {:<10} {:<8} {:<24} {:<12} {:>8}  {}",
+            "{:>6}  {:<10} {:<12} {:<24} {:<12} {:<20} {:>8}  {}",
             build["number"].as_i64().unwrap_or_default(),
             text(&build["status"]),
             text(&build["event"]),
             text(&build["branch"]),
             short(&build["commit"]),
+            text(&build["author"]).chars().take(20).collect::<String>(),
             duration(&build["started_at"], &build["finished_at"]),
             time(&build["queued_at"]),
         );
@@ -104,7 +105,26 @@ async fn show(args: &ClientArgs, number: i64) -> anyhow::Result<ExitCode> {
     let field = |name: &str, value: String| println!("  {name:<9} {value}");
     field("branch", text(&build["branch"]));
     field("commit", text(&build["commit"]));
+    field("author", text(&build["author"]));
+    field("message", text(&build["message"]));
     field("event", text(&build["event"]));
+    if let Some(pr) = build["pull_request"].as_object() {
+        field(
+            "pull req",
+            format!(
+                "#{} {} ({} into {}{})",
+                pr["number"],
+                pr["title"].as_str().unwrap_or_default(),
+                pr["source_branch"].as_str().unwrap_or_default(),
+                pr["target_branch"].as_str().unwrap_or_default(),
+                if pr["from_fork"] == true {
+                    ", from a fork"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
     field("queued", time(&build["queued_at"]));
     field("started", time(&build["started_at"]));
     field("finished", time(&build["finished_at"]));

@@ -89,10 +89,23 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         result = checkout(context.sources, project, build, &workspace) => result,
         _ = context.cancel.cancelled() => return Outcome { status: BuildStatus::Cancelled, reason: Some("cancelled during checkout".into()) },
     };
-    let Checkout { spec, commit_time } = match checkout {
+    let Checkout {
+        spec,
+        commit_time,
+        summary,
+    } = match checkout {
         Ok(checkout) => checkout,
         Err(outcome) => return outcome,
     };
+    if let Some((author, message)) = summary {
+        if let Err(error) = context
+            .store
+            .record_commit_summary(build.id, &author, &message)
+            .await
+        {
+            tracing::warn!(%error, "cannot record the commit's author and message");
+        }
+    }
     let info = pipeline::BuildInfo {
         project: project.name.clone(),
         number: build.number as u64,
@@ -283,6 +296,8 @@ struct Checkout {
     spec: pipeline::Spec,
     /// For reproducible packages: the workspace has no `.git` to ask.
     commit_time: u64,
+    /// The commit's author and message line, when they could be read.
+    summary: Option<(String, String)>,
 }
 
 /// Fills `workspace` with the commit's files from the project's mirror, and `.git` when the
@@ -315,7 +330,13 @@ async fn checkout(
         .commit_time(&commit)
         .await
         .map_err(Outcome::errored)?;
-    Ok(Checkout { spec, commit_time })
+    // Shown beside the build; a commit whose summary cannot be read still builds.
+    let summary = mirror.commit_summary(&commit).await.ok();
+    Ok(Checkout {
+        spec,
+        commit_time,
+        summary,
+    })
 }
 
 /// The outcome of a build whose log the store refused in part: a passed build errors (it is

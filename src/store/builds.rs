@@ -97,6 +97,9 @@ pub struct Build {
     pub server: Option<Uuid>,
     /// The pull request a `pull_request` build is of.
     pub pull_request: Option<PullRequestInfo>,
+    /// The commit's author and the first line of its message, once the build checked it out.
+    pub author: Option<String>,
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,7 +159,7 @@ pub const LOG_PAGE_BYTES: usize = 1024 * 1024;
 /// Chunks read per query while a page fills.
 const CHUNKS_PER_QUERY: i64 = 4;
 
-const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at, release_skipped, owner, pull_request";
+const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at, release_skipped, owner, pull_request, author, message";
 
 fn build_from_row(row: &tokio_postgres::Row) -> Build {
     Build {
@@ -176,6 +179,8 @@ fn build_from_row(row: &tokio_postgres::Row) -> Build {
         pull_request: row
             .get::<_, Option<Json<PullRequestInfo>>>(13)
             .map(|Json(info)| info),
+        author: row.get(14),
+        message: row.get(15),
     }
 }
 
@@ -275,6 +280,23 @@ impl Store {
             )
             .await?;
         Ok(row.as_ref().map(build_from_row))
+    }
+
+    /// Records who made the commit build `id` builds, and its message's first line.
+    pub async fn record_commit_summary(
+        &self,
+        id: Uuid,
+        author: &str,
+        message: &str,
+    ) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE builds SET author = $2, message = $3 WHERE id = $1",
+                &[&id, &author, &message],
+            )
+            .await?;
+        Ok(())
     }
 
     pub async fn finish_build(

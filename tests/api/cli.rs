@@ -408,19 +408,19 @@ async fn the_build_commands_list_queue_show_follow_cancel_and_rebuild() {
     assert!(lines[0].starts_with(" BUILD  STATUS"), "{listed:?}");
     let words = |line: &str| {
         line.split_whitespace()
-            .take(5)
+            .take(6)
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        words(lines[1]),
+        words(lines[1])[..5],
         ["2", "cancelled", "rebuild", "feature", &feature[..12]],
         "newest first: {listed:?}"
     );
     assert_eq!(
         words(lines[2]),
-        ["1", "passed", "manual", "feature", &feature[..12]],
-        "{listed:?}"
+        ["1", "passed", "manual", "feature", &feature[..12], "Test"],
+        "the commit's author: {listed:?}"
     );
     let one = user.run(&["builds", "--limit", "1"]).await;
     assert_eq!(one.stdout.lines().count(), 2, "{one:?}");

@@ -96,6 +96,11 @@ async fn pull_requests_and_tags_build_as_their_events_and_never_release() {
     assert_eq!(build["status"], "passed", "{build}");
     assert_eq!(build["pull_request"]["number"], 42, "{build}");
     assert_eq!(build["pull_request"]["from_fork"], false, "{build}");
+    assert_eq!(
+        (&build["author"], &build["message"]),
+        (&json!("Test"), &json!("a feature")),
+        "the commit's author and message line"
+    );
     let text = log(&app, number).await;
     for line in [
         "SLIPWAY_EVENT=pull_request",
