@@ -336,4 +336,93 @@ mod tests {
     fn slack_text_escapes_its_control_characters() {
         assert_eq!(slack_escape("a <b> & c"), "a &lt;b&gt; &amp; c");
     }
+
+    fn config() -> Config {
+        let text = "public_url = \"https://ci.acme.test\"\n[[projects]]\nname = \"hello\"\nrepository = \"acme/hello\"\nclone_url = \"file:///r\"\n[[projects.notify]]\nkind = \"slack\"\nurl_env = \"SLACK\"\non = [\"bake_failed\", \"rolled_back\"]\n[[projects.notify]]\nkind = \"webhook\"\nurl_env = \"HOOK\"\nsecret_env = \"SECRET\"\n";
+        let raw = crate::config::parse(text, "test").unwrap();
+        let env = |key: &str| match key {
+            "SLACK" | "HOOK" => Some("https://hooks.acme.test/x".to_owned()),
+            "SECRET" => Some("s".to_owned()),
+            _ => None,
+        };
+        crate::config::resolve(raw, "test", &Default::default(), &env).unwrap()
+    }
+
+    fn event(name: &str, facts: Value, asked_by: Option<(&str, &str)>) -> NotificationEvent {
+        NotificationEvent {
+            id: 1,
+            project: "hello".into(),
+            event: name.into(),
+            facts,
+            asked_by: asked_by.map(|(t, a)| (t.to_owned(), a.to_owned())),
+        }
+    }
+
+    #[test]
+    fn each_event_reads_as_one_line_with_its_link_to_the_targets_that_asked() {
+        let config = config();
+        let deployment = json!({"deployment": "d-1", "environment": "prod", "release": "v7", "reason": "not healthy"});
+        let cases = [
+            (
+                event(
+                    "bake_failed",
+                    json!({"release": "v7", "image_kind": "ami", "reason": "packer exited 1"}),
+                    None,
+                ),
+                "bake_failed",
+                "hello v7: the ami bake failed: packer exited 1",
+                "https://ci.acme.test/api/v1/projects/hello/releases",
+            ),
+            (
+                event(
+                    "baked",
+                    json!({"release": "v7", "image_kind": "docker", "image": "slipway/hello:v7"}),
+                    None,
+                ),
+                "baked",
+                "hello v7 baked: docker image slipway/hello:v7",
+                "https://ci.acme.test/api/v1/projects/hello/releases",
+            ),
+            (
+                event(
+                    "deploy_failed",
+                    deployment.clone(),
+                    Some(("alice", "promote")),
+                ),
+                "deploy_failed",
+                "hello v7 failed to deploy to prod (asked by alice): not healthy",
+                "https://ci.acme.test/api/v1/projects/hello/deployments/d-1",
+            ),
+            (
+                event("deployed", deployment.clone(), Some(("bob", "rollback"))),
+                "rolled_back",
+                "hello prod rolled back to v7 (asked by bob)",
+                "https://ci.acme.test/api/v1/projects/hello/deployments/d-1",
+            ),
+        ];
+        for (event, name, text, url) in cases {
+            let message = Message::of(&config, &config.projects[0], &event);
+            assert_eq!(
+                (
+                    message.event.as_str(),
+                    message.text.as_str(),
+                    message.url.as_str()
+                ),
+                (name, text, url)
+            );
+            let deliveries = plan(&config, &event);
+            let kinds: Vec<&str> = deliveries.iter().map(|d| d.kind.as_str()).collect();
+            let wanted: Vec<&str> = if ["bake_failed", "rolled_back"].contains(&name) {
+                vec!["slack", "webhook"]
+            } else {
+                vec!["webhook"]
+            };
+            assert_eq!(kinds, wanted, "{name}");
+            let hook = deliveries.iter().find(|d| d.kind == "webhook").unwrap();
+            assert_eq!(hook.body["event"], name);
+            assert_eq!(hook.body["url"], url);
+        }
+        let rollback = event("deployed", deployment, Some(("bob", "rollback")));
+        assert_eq!(plan(&config, &rollback)[1].body["by"], "bob");
+    }
 }
