@@ -16,8 +16,11 @@ use crate::bitbucket::{self, BuildStatus};
 use crate::config::Config;
 use crate::outage::Outage;
 use crate::store::build_reports::PendingReport;
+use crate::store::outbox::Outbox;
 use crate::store::Store;
 
+/// Where the reports wait.
+const OUTBOX: Outbox = Outbox::BuildReports;
 /// How often each server looks for reports to deliver.
 const POLL: Duration = Duration::from_secs(1);
 /// Reports claimed at once (one per build, sent concurrently).
@@ -60,24 +63,24 @@ async fn deliver_due(
         match result {
             Delivery::Sent => {
                 store
-                    .settle_build_report(report.id, "delivered", None)
+                    .settle_delivery(OUTBOX, report.id, "delivered", None)
                     .await?
             }
             Delivery::Unreported => {
                 store
-                    .settle_build_report(report.id, "unreported", None)
+                    .settle_delivery(OUTBOX, report.id, "unreported", None)
                     .await?
             }
             Delivery::Failed(error) if report.attempts + 1 >= ATTEMPTS => {
                 tracing::warn!(project = %report.project, build = report.number, %error, "gave up reporting the build's status to Bitbucket");
                 store
-                    .settle_build_report(report.id, "abandoned", Some(&error))
+                    .settle_delivery(OUTBOX, report.id, "abandoned", Some(&error))
                     .await?
             }
             Delivery::Failed(error) => {
                 tracing::info!(project = %report.project, build = report.number, %error, "reporting the build's status to Bitbucket failed; retrying");
                 store
-                    .retry_build_report(report.id, &error, backoff(report.attempts))
+                    .retry_delivery(OUTBOX, report.id, &error, backoff(report.attempts))
                     .await?
             }
         }

@@ -23,8 +23,11 @@ use crate::config::notify::{Notify, NotifyKind};
 use crate::config::{Config, Project};
 use crate::outage::Outage;
 use crate::store::notifications::{NewNotification, NotificationEvent, PendingNotification};
+use crate::store::outbox::Outbox;
 use crate::store::{Store, StoreResult};
 
+/// Where the deliveries wait.
+const OUTBOX: Outbox = Outbox::Notifications;
 /// How often each server looks for events and deliveries.
 const POLL: Duration = Duration::from_secs(1);
 /// Events fanned out, and deliveries claimed, at once.
@@ -65,19 +68,24 @@ async fn once(config: &Config, store: &Store, http: &reqwest::Client) -> StoreRe
         match result {
             Ok(()) => {
                 store
-                    .settle_notification(notification.id, "delivered", None)
+                    .settle_delivery(OUTBOX, notification.id, "delivered", None)
                     .await?
             }
             Err(error) if notification.attempts + 1 >= ATTEMPTS => {
                 tracing::warn!(project = %notification.project, event = %notification.event, target = notification.target, %error, "gave up a notification");
                 store
-                    .settle_notification(notification.id, "abandoned", Some(&error))
+                    .settle_delivery(OUTBOX, notification.id, "abandoned", Some(&error))
                     .await?
             }
             Err(error) => {
                 tracing::info!(project = %notification.project, event = %notification.event, target = notification.target, %error, "a notification failed; retrying");
                 store
-                    .retry_notification(notification.id, &error, backoff(notification.attempts))
+                    .retry_delivery(
+                        OUTBOX,
+                        notification.id,
+                        &error,
+                        backoff(notification.attempts),
+                    )
                     .await?
             }
         }

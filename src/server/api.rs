@@ -400,6 +400,20 @@ async fn cancel_build(
     Ok(Json(build))
 }
 
+/// Queues `new` (a build a person asked for) and wakes the queue; the build queued.
+async fn queue_one(state: &AppState, new: &NewBuild) -> Result<Build, ApiError> {
+    let queued = state
+        .store
+        .enqueue_builds(None, std::slice::from_ref(new))
+        .await?
+        .unwrap_or_default();
+    state.queue.wake();
+    queued
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing was queued"))
+}
+
 async fn rebuild(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -420,16 +434,7 @@ async fn rebuild(
         pull_request: old.pull_request,
         supersedes: false,
     };
-    let queued = state
-        .store
-        .enqueue_builds(None, std::slice::from_ref(&new))
-        .await?
-        .unwrap_or_default();
-    state.queue.wake();
-    let build = queued
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing was queued"))?;
+    let build = queue_one(&state, &new).await?;
     let event = NewAuditEvent {
         action: "rebuild",
         project: Some(&project),
@@ -475,16 +480,7 @@ async fn queue_manual_build(
         pull_request: None,
         supersedes: false,
     };
-    let queued = state
-        .store
-        .enqueue_builds(None, std::slice::from_ref(&new))
-        .await?
-        .unwrap_or_default();
-    state.queue.wake();
-    let build = queued
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing was queued"))?;
+    let build = queue_one(&state, &new).await?;
     let event = NewAuditEvent {
         action: "build",
         project: Some(&project),

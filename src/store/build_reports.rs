@@ -2,8 +2,6 @@
 //! status changes (it started, or ended); servers claim and deliver them to Bitbucket in
 //! order per build, and what happened to each is kept for the build's page.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -86,48 +84,6 @@ impl Store {
             .collect();
         reports.sort_by_key(|report| report.id);
         Ok(reports)
-    }
-
-    /// Settles a claimed report: `delivered`, `abandoned` (with the last error) or `unreported`.
-    pub async fn settle_build_report(
-        &self,
-        id: i64,
-        outcome: &str,
-        error: Option<&str>,
-    ) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE build_reports
-                 SET outcome = $2, last_error = coalesce($3, last_error), finished_at = now(),
-                     attempts = attempts + CASE WHEN $3::text IS NULL THEN 0 ELSE 1 END,
-                     claimed_by = NULL, claimed_until = NULL
-                 WHERE id = $1",
-                &[&id, &outcome, &error],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Records a failed delivery of a claimed report, to be tried again after `retry_after`.
-    pub async fn retry_build_report(
-        &self,
-        id: i64,
-        error: &str,
-        retry_after: Duration,
-    ) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE build_reports
-                 SET attempts = attempts + 1, last_error = $2,
-                     next_attempt_at = now() + make_interval(secs => $3),
-                     claimed_by = NULL, claimed_until = NULL
-                 WHERE id = $1",
-                &[&id, &error, &retry_after.as_secs_f64()],
-            )
-            .await?;
-        Ok(())
     }
 
     /// The reports of build `build_id`, oldest first.

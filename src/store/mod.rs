@@ -9,6 +9,7 @@ pub mod builds;
 pub mod deployments;
 pub mod embedded;
 pub mod notifications;
+pub mod outbox;
 pub mod release_images;
 pub mod releases;
 pub mod retention;

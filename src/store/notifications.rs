@@ -2,8 +2,6 @@
 //! ("fanned out") by whichever server gets to them first, then claimed, delivered and
 //! settled like build status reports.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -150,48 +148,6 @@ impl Store {
             .collect();
         pending.sort_by_key(|n| n.id);
         Ok(pending)
-    }
-
-    /// Settles a claimed delivery: `delivered`, or `abandoned` with its last error.
-    pub async fn settle_notification(
-        &self,
-        id: i64,
-        outcome: &str,
-        error: Option<&str>,
-    ) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE notifications
-                 SET outcome = $2, last_error = coalesce($3, last_error), finished_at = now(),
-                     attempts = attempts + CASE WHEN $3::text IS NULL THEN 0 ELSE 1 END,
-                     claimed_by = NULL, claimed_until = NULL
-                 WHERE id = $1",
-                &[&id, &outcome, &error],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Records a failed attempt of a claimed delivery, to be tried again after `retry_after`.
-    pub async fn retry_notification(
-        &self,
-        id: i64,
-        error: &str,
-        retry_after: Duration,
-    ) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE notifications
-                 SET attempts = attempts + 1, last_error = $2,
-                     next_attempt_at = now() + make_interval(secs => $3),
-                     claimed_by = NULL, claimed_until = NULL
-                 WHERE id = $1",
-                &[&id, &error, &retry_after.as_secs_f64()],
-            )
-            .await?;
-        Ok(())
     }
 
     /// The project's most recent deliveries, newest first.
