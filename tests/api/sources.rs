@@ -263,8 +263,23 @@ pub(crate) fn base64(bytes: &[u8]) -> String {
     text
 }
 
+/// Asserts that no piece of any of `secrets` is in any of `texts` (each named by what it is)
+/// nor in any file under `data_dir` (the mirror, the apt repository, the database files).
+pub(crate) fn assert_nowhere(secrets: &[&str], texts: &[(&str, &String)], data_dir: &Path) {
+    for (what, text) in texts {
+        for secret in secrets {
+            let leaked = pieces_of(secret, text);
+            assert!(leaked.is_empty(), "{what} hold {leaked:?}");
+        }
+    }
+    for secret in secrets {
+        let holding = files_holding(data_dir, secret.as_bytes());
+        assert!(holding.is_empty(), "{holding:?} hold a secret");
+    }
+}
+
 /// Every piece of `secret` (8 characters or more) that occurs in `text`.
-pub(crate) fn pieces_of(secret: &str, text: &str) -> Vec<String> {
+fn pieces_of(secret: &str, text: &str) -> Vec<String> {
     let chars: Vec<char> = secret.chars().collect();
     chars
         .windows(8)
@@ -274,7 +289,7 @@ pub(crate) fn pieces_of(secret: &str, text: &str) -> Vec<String> {
 }
 
 /// Every file under `dir` whose bytes hold `needle`.
-pub(crate) fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(path) = pending.pop() {
@@ -412,22 +427,16 @@ async fn a_password_in_clone_url_reaches_no_workspace_log_answer_or_package() {
 
     let basic = base64(format!("{USER}:{PASSWORD}").as_bytes());
     let server_log = server.log();
-    for (what, text) in [
-        ("the build log and API answers", &answers),
-        ("the packaged .git/config", &shipped),
-        ("the server's log", &server_log),
-        ("the arguments of git processes", &arguments.join("\n")),
-    ] {
-        for secret in [PASSWORD, PASSWORD_IN_URL, basic.as_str()] {
-            let leaked = pieces_of(secret, text);
-            assert!(leaked.is_empty(), "{what} hold {leaked:?}");
-        }
-    }
-    // Nowhere in the data directory: the mirror, the apt repository, the database files.
-    for secret in [PASSWORD, PASSWORD_IN_URL] {
-        let holding = files_holding(&data_dir, secret.as_bytes());
-        assert!(holding.is_empty(), "{holding:?} hold the password");
-    }
+    assert_nowhere(
+        &[PASSWORD, PASSWORD_IN_URL, basic.as_str()],
+        &[
+            ("the build log and API answers", &answers),
+            ("the packaged .git/config", &shipped),
+            ("the server's log", &server_log),
+            ("the arguments of git processes", &arguments.join("\n")),
+        ],
+        &data_dir,
+    );
     assert!(data_dir.join("mirrors/hello.git/HEAD").exists());
 }
 
