@@ -201,6 +201,31 @@ impl Mirror {
         ))
     }
 
+    /// Fetches branch `branch` of the fork at `fork_url` (pull request `number`'s source) into
+    /// `refs/slipway/pull-requests/<number>`, where the build finds its commit, and returns the
+    /// branch's head.
+    pub async fn fetch_fork_branch(
+        &self,
+        fork_url: &str,
+        branch: &str,
+        number: i64,
+    ) -> Result<CommitId, String> {
+        let _one_fetch_at_a_time = self.fetch_lock.lock().await;
+        run(git(None)
+            .args(["init", "--bare", "--quiet", "--template="])
+            .arg(&self.git_dir))
+        .await
+        .map_err(|e| format!("cannot make the mirror: {e}"))?;
+        let kept = format!("refs/slipway/pull-requests/{number}");
+        self.fetch_from(fork_url, &[&format!("+refs/heads/{branch}:{kept}")])
+            .await?;
+        let output = run(git(Some(&self.git_dir))
+            .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
+            .arg(format!("{kept}^{{commit}}")))
+        .await?;
+        CommitId::parse(String::from_utf8_lossy(&output.stdout).trim())
+    }
+
     /// Whether `older` is an ancestor of `newer` (a commit is its own ancestor). Both must be
     /// in the mirror ([`Mirror::fetch_commit`]).
     pub async fn is_ancestor(&self, older: &CommitId, newer: &CommitId) -> Result<bool, String> {
@@ -336,6 +361,12 @@ impl Mirror {
     }
 
     async fn fetch(&self, refspecs: &[&str]) -> Result<(), String> {
+        self.fetch_from(&self.url, refspecs).await
+    }
+
+    /// Fetches `refspecs` from `url`: the mirror's own URL, or a fork of it on the same host
+    /// (the project's credentials go along).
+    async fn fetch_from(&self, url: &str, refspecs: &[&str]) -> Result<(), String> {
         let mut command = git(Some(&self.git_dir));
         // An empty value first drops helpers configured elsewhere, which could store the
         // credentials on disk.
@@ -360,20 +391,14 @@ impl Mirror {
                 .env(PASSWORD_VAR, password.expose());
         }
         command
-            .args([
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--end-of-options",
-                &self.url,
-            ])
+            .args(["fetch", "--quiet", "--no-tags", "--end-of-options", url])
             .args(refspecs);
         run(&mut command)
             .await
             .map(drop)
             .map_err(|e| match why(&e) {
-                Some(why) => format!("cannot fetch from {}: {why} ({e})", self.url),
-                None => format!("cannot fetch from {}: {e}", self.url),
+                Some(why) => format!("cannot fetch from {url}: {why} ({e})"),
+                None => format!("cannot fetch from {url}: {e}"),
             })
     }
 }

@@ -124,49 +124,62 @@ async fn pull_request_build(
     project: &Project,
     pr: PullRequest,
 ) -> Result<Result<NewBuild, String>, ApiError> {
-    let commit = if pr.commit_is_full() {
-        pr.commit.clone()
-    } else if pr.from_fork() {
-        return Ok(Err(format!(
-            "pull request #{} comes from the fork `{}`, and Bitbucket names its commit only by the abbreviated id {}: Slipway resolves those in the project's own repository only",
-            pr.number, pr.source_repository, pr.commit
-        )));
-    } else {
-        // Cloud names the commit by an abbreviated id: the source branch's head gives the
-        // full one, when it still is that commit.
-        let mirror = Mirrors::lazy(&state.config.data_dir.join("mirrors")).mirror(project);
-        let head = tokio::time::timeout(RESOLVE_TIMEOUT, mirror.resolve_ref(&pr.source_branch))
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "the head of `{}` could not be fetched within {} s; redeliver the event",
-                        pr.source_branch,
-                        RESOLVE_TIMEOUT.as_secs()
-                    ),
-                )
-            })?
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "pull request #{}: cannot find the head of `{}`: {e}",
-                        pr.number, pr.source_branch
-                    ),
-                )
-            })?;
-        if !head.as_str().starts_with(&pr.commit) {
+    // The source branch's head: from the fork, when the pull request comes from one (kept in
+    // the mirror for the build), else from the project's repository.
+    let mirror = Mirrors::lazy(&state.config.data_dir.join("mirrors")).mirror(project);
+    let head = if pr.from_fork() {
+        let Some(fork_url) = fork_clone_url(
+            &project.clone_url,
+            &project.repository,
+            &pr.source_repository,
+        ) else {
             return Ok(Err(format!(
-                "pull request #{}: `{}` moved on from {} to {}; its next update builds the new head",
-                pr.number,
-                pr.source_branch,
-                pr.commit,
-                head.as_str()
+                "pull request #{} comes from the fork `{}`, whose clone URL cannot be told from clone_url (it does not name `{}`)",
+                pr.number, pr.source_repository, project.repository
             )));
-        }
-        head.as_str().to_owned()
+        };
+        tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            mirror.fetch_fork_branch(&fork_url, &pr.source_branch, pr.number),
+        )
+        .await
+    } else if pr.commit_is_full() {
+        // Data Center names the full commit: the build fetches it.
+        Ok(crate::mirror::CommitId::parse(&pr.commit).map_err(|e| e.to_string()))
+    } else {
+        tokio::time::timeout(RESOLVE_TIMEOUT, mirror.resolve_ref(&pr.source_branch)).await
     };
+    let head = head
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the head of `{}` could not be fetched within {} s; redeliver the event",
+                    pr.source_branch,
+                    RESOLVE_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "pull request #{}: cannot find the head of `{}`: {e}",
+                    pr.number, pr.source_branch
+                ),
+            )
+        })?;
+    // Cloud names the commit by an abbreviated id; either way the branch may have moved on.
+    if !head.as_str().starts_with(&pr.commit) {
+        return Ok(Err(format!(
+            "pull request #{}: `{}` moved on from {} to {}; its next update builds the new head",
+            pr.number,
+            pr.source_branch,
+            pr.commit,
+            head.as_str()
+        )));
+    }
+    let commit = head.as_str().to_owned();
     let pull_request = PullRequestInfo {
         number: pr.number,
         from_fork: pr.from_fork(),
@@ -183,6 +196,20 @@ async fn pull_request_build(
         pull_request: Some(pull_request),
         supersedes: project.auto_cancel,
     }))
+}
+
+/// The clone URL of the fork `fork` (`owner/slug`) of the project's repository `repository`:
+/// its `clone_url` with the repository's path replaced (`…/acme/hello.git` becomes
+/// `…/bob/hello.git`), or `None` when `clone_url` does not name it.
+fn fork_clone_url(clone_url: &str, repository: &str, fork: &str) -> Option<String> {
+    let lower = clone_url.to_ascii_lowercase();
+    let wanted = format!("/{}", repository.to_ascii_lowercase());
+    let at = lower.rfind(&wanted)?;
+    let after = &clone_url[at + wanted.len()..];
+    if !(after.is_empty() || after == ".git" || after == "/") {
+        return None;
+    }
+    Some(format!("{}/{fork}{after}", &clone_url[..at]))
 }
 
 /// Queues `builds` for the delivery (nothing when it was seen before) and answers.
@@ -240,4 +267,34 @@ fn accepted(body: Value) -> (StatusCode, Json<Value>) {
 fn ignored(reason: String) -> (StatusCode, Json<Value>) {
     tracing::info!(%reason, "ignored a webhook delivery");
     (StatusCode::OK, Json(json!({ "ignored": reason })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fork_clone_url;
+
+    #[test]
+    fn a_forks_clone_url_replaces_the_repositorys_path() {
+        let fork = |url: &str, repository: &str| fork_clone_url(url, repository, "bob/hello");
+        assert_eq!(
+            fork("https://bitbucket.org/acme/hello.git", "acme/hello").as_deref(),
+            Some("https://bitbucket.org/bob/hello.git")
+        );
+        assert_eq!(
+            fork("https://git.acme.test/scm/acme/hello.git", "ACME/hello").as_deref(),
+            Some("https://git.acme.test/scm/bob/hello.git")
+        );
+        assert_eq!(
+            fork("file:///srv/git/acme/hello", "acme/hello").as_deref(),
+            Some("file:///srv/git/bob/hello")
+        );
+        assert_eq!(
+            fork("https://bitbucket.org/acme/hello-tools.git", "acme/hello"),
+            None
+        );
+        assert_eq!(
+            fork("https://mirror.acme.test/hello.git", "acme/hello"),
+            None
+        );
+    }
 }

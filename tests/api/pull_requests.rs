@@ -1,10 +1,12 @@
 //! Pull requests and tags: a Cloud pull request (its commit named by an abbreviated id)
 //! builds its source commit with `SLIPWAY_EVENT=pull_request` and the pull request in the
 //! environment, skips push-only steps and never becomes a release, even from the deploy
-//! branch; a Data Center pull request from a fork gets no secrets; a tag push builds as
+//! branch; a pull request from a fork (Cloud or Data Center) builds the fork's commit with no
+//! secrets; a tag push builds as
 //! `event: tag`; a pull request whose branch moved on queues nothing; and with `auto_cancel`, a
 //! newer push cancels the older builds of its branch, except on the deploy branch.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -16,16 +18,37 @@ use crate::release_order::wait_for_build;
 const SECRET: &str = "pr-secret";
 const TOKEN: &str = "pr-token-value-4f3e2d1c";
 
-/// A repository whose first step prints the build's variables and uses a secret, and whose
-/// second runs on pushes only; its package makes a release of a deploy-branch push.
-fn repository() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+/// A repository at `<root>/acme/prs` (so that its forks are at `<root>/<owner>/prs`) whose
+/// first step prints the build's variables and uses a secret, and whose second runs on pushes
+/// only; its package makes a release of a deploy-branch push.
+fn repository(root: &Path) -> PathBuf {
+    let dir = root.join("acme/prs");
+    std::fs::create_dir_all(&dir).unwrap();
     let spec = "steps:\n  - name: show\n    image: slipway/debian:bookworm\n    secrets: [TOKEN]\n    commands:\n      - env | grep '^SLIPWAY_' | sort\n      - echo \"token=$TOKEN\"\n  - name: push-only\n    image: slipway/debian:bookworm\n    commands: [\"echo pushed\"]\n    when:\n      event: [push]\npackage:\n  name: prs\n  architecture: all\n  maintainer: \"Acme Ops <ops@acme.test>\"\n  description: \"pull request test package\"\n  files:\n    - {src: app.txt, dest: /usr/share/prs/app.txt, mode: \"0644\"}\n";
-    std::fs::write(dir.path().join(".slipway.yml"), spec).unwrap();
-    std::fs::write(dir.path().join("app.txt"), "0\n").unwrap();
-    git(dir.path(), &["init", "-q", "-b", "main"]);
-    commit_all(dir.path(), "first");
+    std::fs::write(dir.join(".slipway.yml"), spec).unwrap();
+    std::fs::write(dir.join("app.txt"), "0\n").unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    commit_all(&dir, "first");
     dir
+}
+
+/// A fork of `repo` at `<root>/<owner>/prs` with a commit of its own on branch `forked`; that
+/// commit.
+fn fork(root: &Path, repo: &Path, owner: &str) -> String {
+    let dir = root.join(owner).join("prs");
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            &repo.display().to_string(),
+            &dir.display().to_string(),
+        ],
+    );
+    git(&dir, &["checkout", "-q", "-b", "forked"]);
+    std::fs::write(dir.join("app.txt"), format!("from {owner}\n")).unwrap();
+    commit_all(&dir, "a change from a fork")
 }
 
 async fn deliver(app: &TestApp, event: &str, body: &Value) -> (u16, Value) {
@@ -65,15 +88,18 @@ async fn log(app: &TestApp, number: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_requests_and_tags_build_as_their_events_and_never_release() {
-    let repo = repository();
-    git(repo.path(), &["checkout", "-q", "-b", "feature"]);
-    std::fs::write(repo.path().join("app.txt"), "feature\n").unwrap();
-    let feature = commit_all(repo.path(), "a feature");
-    git(repo.path(), &["checkout", "-q", "main"]);
-    let main = git(repo.path(), &["rev-parse", "HEAD"]);
+    let root = tempfile::tempdir().unwrap();
+    let repo = repository(root.path());
+    git(&repo, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(repo.join("app.txt"), "feature\n").unwrap();
+    let feature = commit_all(&repo, "a feature");
+    git(&repo, &["checkout", "-q", "main"]);
+    let main = git(&repo, &["rev-parse", "HEAD"]);
+    let from_bob = fork(root.path(), &repo, "bob");
+    let from_carol = fork(root.path(), &repo, "~CAROL");
     let config = format!(
         "[[projects]]\nname = \"prs\"\nrepository = \"acme/prs\"\nclone_url = \"file://{}\"\nwebhook_secret = \"{SECRET}\"\n[projects.secrets]\nTOKEN = \"{TOKEN}\"\n",
-        repo.path().display()
+        repo.display()
     );
     let app = TestApp::spawn(&config).await;
 
@@ -159,25 +185,37 @@ async fn pull_requests_and_tags_build_as_their_events_and_never_release() {
         "no pull request or tag makes a release"
     );
 
-    // A Data Center pull request from a fork: no secrets, and the build says why it stopped.
-    let fork = json!({"eventKey": "pr:opened", "pullRequest": {"id": 7, "title": "From a fork",
-        "fromRef": {"id": "refs/heads/feature", "displayId": "feature", "latestCommit": feature,
-                    "repository": {"slug": "prs", "project": {"key": "~BOB"}}},
+    // Pull requests from forks (Cloud, by an abbreviated id; Data Center): the fork's commit
+    // builds, with no secrets, and the build says why it stopped.
+    let cloud_fork = cloud_pull_request(44, "forked", "main", &from_bob[..12], "bob/prs");
+    let dc_fork = json!({"eventKey": "pr:opened", "pullRequest": {"id": 7, "title": "From a fork",
+        "fromRef": {"id": "refs/heads/forked", "displayId": "forked", "latestCommit": from_carol,
+                    "repository": {"slug": "prs", "project": {"key": "~CAROL"}}},
         "toRef": {"id": "refs/heads/main", "displayId": "main", "latestCommit": main,
                   "repository": {"slug": "prs", "project": {"key": "ACME"}}}}});
-    let (status, answer) = deliver(&app, "pr:opened", &fork).await;
-    assert_eq!(status, 202, "{answer}");
-    let number = answer["queued"][0]["number"].as_i64().unwrap();
-    let build = wait_for_build(&app, "prs", number, Duration::from_secs(300)).await;
-    assert_eq!(build["status"], "errored", "{build}");
-    assert_eq!(build["pull_request"]["from_fork"], true, "{build}");
-    let reason = build["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("secret `TOKEN` needed by step `show` was not supplied")
-            && reason.contains("a pull request from a fork gets no secrets"),
-        "{reason}"
-    );
-    assert!(!log(&app, number).await.contains(TOKEN));
+    for (event, body, commit, source) in [
+        ("pullrequest:created", &cloud_fork, &from_bob, "bob/prs"),
+        ("pr:opened", &dc_fork, &from_carol, "~CAROL/prs"),
+    ] {
+        let (status, answer) = deliver(&app, event, body).await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["queued"][0]["commit"], commit.as_str());
+        let number = answer["queued"][0]["number"].as_i64().unwrap();
+        let build = wait_for_build(&app, "prs", number, Duration::from_secs(300)).await;
+        assert_eq!(build["status"], "errored", "{build}");
+        assert_eq!(build["pull_request"]["from_fork"], true, "{build}");
+        assert_eq!(
+            build["pull_request"]["source_repository"], source,
+            "{build}"
+        );
+        let reason = build["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("secret `TOKEN` needed by step `show` was not supplied")
+                && reason.contains("a pull request from a fork gets no secrets"),
+            "{reason}"
+        );
+        assert!(!log(&app, number).await.contains(TOKEN));
+    }
 
     // A pull request whose branch moved on since the event was sent queues nothing.
     let (status, answer) = deliver(
