@@ -5,8 +5,9 @@
 //! window), keeps its image and package whatever its age. AMIs have their own retention
 //! (`[projects.ami] keep_releases`, in `bake/ami.rs`).
 //!
-//! Every server runs it, [`FIRST_RUN_AFTER`] after it starts and then every [`EVERY`]; each
-//! step is safe to run twice or at once on two servers (deleting what is gone is a no-op, and
+//! Every server runs it, [`FIRST_RUN_AFTER`] after it starts and then every [`EVERY`]; a run
+//! that failed (a database or gpg hiccup) is tried again after [`RETRY_AFTER`], doubling up to
+//! [`EVERY`]. Each step is safe to run twice or at once on two servers (deleting what is gone is a no-op, and
 //! the apt repository's changes are serialized by its lock).
 
 use std::time::Duration;
@@ -22,6 +23,8 @@ use crate::store::Store;
 const FIRST_RUN_AFTER: Duration = Duration::from_secs(5);
 /// How often housekeeping runs after that.
 const EVERY: Duration = Duration::from_secs(3600);
+/// How soon a run that failed is tried again (then twice as long each time, up to `EVERY`).
+const RETRY_AFTER: Duration = Duration::from_secs(15);
 
 /// Runs housekeeping until the task is dropped; does nothing when `[retention]` keeps all.
 pub async fn run(
@@ -34,14 +37,25 @@ pub async fn run(
         return;
     }
     tokio::time::sleep(FIRST_RUN_AFTER).await;
+    let mut retry = RETRY_AFTER;
     loop {
+        let mut failed = false;
         for project in &config.projects {
             if let Err(error) = once(&config.retention, project, &store, &docker, &repository).await
             {
-                tracing::warn!(project = %project.name, error = format!("{error:#}"), "housekeeping failed; it runs again later");
+                failed = true;
+                tracing::warn!(project = %project.name, error = format!("{error:#}"), retry_in_s = retry.as_secs(), "housekeeping failed; it runs again soon");
             }
         }
-        tokio::time::sleep(EVERY).await;
+        let wait = if failed {
+            let wait = retry;
+            retry = (retry * 2).min(EVERY);
+            wait
+        } else {
+            retry = RETRY_AFTER;
+            EVERY
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
