@@ -134,26 +134,19 @@ pub struct Mirror {
 
 impl Mirror {
     /// Makes sure the mirror holds `commit`: a commit already there is not fetched again;
-    /// else the branches and tags are fetched, then the commit itself (kept under
-    /// `refs/slipway/commits/`) when no branch holds it any more.
+    /// else the commit alone is fetched by its id, without its history (kept under
+    /// `refs/slipway/commits/`, so a force push that drops it from every branch loses nothing).
     pub async fn fetch_commit(&self, commit: &CommitId) -> Result<(), String> {
         let _one_fetch_at_a_time = self.fetch_lock.lock().await;
         if self.has_commit(commit).await {
             return Ok(());
         }
-        // Idempotent: it also completes a mirror whose first init was interrupted.
-        run(git(None)
-            .args(["init", "--bare", "--quiet", "--template="])
-            .arg(&self.git_dir))
-        .await
-        .map_err(|e| format!("cannot make the mirror: {e}"))?;
-        self.fetch(&["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
-            .await?;
-        if self.has_commit(commit).await {
-            return Ok(());
-        }
-        let pinned = format!("{commit}:refs/slipway/commits/{commit}");
-        if let Err(e) = self.fetch(&[pinned.as_str()]).await {
+        self.init().await?;
+        if let Err(e) = self.fetch(&["--depth=1"], &[&pinned(commit)]).await {
+            // An unknown commit is an error of its own below; a refused fetch says why.
+            if !self.has_commit(commit).await && why(&e).is_some() {
+                return Err(e);
+            }
             tracing::debug!(error = %e, "fetching the commit by its id failed");
         }
         if self.has_commit(commit).await {
@@ -163,47 +156,45 @@ impl Mirror {
         }
     }
 
-    /// Fetches the branches and tags and resolves `git_ref` (checked by the caller: a tag, a
-    /// branch or a full commit id) to the commit it names now: a tag first, then a branch, then
-    /// a commit id.
+    /// Resolves `git_ref` (checked by the caller: a tag, a branch or a full commit id) to the
+    /// commit it names now, asking the repository for that one ref (a tag first, then a
+    /// branch), and fetches that commit alone.
     pub async fn resolve_ref(&self, git_ref: &str) -> Result<CommitId, String> {
         if let Ok(commit) = CommitId::parse(git_ref) {
             self.fetch_commit(&commit).await?;
             return Ok(commit);
         }
-        {
-            let _one_fetch_at_a_time = self.fetch_lock.lock().await;
-            run(git(None)
-                .args(["init", "--bare", "--quiet", "--template="])
-                .arg(&self.git_dir))
-            .await
-            .map_err(|e| format!("cannot make the mirror: {e}"))?;
-            self.fetch(&["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
-                .await?;
-        }
-        for candidate in [
+        let (tag, branch) = (
             format!("refs/tags/{git_ref}"),
             format!("refs/heads/{git_ref}"),
-        ] {
-            let output = output(
-                git(Some(&self.git_dir))
-                    .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
-                    .arg(format!("{candidate}^{{commit}}")),
+        );
+        let listed = {
+            let _one_fetch_at_a_time = self.fetch_lock.lock().await;
+            self.remote(
+                &self.url,
+                &["ls-remote", "--end-of-options", &self.url, &tag, &branch],
             )
-            .await?;
-            if output.status.success() {
-                return CommitId::parse(String::from_utf8_lossy(&output.stdout).trim());
-            }
-        }
-        Err(format!(
-            "{} has no tag or branch named `{git_ref}`",
-            self.url
-        ))
+            .await?
+        };
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        let named = |name: &str| {
+            listed.lines().find_map(|line| {
+                let (id, listed_name) = line.split_once('\t')?;
+                (listed_name == name).then(|| CommitId::parse(id))
+            })
+        };
+        // An annotated tag is listed twice: the tag object, then (`^{}`) its commit.
+        let commit = named(&format!("{tag}^{{}}"))
+            .or_else(|| named(&tag))
+            .or_else(|| named(&branch))
+            .ok_or_else(|| format!("{} has no tag or branch named `{git_ref}`", self.url))??;
+        self.fetch_commit(&commit).await?;
+        Ok(commit)
     }
 
     /// Fetches branch `branch` of the fork at `fork_url` (pull request `number`'s source) into
     /// `refs/slipway/pull-requests/<number>`, where the build finds its commit, and returns the
-    /// branch's head.
+    /// branch's head (fetched alone, without its history).
     pub async fn fetch_fork_branch(
         &self,
         fork_url: &str,
@@ -211,14 +202,14 @@ impl Mirror {
         number: i64,
     ) -> Result<CommitId, String> {
         let _one_fetch_at_a_time = self.fetch_lock.lock().await;
-        run(git(None)
-            .args(["init", "--bare", "--quiet", "--template="])
-            .arg(&self.git_dir))
-        .await
-        .map_err(|e| format!("cannot make the mirror: {e}"))?;
+        self.init().await?;
         let kept = format!("refs/slipway/pull-requests/{number}");
-        self.fetch_from(fork_url, &[&format!("+refs/heads/{branch}:{kept}")])
-            .await?;
+        self.fetch_from(
+            fork_url,
+            &["--depth=1"],
+            &[&format!("+refs/heads/{branch}:{kept}")],
+        )
+        .await?;
         let output = run(git(Some(&self.git_dir))
             .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
             .arg(format!("{kept}^{{commit}}")))
@@ -226,9 +217,55 @@ impl Mirror {
         CommitId::parse(String::from_utf8_lossy(&output.stdout).trim())
     }
 
-    /// Whether `older` is an ancestor of `newer` (a commit is its own ancestor). Both must be
-    /// in the mirror ([`Mirror::fetch_commit`]).
-    pub async fn is_ancestor(&self, older: &CommitId, newer: &CommitId) -> Result<bool, String> {
+    /// How commit `a` stands to commit `b` in the repository's history. Both must be in the
+    /// mirror ([`Mirror::fetch_commit`]).
+    ///
+    /// The mirror holds commits without their history, so the question is answered from what
+    /// it holds when it can; else both histories are deepened together, 16 commits, then 64,
+    /// 256 ..., until one commit is found in the other's history or neither history grows
+    /// (both complete): the history fetched is that between the two commits, not the
+    /// repository's.
+    pub async fn relation(&self, a: &CommitId, b: &CommitId) -> Result<Relation, String> {
+        if a == b {
+            return Ok(Relation::Same);
+        }
+        let mut deepen = 16u32;
+        loop {
+            if self.reaches(b, a).await? {
+                return Ok(Relation::Descendant);
+            }
+            if self.reaches(a, b).await? {
+                return Ok(Relation::Ancestor);
+            }
+            let before = (self.depth(a).await?, self.depth(b).await?);
+            {
+                let _one_fetch_at_a_time = self.fetch_lock.lock().await;
+                self.fetch(&[&format!("--deepen={deepen}")], &[&pinned(a), &pinned(b)])
+                    .await
+                    .map_err(|e| format!("cannot read the history between {a} and {b}: {e}"))?;
+            }
+            if (self.depth(a).await?, self.depth(b).await?) == before {
+                return Ok(Relation::Unrelated);
+            }
+            deepen = deepen.saturating_mul(4);
+        }
+    }
+
+    /// Makes sure the mirror holds the whole history of `commit` and the repository's tags,
+    /// for a workspace that asks for `.git` ([`Mirror::write_git_dir`]).
+    pub async fn fetch_history(&self, commit: &CommitId) -> Result<(), String> {
+        self.fetch_commit(commit).await?;
+        let _one_fetch_at_a_time = self.fetch_lock.lock().await;
+        // git's own number for "no limit" (what `--unshallow` asks for).
+        self.fetch(
+            &["--depth=2147483647"],
+            &[&pinned(commit), "+refs/tags/*:refs/tags/*"],
+        )
+        .await
+    }
+
+    /// Whether `older` is in the history the mirror holds of `newer` (a commit is in its own).
+    async fn reaches(&self, older: &CommitId, newer: &CommitId) -> Result<bool, String> {
         let output = output(
             git(Some(&self.git_dir))
                 .args(["merge-base", "--is-ancestor", "--end-of-options"])
@@ -243,6 +280,18 @@ impl Mirror {
                 error_text(&output)
             )),
         }
+    }
+
+    /// How many commits of `commit`'s history the mirror holds.
+    async fn depth(&self, commit: &CommitId) -> Result<u64, String> {
+        let output = run(git(Some(&self.git_dir))
+            .args(["rev-list", "--count", "--end-of-options"])
+            .arg(commit.as_str()))
+        .await?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.trim()
+            .parse()
+            .map_err(|_| format!("git counted {:?} commits", text.trim()))
     }
 
     /// The commit's committer time, in seconds since the epoch.
@@ -360,13 +409,37 @@ impl Mirror {
                 .is_ok_and(|output| output.status.success())
     }
 
-    async fn fetch(&self, refspecs: &[&str]) -> Result<(), String> {
-        self.fetch_from(&self.url, refspecs).await
+    /// Makes the bare repository; idempotent, so it also completes a mirror whose first init
+    /// was interrupted.
+    async fn init(&self) -> Result<(), String> {
+        run(git(None)
+            .args(["init", "--bare", "--quiet", "--template="])
+            .arg(&self.git_dir))
+        .await
+        .map(drop)
+        .map_err(|e| format!("cannot make the mirror: {e}"))
     }
 
-    /// Fetches `refspecs` from `url`: the mirror's own URL, or a fork of it on the same host
-    /// (the project's credentials go along).
-    async fn fetch_from(&self, url: &str, refspecs: &[&str]) -> Result<(), String> {
+    async fn fetch(&self, options: &[&str], refspecs: &[&str]) -> Result<(), String> {
+        self.fetch_from(&self.url, options, refspecs).await
+    }
+
+    /// Fetches `refspecs` from `url` (the mirror's own URL, or a fork of it on the same host).
+    async fn fetch_from(
+        &self,
+        url: &str,
+        options: &[&str],
+        refspecs: &[&str],
+    ) -> Result<(), String> {
+        let mut args = vec!["fetch", "--quiet", "--no-tags"];
+        args.extend(options);
+        args.extend(["--end-of-options", url]);
+        args.extend(refspecs);
+        self.remote(url, &args).await.map(drop)
+    }
+
+    /// Runs git command `args`, which talks to `url`, with the project's credentials.
+    async fn remote(&self, url: &str, args: &[&str]) -> Result<Output, String> {
         let mut command = git(Some(&self.git_dir));
         // An empty value first drops helpers configured elsewhere, which could store the
         // credentials on disk.
@@ -390,17 +463,29 @@ impl Mirror {
                 .env(USERNAME_VAR, &credentials.username)
                 .env(PASSWORD_VAR, password.expose());
         }
-        command
-            .args(["fetch", "--quiet", "--no-tags", "--end-of-options", url])
-            .args(refspecs);
-        run(&mut command)
-            .await
-            .map(drop)
-            .map_err(|e| match why(&e) {
-                Some(why) => format!("cannot fetch from {url}: {why} ({e})"),
-                None => format!("cannot fetch from {url}: {e}"),
-            })
+        command.args(args);
+        run(&mut command).await.map_err(|e| match why(&e) {
+            Some(why) => format!("cannot fetch from {url}: {why} ({e})"),
+            None => format!("cannot fetch from {url}: {e}"),
+        })
     }
+}
+
+/// How one commit stands to another in the repository's history ([`Mirror::relation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    Same,
+    /// The first commit is in the history of the second.
+    Ancestor,
+    /// The second commit is in the history of the first.
+    Descendant,
+    /// Neither is in the other's history (diverged branches, or a force push).
+    Unrelated,
+}
+
+/// Where the mirror keeps a commit fetched by its id.
+fn pinned(commit: &CommitId) -> String {
+    format!("+{commit}:refs/slipway/commits/{commit}")
 }
 
 /// The most of a commit's author or message line kept.
@@ -594,23 +679,110 @@ mod tests {
         (source, mirror)
     }
 
+    /// What the mirror holds: (commits, blobs).
+    fn held(mirror: &Mirror) -> (usize, usize) {
+        let listing = git_in(
+            &mirror.git_dir,
+            &[
+                "cat-file",
+                "--batch-all-objects",
+                "--batch-check=%(objecttype)",
+            ],
+        );
+        let count = |kind: &str| listing.lines().filter(|line| *line == kind).count();
+        (count("commit"), count("blob"))
+    }
+
     #[tokio::test]
-    async fn ancestry_is_answered_from_the_mirror() {
+    async fn a_commit_is_fetched_alone_and_history_only_as_far_as_ancestry_needs() {
         let dir = tempfile::tempdir().unwrap();
         let (source, mirror) = source_and_mirror(dir.path());
-        let first = commit(&source, "a", "1");
-        let second = commit(&source, "a", "2");
+        // 300 commits, each with a file of its own; then a side branch from the first.
+        let first = commit(&source, "file-0", "0");
+        let mut line = vec![first.clone()];
+        for i in 1..300 {
+            line.push(commit(&source, &format!("file-{i}"), &i.to_string()));
+        }
+        let last = line[299].clone();
         git_in(&source, &["checkout", "-q", "-b", "side", first.as_str()]);
-        let side = commit(&source, "b", "side");
-        mirror.fetch_commit(&second).await.unwrap();
+        let side = commit(&source, "side", "side");
+        git_in(&source, &["checkout", "-q", "main"]);
+
+        mirror.fetch_commit(&last).await.unwrap();
+        assert_eq!(held(&mirror), (1, 300), "the commit alone, with its files");
+
+        // Ten commits apart: a few commits of history are fetched, not the repository's.
+        let near = line[289].clone();
+        mirror.fetch_commit(&near).await.unwrap();
+        assert_eq!(
+            mirror.relation(&near, &last).await.unwrap(),
+            Relation::Ancestor
+        );
+        assert_eq!(
+            mirror.relation(&last, &near).await.unwrap(),
+            Relation::Descendant
+        );
+        assert_eq!(mirror.relation(&last, &last).await.unwrap(), Relation::Same);
+        let (commits, blobs) = held(&mirror);
+        // Both histories deepen together: at most 16 commits below each.
+        assert!(
+            commits <= 2 + 2 * 16,
+            "{commits} commits fetched for 10 apart"
+        );
+        assert_eq!(blobs, 300, "older commits' files come with no new blob");
+
+        // Far apart and diverged: complete histories, then the honest answer.
         mirror.fetch_commit(&side).await.unwrap();
-        assert!(mirror.is_ancestor(&first, &second).await.unwrap());
-        assert!(mirror.is_ancestor(&first, &side).await.unwrap());
-        assert!(mirror.is_ancestor(&second, &second).await.unwrap());
-        assert!(!mirror.is_ancestor(&second, &first).await.unwrap());
-        assert!(!mirror.is_ancestor(&second, &side).await.unwrap());
+        assert_eq!(
+            mirror.relation(&side, &last).await.unwrap(),
+            Relation::Unrelated
+        );
+        assert_eq!(
+            mirror.relation(&last, &side).await.unwrap(),
+            Relation::Unrelated
+        );
+        mirror.fetch_commit(&first).await.unwrap();
+        assert_eq!(
+            mirror.relation(&first, &side).await.unwrap(),
+            Relation::Ancestor
+        );
+        assert_eq!(
+            mirror.relation(&first, &last).await.unwrap(),
+            Relation::Ancestor
+        );
+        assert_eq!(
+            mirror.relation(&line[150], &last).await.unwrap(),
+            Relation::Ancestor
+        );
+
+        // A commit the mirror lacks is an error, not an answer.
         let unknown = CommitId::parse(&"1".repeat(40)).unwrap();
-        assert!(mirror.is_ancestor(&unknown, &second).await.is_err());
+        assert!(mirror.relation(&unknown, &last).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_workspace_that_asks_for_git_gets_the_whole_history_and_the_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, mirror) = source_and_mirror(dir.path());
+        commit(&source, "a", "1");
+        git_in(&source, &["tag", "-a", "-m", "first", "v1"]);
+        commit(&source, "a", "2");
+        let head = commit(&source, "a", "3");
+        mirror.fetch_commit(&head).await.unwrap();
+        assert_eq!(held(&mirror).0, 1);
+        mirror.fetch_history(&head).await.unwrap();
+        let workspace = dir.path().join("workspace");
+        std::fs::create_dir(&workspace).unwrap();
+        mirror
+            .export_tree(&head, &workspace, &dir.path().join("index"))
+            .await
+            .unwrap();
+        mirror.write_git_dir(&head, &workspace).await.unwrap();
+        assert_eq!(git_in(&workspace, &["rev-list", "--count", "HEAD"]), "3");
+        assert_eq!(
+            git_in(&workspace, &["describe"]),
+            format!("v1-2-g{}", &head.as_str()[..7])
+        );
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, Environment, Project};
 use crate::docker::DockerClient;
-use crate::mirror::{CommitId, Mirrors};
+use crate::mirror::{CommitId, Mirrors, Relation};
 use crate::outage::{self, Outage};
 use crate::store::deployments::{DeployableRelease, ImageWanted, PgDeployments, PgLocks};
 use crate::store::{Store, StoreResult};
@@ -521,13 +521,20 @@ impl DeployManager {
         if live_commit == commit {
             return Ok(None);
         }
-        let older = self
-            .inner
-            .mirrors
-            .mirror(config)
-            .is_ancestor(&commit, &live_commit)
+        let mirror = self.inner.mirrors.mirror(config);
+        // The releases' commits reached the mirror when they were built; a mirror made again
+        // since (a restore, another server's data directory) fetches them now.
+        for commit in [&commit, &live_commit] {
+            mirror
+                .fetch_commit(commit)
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+        let older = mirror
+            .relation(&commit, &live_commit)
             .await
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::msg)?
+            == Relation::Ancestor;
         Ok(older.then(|| {
             format!(
                 "commit {} of {} is an ancestor of commit {} of {}, live in {}",

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::bake::BakeQueue;
 use crate::config::Project;
-use crate::mirror::CommitId;
+use crate::mirror::{CommitId, Relation};
 use crate::queue::LiveEvent;
 use crate::registries::RegistryLogins;
 use crate::releases::{self, Repository};
@@ -263,14 +263,18 @@ async fn release_in_commit_order(
             .map_err(|e| format!("{version} has no commit to order releases by: {e}"))?;
         // Fetched already unless the mirror lost it; a no-op then.
         mirror.fetch_commit(&released).await?;
-        let skip = mirror.is_ancestor(&commit, &released).await?.then(|| {
-            let (this, that) = (short(commit.as_str()), short(released.as_str()));
-            if commit == released {
-                format!("commit {this} is {version}'s commit already")
-            } else {
-                format!("commit {this} is an ancestor of {version}'s commit {that}")
-            }
-        });
+        let skip = match mirror.relation(&commit, &released).await? {
+            Relation::Same => Some(format!(
+                "commit {} is {version}'s commit already",
+                short(commit.as_str())
+            )),
+            Relation::Ancestor => Some(format!(
+                "commit {} is an ancestor of {version}'s commit {}",
+                short(commit.as_str()),
+                short(released.as_str())
+            )),
+            Relation::Descendant | Relation::Unrelated => None,
+        };
         Ok(skip)
     };
     match context
@@ -321,6 +325,12 @@ async fn checkout(
         .map_err(Outcome::errored)?;
     let spec = source::read_spec(workspace.path()).map_err(Outcome::failed)?;
     if spec.clone.git {
+        mirror.fetch_history(&commit).await.map_err(|e| {
+            Outcome::errored(format!(
+                "cannot fetch the history of project `{}`: {e}",
+                project.name
+            ))
+        })?;
         mirror
             .write_git_dir(&commit, workspace.path())
             .await

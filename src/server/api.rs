@@ -21,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::auth::Caller;
 use super::tokens_api::audit;
 use super::{ApiError, AppState};
-use crate::mirror::{CommitId, Mirror, Mirrors};
+use crate::mirror::{CommitId, Mirror, Mirrors, Relation};
 use crate::queue::LiveEvent;
 use crate::store::audit::NewAuditEvent;
 use crate::store::builds::{Build, LogChunkRecord, LogLineRecord, NewBuild};
@@ -525,14 +525,14 @@ async fn commit_to_build(
         .fetch_commit(&commit)
         .await
         .map_err(|why| unprocessable(format!("commit: {why}")))?;
-    let on_branch = mirror.is_ancestor(&commit, &head).await.map_err(|why| {
+    let relation = mirror.relation(&commit, &head).await.map_err(|why| {
         tracing::error!(project, %commit, %head, error = %why, "cannot check a manual build's commit");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "cannot tell whether the commit is on the branch; see the server log",
         )
     })?;
-    if !on_branch {
+    if !matches!(relation, Relation::Same | Relation::Ancestor) {
         return Err(unprocessable(format!(
             "commit: {commit} is not on branch `{branch}` (its head is {head})"
         )));
