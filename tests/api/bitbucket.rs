@@ -220,6 +220,11 @@ async fn a_private_repository_builds_with_its_token_and_its_statuses_reach_bitbu
     let number = push_queued(&address, ("acme/shared", SECRET), "main", &main).await;
     let build = settled(&server, "shared", number).await;
     assert_eq!(build["status"], "passed", "{build}");
+    // The clone is shallow: the mirror holds the built commit alone, of the repository's
+    // commits on both branches.
+    let count = |git_dir: &Path| git(git_dir, &["rev-list", "--all", "--count"]);
+    assert_eq!(count(&served.path().join("shared.git")), "2");
+    assert_eq!(count(&data_dir.join("mirrors/shared.git")), "1");
     let cloud = recorder.calls();
     assert_eq!(
         states(&cloud),
