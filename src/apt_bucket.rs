@@ -41,6 +41,27 @@ pub struct AptBucket {
     settings: AptS3,
 }
 
+/// A client of the S3 endpoint of `settings` (AWS's, or another addressed path-style), in its
+/// region, else the AWS environment's, else `us-east-1`; the apt bucket's and the build
+/// caches' (`cache.rs`).
+pub async fn s3_client(settings: &AptS3) -> aws_sdk_s3::Client {
+    let region = match &settings.region {
+        Some(region) => Some(aws_config::Region::new(region.clone())),
+        None => aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await
+            .region()
+            .cloned(),
+    };
+    let region = region.unwrap_or_else(|| aws_config::Region::new("us-east-1"));
+    let shared =
+        slipway_deployer::aws::sdk_config(region.as_ref(), settings.endpoint_url.as_deref()).await;
+    let config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(settings.endpoint_url.is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 /// What the bucket held before a change: what readers of its live index may still fetch.
 #[derive(Default)]
 pub struct Pulled {
@@ -51,23 +72,8 @@ impl AptBucket {
     /// A client for the bucket of `settings`, checked by reading the bucket once, so a wrong
     /// name, endpoint or credentials stop the server at its start.
     pub async fn connect(settings: &AptS3) -> anyhow::Result<AptBucket> {
-        let region = match &settings.region {
-            Some(region) => Some(aws_config::Region::new(region.clone())),
-            None => aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await
-                .region()
-                .cloned(),
-        };
-        let region = region.unwrap_or_else(|| aws_config::Region::new("us-east-1"));
-        let shared =
-            slipway_deployer::aws::sdk_config(region.as_ref(), settings.endpoint_url.as_deref())
-                .await;
-        let config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(settings.endpoint_url.is_some())
-            .build();
         let bucket = AptBucket {
-            client: aws_sdk_s3::Client::from_conf(config),
+            client: s3_client(settings).await,
             settings: settings.clone(),
         };
         bucket.check().await?;

@@ -229,6 +229,10 @@ pub enum PipelineCommand {
         /// A secret as NAME=VALUE; may be repeated. Masked in the output.
         #[arg(long = "secret", value_name = "NAME=VALUE")]
         secrets: Vec<String>,
+        /// Keep the pipeline's `cache:` in this directory between runs (without it the cache
+        /// steps are skipped).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Build the .deb a pipeline's `package:` section describes from a directory's files, as
     /// the server packages a release from a build's workspace (no steps run).

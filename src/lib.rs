@@ -11,6 +11,7 @@ pub mod backup;
 pub mod bake;
 pub mod bitbucket;
 pub mod build_reports;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::bake::BakeQueue;
+use crate::cache::Caches;
 use crate::config::Config;
 use crate::docker::DockerClient;
 use crate::outage::Outage;
@@ -63,6 +64,8 @@ struct Inner {
     engine: DockerEngine,
     registries: RegistryLogins,
     sources: runner::Sources,
+    /// Where builds' caches are kept.
+    caches: Arc<Caches>,
     server_id: Uuid,
     wake: Notify,
     running: Mutex<HashMap<Uuid, RunningBuild>>,
@@ -83,6 +86,7 @@ impl BuildQueue {
         repository: Repository,
         bakes: BakeQueue,
         docker: DockerClient,
+        caches: Arc<Caches>,
         server_id: Uuid,
     ) -> anyhow::Result<BuildQueue> {
         end_orphans(&store).await?;
@@ -99,6 +103,7 @@ impl BuildQueue {
                 engine,
                 registries,
                 sources,
+                caches,
                 server_id,
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
@@ -217,6 +222,7 @@ impl BuildQueue {
                             registries: &queue.inner.registries,
                             docker: queue.inner.docker.client(),
                             sources: &queue.inner.sources,
+                            caches: &queue.inner.caches,
                             repository: &queue.inner.repository,
                             bakes: &queue.inner.bakes,
                             server_id: queue.inner.server_id,

@@ -1,6 +1,7 @@
 //! Housekeeping, as `[retention]` asks: builds that ended long ago deleted with their logs
 //! (those that made a release stay), Docker images of old releases removed from dockerd, and
-//! old versions of each package removed from the apt repository. A release live in an
+//! old versions of each package removed from the apt repository; and, as `[cache]` asks,
+//! build caches no build used for `expire_days` removed. A release live in an
 //! environment, or that an unfinished deployment takes or keeps warm (within its rollback
 //! window), keeps its image and package whatever its age. AMIs have their own retention
 //! (`[projects.ami] keep_releases`, in `bake/ami.rs`).
@@ -10,10 +11,12 @@
 //! [`EVERY`]. Each step is safe to run twice or at once on two servers (deleting what is gone is a no-op, and
 //! the apt repository's changes are serialized by its lock).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::query_parameters::RemoveImageOptions;
 
+use crate::cache::Caches;
 use crate::config::{Config, Project, Retention};
 use crate::docker::DockerClient;
 use crate::releases::Repository;
@@ -26,21 +29,33 @@ const EVERY: Duration = Duration::from_secs(3600);
 /// How soon a run that failed is tried again (then twice as long each time, up to `EVERY`).
 const RETRY_AFTER: Duration = Duration::from_secs(15);
 
-/// Runs housekeeping until the task is dropped; does nothing when `[retention]` keeps all.
+/// Runs housekeeping until the task is dropped; only cache expiry when `[retention]` keeps
+/// all.
 pub async fn run(
-    config: std::sync::Arc<Config>,
+    config: Arc<Config>,
     store: Store,
     docker: DockerClient,
     repository: Repository,
+    caches: Arc<Caches>,
 ) {
-    if config.retention == Retention::default() {
-        return;
-    }
     tokio::time::sleep(FIRST_RUN_AFTER).await;
     let mut retry = RETRY_AFTER;
     loop {
         let mut failed = false;
-        for project in &config.projects {
+        match caches.expire().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed build caches no build used lately"),
+            Err(error) => {
+                failed = true;
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in_s = retry.as_secs(),
+                    "cache expiry failed; it runs again soon"
+                );
+            }
+        }
+        let keeps_all = config.retention == Retention::default();
+        for project in config.projects.iter().filter(|_| !keeps_all) {
             if let Err(error) = once(&config.retention, project, &store, &docker, &repository).await
             {
                 failed = true;

@@ -81,6 +81,15 @@ pub type OutputChunks = BoxStream<'static, Result<OutputChunk, EngineError>>;
 /// image is present; an error ends it.
 pub type PullProgress = BoxStream<'static, Result<String, EngineError>>;
 
+/// What [`Engine::export_paths`] copied out of a volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathsExport {
+    /// The size of the archives the paths came as.
+    pub bytes: u64,
+    /// The paths the volume does not hold.
+    pub missing: Vec<String>,
+}
+
 /// Objects carrying a label, found by [`Engine::list_labelled`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Leftovers {
@@ -146,7 +155,8 @@ pub trait Gate: Send {
 ///    `remove_container`: once it has exited (while later steps run), or to kill a step that
 ///    ran out of time, was cancelled, or was detached and outlived the other steps.
 /// 5. `export_volume` at most once, after the last step, when the build passed and its
-///    workspace is to be packaged.
+///    workspace is to be packaged; `export_paths` at most once, after the last step, when the
+///    build passed and its cache is to be saved.
 /// 6. Teardown: `remove_container` for every container of the plan and every lane
 ///    (concurrently), then
 ///    `remove_network` and `remove_volume` (concurrently).
@@ -197,6 +207,19 @@ pub trait Engine: Send + Sync {
         limit_bytes: u64,
         labels: &Labels,
     ) -> Result<u64, EngineError>;
+
+    /// Copies each of `paths` (relative to the volume's root) out of `volume` to the same
+    /// place under the existing host directory `dest`, streamed like `export_volume`. A path
+    /// the volume does not hold is left out and returned. Archives over `limit_bytes` in
+    /// all are an error naming the limit; entries never land outside `dest`.
+    async fn export_paths(
+        &self,
+        volume: &str,
+        paths: &[String],
+        dest: &Path,
+        limit_bytes: u64,
+        labels: &Labels,
+    ) -> Result<PathsExport, EngineError>;
 
     /// Makes `image` present as `policy` says, pulling it when needed; the progress stream must
     /// be read to its end before a container of the image starts. With `never`, an absent image

@@ -14,7 +14,8 @@ pub use docker::DockerEngine;
 pub use engine::{Engine, EngineError};
 pub use plan::{compile, BuildInfo, CompileError, Plan};
 pub use runtime::{
-    reap, run, BuildOutcome, BuildStatus, LogChunk, Migrator, MigratorHandle, Observer, Reaped,
-    RunOptions, StepOutcome, StepResult, StepStatus, WorkspaceExport,
+    reap, run, BuildCache, BuildOutcome, BuildStatus, CacheHandle, CacheReport, LogChunk, Migrator,
+    MigratorHandle, Observer, Reaped, RunOptions, StepOutcome, StepResult, StepStatus,
+    WorkspaceExport,
 };
 pub use spec::{parse, Event, PackageSpec, Spec, SpecError};

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{
-    EnvValue, Event, MigrationsPlan, PackageSpec, PullPolicy, ReadySpec, SettingValue, Spec,
-    StatusCondition, StepSpec,
+    CachePlan, EnvValue, Event, MigrationsPlan, PackageSpec, PullPolicy, ReadySpec, SettingValue,
+    Spec, StatusCondition, StepSpec,
 };
 
 /// The label every container, network and volume of a build carries with the build id.
@@ -63,6 +63,9 @@ pub struct Plan {
     /// Applied to a service's database after the services are ready, before the steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrations: Option<MigrationsPlan>,
+    /// Workspace paths restored before the steps and saved after a passing build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CachePlan>,
 }
 
 /// A sidecar to start before the steps.
@@ -127,7 +130,8 @@ pub struct StepPlan {
 
 impl Plan {
     /// The steps as a graph a person reads: each step with what it waits for (`<-`),
-    /// whether it is detached, when it runs besides success, and why it is skipped.
+    /// whether it is detached, when it runs besides success, and why it is skipped; then
+    /// the cache's paths and keys.
     pub fn graph_text(&self) -> String {
         let mut text = String::from("steps (each starts once those after <- are done):\n");
         for step in &self.steps {
@@ -152,6 +156,17 @@ impl Plan {
             }
             if let Some(reason) = &step.skipped {
                 text.push_str(&format!(" (skipped: {reason})"));
+            }
+            text.push('\n');
+        }
+        if let Some(cache) = &self.cache {
+            text.push_str(&format!(
+                "cache: {} under key \"{}\"",
+                cache.paths.join(", "),
+                cache.key
+            ));
+            if let Some(fallback) = &cache.fallback_key {
+                text.push_str(&format!(", else \"{fallback}\""));
             }
             text.push('\n');
         }
@@ -227,6 +242,7 @@ pub fn compile(spec: &Spec, build: &BuildInfo) -> Result<Plan, CompileError> {
             .migrations
             .as_ref()
             .map(|m| m.plan(spec, format!("{prefix}-{}", m.service))),
+        cache: spec.cache.as_ref().map(|cache| cache.plan()),
     })
 }
 

@@ -17,6 +17,7 @@ use serde::Deserialize;
 mod ami;
 mod bake;
 pub mod bitbucket;
+mod cache;
 mod clone_url;
 mod docker_host;
 pub mod notify;
@@ -24,6 +25,9 @@ mod registries;
 pub use ami::{AmiSettings, RawAmi, RawSourceAmiFilter, DEFAULT_KEEP_RELEASES};
 pub use bake::{check_relative_path, BakeSettings, PlaybookRepo, PlaybookSource, RawBake};
 pub use bitbucket::Bitbucket;
+pub use cache::{
+    CacheConfig, CacheStorage, RawCache, DEFAULT_LIMIT_BYTES as DEFAULT_CACHE_LIMIT_BYTES,
+};
 pub use clone_url::CloneCredentials;
 use docker_host::check_address as check_docker_host;
 pub use docker_host::DEFAULT_DOCKER_HOST;
@@ -94,6 +98,8 @@ pub struct RawConfig {
     pub apt: Option<RawApt>,
     /// `[retention]`: what housekeeping removes; absent keys keep everything.
     pub retention: Option<RawRetention>,
+    /// `[cache]`: where builds' caches live, how large and for how long.
+    pub cache: Option<RawCache>,
     #[serde(default)]
     pub projects: Vec<RawProject>,
 }
@@ -132,7 +138,7 @@ pub struct RawAptS3 {
     pub region: Option<String>,
 }
 
-/// The S3 bucket that keeps the apt repository (`[apt] s3`), checked.
+/// An S3 bucket and prefix (`[apt] s3`, `[cache] s3`), checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AptS3 {
     pub bucket: String,
@@ -325,6 +331,8 @@ pub struct Config {
     pub apt_s3: Option<AptS3>,
     /// What housekeeping removes, and what it keeps.
     pub retention: Retention,
+    /// Where builds' caches live (`[cache]`).
+    pub cache: CacheConfig,
     pub projects: Vec<Project>,
 }
 
@@ -572,7 +580,7 @@ pub fn resolve(
                 "expected `dir` or `s3`, not both: the repository lives in one place".into(),
             ))
         }
-        Some(s3) => Some(resolve_apt_s3(s3, &invalid)?),
+        Some(s3) => Some(resolve_s3(s3, "apt.s3", &invalid)?),
         None => None,
     };
     let apt_dir = match raw_apt.dir {
@@ -587,6 +595,7 @@ pub fn resolve(
     };
 
     let retention = resolve_retention(raw.retention.unwrap_or_default(), &invalid)?;
+    let cache = cache::resolve(raw.cache.unwrap_or_default(), &data_dir, &invalid)?;
 
     let mut names = HashSet::new();
     let mut projects = Vec::new();
@@ -633,13 +642,14 @@ pub fn resolve(
         apt_dir,
         apt_s3,
         retention,
+        cache,
         projects,
     })
 }
 
-/// `[apt] s3`, checked: a bucket name S3 accepts, a prefix of plain path segments, and an
-/// endpoint that is a URL.
-fn resolve_apt_s3(raw: RawAptS3, invalid: &Invalid<'_>) -> Result<AptS3, ConfigError> {
+/// `[apt] s3` or `[cache] s3` (`key`), checked: a bucket name S3 accepts, a prefix of plain
+/// path segments, and an endpoint that is a URL.
+fn resolve_s3(raw: RawAptS3, key: &str, invalid: &Invalid<'_>) -> Result<AptS3, ConfigError> {
     let bucket_ok = (3..=63).contains(&raw.bucket.len())
         && raw
             .bucket
@@ -649,7 +659,7 @@ fn resolve_apt_s3(raw: RawAptS3, invalid: &Invalid<'_>) -> Result<AptS3, ConfigE
         && !raw.bucket.ends_with(['-', '.']);
     if !bucket_ok {
         return Err(invalid(
-            "apt.s3.bucket",
+            &format!("{key}.bucket"),
             format!(
                 "expected a bucket name (3 to 63 lowercase letters, digits, `-` and `.`), got {:?}",
                 raw.bucket
@@ -669,7 +679,7 @@ fn resolve_apt_s3(raw: RawAptS3, invalid: &Invalid<'_>) -> Result<AptS3, ConfigE
         });
     if !segments_ok || prefix.len() > 200 {
         return Err(invalid(
-            "apt.s3.prefix",
+            &format!("{key}.prefix"),
             format!("expected path segments like \"slipway/apt\", got {prefix:?}"),
         ));
     }
@@ -678,7 +688,7 @@ fn resolve_apt_s3(raw: RawAptS3, invalid: &Invalid<'_>) -> Result<AptS3, ConfigE
             && !url.contains(char::is_whitespace);
         if !valid {
             return Err(invalid(
-                "apt.s3.endpoint_url",
+                &format!("{key}.endpoint_url"),
                 format!("expected a URL like http://127.0.0.1:5000, got {url:?}"),
             ));
         }
@@ -690,7 +700,7 @@ fn resolve_apt_s3(raw: RawAptS3, invalid: &Invalid<'_>) -> Result<AptS3, ConfigE
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !valid {
             return Err(invalid(
-                "apt.s3.region",
+                &format!("{key}.region"),
                 format!("expected a region like eu-west-1, got {region:?}"),
             ));
         }

@@ -39,7 +39,16 @@ pub async fn run(command: PipelineCommand) -> anyhow::Result<ExitCode> {
             commit,
             branch,
             secrets,
-        } => exec(&repo, commit.as_deref(), &branch, &secrets).await,
+            cache_dir,
+        } => {
+            let run = ExecRun {
+                commit: commit.as_deref(),
+                branch: &branch,
+                secrets: &secrets,
+                cache_dir,
+            };
+            exec(&repo, run).await
+        }
         PipelineCommand::Package {
             file,
             dir,
@@ -70,14 +79,26 @@ pub async fn run(command: PipelineCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn exec(
-    repo: &Path,
-    commit: Option<&str>,
-    branch: &str,
-    secrets: &[String],
-) -> anyhow::Result<ExitCode> {
+/// What `slipway pipeline exec` was asked, besides the repository.
+struct ExecRun<'a> {
+    commit: Option<&'a str>,
+    branch: &'a str,
+    secrets: &'a [String],
+    cache_dir: Option<PathBuf>,
+}
+
+async fn exec(repo: &Path, run: ExecRun<'_>) -> anyhow::Result<ExitCode> {
+    let ExecRun {
+        commit,
+        branch,
+        secrets,
+        cache_dir,
+    } = run;
     let secrets = parse_secrets(secrets)?;
     let workspace = tempfile::Builder::new().prefix("slipway-exec-").tempdir()?;
+    let cache_scratch = tempfile::Builder::new()
+        .prefix("slipway-exec-cache-")
+        .tempdir()?;
     let revision = prepare_workspace(repo, commit, workspace.path())?;
     let spec = read_spec(&workspace.path().join(SPEC_FILE))?;
     let plan = pipeline::compile(
@@ -110,6 +131,14 @@ async fn exec(
                         .context("cannot reach Docker")?,
                 },
             ))),
+            cache: cache_dir.map(|dir| {
+                let caches = std::sync::Arc::new(crate::cache::Caches::in_dir(
+                    dir,
+                    crate::config::DEFAULT_CACHE_LIMIT_BYTES,
+                ));
+                let cache = caches.for_build(&plan.build.project, cache_scratch.path().into());
+                pipeline::CacheHandle(std::sync::Arc::new(cache))
+            }),
             ..RunOptions::default()
         },
     )

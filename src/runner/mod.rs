@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::bake::BakeQueue;
+use crate::cache::Caches;
 use crate::config::Project;
 use crate::mirror::{CommitId, Relation};
 use crate::queue::LiveEvent;
@@ -47,6 +48,8 @@ pub struct Context<'a> {
     /// The client the build's migrator finds the service sidecar with.
     pub docker: bollard::Docker,
     pub sources: &'a Sources,
+    /// Where the project's `cache:` is kept between builds.
+    pub caches: &'a Arc<Caches>,
     pub repository: &'a Repository,
     /// Where a published release's images are queued to bake.
     pub bakes: &'a BakeQueue,
@@ -161,6 +164,12 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
                 build: build.id,
             },
         ))),
+        cache: plan.cache.as_ref().map(|_| {
+            let cache = context
+                .caches
+                .for_build(&project.name, workspace.cache_dir());
+            pipeline::CacheHandle(Arc::new(cache))
+        }),
         ..RunOptions::default()
     };
     // A pull request from a fork runs code the project's team did not write: it gets no

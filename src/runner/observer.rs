@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use slipway_pipeline::engine::OutputStream;
+use slipway_pipeline::spec;
 use slipway_pipeline::{BuildOutcome, LogChunk, Observer, Plan, StepResult, StepStatus};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -47,14 +48,18 @@ impl StoreObserver {
         plan: &Plan,
         live: broadcast::Sender<LiveEvent>,
     ) -> StoreObserver {
-        // The `migrations` step, when there is one, runs before the plan's steps.
+        // The `cache-restore` and `migrations` steps, when there are, run before the plan's
+        // steps, and `cache-save` after them.
+        let cached = |name: &str| plan.cache.as_ref().map(|_| name.to_owned());
         let migrations = plan
             .migrations
             .as_ref()
             .map(|_| slipway_pipeline::spec::MIGRATIONS_STEP.to_owned());
-        let positions: HashMap<String, i32> = migrations
+        let positions: HashMap<String, i32> = cached(spec::CACHE_RESTORE_STEP)
             .into_iter()
+            .chain(migrations)
             .chain(plan.steps.iter().map(|step| step.name.clone()))
+            .chain(cached(spec::CACHE_SAVE_STEP))
             .enumerate()
             .map(|(i, name)| (name, i as i32))
             .collect();

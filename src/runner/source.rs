@@ -72,6 +72,12 @@ impl Workspace {
         self.dir.with_extension("index")
     }
 
+    /// Next to the workspace: the cache's scratch directory (archives on their way in and
+    /// out, the paths exported from the build's volume).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.with_extension("cache")
+    }
+
     /// Next to the workspace: what the steps left in the build's volume, exported after they
     /// passed; the package is made from it. Made empty here.
     pub fn built_dir(&self) -> Result<PathBuf, String> {
@@ -86,7 +92,11 @@ impl Workspace {
 impl Drop for Workspace {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.index_file());
-        for dir in [self.dir.clone(), self.dir.with_extension("built")] {
+        for dir in [
+            self.dir.clone(),
+            self.dir.with_extension("built"),
+            self.cache_dir(),
+        ] {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(workspace = %dir.display(), error = %e, "cannot remove a workspace");

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::bake::{BakeQueue, Baker};
+use crate::cache::Caches;
 use crate::config::Config;
 use crate::deploy::DeployManager;
 use crate::docker::DockerClient;
@@ -59,6 +60,8 @@ pub struct AppState {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// Builds' caches, which housekeeping expires.
+    caches: Arc<Caches>,
     embedded: Option<EmbeddedPostgres>,
     /// The id every container, network and volume this server starts is labelled with.
     server_id: Uuid,
@@ -103,12 +106,14 @@ impl Application {
         let config = Arc::new(config);
         let bakes = BakeQueue::start(config.clone(), store.clone(), baker, &docker).await?;
         let deploys = DeployManager::start(&config, store.clone(), server_id, &docker).await?;
+        let caches = Arc::new(Caches::open(&config.cache).await);
         let queue = BuildQueue::start(
             config.clone(),
             store.clone(),
             repository.clone(),
             bakes.clone(),
             docker.clone(),
+            caches.clone(),
             server_id,
         )
         .await?;
@@ -123,6 +128,7 @@ impl Application {
                 deploys,
                 docker,
             },
+            caches,
             embedded,
             server_id,
         })
@@ -148,6 +154,7 @@ impl Application {
         let Application {
             listener,
             state,
+            caches,
             embedded,
             server_id,
         } = self;
@@ -158,6 +165,7 @@ impl Application {
             state.store.clone(),
             state.docker.clone(),
             state.repository.clone(),
+            caches,
         ));
         let reports = tokio::spawn(crate::build_reports::run(
             state.config.clone(),

@@ -10,6 +10,7 @@ mod bake;
 mod bake_stage;
 mod bitbucket;
 mod builds;
+mod cache;
 mod cli;
 mod data_plane;
 mod dependencies;

@@ -15,19 +15,20 @@ use crate::engine::EngineError;
 const CHUNKS_AHEAD: usize = 4;
 
 /// Unpacks the tar `archive` into `dest` (which must exist), refusing an archive of more than
-/// `limit_bytes`; returns the archive's size. Entries cannot land outside `dest` (no `..`, no
+/// `limit_bytes` (the limit `purpose` sets, e.g. "for packaging"); returns the archive's size. Entries cannot land outside `dest` (no `..`, no
 /// writing through a symlink), and only files, directories and links are made: a device or
 /// pipe a step left is skipped.
 pub async fn unpack_stream<E: std::fmt::Display>(
     archive: impl Stream<Item = Result<Bytes, E>> + Unpin,
     dest: &Path,
     limit_bytes: u64,
+    purpose: &str,
     operation: &str,
 ) -> Result<u64, EngineError> {
     let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD);
     let target = dest.to_path_buf();
     let unpacking = tokio::task::spawn_blocking(move || unpack(receiver, &target));
-    let received = forward(archive, sender, limit_bytes, operation).await;
+    let received = forward(archive, sender, limit_bytes, purpose, operation).await;
     // The channel is closed either way, so the unpacking ends; its error matters only when
     // the download itself went well.
     let unpacked = unpacking
@@ -44,6 +45,7 @@ async fn forward<E: std::fmt::Display>(
     mut archive: impl Stream<Item = Result<Bytes, E>> + Unpin,
     sender: mpsc::Sender<Bytes>,
     limit_bytes: u64,
+    purpose: &str,
     operation: &str,
 ) -> Result<u64, EngineError> {
     let mut size = 0u64;
@@ -53,9 +55,7 @@ async fn forward<E: std::fmt::Display>(
         if size > limit_bytes {
             return Err(EngineError::failed(
                 operation,
-                format!(
-                    "the workspace is larger than the limit of {limit_bytes} bytes for packaging"
-                ),
+                format!("the workspace is larger than the limit of {limit_bytes} bytes {purpose}"),
             ));
         }
         if sender.send(chunk).await.is_err() {
@@ -138,9 +138,15 @@ mod tests {
         let dest = tempfile::tempdir().unwrap();
         let bytes = archive(&[("./dist/greet", b"binary"), ("./README", b"hi")]);
         let size = bytes.len() as u64;
-        let got = unpack_stream(chunks(bytes.clone()), dest.path(), size, "export")
-            .await
-            .unwrap();
+        let got = unpack_stream(
+            chunks(bytes.clone()),
+            dest.path(),
+            size,
+            "for packaging",
+            "export",
+        )
+        .await
+        .unwrap();
         assert_eq!(got, size);
         let binary = dest.path().join("dist/greet");
         assert_eq!(std::fs::read(&binary).unwrap(), b"binary");
@@ -151,9 +157,15 @@ mod tests {
         );
 
         let small = tempfile::tempdir().unwrap();
-        let error = unpack_stream(chunks(bytes), small.path(), size - 1, "export")
-            .await
-            .unwrap_err();
+        let error = unpack_stream(
+            chunks(bytes),
+            small.path(),
+            size - 1,
+            "for packaging",
+            "export",
+        )
+        .await
+        .unwrap_err();
         assert!(
             error
                 .to_string()

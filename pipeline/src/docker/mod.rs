@@ -27,7 +27,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::engine::{
     ContainerConfig, Engine, EngineError, Gate, Labels, Leftovers, OutputChunk, OutputLine,
-    OutputStream, PullProgress, Staged, VolumeMount,
+    OutputStream, PathsExport, PullProgress, Staged, VolumeMount,
 };
 use crate::spec::PullPolicy;
 
@@ -323,11 +323,34 @@ impl Engine for DockerEngine {
         let archive = self
             .docker
             .download_from_container(&helper.name, Some(options));
-        let exported = export::unpack_stream(archive, dest, limit_bytes, &operation).await;
+        let exported =
+            export::unpack_stream(archive, dest, limit_bytes, "for packaging", &operation).await;
         let removed = self.remove_container(&helper.name).await;
         let size = exported?;
         removed?;
         Ok(size)
+    }
+
+    async fn export_paths(
+        &self,
+        volume: &str,
+        paths: &[String],
+        dest: &Path,
+        limit_bytes: u64,
+        labels: &Labels,
+    ) -> Result<PathsExport, EngineError> {
+        let helper = ContainerConfig {
+            name: format!("{volume}-export-paths"),
+            ..volume_helper(&self.helper_image, volume, labels)
+        };
+        self.create(&helper).await?;
+        let exported = self
+            .download_paths(&helper.name, paths, dest, limit_bytes)
+            .await;
+        let removed = self.remove_container(&helper.name).await;
+        let exported = exported?;
+        removed?;
+        Ok(exported)
     }
 
     fn pull_image(&self, image: &str, policy: PullPolicy) -> PullProgress {
@@ -543,6 +566,47 @@ impl Engine for DockerEngine {
             networks: networks.into_iter().filter_map(|n| n.name).collect(),
             volumes: volumes.into_iter().map(|v| v.name).collect(),
         })
+    }
+}
+
+impl DockerEngine {
+    /// Downloads each of `paths` from the helper container's `/workspace` into its parent's
+    /// place under `dest`; what dockerd answers 404 for is missing.
+    async fn download_paths(
+        &self,
+        helper: &str,
+        paths: &[String],
+        dest: &Path,
+        limit_bytes: u64,
+    ) -> Result<PathsExport, EngineError> {
+        let mut exported = PathsExport::default();
+        for path in paths {
+            let operation = format!("export `{path}` from the workspace");
+            let options = DownloadFromContainerOptions {
+                path: format!("/workspace/{path}"),
+            };
+            let mut archive = Box::pin(
+                self.docker
+                    .download_from_container(helper, Some(options))
+                    .peekable(),
+            );
+            if let Some(Err(error)) = archive.as_mut().peek().await {
+                if status(error) == Some(404) {
+                    exported.missing.push(path.clone());
+                    continue;
+                }
+            }
+            // dockerd names the entries from the path's last component.
+            let parent = match Path::new(path).parent() {
+                Some(parent) => dest.join(parent),
+                None => dest.to_path_buf(),
+            };
+            std::fs::create_dir_all(&parent).map_err(|e| EngineError::failed(&operation, e))?;
+            let room = limit_bytes.saturating_sub(exported.bytes);
+            exported.bytes +=
+                export::unpack_stream(archive, &parent, room, "for the cache", &operation).await?;
+        }
+        Ok(exported)
     }
 }
 

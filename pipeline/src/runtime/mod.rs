@@ -1,6 +1,7 @@
 //! Runs a compiled plan over an engine: setup, services, workspace, steps, and teardown that
 //! always runs.
 
+mod cache;
 mod export;
 mod lanes;
 mod migrations;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Engine, EngineError};
 use crate::plan::Plan;
 
+pub use cache::{BuildCache, CacheHandle, CacheReport};
 pub use export::WorkspaceExport;
 pub use migrations::{Migrator, MigratorHandle};
 pub use observer::{
@@ -43,6 +45,8 @@ pub struct RunOptions {
     pub export_workspace: Option<WorkspaceExport>,
     /// Applies the plan's `migrations:`; a plan with migrations errors without one.
     pub migrator: Option<MigratorHandle>,
+    /// Keeps the plan's `cache:`; without one its steps are skipped.
+    pub cache: Option<CacheHandle>,
 }
 
 impl Default for RunOptions {
@@ -52,6 +56,7 @@ impl Default for RunOptions {
             ready_poll_interval: Duration::from_millis(500),
             export_workspace: None,
             migrator: None,
+            cache: None,
         }
     }
 }
@@ -132,7 +137,8 @@ pub async fn run(
     let mut results: Vec<Option<StepResult>> = vec![None; plan.steps.len()];
     let body = AssertUnwindSafe(async {
         let halt = execute(&build, workspace, &mut results).await;
-        export::after_steps(&build, halt).await
+        let halt = export::after_steps(&build, halt).await;
+        cache::after_steps(&build, halt).await
     })
     .catch_unwind()
     .await;
@@ -183,7 +189,9 @@ async fn execute(
             engine.create_network(&plan.network, &plan.labels),
             engine.create_volume(&plan.volume, &plan.labels),
         )?;
+        // The cache lands in the workspace before it goes into the volume.
         let copy = async {
+            cache::restore(build, workspace).await;
             engine
                 .copy_into_volume(&plan.volume, workspace, &plan.labels)
                 .await

@@ -2,6 +2,7 @@
 
 mod bake;
 mod bounds;
+mod cache;
 mod drone;
 mod locate;
 mod migrations;
@@ -17,6 +18,10 @@ pub use bake::{
     BakeSpec, ExtraVars, GitRef, ImageReference, PlaybookRepoSpec, RepositoryUrl,
 };
 pub use bounds::{read_file, MAX_DEPTH, MAX_EXPANDED_TEXT_BYTES, MAX_SPEC_BYTES, MAX_VALUES};
+pub use cache::{
+    CachePath, CachePlan, CacheSpec, KeyError, KeyPart, KeyTemplate, CACHE_RESTORE_STEP,
+    CACHE_SAVE_STEP,
+};
 pub use drone::{EnvValue, SettingName, SettingValue};
 pub use migrations::{MigrationsPlan, MigrationsSpec, MIGRATIONS_STEP};
 pub use values::{
@@ -48,6 +53,8 @@ pub struct Spec {
     pub clone: CloneSpec,
     /// The team's own bake (playbook, extra variables, base image); see [`BakeSpec`].
     pub bake: Option<BakeSpec>,
+    /// Workspace paths kept between builds of the project; see [`CacheSpec`].
+    pub cache: Option<CacheSpec>,
 }
 
 /// How the build's workspace is made from the repository.

@@ -54,6 +54,7 @@ pub fn check(spec: &Spec) -> Result<(), Problem> {
         }
     }
     super::migrations::check(spec)?;
+    super::cache::check(spec)?;
     Ok(())
 }
 

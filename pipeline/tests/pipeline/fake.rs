@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use futures::stream::{self, StreamExt};
 use slipway_pipeline::engine::{
     ContainerConfig, Engine, EngineError, Gate, Labels, Leftovers, OutputChunk, OutputLine,
-    OutputStream, Staged,
+    OutputStream, PathsExport, Staged,
 };
 
 /// What a container does once started, keyed by its alias (the step or service name).
@@ -328,6 +328,27 @@ impl Engine for FakeEngine {
             violation,
         )?;
         Ok(0)
+    }
+
+    async fn export_paths(
+        &self,
+        volume: &str,
+        paths: &[String],
+        dest: &Path,
+        _: u64,
+        _: &Labels,
+    ) -> Result<PathsExport, EngineError> {
+        let missing = !self.state.lock().unwrap().copied.contains(volume);
+        let violation = missing.then(|| "volume was never filled".to_owned());
+        self.call(
+            format!(
+                "export_paths {volume} {} {}",
+                paths.join(","),
+                dest.display()
+            ),
+            violation,
+        )?;
+        Ok(PathsExport::default())
     }
 
     async fn start_container(&self, config: &ContainerConfig) -> Result<(), EngineError> {
