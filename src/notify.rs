@@ -190,7 +190,7 @@ impl Message {
                     fact("image_kind"),
                     reason()
                 ),
-                format!("{api}/releases"),
+                bake_log_url(&api, &fact("release"), &fact("image_kind"), &fact("region")),
             ),
             "deployed" if rollback_asked => (
                 "rolled_back",
@@ -336,6 +336,16 @@ async fn send(
     Err(format!("{where_to} answered {code}: {}", text.trim()))
 }
 
+/// Where the log of release `release`'s bake of kind `kind` (in `region`, for an AMI) is read.
+fn bake_log_url(api: &str, release: &str, kind: &str, region: &str) -> String {
+    let mut url = format!("{api}/releases/{release}/bake-log?kind={kind}");
+    if !region.is_empty() {
+        url.push_str("&region=");
+        url.push_str(region);
+    }
+    url
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,12 +384,12 @@ mod tests {
             (
                 event(
                     "bake_failed",
-                    json!({"release": "v7", "image_kind": "ami", "reason": "packer exited 1"}),
+                    json!({"release": "v7", "image_kind": "ami", "region": "eu-west-1", "reason": "packer exited 1"}),
                     None,
                 ),
                 "bake_failed",
                 "hello v7: the ami bake failed: packer exited 1",
-                "https://ci.acme.test/api/v1/projects/hello/releases",
+                "https://ci.acme.test/api/v1/projects/hello/releases/v7/bake-log?kind=ami&region=eu-west-1",
             ),
             (
                 event(

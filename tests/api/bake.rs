@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::bitbucket::Recorder;
 use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_for_build};
-use crate::helpers::{ServerChild, TestApp};
+use crate::helpers::{test_database, ServerChild, TestApp};
+use crate::notify::{slack_env, slack_texts, with_slack};
 
 pub const BUILD_AND_BAKE: Duration = Duration::from_secs(900);
 
@@ -141,7 +143,14 @@ fn assert_image_name(image: &str, version: &str) {
 async fn a_passing_push_is_baked_into_an_image_that_runs_it_and_the_next_bakes_incrementally() {
     let mut cleanup = Cleanup::new();
     let repo = hello_repository();
-    let app = TestApp::spawn(&hello_config(repo.path())).await;
+    let recorder = Recorder::start().await;
+    let (var, url) = slack_env(&recorder);
+    let app = TestApp::spawn_with_env(
+        &with_slack(&hello_config(repo.path()), &["baked", "bake_failed"]),
+        test_database(),
+        &[(var, &url)],
+    )
+    .await;
     let first = git(repo.path(), &["rev-parse", "HEAD"]);
     let started = Instant::now();
     let build = wait_for_build(&app, push(&app, "main", &first).await, BUILD_AND_BAKE).await;
@@ -208,6 +217,16 @@ async fn a_passing_push_is_baked_into_an_image_that_runs_it_and_the_next_bakes_i
     );
     let answer = run_and_ask(&cleanup, image2);
     assert!(answer.contains("\"version\": \"v2\""), "{answer}");
+    // One Slack message per baked release, naming its image.
+    let texts = slack_texts(&recorder, 2).await;
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    for (text, image) in texts.iter().zip([image, image2]) {
+        assert!(
+            text.contains(&format!("baked: docker image {image} <"))
+                && text.contains("/api/v1/projects/hello/releases|details>"),
+            "{text}"
+        );
+    }
 
     // The CLI lists each release's image.
     let listed = Command::new(env!("CARGO_BIN_EXE_slipway"))
@@ -315,7 +334,14 @@ async fn a_bake_ansible_fails_leaves_the_build_passed_the_release_published_and_
     assert_ne!(spec, broken);
     std::fs::write(repo.path().join(".slipway.yml"), broken).unwrap();
     let commit = commit_all(repo.path(), "depend on a package that does not exist");
-    let app = TestApp::spawn(&hello_config(repo.path())).await;
+    let recorder = Recorder::start().await;
+    let (var, url) = slack_env(&recorder);
+    let app = TestApp::spawn_with_env(
+        &with_slack(&hello_config(repo.path()), &["baked", "bake_failed"]),
+        test_database(),
+        &[(var, &url)],
+    )
+    .await;
     let build = wait_for_build(&app, push(&app, "main", &commit).await, BUILD_AND_BAKE).await;
     assert_eq!(build["status"], "passed", "{build}");
 
@@ -335,6 +361,17 @@ async fn a_bake_ansible_fails_leaves_the_build_passed_the_release_published_and_
         "{reason}"
     );
     assert!(log.contains("no-such-package-slipway"), "{log}");
+    // One Slack message, with the reason and a link to the bake's log.
+    let texts = slack_texts(&recorder, 1).await;
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(
+        texts[0].starts_with("hello v1: the docker bake failed: ")
+            && texts[0].contains("hello=1")
+            && texts[0]
+                .ends_with("/api/v1/projects/hello/releases/v1/bake-log?kind=docker|details>"),
+        "{}",
+        texts[0]
+    );
 
     let (ok, containers) = docker(&[
         "ps",

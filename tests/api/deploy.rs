@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 
+use crate::bitbucket::Recorder;
 use crate::helpers::{read_token, test_database, ServerChild, TestApp};
+use crate::notify::{slack_env, slack_texts, with_slack};
 use crate::tcp_dockerd::TcpDockerd;
 
 /// The app image of `tag`: `v1`, `v2` (answering / with their version) or `bad` (whose
@@ -501,7 +503,17 @@ async fn rollback_to_the_warm_fleet_is_a_switch_without_failed_requests() {
 #[tokio::test]
 async fn a_release_that_never_turns_healthy_gets_no_traffic_and_holds_the_lock_meanwhile() {
     let project = Project::new(1).await;
-    let app = TestApp::spawn(&project.config("watch = \"1s\"\nhealth_timeout = \"8s\"")).await;
+    let recorder = Recorder::start().await;
+    let (var, url) = slack_env(&recorder);
+    let app = TestApp::spawn_with_env(
+        &with_slack(
+            &project.config("watch = \"1s\"\nhealth_timeout = \"8s\""),
+            &["deploy_failed"],
+        ),
+        test_database(),
+        &[(var, &url)],
+    )
+    .await;
     let api = Api::of(&app);
     let name = project.name.clone();
     insert_release(&app.database_url, &name, 1, &image("v1"), true).await;
@@ -544,6 +556,19 @@ async fn a_release_that_never_turns_healthy_gets_no_traffic_and_holds_the_lock_m
         project.running_releases(),
         ["v1", "v1"],
         "the bad fleet is gone"
+    );
+    // One Slack message, with the reason and a link to the deployment.
+    let texts = slack_texts(&recorder, 1).await;
+    let deployment = dev["deployments"][0]["id"].as_str().unwrap();
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(
+        texts[0].starts_with(&format!("{name} v2 failed to deploy to dev (by Slipway): "))
+            && texts[0].contains("not healthy")
+            && texts[0].ends_with(&format!(
+                "/api/v1/projects/{name}/deployments/{deployment}|details>"
+            )),
+        "{}",
+        texts[0]
     );
     app.stop().await;
 }

@@ -210,3 +210,29 @@ async fn failures_fixes_deployments_and_rollbacks_reach_the_targets_that_asked_f
     assert!(!text.contains(SLACK_TOKEN) && !text.contains(HOOK_SECRET));
     app.stop().await;
 }
+
+/// `config` with a Slack target for `events` of its last project, at the URL that
+/// [`slack_env`] names.
+pub fn with_slack(config: &str, events: &[&str]) -> String {
+    format!("{config}\n[[projects.notify]]\nkind = \"slack\"\nurl_env = \"SLACK_URL\"\non = {events:?}\n")
+}
+
+/// The environment that points [`with_slack`]'s target at `recorder`.
+pub fn slack_env(recorder: &Recorder) -> (&'static str, String) {
+    (
+        "SLACK_URL",
+        format!("{}/services/{SLACK_TOKEN}", recorder.address),
+    )
+}
+
+/// The texts of the Slack messages `recorder` got, once there are `count`; with the count it
+/// got within a further second (so a test sees a duplicate).
+pub async fn slack_texts(recorder: &Recorder, count: usize) -> Vec<String> {
+    calls_on(recorder, "/services/", count).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    calls_on(recorder, "/services/", count)
+        .await
+        .iter()
+        .map(|call| call.body["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
