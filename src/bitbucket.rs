@@ -8,6 +8,11 @@
 //!   with `key`, `state` (`INPROGRESS`, `SUCCESSFUL`, `FAILED`, `CANCELLED`), `name`, `url`,
 //!   `description`, `buildNumber`, `ref` and, once it ended, `duration` (ms).
 //!
+//! - The clone URLs of a repository (a pull request's fork): Cloud's
+//!   `GET {api}/2.0/repositories/{workspace}/{repo_slug}` and Data Center's
+//!   `GET {base}/rest/api/latest/projects/{key}/repos/{slug}`, each listing `links.clone` as
+//!   `{href, name}` with `name` `https`/`http` or `ssh`.
+//!
 //! A status with a key Bitbucket already has for the commit replaces it, so a build's statuses
 //! (one key per project: its one pipeline) end as the last one sent. The token goes in the
 //! `Authorization` header only: a bearer for access tokens (user `x-token-auth`), else basic
@@ -129,12 +134,78 @@ pub async fn send(
     bitbucket: &Bitbucket,
     status: &BuildStatus,
 ) -> Result<(), String> {
+    let (url, body) = request(bitbucket, status);
+    call(bitbucket, http.post(&url).json(&body)).await.map(drop)
+}
+
+/// One of a repository's clone URLs, as the API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct CloneLink {
+    pub href: String,
+    /// `https`, `http` or `ssh`.
+    pub name: String,
+}
+
+/// The most of a repository's answer read: it is a few kilobytes.
+const REPOSITORY_ANSWER_LIMIT: usize = 256 * 1024;
+
+/// The clone URLs of `repository` (`owner/slug` or `KEY/slug`).
+pub async fn clone_links(
+    http: &reqwest::Client,
+    bitbucket: &Bitbucket,
+    repository: &str,
+) -> Result<Vec<CloneLink>, String> {
+    let (owner, slug) = repository.split_once('/').unwrap_or((repository, ""));
+    let url = match bitbucket.flavour {
+        Flavour::Cloud => format!(
+            "{}/2.0/repositories/{}/{}",
+            bitbucket.api_url,
+            segment(owner),
+            segment(slug)
+        ),
+        Flavour::DataCenter => format!(
+            "{}/rest/api/latest/projects/{}/repos/{}",
+            bitbucket.api_url,
+            segment(owner),
+            segment(slug)
+        ),
+    };
+    let answer = call(bitbucket, http.get(&url)).await?;
+    if answer.content_length().unwrap_or(0) > REPOSITORY_ANSWER_LIMIT as u64 {
+        return Err("Bitbucket's answer is too large".into());
+    }
+    let body = answer
+        .bytes()
+        .await
+        .map_err(|e| format!("cannot read Bitbucket's answer: {}", without_url(&e)))?;
+    if body.len() > REPOSITORY_ANSWER_LIMIT {
+        return Err("Bitbucket's answer is too large".into());
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        links: Links,
+    }
+    #[derive(serde::Deserialize)]
+    struct Links {
+        #[serde(default)]
+        clone: Vec<CloneLink>,
+    }
+    let answer: Answer = serde_json::from_slice(&body)
+        .map_err(|e| format!("Bitbucket's answer lists no clone links: {e}"))?;
+    Ok(answer.links.clone)
+}
+
+/// Sends `call` with the token, and fails unless Bitbucket answers with success: the error
+/// says what Bitbucket answered (or why it could not be asked), never the token.
+async fn call(
+    bitbucket: &Bitbucket,
+    call: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, String> {
     let Some(token) = &bitbucket.token else {
         return Err("no token: set token_env or token_file in [projects.bitbucket]".into());
     };
     let token = token.read()?;
-    let (url, body) = request(bitbucket, status);
-    let call = http.post(&url).json(&body).timeout(CALL_TIMEOUT);
+    let call = call.timeout(CALL_TIMEOUT);
     let call = if bitbucket.username == TOKEN_USERNAME {
         call.bearer_auth(token.expose())
     } else {
@@ -146,11 +217,79 @@ pub async fn send(
         .map_err(|e| format!("cannot reach {}: {}", bitbucket.api_url, without_url(&e)))?;
     let code = answer.status();
     if code.is_success() {
-        return Ok(());
+        return Ok(answer);
     }
     let text = answer.text().await.unwrap_or_default();
     let text: String = text.chars().take(ANSWER_LIMIT).collect();
     Err(format!("Bitbucket answered {code}: {}", text.trim()))
+}
+
+/// Which of `links` a project cloned from `clone_url` fetches a fork from: the one of the same
+/// protocol (SSH, or HTTP(S)), on a host the project already sends its credentials to (its
+/// `clone_url`'s, or its API's, `api.` dropped), with any user name dropped from an HTTP(S)
+/// link (the project's own username goes along).
+pub fn pick_clone_link(
+    links: &[CloneLink],
+    clone_url: &str,
+    api_url: &str,
+) -> Result<String, String> {
+    let wants_ssh = is_ssh(clone_url);
+    let api_host = host(api_url).unwrap_or_default();
+    let trusted = [
+        host(clone_url).unwrap_or_default(),
+        api_host
+            .strip_prefix("api.")
+            .unwrap_or(&api_host)
+            .to_owned(),
+        api_host.clone(),
+    ];
+    let protocol = if wants_ssh { "ssh" } else { "https or http" };
+    let link = links
+        .iter()
+        .find(|link| {
+            let named_ssh = link.name.eq_ignore_ascii_case("ssh");
+            named_ssh == wants_ssh && is_ssh(&link.href) == wants_ssh
+        })
+        .ok_or_else(|| format!("Bitbucket lists no {protocol} clone URL for it"))?;
+    let link_host = host(&link.href).unwrap_or_default();
+    if link_host.is_empty() || !trusted.iter().any(|h| h.eq_ignore_ascii_case(&link_host)) {
+        return Err(format!(
+            "its clone URL's host `{link_host}` is neither clone_url's nor api_url's"
+        ));
+    }
+    if wants_ssh {
+        return Ok(link.href.clone());
+    }
+    let mut url =
+        reqwest::Url::parse(&link.href).map_err(|e| format!("its clone URL is not a URL: {e}"))?;
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Ok(url.to_string())
+}
+
+/// Whether `url` is fetched over SSH: `ssh://…` or the short `user@host:path`.
+fn is_ssh(url: &str) -> bool {
+    match url.split_once("://") {
+        Some((scheme, _)) => scheme.eq_ignore_ascii_case("ssh"),
+        None => url.contains(':'),
+    }
+}
+
+/// The host a URL (`scheme://[user@]host[:port]/…`, or `user@host:path`) names.
+fn host(url: &str) -> Option<String> {
+    let rest = match url.split_once("://") {
+        Some((_, rest)) => rest,
+        None => url,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next()?,
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 /// What the status says beside its state.
@@ -287,5 +426,49 @@ mod tests {
         let (_, body) = request(&bitbucket(Flavour::Cloud, "http://x"), &noisy);
         let description = body["description"].as_str().unwrap();
         assert!(description.chars().count() <= 250 && !description.contains('\n'));
+    }
+
+    #[test]
+    fn a_forks_clone_url_is_the_link_of_the_projects_protocol_on_a_host_it_trusts() {
+        let link = |name: &str, href: &str| CloneLink {
+            name: name.into(),
+            href: href.into(),
+        };
+        let cloud = [
+            link("https", "https://bob@bitbucket.org/bob/hello.git"),
+            link("ssh", "git@bitbucket.org:bob/hello.git"),
+        ];
+        let api = "https://api.bitbucket.org";
+        // A mirror host in clone_url: the fork comes from Bitbucket itself.
+        assert_eq!(
+            pick_clone_link(&cloud, "https://git.acme.test/hello.git", api).unwrap(),
+            "https://bitbucket.org/bob/hello.git"
+        );
+        assert_eq!(
+            pick_clone_link(&cloud, "ssh://git@git.acme.test/hello.git", api).unwrap(),
+            "git@bitbucket.org:bob/hello.git"
+        );
+        let datacenter = [
+            link("http", "https://bb.acme.test/scm/~carol/hello.git"),
+            link("ssh", "ssh://git@bb.acme.test:7999/~carol/hello.git"),
+        ];
+        let base = "https://bb.acme.test";
+        assert_eq!(
+            pick_clone_link(&datacenter, "https://mirror.acme.test/hello.git", base).unwrap(),
+            "https://bb.acme.test/scm/~carol/hello.git"
+        );
+        assert_eq!(
+            pick_clone_link(&datacenter, "git@mirror.acme.test:hello.git", base).unwrap(),
+            "ssh://git@bb.acme.test:7999/~carol/hello.git"
+        );
+        // The project's credentials go to no other host.
+        let elsewhere = [link("https", "https://evil.example.test/bob/hello.git")];
+        let error = pick_clone_link(&elsewhere, "https://git.acme.test/h.git", api).unwrap_err();
+        assert!(error.contains("`evil.example.test`"), "{error}");
+        let error = pick_clone_link(&cloud[..1], "git@git.acme.test:h.git", api).unwrap_err();
+        assert!(error.contains("no ssh clone URL"), "{error}");
+        // A link named https that is an SSH address is not taken for one.
+        let mislabelled = [link("https", "git@bitbucket.org:bob/hello.git")];
+        assert!(pick_clone_link(&mislabelled, "https://git.acme.test/h.git", api).is_err());
     }
 }

@@ -128,15 +128,21 @@ async fn pull_request_build(
     // the mirror for the build), else from the project's repository.
     let mirror = Mirrors::lazy(&state.config.data_dir.join("mirrors")).mirror(project);
     let head = if pr.from_fork() {
-        let Some(fork_url) = fork_clone_url(
+        let fork_url = match fork_clone_url(
             &project.clone_url,
             &project.repository,
             &pr.source_repository,
-        ) else {
-            return Ok(Err(format!(
-                "pull request #{} comes from the fork `{}`, whose clone URL cannot be told from clone_url (it does not name `{}`)",
-                pr.number, pr.source_repository, project.repository
-            )));
+        ) {
+            Some(url) => url,
+            None => match asked_fork_url(project, &pr.source_repository).await {
+                Ok(url) => url,
+                Err(why) => {
+                    return Ok(Err(format!(
+                        "pull request #{} comes from the fork `{}`, whose clone URL clone_url does not tell (it does not name `{}`), and {why}",
+                        pr.number, pr.source_repository, project.repository
+                    )))
+                }
+            },
         };
         tokio::time::timeout(
             RESOLVE_TIMEOUT,
@@ -210,6 +216,23 @@ fn fork_clone_url(clone_url: &str, repository: &str, fork: &str) -> Option<Strin
         return None;
     }
     Some(format!("{}/{fork}{after}", &clone_url[..at]))
+}
+
+/// The clone URL of the fork `fork`, asked of Bitbucket's API ([`crate::bitbucket::clone_links`]).
+async fn asked_fork_url(project: &Project, fork: &str) -> Result<String, String> {
+    let Some(bitbucket) = &project.bitbucket else {
+        return Err("the project has no [projects.bitbucket] to ask Bitbucket for it".into());
+    };
+    let http = reqwest::Client::new();
+    let links = tokio::time::timeout(
+        RESOLVE_TIMEOUT,
+        crate::bitbucket::clone_links(&http, bitbucket, fork),
+    )
+    .await
+    .map_err(|_| "Bitbucket did not answer in time".to_owned())?
+    .map_err(|e| format!("asking Bitbucket for it failed: {e}"))?;
+    crate::bitbucket::pick_clone_link(&links, &project.clone_url, &bitbucket.api_url)
+        .map_err(|e| format!("Bitbucket's answer does not do: {e}"))
 }
 
 /// Queues `builds` for the delivery (nothing when it was seen before) and answers.

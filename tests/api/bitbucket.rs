@@ -4,7 +4,7 @@
 //! token failing the build with a reason that names the project and never the token, which
 //! appears in no log, answer, process argument or file of the data directory.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -37,12 +37,14 @@ pub(crate) struct Call {
 }
 
 /// A stand-in for Bitbucket's API (or a team's webhook) on loopback: records every request,
-/// and answers with the codes queued in `answers` (then 201 for Bitbucket Cloud's paths, 204
-/// for the others, as Bitbucket documents).
+/// answers a GET of a path in `documents` with that JSON, and the rest with the codes queued
+/// in `answers` (then 201 for Bitbucket Cloud's paths, 204 for the others, as Bitbucket
+/// documents).
 pub(crate) struct Recorder {
     pub(crate) address: String,
     calls: Arc<Mutex<Vec<Call>>>,
     pub(crate) answers: Arc<Mutex<VecDeque<u16>>>,
+    pub(crate) documents: Arc<Mutex<HashMap<String, Value>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,9 +60,10 @@ impl Recorder {
         let address = format!("http://{}", listener.local_addr().unwrap());
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
         let answers: Arc<Mutex<VecDeque<u16>>> = Arc::default();
-        let (kept, queued) = (calls.clone(), answers.clone());
+        let documents: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
+        let (kept, queued, served) = (calls.clone(), answers.clone(), documents.clone());
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-            let (kept, queued) = (kept.clone(), queued.clone());
+            let (kept, queued, served) = (kept.clone(), queued.clone(), served.clone());
             async move {
                 let (parts, body) = request.into_parts();
                 let text = |name: header::HeaderName| {
@@ -82,6 +85,13 @@ impl Recorder {
                     headers: parts.headers.clone(),
                     raw: bytes.to_vec(),
                 });
+                let document = served.lock().unwrap().get(&path).cloned();
+                if let (Some(document), "GET") = (document, parts.method.as_str()) {
+                    return Response::builder()
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Body::from(document.to_string()))
+                        .unwrap();
+                }
                 let default = if path.starts_with("/2.0/") { 201 } else { 204 };
                 let code = queued.lock().unwrap().pop_front().unwrap_or(default);
                 let body = if code == 201 {
@@ -101,6 +111,7 @@ impl Recorder {
             address,
             calls,
             answers,
+            documents,
             task,
         }
     }

@@ -3,7 +3,8 @@
 //! environment, skips push-only steps and never becomes a release, even from the deploy
 //! branch; a pull request from a fork (Cloud or Data Center) builds the fork's commit with no
 //! secrets; a tag push builds as
-//! `event: tag`; a pull request whose branch moved on queues nothing; and with `auto_cancel`, a
+//! `event: tag`; a pull request whose branch moved on queues nothing; a fork whose clone URL
+//! `clone_url` does not tell is fetched from the one Bitbucket's API gives; and with `auto_cancel`, a
 //! newer push cancels the older builds of its branch, except on the deploy branch.
 
 use std::path::{Path, PathBuf};
@@ -11,12 +12,16 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::bitbucket::Recorder;
 use crate::builds::{commit_all, git};
 use crate::helpers::{sign, TestApp};
 use crate::release_order::wait_for_build;
+use crate::sources::serve_git;
 
 const SECRET: &str = "pr-secret";
 const TOKEN: &str = "pr-token-value-4f3e2d1c";
+/// The project's Bitbucket token: the git server and the API's stand-in accept it.
+const BITBUCKET_TOKEN: &str = "pr-bitbucket-token-8a7b6c5d";
 
 /// A repository at `<root>/acme/prs` (so that its forks are at `<root>/<owner>/prs`) whose
 /// first step prints the build's variables and uses a secret, and whose second runs on pushes
@@ -297,5 +302,71 @@ async fn a_newer_push_cancels_the_older_builds_of_its_branch_but_not_of_the_depl
         let build = wait_for_build(&app, "prs", number, Duration::from_secs(120)).await;
         assert_eq!(build["status"], "passed", "{build}");
     }
+    app.stop().await;
+}
+
+/// A pull request from a fork that `clone_url` cannot tell the URL of (it names a mirror's
+/// path, not `acme/prs`) is fetched from the clone URL Bitbucket's API gives for the fork,
+/// with the project's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_clone_url_does_not_name_is_fetched_from_the_url_bitbucket_gives() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repository(root.path());
+    let from_bob = fork(root.path(), &repo, "bob");
+    let served = tempfile::tempdir().unwrap();
+    for (source, bare) in [
+        (&repo, "mirror/prs-mirror.git"),
+        (&root.path().join("bob/prs"), "bob/prs.git"),
+    ] {
+        let (source, bare) = (source.display().to_string(), served.path().join(bare));
+        git(
+            served.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &source,
+                &bare.display().to_string(),
+            ],
+        );
+    }
+    let git_server = serve_git(served.path().to_path_buf(), "x-token-auth", BITBUCKET_TOKEN).await;
+    let recorder = Recorder::start().await;
+    let links = json!({"links": {"clone": [
+        {"name": "https", "href": format!("http://bob@{}/bob/prs.git", git_server.address)},
+        {"name": "ssh", "href": format!("git@{}:bob/prs.git", git_server.address.ip())}]}});
+    recorder
+        .documents
+        .lock()
+        .unwrap()
+        .insert("/2.0/repositories/bob/prs".into(), links);
+    let token_file = root.path().join("token");
+    std::fs::write(&token_file, BITBUCKET_TOKEN).unwrap();
+    let config = format!(
+        "[[projects]]\nname = \"prs\"\nrepository = \"acme/prs\"\nclone_url = \"http://{}/mirror/prs-mirror.git\"\nwebhook_secret = \"{SECRET}\"\ntrust_forks = true\n[projects.secrets]\nTOKEN = \"{TOKEN}\"\n[projects.bitbucket]\napi_url = \"{}\"\ntoken_file = \"{}\"\n",
+        git_server.address,
+        recorder.address,
+        token_file.display()
+    );
+    let app = TestApp::spawn(&config).await;
+
+    let body = cloud_pull_request(46, "forked", "main", &from_bob[..12], "bob/prs");
+    let (status, answer) = deliver(&app, "pullrequest:created", &body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["queued"][0]["commit"], from_bob.as_str());
+    let number = answer["queued"][0]["number"].as_i64().unwrap();
+    let build = wait_for_build(&app, "prs", number, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    assert!(log(&app, number)
+        .await
+        .contains("SLIPWAY_SOURCE_REPOSITORY=bob/prs"));
+    let asked: Vec<_> = recorder
+        .calls()
+        .into_iter()
+        .filter(|call| call.method == "GET")
+        .collect();
+    assert_eq!(asked.len(), 1, "{asked:#?}");
+    assert_eq!(asked[0].path, "/2.0/repositories/bob/prs");
+    assert_eq!(asked[0].authorization, format!("Bearer {BITBUCKET_TOKEN}"));
     app.stop().await;
 }
