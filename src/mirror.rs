@@ -135,25 +135,35 @@ pub struct Mirror {
 impl Mirror {
     /// Makes sure the mirror holds `commit`: a commit already there is not fetched again;
     /// else the commit alone is fetched by its id, without its history (kept under
-    /// `refs/slipway/commits/`, so a force push that drops it from every branch loses nothing).
+    /// `refs/slipway/commits/`, so a force push that drops it from every branch loses nothing),
+    /// or, from a server that refuses that, the branches and tags.
     pub async fn fetch_commit(&self, commit: &CommitId) -> Result<(), String> {
         let _one_fetch_at_a_time = self.fetch_lock.lock().await;
         if self.has_commit(commit).await {
             return Ok(());
         }
         self.init().await?;
-        if let Err(e) = self.fetch(&["--depth=1"], &[&pinned(commit)]).await {
-            // An unknown commit is an error of its own below; a refused fetch says why.
-            if !self.has_commit(commit).await && why(&e).is_some() {
-                return Err(e);
+        match self.fetch(&["--depth=1"], &[&pinned(commit)]).await {
+            Ok(()) if self.has_commit(commit).await => return Ok(()),
+            Ok(()) => {}
+            // Not allowed in, or not reached: no other fetch would do better.
+            Err(e) if why(&e).is_some() => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "fetching the commit by its id failed"),
+        }
+        // A server that serves only the commits its refs advertise (git's protocol v0 without
+        // `uploadpack.allowReachableSHA1InWant`) refuses a fetch by id: the branches' and
+        // tags' heads, then their whole histories, hold any commit it has.
+        for depth in ["--depth=1", "--depth=2147483647"] {
+            self.fetch(
+                &[depth],
+                &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            )
+            .await?;
+            if self.has_commit(commit).await {
+                return Ok(());
             }
-            tracing::debug!(error = %e, "fetching the commit by its id failed");
         }
-        if self.has_commit(commit).await {
-            Ok(())
-        } else {
-            Err(format!("commit {commit} is not in {}", self.url))
-        }
+        Err(format!("commit {commit} is not in {}", self.url))
     }
 
     /// Resolves `git_ref` (checked by the caller: a tag, a branch or a full commit id) to the

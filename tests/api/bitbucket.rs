@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::builds::{commit_all, git, push_queued};
 use crate::helpers::sign;
 use crate::servers::quick_repository;
-use crate::sources::{assert_nowhere, base64, serve_git, ArgumentWatch, RealServer};
+use crate::sources::{assert_nowhere, base64, serve_git, serve_git_v0, ArgumentWatch, RealServer};
 
 const SECRET: &str = "bitbucket-secret";
 /// The project's access token: what the git server and the recorder accept.
@@ -186,6 +186,7 @@ async fn a_private_repository_builds_with_its_token_and_its_statuses_reach_bitbu
         ],
     );
     let git_server = serve_git(served.path().to_path_buf(), "x-token-auth", TOKEN).await;
+    let git_v0 = serve_git_v0(served.path().to_path_buf(), "x-token-auth", TOKEN).await;
     let recorder = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -218,6 +219,11 @@ async fn a_private_repository_builds_with_its_token_and_its_statuses_reach_bitbu
                 &clone_url,
                 &format!("api_url = \"{}\"\ntoken_file = \"{wrong_file}\"", recorder.address)
             ),
+        ) + &project(
+            "shared-v0",
+            "acme/shared-v0",
+            &format!("http://{}/shared.git", git_v0.address),
+            &format!("api_url = \"{}\"\ntoken_file = \"{token_file}\"", recorder.address),
         ),
     )
     .unwrap();
@@ -345,6 +351,19 @@ async fn a_private_repository_builds_with_its_token_and_its_statuses_reach_bitbu
         reason.contains("authentication failed: the repository refused the credentials"),
         "says why: {reason}"
     );
+
+    // A server that serves only what its refs advertise refuses a fetch by id: a commit no
+    // branch has at its head any more still builds, from the branches' history.
+    git(repo.path(), &["checkout", "-q", "main"]);
+    std::fs::write(repo.path().join("CHANGES"), "newer\n").unwrap();
+    commit_all(repo.path(), "a newer commit on main");
+    let shared = served.path().join("shared.git").display().to_string();
+    git(repo.path(), &["push", "-q", &shared, "main"]);
+    // (Pushed as `broken`'s, so that it makes no release of a package `shared` already has.)
+    let number = push_queued(&address, ("acme/shared-v0", SECRET), "broken", &main).await;
+    let build = settled(&server, "shared-v0", number).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    assert_eq!(count(&data_dir.join("mirrors/shared-v0.git")), "3");
     let arguments = watch.stop();
 
     // The token is nowhere a user or another process can read.

@@ -150,6 +150,21 @@ impl Drop for GitHttpServer {
 }
 
 pub(crate) async fn serve_git(root: PathBuf, user: &str, password: &str) -> GitHttpServer {
+    serve_git_speaking(root, user, password, true).await
+}
+
+/// Like [`serve_git`], speaking git's protocol v0 only, as a server that serves only the
+/// commits its refs advertise (no fetch by a commit's id).
+pub(crate) async fn serve_git_v0(root: PathBuf, user: &str, password: &str) -> GitHttpServer {
+    serve_git_speaking(root, user, password, false).await
+}
+
+async fn serve_git_speaking(
+    root: PathBuf,
+    user: &str,
+    password: &str,
+    protocol_v2: bool,
+) -> GitHttpServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let expected = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
@@ -173,7 +188,7 @@ pub(crate) async fn serve_git(root: PathBuf, user: &str, password: &str) -> GitH
                     .unwrap();
             }
             counted.fetch_add(1, Ordering::SeqCst);
-            http_backend(&root, &user, request).await
+            http_backend(&root, &user, protocol_v2, request).await
         }
     });
     let task = tokio::spawn(async move {
@@ -187,7 +202,12 @@ pub(crate) async fn serve_git(root: PathBuf, user: &str, password: &str) -> GitH
 }
 
 /// One request through `git http-backend` as CGI.
-async fn http_backend(root: &Path, user: &str, request: axum::extract::Request) -> Response<Body> {
+async fn http_backend(
+    root: &Path,
+    user: &str,
+    protocol_v2: bool,
+    request: axum::extract::Request,
+) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
     let header_value = |name: &str| {
@@ -208,7 +228,14 @@ async fn http_backend(root: &Path, user: &str, request: axum::extract::Request) 
         .env("CONTENT_TYPE", header_value("content-type"))
         .env("CONTENT_LENGTH", body.len().to_string())
         .env("HTTP_CONTENT_ENCODING", header_value("content-encoding"))
-        .env("GIT_PROTOCOL", header_value("git-protocol"))
+        .env(
+            "GIT_PROTOCOL",
+            if protocol_v2 {
+                header_value("git-protocol")
+            } else {
+                String::new()
+            },
+        )
         .env("REMOTE_USER", user)
         .env("REMOTE_ADDR", "127.0.0.1")
         .stdin(Stdio::piped())
