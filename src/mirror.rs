@@ -248,17 +248,45 @@ impl Mirror {
                 return Ok(Relation::Ancestor);
             }
             let before = (self.depth(a).await?, self.depth(b).await?);
-            {
+            let deepened = {
                 let _one_fetch_at_a_time = self.fetch_lock.lock().await;
                 self.fetch(&[&format!("--deepen={deepen}")], &[&pinned(a), &pinned(b)])
                     .await
-                    .map_err(|e| format!("cannot read the history between {a} and {b}: {e}"))?;
+            };
+            match deepened {
+                Ok(()) => {}
+                Err(e) if why(&e).is_some() => {
+                    return Err(format!("cannot read the history between {a} and {b}: {e}"))
+                }
+                // A server that refuses fetches by id: the branches' whole histories hold
+                // what can be known.
+                Err(_) => return self.relation_from_branches(a, b).await,
             }
             if (self.depth(a).await?, self.depth(b).await?) == before {
                 return Ok(Relation::Unrelated);
             }
             deepen = deepen.saturating_mul(4);
         }
+    }
+
+    /// [`Mirror::relation`] once the branches and tags are fetched with their whole history.
+    async fn relation_from_branches(&self, a: &CommitId, b: &CommitId) -> Result<Relation, String> {
+        {
+            let _one_fetch_at_a_time = self.fetch_lock.lock().await;
+            self.fetch(
+                &["--depth=2147483647"],
+                &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            )
+            .await
+            .map_err(|e| format!("cannot read the history between {a} and {b}: {e}"))?;
+        }
+        Ok(if self.reaches(b, a).await? {
+            Relation::Descendant
+        } else if self.reaches(a, b).await? {
+            Relation::Ancestor
+        } else {
+            Relation::Unrelated
+        })
     }
 
     /// Makes sure the mirror holds the whole history of `commit` and the repository's tags,
@@ -768,6 +796,31 @@ mod tests {
         // A commit the mirror lacks is an error, not an answer.
         let unknown = CommitId::parse(&"1".repeat(40)).unwrap();
         assert!(mirror.relation(&unknown, &last).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_fetches_by_id_still_answers_commits_and_ancestry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, mirror) = source_and_mirror(dir.path());
+        let released = commit(&source, "a", "1");
+        mirror.fetch_commit(&released).await.unwrap();
+        // The mirror speaks protocol v0, where the source's upload-pack serves only what its
+        // refs advertise.
+        git_in(&mirror.git_dir, &["config", "protocol.version", "0"]);
+        let older = commit(&source, "a", "2");
+        let head = commit(&source, "a", "3");
+        // The head, advertised, is fetched by its id; an older commit through the branches.
+        mirror.fetch_commit(&head).await.unwrap();
+        assert_eq!(held(&mirror).0, 2);
+        assert_eq!(
+            mirror.relation(&released, &head).await.unwrap(),
+            Relation::Ancestor
+        );
+        mirror.fetch_commit(&older).await.unwrap();
+        assert_eq!(
+            mirror.relation(&head, &older).await.unwrap(),
+            Relation::Descendant
+        );
     }
 
     #[tokio::test]
