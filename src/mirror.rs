@@ -295,11 +295,21 @@ impl Mirror {
         self.fetch_commit(commit).await?;
         let _one_fetch_at_a_time = self.fetch_lock.lock().await;
         // git's own number for "no limit" (what `--unshallow` asks for).
-        self.fetch(
-            &["--depth=2147483647"],
-            &[&pinned(commit), "+refs/tags/*:refs/tags/*"],
-        )
-        .await
+        let whole = ["--depth=2147483647"];
+        match self
+            .fetch(&whole, &[&pinned(commit), "+refs/tags/*:refs/tags/*"])
+            .await
+        {
+            Err(e) if why(&e).is_none() => {
+                // A server that refuses fetches by id: the branches' whole histories.
+                self.fetch(
+                    &whole,
+                    &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                )
+                .await
+            }
+            fetched => fetched,
+        }
     }
 
     /// Whether `older` is in the history the mirror holds of `newer` (a commit is in its own).
@@ -820,6 +830,11 @@ mod tests {
         assert_eq!(
             mirror.relation(&head, &older).await.unwrap(),
             Relation::Descendant
+        );
+        mirror.fetch_history(&older).await.unwrap();
+        assert_eq!(
+            git_in(&mirror.git_dir, &["rev-list", "--count", older.as_str()]),
+            "2"
         );
     }
 
