@@ -24,6 +24,11 @@ use slipway_pipeline::{BuildCache, CacheReport};
 use crate::config::{CacheConfig, CacheStorage};
 use storage::{Storage, SUFFIX};
 
+/// The longest a download or an upload of an archive may take; past it the build goes on
+/// without. (Unpacking and packing are bounded by the archive's limit instead: a merge into
+/// the workspace is never left half done.)
+const TIME_LIMIT: Duration = Duration::from_secs(600);
+
 /// The installation's caches: where archives live, how large one may be, how long one lasts.
 pub struct Caches {
     storage: Storage,
@@ -244,12 +249,12 @@ impl ProjectCache {
         let limit = self.caches.limit_bytes;
         std::fs::create_dir_all(&self.scratch)?;
         let archive = self.scratch.join("restore.tar.gz");
-        let Some(bytes) = self
-            .caches
-            .storage
-            .fetch(&self.archive_name(key), &archive, limit)
-            .await?
-        else {
+        let name = self.archive_name(key);
+        let fetch = self.caches.storage.fetch(&name, &archive, limit);
+        let fetched = tokio::time::timeout(TIME_LIMIT, fetch)
+            .await
+            .unwrap_or_else(|_| Err(too_slow()));
+        let Some(bytes) = fetched? else {
             return Ok(None);
         };
         let staged = self.scratch.join("restored");
@@ -276,14 +281,18 @@ impl ProjectCache {
         if bytes > limit {
             anyhow::bail!("the archive is {bytes} bytes, over the limit of {limit}");
         }
-        let stored = self
-            .caches
-            .storage
-            .store(&self.archive_name(key), &archive)
-            .await;
+        let name = self.archive_name(key);
+        let store = self.caches.storage.store(&name, &archive);
+        let stored = tokio::time::timeout(TIME_LIMIT, store)
+            .await
+            .unwrap_or_else(|_| Err(too_slow()));
         let _ = std::fs::remove_file(&archive);
         stored.map(|()| bytes)
     }
+}
+
+fn too_slow() -> anyhow::Error {
+    anyhow::anyhow!("it took longer than {} s", TIME_LIMIT.as_secs())
 }
 
 /// `template` for a build of `branch`, hashing files of `workspace`; or why not.

@@ -180,18 +180,38 @@ async fn fetch_object(
     }
     file.flush().await?;
     if used_long_ago {
-        client
+        // What was fetched is restored whatever this does; at worst the archive expires early.
+        let copied = client
             .copy_object()
             .bucket(&settings.bucket)
             .key(&key)
-            .copy_source(format!("{}/{key}", settings.bucket))
+            .copy_source(format!("{}/{}", settings.bucket, url_path(&key)))
             .metadata_directive(MetadataDirective::Replace)
             .metadata("used", chrono::Utc::now().to_rfc3339())
             .send()
-            .await
-            .map_err(|e| failed(settings, &format!("cannot mark {name} used in"), e))?;
+            .await;
+        if let Err(error) = copied {
+            let error = failed(settings, &format!("cannot mark {name} used in"), error);
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "a restored cache may expire early"
+            );
+        }
     }
     Ok(Some(written))
+}
+
+/// `key` as a URL path (CopyObject's source is one): bytes other than unreserved ones and `/`
+/// as `%XX`, so a key holding `%` (an escaped branch) names itself.
+fn url_path(key: &str) -> String {
+    key.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
 }
 
 /// Removes `<dir>/<project>/<key>.tar.gz` files unused for `unused_for`, and partial files
@@ -238,7 +258,12 @@ async fn expire_objects(
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| failed(settings, "cannot list", e))?;
         for object in page.contents() {
-            let Some(key) = object.key().filter(|key| key.ends_with(SUFFIX)) else {
+            // Only `<prefix><project>/<key>.tar.gz`: anything else under the prefix is not ours.
+            let ours = |key: &&str| {
+                key.strip_prefix(settings.prefix.as_str())
+                    .is_some_and(|name| name.ends_with(SUFFIX) && name.matches('/').count() == 1)
+            };
+            let Some(key) = object.key().filter(ours) else {
                 continue;
             };
             let age = object
