@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -76,6 +77,43 @@ impl PartialEq for CacheHandle {
 
 impl Eq for CacheHandle {}
 
+/// Which cache steps a build has finished, so none is left unreported however it ends.
+#[derive(Default)]
+pub(super) struct Reported {
+    restore: AtomicBool,
+    save: AtomicBool,
+}
+
+impl Reported {
+    fn flag(&self, step: &str) -> &AtomicBool {
+        if step == CACHE_RESTORE_STEP {
+            &self.restore
+        } else {
+            &self.save
+        }
+    }
+}
+
+/// Finishes the cache steps the build never reached (it stopped before them, or panicked)
+/// as cancelled.
+pub(super) async fn report_unreached(build: &Build<'_>) {
+    if build.plan.cache.is_none() {
+        return;
+    }
+    for step in [CACHE_RESTORE_STEP, CACHE_SAVE_STEP] {
+        finish_unreached(build, step).await;
+    }
+}
+
+/// Finishes `step` as cancelled unless it was finished already.
+async fn finish_unreached(build: &Build<'_>, step: &str) {
+    if !build.cache_reported.flag(step).swap(true, Ordering::SeqCst) {
+        let result =
+            StepResult::not_run(StepStatus::Cancelled, "the build stopped before this step");
+        build.observer.step_finished(step, &result).await;
+    }
+}
+
 /// Runs `cache-restore` when the plan has a cache.
 pub(super) async fn restore(build: &Build<'_>, workspace: &Path) {
     let Some(cache) = &build.plan.cache else {
@@ -99,6 +137,8 @@ pub(super) async fn after_steps(build: &Build<'_>, halt: Option<Halt>) -> Option
     let Some(cache) = &build.plan.cache else {
         return halt;
     };
+    // A build that stopped during its setup never restored.
+    finish_unreached(build, CACHE_RESTORE_STEP).await;
     if halt.is_some() {
         not_run(
             build,
@@ -119,6 +159,7 @@ pub(super) async fn after_steps(build: &Build<'_>, halt: Option<Halt>) -> Option
         report = save(build, cache, handle) => report,
         halt = build.stop.interrupted() => {
             let result = StepResult::not_run(StepStatus::Cancelled, "the build stopped during the save");
+            build.cache_reported.flag(CACHE_SAVE_STEP).store(true, Ordering::SeqCst);
             build.observer.step_finished(CACHE_SAVE_STEP, &result).await;
             return Some(halt);
         }
@@ -176,6 +217,10 @@ async fn finish(build: &Build<'_>, step: &str, report: CacheReport, started: Ins
         duration: started.elapsed(),
         reason,
     };
+    build
+        .cache_reported
+        .flag(step)
+        .store(true, Ordering::SeqCst);
     build.observer.step_finished(step, &result).await;
 }
 
@@ -199,5 +244,9 @@ async fn log(build: &Build<'_>, step: &str, lines: Vec<String>, stream: OutputSt
 
 async fn not_run(build: &Build<'_>, step: &str, reason: &str) {
     let result = StepResult::not_run(StepStatus::Skipped, reason);
+    build
+        .cache_reported
+        .flag(step)
+        .store(true, Ordering::SeqCst);
     build.observer.step_finished(step, &result).await;
 }

@@ -104,6 +104,8 @@ struct Build<'a> {
     stop: Stop,
     /// The lanes steps run in (never locked across an await).
     lanes: std::sync::Mutex<lanes::Lanes>,
+    /// The cache steps finished so far.
+    cache_reported: cache::Reported,
 }
 
 /// Runs `plan`: the workspace directory is copied into the build's volume, `secrets` fill the
@@ -133,6 +135,7 @@ pub async fn run(
             timeout,
         },
         lanes: std::sync::Mutex::new(lanes::Lanes::new(&plan.network)),
+        cache_reported: cache::Reported::default(),
     };
     let mut results: Vec<Option<StepResult>> = vec![None; plan.steps.len()];
     let body = AssertUnwindSafe(async {
@@ -149,6 +152,7 @@ pub async fn run(
             panic_message(panic.as_ref())
         ))),
     };
+    cache::report_unreached(&build).await;
     let mut steps = Vec::with_capacity(plan.steps.len());
     for (step, result) in plan.steps.iter().zip(results) {
         let result = match result {

@@ -202,3 +202,23 @@ async fn a_runner_without_a_cache_skips_the_cache_steps() {
     assert!(events.contains(&"finished cache-restore Skipped".to_owned()));
     assert!(events.contains(&"finished cache-save Skipped".to_owned()));
 }
+
+#[tokio::test]
+async fn a_build_that_stops_before_its_cache_steps_still_finishes_them() {
+    let engine = Arc::new(
+        FakeEngine::new()
+            .with("install", exit(0))
+            .failing("create_network"),
+    );
+    let cache = Arc::new(RecordingCache::new(&engine));
+    let (status, recorder) = run_cached(&engine, Some(cache.clone())).await;
+    assert_eq!(status, BuildStatus::Errored);
+    assert!(cache.calls().is_empty(), "{:?}", cache.calls());
+    assert_eq!(
+        recorder.events()[..2],
+        [
+            "finished cache-restore Cancelled",
+            "finished cache-save Skipped"
+        ]
+    );
+}
