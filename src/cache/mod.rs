@@ -125,6 +125,7 @@ impl BuildCache for ProjectCache {
             .as_ref()
             .map(|template| render(template, branch, workspace));
         self.resolved.lock().expect("cache lock").key = Some(key.clone());
+        let own = key.clone().ok();
         let mut lines = Vec::new();
         let mut candidates = Vec::new();
         for (what, resolved) in [("key", Some(key)), ("fallback key", fallback)] {
@@ -137,7 +138,7 @@ impl BuildCache for ProjectCache {
         if candidates.is_empty() {
             return CacheReport::problem(lines, "not restored: no key could be made");
         }
-        for (index, key) in candidates.iter().enumerate() {
+        for key in &candidates {
             let started = Instant::now();
             match self.restore_key(key, &cache.paths, workspace).await {
                 Ok(None) => lines.push(format!("no cache saved under key `{key}`")),
@@ -158,7 +159,8 @@ impl BuildCache for ProjectCache {
                             "{kept} cached entries were left out: the commit has files there"
                         ));
                     }
-                    self.resolved.lock().expect("cache lock").restored_key = index == 0;
+                    self.resolved.lock().expect("cache lock").restored_key =
+                        own.as_ref() == Some(key);
                     return CacheReport {
                         lines,
                         problem: None,
@@ -408,6 +410,16 @@ mod tests {
             std::fs::read_to_string(workspace.path().join("deps/pkg")).unwrap(),
             "installed"
         );
+        // What it restored from the fallback it saves under its own key.
+        let exported = second.export_dir().unwrap();
+        std::fs::rename(workspace.path().join("deps"), exported.join("deps")).unwrap();
+        let report = second.save(&plan, &exported, &[]).await;
+        assert!(
+            report.lines[0].contains("`deps-feature%2Fx`"),
+            "{:?}",
+            report.lines
+        );
+        assert!(store.path().join("hello/deps-feature%2Fx.tar.gz").is_file());
         let other = caches.for_build("other", scratch.path().join("three"));
         let workspace = tempfile::tempdir().unwrap();
         other.restore(&plan, "main", workspace.path()).await;
@@ -418,7 +430,7 @@ mod tests {
             expire_after: Duration::ZERO,
             ..Caches::in_dir(store.path().to_path_buf(), 1 << 20)
         };
-        assert_eq!(expiring.expire().await.unwrap(), 1);
+        assert_eq!(expiring.expire().await.unwrap(), 2);
         assert!(!store.path().join("hello/deps-main.tar.gz").exists());
     }
 }
