@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use serde_json::Value;
 
 use crate::aws_deploy::moto::{Moto, REGION};
@@ -127,21 +126,16 @@ async fn object(s3: &aws_sdk_s3::Client, relative: &str) -> Vec<u8> {
     object.body.collect().await.unwrap().into_bytes().to_vec()
 }
 
-fn deb(version: i64) -> String {
-    format!("pool/main/s/shared/shared_{version}_all.deb")
-}
-
-// Multi-threaded: the servers build while the test waits on them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn servers_sharing_no_directory_publish_to_and_serve_one_repository_in_a_bucket() {
-    let moto = Moto::start().await;
+/// A client of moto's S3 and the bucket `name` made there, in [`REGION`].
+pub(crate) async fn bucket(moto: &Moto, name: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&moto.config().await)
             .force_path_style(true)
             .build(),
     );
     s3.create_bucket()
-        .bucket(BUCKET)
+        .bucket(name)
         .create_bucket_configuration(
             CreateBucketConfiguration::builder()
                 .location_constraint(BucketLocationConstraint::from(REGION))
@@ -150,6 +144,18 @@ async fn servers_sharing_no_directory_publish_to_and_serve_one_repository_in_a_b
         .send()
         .await
         .unwrap();
+    s3
+}
+
+fn deb(version: i64) -> String {
+    format!("pool/main/s/shared/shared_{version}_all.deb")
+}
+
+// Multi-threaded: the servers build while the test waits on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_sharing_no_directory_publish_to_and_serve_one_repository_in_a_bucket() {
+    let moto = Moto::start().await;
+    let s3 = bucket(&moto, BUCKET).await;
     let repo = quick_repository();
     let database_url = test_database();
     let dirs = [

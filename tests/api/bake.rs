@@ -139,18 +139,24 @@ fn assert_image_name(image: &str, version: &str) {
 }
 
 // Multi-threaded: the test blocks on docker and the CLI while the server must answer them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_passing_push_is_baked_into_an_image_that_runs_it_and_the_next_bakes_incrementally() {
-    let mut cleanup = Cleanup::new();
-    let repo = hello_repository();
+/// The app for `repo`, telling Slack (the recorder) of each release baked or failing to bake.
+async fn spawn_with_slack(repo: &std::path::Path) -> (TestApp, Recorder) {
     let recorder = Recorder::start().await;
     let (var, url) = slack_env(&recorder);
     let app = TestApp::spawn_with_env(
-        &with_slack(&hello_config(repo.path()), &["baked", "bake_failed"]),
+        &with_slack(&hello_config(repo), &["baked", "bake_failed"]),
         test_database(),
         &[(var, &url)],
     )
     .await;
+    (app, recorder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_push_is_baked_into_an_image_that_runs_it_and_the_next_bakes_incrementally() {
+    let mut cleanup = Cleanup::new();
+    let repo = hello_repository();
+    let (app, recorder) = spawn_with_slack(repo.path()).await;
     let first = git(repo.path(), &["rev-parse", "HEAD"]);
     let started = Instant::now();
     let build = wait_for_build(&app, push(&app, "main", &first).await, BUILD_AND_BAKE).await;
@@ -334,14 +340,7 @@ async fn a_bake_ansible_fails_leaves_the_build_passed_the_release_published_and_
     assert_ne!(spec, broken);
     std::fs::write(repo.path().join(".slipway.yml"), broken).unwrap();
     let commit = commit_all(repo.path(), "depend on a package that does not exist");
-    let recorder = Recorder::start().await;
-    let (var, url) = slack_env(&recorder);
-    let app = TestApp::spawn_with_env(
-        &with_slack(&hello_config(repo.path()), &["baked", "bake_failed"]),
-        test_database(),
-        &[(var, &url)],
-    )
-    .await;
+    let (app, recorder) = spawn_with_slack(repo.path()).await;
     let build = wait_for_build(&app, push(&app, "main", &commit).await, BUILD_AND_BAKE).await;
     assert_eq!(build["status"], "passed", "{build}");
 

@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use serde_json::Value;
 use slipway::cache::Caches;
 use slipway::config::{CacheConfig, CacheStorage};
 
+use crate::apt_s3::bucket;
 use crate::aws_deploy::moto::{Moto, REGION};
 use crate::aws_deploy::AWS_VARIABLES;
 use crate::builds::{commit_all, git, push_queued};
@@ -142,21 +142,7 @@ async fn exercise(api: &Api, alpha: &str, beta_failing: &str, beta: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_cache_is_restored_for_its_project_only_from_a_directory_or_a_bucket() {
     let moto = Moto::start().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&moto.config().await)
-            .force_path_style(true)
-            .build(),
-    );
-    s3.create_bucket()
-        .bucket(BUCKET)
-        .create_bucket_configuration(
-            CreateBucketConfiguration::builder()
-                .location_constraint(BucketLocationConstraint::from(REGION))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let s3 = bucket(&moto, BUCKET).await;
     let (alpha, alpha_commit) = repository(false);
     let (beta, beta_failing) = repository(true);
     std::fs::remove_file(beta.path().join("fail")).unwrap();
