@@ -77,6 +77,7 @@ impl Caches {
             project: project.to_owned(),
             scratch,
             resolved: Mutex::new(Resolved::default()),
+            read_only: None,
         }
     }
 
@@ -95,6 +96,17 @@ pub struct ProjectCache {
     project: String,
     scratch: PathBuf,
     resolved: Mutex<Resolved>,
+    /// Why this build restores but never saves, when it does not.
+    read_only: Option<String>,
+}
+
+impl ProjectCache {
+    /// This cache restored but never saved, for the reason `why` (a build of code the
+    /// project's team did not write must not put files in the next builds of the project).
+    pub fn read_only(mut self, why: impl Into<String>) -> ProjectCache {
+        self.read_only = Some(why.into());
+        self
+    }
 }
 
 /// What a restored archive brought.
@@ -182,6 +194,9 @@ impl BuildCache for ProjectCache {
     }
 
     fn export_dir(&self) -> Result<PathBuf, String> {
+        if let Some(why) = &self.read_only {
+            return Err(why.clone());
+        }
         let dir = self.scratch.join("export");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
@@ -420,6 +435,18 @@ mod tests {
             report.lines
         );
         assert!(store.path().join("hello/deps-feature%2Fx.tar.gz").is_file());
+        // A fork's pull request restores main's cache and writes none, even under a key
+        // main's builds read.
+        let fork = caches
+            .for_build("hello", scratch.path().join("fork"))
+            .read_only("a fork's build");
+        let workspace = tempfile::tempdir().unwrap();
+        fork.restore(&plan, "main", workspace.path()).await;
+        assert_eq!(
+            std::fs::read_to_string(workspace.path().join("deps/pkg")).unwrap(),
+            "installed"
+        );
+        assert_eq!(fork.export_dir().unwrap_err(), "a fork's build");
         let other = caches.for_build("other", scratch.path().join("three"));
         let workspace = tempfile::tempdir().unwrap();
         other.restore(&plan, "main", workspace.path()).await;

@@ -151,6 +151,10 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
     } else {
         None
     };
+    // A pull request from a fork runs code the project's team did not write: it gets no
+    // secrets and writes no cache unless the project trusts forks.
+    let withheld =
+        build.pull_request.as_ref().is_some_and(|pr| pr.from_fork) && !project.trust_forks;
     let options = RunOptions {
         log_cap_bytes_per_step: context.step_log_limit_bytes,
         export_workspace: built.clone().map(|dir| pipeline::WorkspaceExport {
@@ -168,14 +172,16 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
             let cache = context
                 .caches
                 .for_build(&project.name, workspace.cache_dir());
-            pipeline::CacheHandle(Arc::new(cache))
+            pipeline::CacheHandle(Arc::new(if withheld {
+                cache.read_only(
+                    "a pull request from a fork reads the cache but never writes it (set trust_forks = true in the project to let it)",
+                )
+            } else {
+                cache
+            }))
         }),
         ..RunOptions::default()
     };
-    // A pull request from a fork runs code the project's team did not write: it gets no
-    // secrets unless the project trusts forks.
-    let withheld =
-        build.pull_request.as_ref().is_some_and(|pr| pr.from_fork) && !project.trust_forks;
     let secrets: HashMap<String, String> = if withheld {
         HashMap::new()
     } else {
