@@ -25,7 +25,7 @@ use aws_sdk_s3::operation::get_object::{GetObjectError, GetObjectOutput};
 use aws_sdk_s3::primitives::ByteStream;
 use slipway_bake::{apt, AptRepository};
 
-use crate::config::AptS3;
+use crate::config::S3Bucket;
 
 /// The most of the catalogue read from the bucket (a list of packages and their control
 /// fields: thousands of packages fit in a few megabytes).
@@ -38,13 +38,13 @@ const RELEASE_LIMIT: usize = 4 * 1024 * 1024;
 /// One bucket (and prefix) holding the installation's apt repository.
 pub struct AptBucket {
     client: aws_sdk_s3::Client,
-    settings: AptS3,
+    settings: S3Bucket,
 }
 
 /// A client of the S3 endpoint of `settings` (AWS's, or another addressed path-style), in its
 /// region, else the AWS environment's, else `us-east-1`; the apt bucket's and the build
 /// caches' (`cache.rs`).
-pub async fn s3_client(settings: &AptS3) -> aws_sdk_s3::Client {
+pub async fn s3_client(settings: &S3Bucket) -> aws_sdk_s3::Client {
     let region = match &settings.region {
         Some(region) => Some(aws_config::Region::new(region.clone())),
         None => aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -71,7 +71,7 @@ pub struct Pulled {
 impl AptBucket {
     /// A client for the bucket of `settings`, checked by reading the bucket once, so a wrong
     /// name, endpoint or credentials stop the server at its start.
-    pub async fn connect(settings: &AptS3) -> anyhow::Result<AptBucket> {
+    pub async fn connect(settings: &S3Bucket) -> anyhow::Result<AptBucket> {
         let bucket = AptBucket {
             client: s3_client(settings).await,
             settings: settings.clone(),

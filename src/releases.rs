@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use uuid::Uuid;
 
 use crate::apt_bucket::AptBucket;
-use crate::config::{AptS3, Project};
+use crate::config::{Project, S3Bucket};
 use crate::store::builds::Build;
 use crate::store::releases::{LintianReport, PackageRecord, Release};
 use crate::store::signing_key::StoredKey;
@@ -58,7 +58,7 @@ impl Repository {
         store: &Store,
         data_dir: &Path,
         apt_dir: &Path,
-        apt_s3: Option<&AptS3>,
+        apt_s3: Option<&S3Bucket>,
     ) -> anyhow::Result<Repository> {
         let staging = data_dir.join("staging");
         let home = data_dir.join("gpg");

@@ -13,7 +13,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::MetadataDirective;
 use tokio::io::AsyncWriteExt;
 
-use crate::config::AptS3;
+use crate::config::S3Bucket;
 
 /// The ending of every archive's name.
 pub const SUFFIX: &str = ".tar.gz";
@@ -29,7 +29,7 @@ pub enum Storage {
     Dir(PathBuf),
     Bucket {
         client: aws_sdk_s3::Client,
-        settings: AptS3,
+        settings: S3Bucket,
     },
 }
 
@@ -134,7 +134,7 @@ async fn fetch_file(path: &Path, dest: &Path, limit_bytes: u64) -> anyhow::Resul
 
 async fn fetch_object(
     client: &aws_sdk_s3::Client,
-    settings: &AptS3,
+    settings: &S3Bucket,
     name: &str,
     dest: &Path,
     limit_bytes: u64,
@@ -245,7 +245,7 @@ fn expire_files(dir: &Path, unused_for: Duration) -> anyhow::Result<usize> {
 
 async fn expire_objects(
     client: &aws_sdk_s3::Client,
-    settings: &AptS3,
+    settings: &S3Bucket,
     unused_for: Duration,
 ) -> anyhow::Result<usize> {
     let mut pages = client
@@ -287,7 +287,7 @@ async fn expire_objects(
 
 /// An S3 failure naming the bucket, with what S3 said (never credentials: they are not part
 /// of a request's error).
-fn failed<E, R>(settings: &AptS3, what: &str, error: SdkError<E, R>) -> anyhow::Error
+fn failed<E, R>(settings: &S3Bucket, what: &str, error: SdkError<E, R>) -> anyhow::Error
 where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{resolve_s3, AptS3, ConfigError, Invalid, RawAptS3};
+use super::{resolve_s3, ConfigError, Invalid, RawS3Bucket, S3Bucket};
 
 /// Days an entry no build restored or saved is kept, unless `expire_days` says otherwise.
 pub const DEFAULT_EXPIRE_DAYS: u32 = 14;
@@ -23,7 +23,7 @@ pub struct RawCache {
     /// A directory (default `<data_dir>/cache`, for one server).
     pub dir: Option<PathBuf>,
     /// A bucket every server keeps caches in, instead of a directory.
-    pub s3: Option<RawAptS3>,
+    pub s3: Option<RawS3Bucket>,
     /// Entries no build restored or saved for this many days are removed.
     pub expire_days: Option<u32>,
     /// The largest archive of one cache (the paths as tar, before compression).
@@ -42,7 +42,7 @@ pub struct CacheConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheStorage {
     Dir(PathBuf),
-    S3(AptS3),
+    S3(S3Bucket),
 }
 
 pub(super) fn resolve(

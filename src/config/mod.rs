@@ -125,13 +125,13 @@ pub struct RawApt {
     /// A directory every server mounts (default `<data_dir>/apt`, for one server).
     pub dir: Option<PathBuf>,
     /// An S3 bucket every server publishes to and serves from, instead of a directory.
-    pub s3: Option<RawAptS3>,
+    pub s3: Option<RawS3Bucket>,
 }
 
-/// `[apt] s3 = { bucket, prefix, endpoint_url, region }`.
+/// `s3 = { bucket, prefix, endpoint_url, region }` as written (`[apt] s3`, `[cache] s3`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAptS3 {
+pub struct RawS3Bucket {
     pub bucket: String,
     pub prefix: Option<String>,
     pub endpoint_url: Option<String>,
@@ -140,7 +140,7 @@ pub struct RawAptS3 {
 
 /// An S3 bucket and prefix (`[apt] s3`, `[cache] s3`), checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AptS3 {
+pub struct S3Bucket {
     pub bucket: String,
     /// The keys' common beginning: empty, or ending in `/`.
     pub prefix: String,
@@ -328,7 +328,7 @@ pub struct Config {
     /// `apt_s3`, this server's working copy of the repository in the bucket.
     pub apt_dir: PathBuf,
     /// The bucket that keeps the apt repository, when it is not a shared directory.
-    pub apt_s3: Option<AptS3>,
+    pub apt_s3: Option<S3Bucket>,
     /// What housekeeping removes, and what it keeps.
     pub retention: Retention,
     /// Where builds' caches live (`[cache]`).
@@ -649,7 +649,7 @@ pub fn resolve(
 
 /// `[apt] s3` or `[cache] s3` (`key`), checked: a bucket name S3 accepts, a prefix of plain
 /// path segments, and an endpoint that is a URL.
-fn resolve_s3(raw: RawAptS3, key: &str, invalid: &Invalid<'_>) -> Result<AptS3, ConfigError> {
+fn resolve_s3(raw: RawS3Bucket, key: &str, invalid: &Invalid<'_>) -> Result<S3Bucket, ConfigError> {
     let bucket_ok = (3..=63).contains(&raw.bucket.len())
         && raw
             .bucket
@@ -705,7 +705,7 @@ fn resolve_s3(raw: RawAptS3, key: &str, invalid: &Invalid<'_>) -> Result<AptS3, 
             ));
         }
     }
-    Ok(AptS3 {
+    Ok(S3Bucket {
         bucket: raw.bucket,
         prefix: if trimmed.is_empty() {
             String::new()
@@ -1449,7 +1449,7 @@ mod tests {
         assert_eq!(config.apt_dir, PathBuf::from("/var/lib/slipway/apt"));
         assert_eq!(
             config.apt_s3,
-            Some(AptS3 {
+            Some(S3Bucket {
                 bucket: "acme-apt".into(),
                 prefix: "teams/ops/".into(),
                 endpoint_url: Some("http://127.0.0.1:5000".into()),
