@@ -20,6 +20,7 @@ mod health;
 mod hostile_input;
 mod lintian;
 mod logs;
+mod netns;
 mod notify;
 mod packaging;
 mod pipeline_cli;
