@@ -107,6 +107,13 @@ pub enum Command {
     /// Work with a .slipway.yml pipeline locally.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
+    /// Run a server's builds on this machine's dockerd (a build agent), or drain an agent.
+    Agent(AgentArgs),
+    /// List the build agents: capacity, labels, running builds, last heartbeat, version.
+    Agents {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -262,8 +269,9 @@ pub enum TokenCommand {
         /// What the token is for (1 to 100 printable characters).
         #[arg(long)]
         name: String,
-        /// What it may do: read, build, deploy:<environment>, deploy (every environment) or
-        /// admin; may be repeated. Every scope includes read.
+        /// What it may do: read, build, deploy:<environment>, deploy (every environment),
+        /// admin, or agent (registers build agents, nothing else); may be repeated. Every
+        /// scope but agent includes read.
         #[arg(long = "scope", value_name = "SCOPE", required = true)]
         scopes: Vec<String>,
     },
@@ -278,5 +286,46 @@ pub enum TokenCommand {
         client: ClientArgs,
         /// The token's id, as `slipway token list` shows it.
         id: i64,
+    },
+}
+
+/// `slipway agent --server URL --token T ...`, or `slipway agent drain NAME`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    /// The server's URL; the agent dials out to it (it needs no inbound port).
+    #[arg(long, env = "SLIPWAY_SERVER", required = true)]
+    pub server: Option<String>,
+    /// A token of scope `agent` (or `admin`) to register with, or `-` to read it from stdin
+    /// (out of sight of `ps`).
+    #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true, required = true)]
+    pub token: Option<String>,
+    /// The agent's name, as the server shows it on builds; default: this host's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How many builds it runs at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub capacity: u32,
+    /// Labels that pipelines select agents by, as `key=value,key=value`.
+    #[arg(long, default_value = "")]
+    pub labels: String,
+    /// The dockerd that runs the builds.
+    #[arg(long, env = "DOCKER_HOST", default_value = crate::config::DEFAULT_DOCKER_HOST)]
+    pub docker_host: String,
+    /// Where builds' files are kept while they run (emptied at start).
+    #[arg(long, default_value = "/var/lib/slipway-agent")]
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Ask an agent to take no new build and exit once its running builds end (admin).
+    Drain {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The agent's name, as `slipway agents` shows it.
+        name: String,
     },
 }

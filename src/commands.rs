@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use crate::cli::{ClientArgs, Command, ServerArgs, TokenCommand};
+use crate::cli::{AgentArgs, AgentCommand, ClientArgs, Command, ServerArgs, TokenCommand};
 use crate::client::ApiClient;
 use crate::config::{Config, Overrides};
 use crate::server::{shutdown_signal, Application};
@@ -18,6 +18,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Server(args) => server(args).await,
         Command::Pipeline(command) => crate::runner::local::run(command).await,
         Command::Token(command) => token(command).await,
+        Command::Agent(args) => agent(args).await,
+        Command::Agents { client } => agents(client).await,
         Command::Audit { client, limit } => audit(client, limit).await,
         Command::Promote {
             client,
@@ -287,4 +289,71 @@ fn images_line(images: &Value) -> Option<String> {
         })
         .collect();
     Some(described.join(", "))
+}
+
+/// `slipway agent`: runs until drained; `slipway agent drain NAME` asks one to drain.
+async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if let Some(AgentCommand::Drain { client, name }) = args.command {
+        let api = ApiClient::new(&client)?;
+        let agent: Value = api
+            .post(&format!("/agents/{name}/drain"), &json!({}))
+            .await?;
+        println!(
+            "agent {} is draining: it takes no new build and exits once its {} running builds end",
+            text(&agent["name"]),
+            agent["running"].as_array().map_or(0, Vec::len)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(server), Some(token)) = (args.server, args.token) else {
+        anyhow::bail!("slipway agent needs --server and --token");
+    };
+    let labels =
+        crate::agent::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+    let options = crate::agent::Options {
+        server,
+        token: crate::client::read_token(&token)?,
+        name: args.name.unwrap_or_else(crate::server::host_name),
+        capacity: args.capacity,
+        labels,
+        docker_host: args.docker_host,
+        work_dir: args.work_dir,
+    };
+    crate::agent::run(options).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `slipway agents`: one line per agent.
+async fn agents(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(&args)?;
+    let listed: Value = client.get("/agents").await?;
+    println!(
+        "{:<20} {:<9} {:>8} {:<19} {:<10} {:<24} RUNNING",
+        "NAME", "STATE", "CAPACITY", "LAST HEARTBEAT", "VERSION", "LABELS"
+    );
+    for agent in listed["agents"].as_array().into_iter().flatten() {
+        let labels: Vec<String> = agent["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+            .collect();
+        let running: Vec<String> = agent["running"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        println!(
+            "{:<20} {:<9} {:>8} {:<19} {:<10} {:<24} {}",
+            text(&agent["name"]),
+            text(&agent["state"]),
+            agent["capacity"],
+            time(&agent["last_heartbeat"]),
+            text(&agent["version"]),
+            labels.join(","),
+            running.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

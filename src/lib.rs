@@ -5,6 +5,7 @@
 //! structs: `slipway-pipeline` runs builds, `slipway-bake` packages and publishes releases.
 //! See ARCHITECTURE.md for the map.
 
+pub mod agent;
 pub mod app_schema;
 pub mod apt_bucket;
 pub mod backup;

@@ -111,11 +111,14 @@ impl BuildQueue {
                 tasks: TaskTracker::new(),
             }),
         };
-        let dispatcher = queue.clone();
-        queue
-            .inner
-            .tasks
-            .spawn(async move { dispatcher.dispatch().await });
+        // With `max_concurrent_builds = 0` the server runs no build: agents run them all.
+        if queue.inner.config.max_concurrent_builds > 0 {
+            let dispatcher = queue.clone();
+            queue
+                .inner
+                .tasks
+                .spawn(async move { dispatcher.dispatch().await });
+        }
         let sweeper = queue.clone();
         queue
             .inner
@@ -127,6 +130,11 @@ impl BuildQueue {
             .tasks
             .spawn(async move { canceller.follow_cancels().await });
         Ok(queue)
+    }
+
+    /// Where builds get their files: agents' builds too, through the server that leased them.
+    pub fn sources(&self) -> &runner::Sources {
+        &self.inner.sources
     }
 
     /// Tells the dispatcher that a build was queued.
@@ -309,12 +317,23 @@ impl BuildQueue {
     }
 }
 
-/// Errors the builds a server that is no longer live left running, and fails the releases it
+/// Errors the builds a server that is no longer live left running, ends the leases of build
+/// agents that stopped answering (see [`crate::store::agents`]), and fails the releases either
 /// left packaging.
 async fn end_orphans(store: &Store) -> anyhow::Result<()> {
     let errored = store.error_orphaned_builds().await?;
     if !errored.is_empty() {
         tracing::warn!(builds = ?errored, "marked builds whose server stopped as errored");
+    }
+    let expired = store.expire_agent_leases().await?;
+    if !expired.unconfirmed.is_empty() {
+        tracing::warn!(builds = ?expired.unconfirmed, "queued again builds whose agent never confirmed its lease");
+    }
+    if !expired.requeued.is_empty() {
+        tracing::warn!(builds = ?expired.requeued, "queued again builds whose agent was lost");
+    }
+    if !expired.errored.is_empty() {
+        tracing::warn!(builds = ?expired.errored, "errored builds whose agent was lost");
     }
     crate::releases::fail_interrupted_releases(store).await
 }

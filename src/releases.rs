@@ -175,6 +175,11 @@ impl Repository {
         self.apt.key_path()
     }
 
+    /// Where packages wait to be published.
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
     /// The repository's directory: `dists/`, `pool/` and `key.gpg` are served under `/apt/`.
     pub fn root(&self) -> PathBuf {
         self.apt.root().to_path_buf()
@@ -196,6 +201,92 @@ pub async fn publish(
     workspace: &Path,
     commit_time: u64,
 ) -> anyhow::Result<Release> {
+    claim_name(store, build, (id, number), package).await?;
+    let definition = definition(
+        package,
+        number,
+        &long_description(build, number),
+        commit_time,
+    );
+    let workspace = workspace.to_path_buf();
+    let staging = repository.staging.clone();
+    let built = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let staging = tempfile::tempdir_in(&staging)?;
+        let built = deb::build(&definition, &workspace, staging.path())?;
+        Ok((staging, built))
+    })
+    .await?;
+    // `_staging` holds the built file until it is published.
+    let (_staging, built) = match built {
+        Ok(built) => built,
+        Err(e) => return fail(store, (id, number), e).await,
+    };
+    publish_built(
+        store,
+        repository,
+        build,
+        (id, number),
+        &built.path,
+        built.info,
+    )
+    .await
+}
+
+/// Publishes release `(id, number)` of `build` from the .deb at `deb` that an agent built
+/// where the build ran: the package must be the one the project's `package:` names, at the
+/// release's version, or the release fails saying what differs.
+#[tracing::instrument(skip_all, fields(project = %build.project, build = build.number), err)]
+pub async fn publish_uploaded(
+    store: &Store,
+    repository: &Repository,
+    build: &Build,
+    (id, number): (Uuid, i64),
+    package: &PackageSpec,
+    deb: &Path,
+) -> anyhow::Result<Release> {
+    claim_name(store, build, (id, number), package).await?;
+    let path = deb.to_path_buf();
+    let info = match tokio::task::spawn_blocking(move || deb::inspect(&path)).await? {
+        Ok(info) => info,
+        Err(e) => {
+            return fail(
+                store,
+                (id, number),
+                anyhow::anyhow!("the uploaded package: {e}"),
+            )
+            .await
+        }
+    };
+    let expected = (package.name.as_str(), number.to_string());
+    if (info.name.as_str(), info.version.clone()) != expected {
+        let why = anyhow::anyhow!(
+            "the uploaded package is {} {}, where release v{number} is {} {}",
+            info.name,
+            info.version,
+            expected.0,
+            expected.1
+        );
+        return fail(store, (id, number), why).await;
+    }
+    publish_built(store, repository, build, (id, number), deb, info).await
+}
+
+/// What a release's package says about where it comes from.
+pub fn long_description(build: &Build, number: i64) -> String {
+    format!(
+        "Release v{number} of {}, built by Slipway from commit {} (build {} on {}).",
+        build.project, build.commit, build.number, build.branch
+    )
+}
+
+/// Claims the package's name for the build's project, failing the release when another
+/// project owns it.
+async fn claim_name(
+    store: &Store,
+    build: &Build,
+    (id, number): (Uuid, i64),
+    package: &PackageSpec,
+) -> anyhow::Result<()> {
     let name = package.name.as_str();
     let owner = store.claim_package(name, &build.project).await?;
     if owner.project != build.project {
@@ -212,54 +303,51 @@ pub async fn publish(
         store.mark_release_failed(id, &reason).await?;
         anyhow::bail!(reason);
     }
-    let described = format!(
-        "Release v{number} of {}, built by Slipway from commit {} (build {} on {}).",
-        build.project, build.commit, build.number, build.branch
-    );
-    let definition = definition(package, number, &described, commit_time);
-    let workspace = workspace.to_path_buf();
-    let staging = repository.staging.clone();
-    let built = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let staging = tempfile::tempdir_in(&staging)?;
-        let built = deb::build(&definition, &workspace, staging.path())?;
-        Ok((staging, built))
-    })
-    .await?;
-    let published = match built {
-        // `_staging` holds the built file until it is published.
-        Ok((_staging, built)) => repository
-            .publish(&built.path, &built.info)
-            .await
-            .map(|published| (built.info, published.pool_path)),
-        Err(error) => Err(error),
+    Ok(())
+}
+
+/// Records release `(id, number)` failed with `error` and returns the error.
+async fn fail<T>(
+    store: &Store,
+    (id, number): (Uuid, i64),
+    error: anyhow::Error,
+) -> anyhow::Result<T> {
+    let reason = format!("packaging v{number} failed: {error:#}");
+    store.mark_release_failed(id, &reason).await?;
+    anyhow::bail!(reason)
+}
+
+/// Publishes the built package `deb` described by `info` as release `(id, number)`.
+async fn publish_built(
+    store: &Store,
+    repository: &Repository,
+    build: &Build,
+    (id, number): (Uuid, i64),
+    deb: &Path,
+    info: PackageInfo,
+) -> anyhow::Result<Release> {
+    let pool_path = match repository.publish(deb, &info).await {
+        Ok(published) => published.pool_path,
+        Err(e) => return fail(store, (id, number), e).await,
     };
-    match published {
-        Ok((info, pool_path)) => {
-            let record = PackageRecord {
-                name: info.name,
-                version: info.version,
-                filename: info.filename,
-                size: info.size as i64,
-                sha256: info.sha256,
-            };
-            store.mark_release_published(id, &record).await?;
-            tracing::info!(release = %format!("v{number}"), package = %record.filename, "published a release");
-            // Off the release's path: the bake need not wait for lintian. A server that stops
-            // meanwhile leaves the release unchecked (`lintian` null).
-            let (store, deb) = (store.clone(), repository.root().join(pool_path));
-            tokio::spawn(async move {
-                let report = lintian(&deb).await;
-                if let Err(error) = store.record_lintian(id, &report).await {
-                    tracing::warn!(release = %format!("v{number}"), %error, "cannot record what lintian said");
-                }
-            });
+    let record = PackageRecord {
+        name: info.name,
+        version: info.version,
+        filename: info.filename,
+        size: info.size as i64,
+        sha256: info.sha256,
+    };
+    store.mark_release_published(id, &record).await?;
+    tracing::info!(release = %format!("v{number}"), package = %record.filename, "published a release");
+    // Off the release's path: the bake need not wait for lintian. A server that stops
+    // meanwhile leaves the release unchecked (`lintian` null).
+    let (store_for_lintian, deb) = (store.clone(), repository.root().join(pool_path));
+    tokio::spawn(async move {
+        let report = lintian(&deb).await;
+        if let Err(error) = store_for_lintian.record_lintian(id, &report).await {
+            tracing::warn!(release = %format!("v{number}"), %error, "cannot record what lintian said");
         }
-        Err(e) => {
-            let reason = format!("packaging v{number} failed: {e:#}");
-            store.mark_release_failed(id, &reason).await?;
-            anyhow::bail!(reason);
-        }
-    }
+    });
     let releases = store.list_releases(&build.project).await?;
     releases
         .into_iter()

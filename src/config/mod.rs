@@ -100,6 +100,8 @@ pub struct RawConfig {
     pub retention: Option<RawRetention>,
     /// `[cache]`: where builds' caches live, how large and for how long.
     pub cache: Option<RawCache>,
+    /// `[agents]`: how build agents hold the builds they run.
+    pub agents: Option<RawAgents>,
     #[serde(default)]
     pub projects: Vec<RawProject>,
 }
@@ -333,8 +335,22 @@ pub struct Config {
     pub retention: Retention,
     /// Where builds' caches live (`[cache]`).
     pub cache: CacheConfig,
+    /// Seconds a build agent's lease lasts without a heartbeat (`[agents] lease_seconds`);
+    /// agents heartbeat three times in that time.
+    pub agent_lease_seconds: u64,
     pub projects: Vec<Project>,
 }
+
+/// `[agents]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgents {
+    /// How long an agent that stopped heartbeating keeps its builds (default 30 s).
+    pub lease_seconds: Option<u64>,
+}
+
+/// How long an agent's lease lasts unless `[agents] lease_seconds` says otherwise.
+pub const DEFAULT_AGENT_LEASE_SECONDS: u64 = 30;
 
 /// What housekeeping removes (see docs/configuration.md, "Retention"); `None` keeps all.
 /// Whatever is live, warm or taken by an unfinished deployment in an environment is kept.
@@ -557,13 +573,8 @@ pub fn resolve(
     }
     let registry_mirror =
         registries::resolve_mirror(raw.registry_mirror, raw.registry_mirror_fallback, &invalid)?;
+    // 0: this server runs no build itself and leaves them all to agents.
     let max_concurrent_builds = raw.max_concurrent_builds.unwrap_or(2);
-    if max_concurrent_builds == 0 {
-        return Err(invalid(
-            "max_concurrent_builds",
-            "expected a number of at least 1, got 0".into(),
-        ));
-    }
     let max_concurrent_bakes = raw.max_concurrent_bakes.unwrap_or(1);
     if max_concurrent_bakes == 0 {
         return Err(invalid(
@@ -596,6 +607,17 @@ pub fn resolve(
 
     let retention = resolve_retention(raw.retention.unwrap_or_default(), &invalid)?;
     let cache = cache::resolve(raw.cache.unwrap_or_default(), &data_dir, &invalid)?;
+    let agent_lease_seconds = raw
+        .agents
+        .unwrap_or_default()
+        .lease_seconds
+        .unwrap_or(DEFAULT_AGENT_LEASE_SECONDS);
+    if !(3..=3600).contains(&agent_lease_seconds) {
+        return Err(invalid(
+            "agents.lease_seconds",
+            format!("expected seconds from 3 to 3600, got {agent_lease_seconds}"),
+        ));
+    }
 
     let mut names = HashSet::new();
     let mut projects = Vec::new();
@@ -643,6 +665,7 @@ pub fn resolve(
         apt_s3,
         retention,
         cache,
+        agent_lease_seconds,
         projects,
     })
 }

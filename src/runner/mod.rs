@@ -5,11 +5,11 @@
 //! ends once the package is published and the release's images are queued to bake.
 
 pub mod local;
-mod migrations;
-mod observer;
+pub(crate) mod migrations;
+pub(crate) mod observer;
 mod source;
 
-pub use source::{read_spec, Sources};
+pub use source::{read_spec, Sources, Workspace};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -29,7 +29,6 @@ use crate::releases::{self, Repository};
 use crate::store::builds::{Build, BuildStatus};
 use crate::store::releases::{NewestRelease, ReleaseSlot};
 use crate::store::Store;
-use source::Workspace;
 
 /// The label that marks everything a server's builds create, so that a restarted server
 /// reaps only its own leftovers.
@@ -73,7 +72,7 @@ impl Outcome {
             reason: Some(reason.into()),
         }
     }
-    fn failed(reason: impl Into<String>) -> Outcome {
+    pub fn failed(reason: impl Into<String>) -> Outcome {
         Outcome {
             status: BuildStatus::Failed,
             reason: Some(reason.into()),
@@ -109,16 +108,11 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
             tracing::warn!(%error, "cannot record the commit's author and message");
         }
     }
-    let info = pipeline::BuildInfo {
-        project: project.name.clone(),
-        number: build.number as u64,
-        build_id: build.id.simple().to_string(),
-        commit: build.commit.clone(),
-        branch: build.branch.clone(),
-        event: event_of(&build.event),
-        extra_labels: [(SERVER_LABEL.to_string(), context.server_id.to_string())].into(),
-        extra_env: event_environment(build),
-    };
+    let info = build_info(
+        build,
+        [(SERVER_LABEL.to_string(), context.server_id.to_string())].into(),
+        event_environment(build),
+    );
     let plan = match pipeline::compile(&spec, &info) {
         Ok(plan) => plan,
         Err(e) => return Outcome::errored(format!("cannot compile the pipeline: {e}")),
@@ -131,19 +125,22 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         Ok(engine) => engine,
         Err(e) => return Outcome::errored(format!("{e:#}")),
     };
+    let first_line = match context.store.next_log_line(build.id).await {
+        Ok(line) => line,
+        Err(e) => return Outcome::errored(format!("cannot read the build's log: {e}")),
+    };
     let recorder = observer::StoreObserver::start(
-        context.store.clone(),
-        build.id,
+        Arc::new(observer::StoreRecorder {
+            store: context.store.clone(),
+            build: build.id,
+            attempt: build.attempt,
+        }),
         &plan,
-        context.live.clone(),
+        first_line,
+        Some(context.live.clone()),
     )
     .await;
-    // Only a build that may become a release needs what its steps produced: a push's (or a
-    // person's) on the deploy branch, never a pull request's or a tag's.
-    let releasable = build.branch == project.deploy_branch
-        && !matches!(build.event.as_str(), "pull_request" | "tag")
-        && plan.package.is_some();
-    let built = if releasable {
+    let built = if releasable(project, build, &plan) {
         match workspace.built_dir() {
             Ok(dir) => Some(dir),
             Err(e) => return Outcome::errored(e),
@@ -151,10 +148,7 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
     } else {
         None
     };
-    // A pull request from a fork runs code the project's team did not write: it gets no
-    // secrets and writes no cache unless the project trusts forks.
-    let withheld =
-        build.pull_request.as_ref().is_some_and(|pr| pr.from_fork) && !project.trust_forks;
+    let withheld = withheld(project, build);
     let options = RunOptions {
         log_cap_bytes_per_step: context.step_log_limit_bytes,
         export_workspace: built.clone().map(|dir| pipeline::WorkspaceExport {
@@ -182,15 +176,7 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         }),
         ..RunOptions::default()
     };
-    let secrets: HashMap<String, String> = if withheld {
-        HashMap::new()
-    } else {
-        project
-            .secrets
-            .iter()
-            .map(|(name, value)| (name.clone(), value.expose().to_string()))
-            .collect()
-    };
+    let secrets: HashMap<String, String> = secrets(project, withheld).into_iter().collect();
     let outcome = pipeline::run(
         &plan,
         &engine,
@@ -208,17 +194,19 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
     }
     if outcome.status == pipeline::BuildStatus::Passed {
         if let (Some(package), Some(built)) = (plan.package.as_ref(), &built) {
-            let numbered = match release_in_commit_order(context, project, build).await {
-                Ok(ReleaseSlot::Numbered { id, number }) => (id, number),
-                Ok(ReleaseSlot::Skipped { reason }) => {
-                    tracing::info!(%reason, "the build makes no release");
-                    return Outcome {
-                        status: status_of(outcome.status),
-                        reason: outcome.message,
-                    };
-                }
-                Err(outcome) => return outcome,
-            };
+            let numbered =
+                match release_in_commit_order(context.store, context.sources, project, build).await
+                {
+                    Ok(ReleaseSlot::Numbered { id, number }) => (id, number),
+                    Ok(ReleaseSlot::Skipped { reason }) => {
+                        tracing::info!(%reason, "the build makes no release");
+                        return Outcome {
+                            status: status_of(outcome.status),
+                            reason: outcome.message,
+                        };
+                    }
+                    Err(outcome) => return outcome,
+                };
             match releases::publish(
                 context.store,
                 context.repository,
@@ -234,44 +222,123 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
                 // need from the checkout, and baked apart from the build (its slot and cancel
                 // are not theirs); a failed bake is recorded on the release.
                 Ok(release) => {
-                    if let Err(e) =
-                        migrations::record_release(context.store, &plan, &release, workspace.path())
-                            .await
+                    if let Err(outcome) = after_publish(
+                        context.store,
+                        context.bakes,
+                        project,
+                        &plan,
+                        &release,
+                        workspace.path(),
+                    )
+                    .await
                     {
-                        return Outcome::failed(format!("{e:#}"));
-                    }
-                    let recipe = crate::bake::bake_recipe(package, workspace.path());
-                    if let Err(e) = context.bakes.enqueue(&release, project, recipe).await {
-                        return Outcome::errored(format!("cannot queue the release's bake: {e:#}"));
+                        return outcome;
                     }
                 }
                 Err(e) => return Outcome::failed(format!("{e:#}")),
             }
         }
     }
-    let reason = match outcome.message {
-        Some(message) if withheld && message.contains("was not supplied") => Some(format!(
-            "{message}: a pull request from a fork gets no secrets (set trust_forks = true in the project to give them)"
-        )),
-        message => message,
-    };
     Outcome {
         status: status_of(outcome.status),
-        reason,
+        reason: explain_withheld(outcome.message, withheld),
     }
+}
+
+/// Why a fork's pull request ran without secrets, said where a step missed one.
+pub const WITHHELD_SECRETS: &str =
+    "a pull request from a fork gets no secrets (set trust_forks = true in the project to give them)";
+
+/// A build's reason, saying why a secret a step asked for was missing when it was withheld.
+pub(crate) fn explain_withheld(message: Option<String>, withheld: bool) -> Option<String> {
+    match message {
+        Some(message) if withheld && message.contains("was not supplied") => {
+            Some(format!("{message}: {WITHHELD_SECRETS}"))
+        }
+        message => message,
+    }
+}
+
+/// What the pipeline knows of the build it runs; `labels` mark what it starts in dockerd.
+pub(crate) fn build_info(
+    build: &Build,
+    labels: BTreeMap<String, String>,
+    env: BTreeMap<String, String>,
+) -> pipeline::BuildInfo {
+    pipeline::BuildInfo {
+        project: build.project.clone(),
+        number: build.number as u64,
+        build_id: build.id.simple().to_string(),
+        commit: build.commit.clone(),
+        branch: build.branch.clone(),
+        event: event_of(&build.event),
+        extra_labels: labels,
+        extra_env: env,
+    }
+}
+
+/// Only a build that may become a release needs what its steps produced: a push's (or a
+/// person's) on the deploy branch, never a pull request's or a tag's.
+pub(crate) fn releasable(project: &Project, build: &Build, plan: &pipeline::Plan) -> bool {
+    build.branch == project.deploy_branch
+        && !matches!(build.event.as_str(), "pull_request" | "tag")
+        && plan.package.is_some()
+}
+
+/// A pull request from a fork runs code the project's team did not write: it gets no
+/// secrets and writes no cache unless the project trusts forks.
+pub(crate) fn withheld(project: &Project, build: &Build) -> bool {
+    build.pull_request.as_ref().is_some_and(|pr| pr.from_fork) && !project.trust_forks
+}
+
+/// The secrets a build's steps get: none when they are withheld.
+pub(crate) fn secrets(project: &Project, withheld: bool) -> BTreeMap<String, String> {
+    if withheld {
+        return BTreeMap::new();
+    }
+    project
+        .secrets
+        .iter()
+        .map(|(name, value)| (name.clone(), value.expose().to_string()))
+        .collect()
+}
+
+/// What follows a release's publishing, wherever its build ran: the application migrations
+/// it ships are recorded, and its images queued to bake with what the bakes need from the
+/// checkout in `workspace`.
+pub(crate) async fn after_publish(
+    store: &Store,
+    bakes: &BakeQueue,
+    project: &Project,
+    plan: &pipeline::Plan,
+    release: &crate::store::releases::Release,
+    workspace: &std::path::Path,
+) -> Result<(), Outcome> {
+    migrations::record_release(store, plan, release, workspace)
+        .await
+        .map_err(|e| Outcome::failed(format!("{e:#}")))?;
+    let Some(package) = plan.package.as_ref() else {
+        return Ok(());
+    };
+    let recipe = crate::bake::bake_recipe(package, workspace);
+    bakes
+        .enqueue(release, project, recipe)
+        .await
+        .map_err(|e| Outcome::errored(format!("cannot queue the release's bake: {e:#}")))
 }
 
 /// Numbers a release of the passing `build` unless its commit is an ancestor of (or is) the
 /// newest release's commit: then the build, recorded with the reason, makes no release, so
 /// a slow build of an older commit never becomes newer than a later commit's release.
 /// Unrelated history (a force push) is no ancestor and releases.
-async fn release_in_commit_order(
-    context: &Context<'_>,
+pub(crate) async fn release_in_commit_order(
+    store: &Store,
+    sources: &Sources,
     project: &Project,
     build: &Build,
 ) -> Result<ReleaseSlot, Outcome> {
     let commit = CommitId::parse(&build.commit).map_err(Outcome::errored)?;
-    let mirror = context.sources.mirrors().mirror(project);
+    let mirror = sources.mirrors().mirror(project);
     let follows = |newest: NewestRelease| async move {
         let version = format!("v{}", newest.number);
         let released = CommitId::parse(&newest.commit)
@@ -292,8 +359,7 @@ async fn release_in_commit_order(
         };
         Ok(skip)
     };
-    match context
-        .store
+    match store
         .create_release_in_commit_order(&build.project, build.id, &build.commit, follows)
         .await
     {
@@ -311,18 +377,18 @@ fn short(commit: &str) -> &str {
 }
 
 /// What a build's workspace holds once the commit is checked out.
-struct Checkout {
-    spec: pipeline::Spec,
+pub(crate) struct Checkout {
+    pub spec: pipeline::Spec,
     /// For reproducible packages: the workspace has no `.git` to ask.
-    commit_time: u64,
+    pub commit_time: u64,
     /// The commit's author and message line, when they could be read.
-    summary: Option<(String, String)>,
+    pub summary: Option<(String, String)>,
 }
 
 /// Fills `workspace` with the commit's files from the project's mirror, and `.git` when the
 /// pipeline asks for it. Problems of the repository's own files fail the build; the rest
 /// errors it.
-async fn checkout(
+pub(crate) async fn checkout(
     sources: &Sources,
     project: &Project,
     build: &Build,
@@ -366,7 +432,7 @@ async fn checkout(
 
 /// The outcome of a build whose log the store refused in part: a passed build errors (it is
 /// not released), any other keeps its status; both say so.
-fn log_incomplete(outcome: &pipeline::BuildOutcome, lost_lines: u64) -> Outcome {
+pub(crate) fn log_incomplete(outcome: &pipeline::BuildOutcome, lost_lines: u64) -> Outcome {
     let incomplete = format!("{lost_lines} lines of the build log could not be stored");
     let (status, reason) = match (outcome.status, &outcome.message) {
         (pipeline::BuildStatus::Passed, _) => (BuildStatus::Errored, incomplete),
@@ -384,7 +450,7 @@ fn log_incomplete(outcome: &pipeline::BuildOutcome, lost_lines: u64) -> Outcome 
     }
 }
 
-fn status_of(status: pipeline::BuildStatus) -> BuildStatus {
+pub(crate) fn status_of(status: pipeline::BuildStatus) -> BuildStatus {
     match status {
         pipeline::BuildStatus::Passed => BuildStatus::Passed,
         pipeline::BuildStatus::Failed => BuildStatus::Failed,
@@ -434,7 +500,7 @@ pub async fn reap_leftovers(engine: &DockerEngine, store: &Store, installation: 
 
 /// Stored events are the pipeline's event names; a rebuild keeps its build's event.
 /// The variables a pull request's or a tag's build adds for its steps.
-fn event_environment(build: &Build) -> BTreeMap<String, String> {
+pub(crate) fn event_environment(build: &Build) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     if let Some(pr) = &build.pull_request {
         env.extend([
@@ -454,7 +520,7 @@ fn event_environment(build: &Build) -> BTreeMap<String, String> {
     env
 }
 
-fn event_of(name: &str) -> pipeline::spec::Event {
+pub(crate) fn event_of(name: &str) -> pipeline::spec::Event {
     serde_json::from_value(serde_json::Value::String(name.to_string()))
         .unwrap_or(pipeline::spec::Event::Manual)
 }

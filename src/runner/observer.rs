@@ -1,5 +1,6 @@
-//! The observer a server build runs with: it hands every event through a bounded channel to a
-//! writer task that records steps and log chunks in the store, then forwards the stored
+//! The observer a build runs with: it hands every event through a bounded channel to a
+//! writer task that records steps and log chunks through a [`BuildRecorder`] (the store, for
+//! a server's build; the server that leased it, for an agent's), then forwards the recorded
 //! chunks to live readers.
 
 use std::collections::HashMap;
@@ -21,7 +22,68 @@ use crate::store::Store;
 const CHANNEL_EVENTS: usize = 16;
 
 /// Bytes of chunks written to the store in one statement, about.
-const BATCH_BYTES: usize = 1024 * 1024;
+pub const BATCH_BYTES: usize = 1024 * 1024;
+
+/// Where one attempt of a build records its steps (by position in the plan) and its log
+/// chunks (numbered by the observer).
+#[async_trait::async_trait]
+pub trait BuildRecorder: Send + Sync + 'static {
+    async fn record_step(
+        &self,
+        position: i32,
+        name: &str,
+        status: &str,
+        exit_code: Option<i32>,
+    ) -> anyhow::Result<()>;
+    async fn append_log_chunks(&self, chunks: &[LogChunkRecord]) -> anyhow::Result<()>;
+}
+
+/// A server's build: recorded in the store directly.
+pub struct StoreRecorder {
+    pub store: Store,
+    pub build: Uuid,
+    pub attempt: i32,
+}
+
+#[async_trait::async_trait]
+impl BuildRecorder for StoreRecorder {
+    async fn record_step(
+        &self,
+        position: i32,
+        name: &str,
+        status: &str,
+        exit_code: Option<i32>,
+    ) -> anyhow::Result<()> {
+        Ok(self
+            .store
+            .record_step(self.build, self.attempt, position, name, status, exit_code)
+            .await?)
+    }
+    async fn append_log_chunks(&self, chunks: &[LogChunkRecord]) -> anyhow::Result<()> {
+        Ok(self
+            .store
+            .append_log_chunks(self.build, self.attempt, chunks)
+            .await?)
+    }
+}
+
+/// The position of each step of `plan` in its build: the `cache-restore` and `migrations`
+/// steps, when there are, run before the plan's steps, and `cache-save` after them.
+pub fn step_positions(plan: &Plan) -> HashMap<String, i32> {
+    let cached = |name: &str| plan.cache.as_ref().map(|_| name.to_owned());
+    let migrations = plan
+        .migrations
+        .as_ref()
+        .map(|_| slipway_pipeline::spec::MIGRATIONS_STEP.to_owned());
+    cached(spec::CACHE_RESTORE_STEP)
+        .into_iter()
+        .chain(migrations)
+        .chain(plan.steps.iter().map(|step| step.name.clone()))
+        .chain(cached(spec::CACHE_SAVE_STEP))
+        .enumerate()
+        .map(|(i, name)| (name, i as i32))
+        .collect()
+}
 
 enum Event {
     Started(String),
@@ -41,43 +103,26 @@ pub struct LogLoss {
 }
 
 impl StoreObserver {
-    /// Records the plan's steps as pending and starts the writer.
+    /// Records the plan's steps as pending and starts the writer; the log's lines are
+    /// numbered from `first_line` on, and shown to `live` readers once recorded.
     pub async fn start(
-        store: Store,
-        build: Uuid,
+        recorder: Arc<dyn BuildRecorder>,
         plan: &Plan,
-        live: broadcast::Sender<LiveEvent>,
+        first_line: i64,
+        live: Option<broadcast::Sender<LiveEvent>>,
     ) -> StoreObserver {
-        // The `cache-restore` and `migrations` steps, when there are, run before the plan's
-        // steps, and `cache-save` after them.
-        let cached = |name: &str| plan.cache.as_ref().map(|_| name.to_owned());
-        let migrations = plan
-            .migrations
-            .as_ref()
-            .map(|_| slipway_pipeline::spec::MIGRATIONS_STEP.to_owned());
-        let positions: HashMap<String, i32> = cached(spec::CACHE_RESTORE_STEP)
-            .into_iter()
-            .chain(migrations)
-            .chain(plan.steps.iter().map(|step| step.name.clone()))
-            .chain(cached(spec::CACHE_SAVE_STEP))
-            .enumerate()
-            .map(|(i, name)| (name, i as i32))
-            .collect();
+        let positions = step_positions(plan);
         for (name, position) in &positions {
-            if let Err(e) = store
-                .record_step(build, *position, name, "pending", None)
-                .await
-            {
-                tracing::error!(%build, error = %e, "cannot record a build's steps");
+            if let Err(e) = recorder.record_step(*position, name, "pending", None).await {
+                tracing::error!(error = format!("{e:#}"), "cannot record a build's steps");
             }
         }
         let (events, receiver) = mpsc::channel(CHANNEL_EVENTS);
         let writer = Writer {
-            store,
-            build,
+            recorder,
             positions,
             live,
-            next_line: 1,
+            next_line: first_line,
             loss: LogLoss::default(),
         };
         StoreObserver {
@@ -120,10 +165,9 @@ impl Observer for StoreObserver {
 }
 
 struct Writer {
-    store: Store,
-    build: Uuid,
+    recorder: Arc<dyn BuildRecorder>,
     positions: HashMap<String, i32>,
-    live: broadcast::Sender<LiveEvent>,
+    live: Option<broadcast::Sender<LiveEvent>>,
     next_line: i64,
     loss: LogLoss,
 }
@@ -183,20 +227,21 @@ impl Writer {
     /// Stores a batch (one retry: a brief outage should not cost lines), then shows it to
     /// live readers, so a reader that falls behind finds in the store all it missed.
     async fn store_chunks(&mut self, batch: Vec<LogChunkRecord>) {
-        let mut stored = self.store.append_log_chunks(self.build, &batch).await;
+        let mut stored = self.recorder.append_log_chunks(&batch).await;
         if stored.is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            stored = self.store.append_log_chunks(self.build, &batch).await;
+            stored = self.recorder.append_log_chunks(&batch).await;
         }
         if let Err(e) = stored {
             let lines: u64 = batch.iter().map(|c| c.lines as u64).sum();
-            tracing::error!(build = %self.build, error = %e, lines, "cannot store log lines");
+            tracing::error!(error = format!("{e:#}"), lines, "cannot store log lines");
             self.loss.lines += lines;
             return;
         }
+        let Some(live) = &self.live else { return };
         for chunk in batch {
             // No live reader is no error.
-            let _ = self.live.send(LiveEvent::Chunk(Arc::new(chunk)));
+            let _ = live.send(LiveEvent::Chunk(Arc::new(chunk)));
         }
     }
 
@@ -214,11 +259,11 @@ impl Writer {
             return;
         };
         if let Err(e) = self
-            .store
-            .record_step(self.build, *position, step, status, exit_code)
+            .recorder
+            .record_step(*position, step, status, exit_code)
             .await
         {
-            tracing::error!(build = %self.build, step, error = %e, "cannot record a step");
+            tracing::error!(step, error = format!("{e:#}"), "cannot record a step");
         }
     }
 }

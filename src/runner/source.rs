@@ -48,7 +48,22 @@ impl Sources {
 
     /// A new, empty workspace named after the build.
     pub fn workspace(&self, build: uuid::Uuid) -> Result<Workspace, String> {
-        let dir = self.workspaces.join(build.simple().to_string());
+        self.workspace_named(build.simple().to_string())
+    }
+
+    /// A new, empty workspace for one request about a build an agent runs (its source to
+    /// send, its package to publish): named after the build and the request, so requests
+    /// about one build never share one.
+    pub fn scratch(&self, build: uuid::Uuid) -> Result<Workspace, String> {
+        self.workspace_named(format!(
+            "{}-{}",
+            build.simple(),
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
+
+    fn workspace_named(&self, name: String) -> Result<Workspace, String> {
+        let dir = self.workspaces.join(name);
         // A rebuild never reuses an id, so anything here is an earlier attempt's remains.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir)

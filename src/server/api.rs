@@ -51,6 +51,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(super::deploy_api::routes())
         .merge(super::tokens_api::routes())
         .merge(super::notify_api::routes())
+        .merge(super::agents_api::routes())
         .layer(middleware::from_fn_with_state(
             state,
             super::auth::require_token,

@@ -93,6 +93,7 @@ pub fn needed_scope(method: &Method, route: &str, environment: Option<String>) -
     match (method, route) {
         (&Method::GET, "/tokens" | "/audit") => Scope::Admin,
         (&Method::GET, _) => Scope::Read,
+        (&Method::POST, "/agents") => Scope::Agent,
         (
             &Method::POST,
             "/projects/{project}/builds"

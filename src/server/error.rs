@@ -24,6 +24,14 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
+    /// A failure of the server's own: logged here, and answered without its detail.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "a request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server could not do this; see its log",
+        )
+    }
 }
 
 impl From<crate::store::StoreError> for ApiError {

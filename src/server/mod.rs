@@ -8,6 +8,7 @@
 //! database take over what it left at once), and the embedded PostgreSQL (when Slipway
 //! started it) is stopped.
 
+mod agents_api;
 mod api;
 mod apt;
 mod auth;
@@ -17,6 +18,7 @@ mod health;
 mod hooks;
 mod notify_api;
 mod presence;
+pub use presence::host_name;
 mod releases_api;
 mod tokens_api;
 
@@ -228,6 +230,7 @@ pub fn router(state: AppState) -> Router {
             post(hooks::bitbucket).layer(axum::extract::DefaultBodyLimit::max(max_body)),
         )
         .nest("/api/v1", api::routes(state.clone()))
+        .nest("/agent/v1", agents_api::agent_routes(state.clone()))
         .merge(apt::routes(&state))
         .with_state(state)
 }

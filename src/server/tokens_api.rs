@@ -92,7 +92,7 @@ async fn create_token(
 fn checked_scopes(config: &Config, asked: &[String]) -> Result<Vec<Scope>, ApiError> {
     if asked.is_empty() || asked.len() > MAX_SCOPES {
         return Err(ApiError::bad_request(format!(
-            "a token needs 1 to {MAX_SCOPES} scopes (read, build, deploy:<environment>, deploy, admin); {} given",
+            "a token needs 1 to {MAX_SCOPES} scopes (read, build, deploy:<environment>, deploy, admin, agent); {} given",
             asked.len()
         )));
     }

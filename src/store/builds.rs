@@ -100,10 +100,17 @@ pub struct Build {
     /// The commit's author and the first line of its message, once the build checked it out.
     pub author: Option<String>,
     pub message: Option<String>,
+    /// The agent that runs (or ran) its latest attempt, by name; `None` when a server ran it.
+    pub agent: Option<String>,
+    /// 1, or 2 when the agent running the first attempt was lost and the build was queued
+    /// again; each attempt keeps its steps and log lines.
+    pub attempt: i32,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRecord {
+    /// The attempt of the build the step ran in.
+    pub attempt: i32,
     pub position: i32,
     pub name: String,
     pub status: String,
@@ -159,9 +166,9 @@ pub const LOG_PAGE_BYTES: usize = 1024 * 1024;
 /// Chunks read per query while a page fills.
 const CHUNKS_PER_QUERY: i64 = 4;
 
-const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at, release_skipped, owner, pull_request, author, message";
+pub(super) const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at, release_skipped, owner, pull_request, author, message, agent_name, attempt";
 
-fn build_from_row(row: &tokio_postgres::Row) -> Build {
+pub(super) fn build_from_row(row: &tokio_postgres::Row) -> Build {
     Build {
         id: row.get(0),
         project: row.get(1),
@@ -181,6 +188,8 @@ fn build_from_row(row: &tokio_postgres::Row) -> Build {
             .map(|Json(info)| info),
         author: row.get(14),
         message: row.get(15),
+        agent: row.get(16),
+        attempt: row.get(17),
     }
 }
 
@@ -328,7 +337,7 @@ impl Store {
                 &format!(
                     "UPDATE builds SET status = 'errored', finished_at = now(),
                      reason = 'the server stopped while this build was running'
-                     WHERE status = 'running' AND NOT {}
+                     WHERE status = 'running' AND agent_id IS NULL AND NOT {}
                      RETURNING id",
                     owner_live("builds.owner")
                 ),
@@ -439,6 +448,7 @@ impl Store {
     pub async fn record_step(
         &self,
         build: Uuid,
+        attempt: i32,
         position: i32,
         name: &str,
         status: &str,
@@ -448,14 +458,14 @@ impl Store {
         self.client()
             .await?
             .execute(
-                "INSERT INTO build_steps (build_id, position, name, status, exit_code, started_at, finished_at)
+                "INSERT INTO build_steps (build_id, position, name, status, exit_code, started_at, finished_at, attempt)
                  VALUES ($1, $2, $3, $4, $5,
-                         CASE WHEN $6 THEN now() END, CASE WHEN NOT $6 THEN now() END)
-                 ON CONFLICT (build_id, position) DO UPDATE
+                         CASE WHEN $6 THEN now() END, CASE WHEN NOT $6 THEN now() END, $7)
+                 ON CONFLICT (build_id, attempt, position) DO UPDATE
                  SET status = EXCLUDED.status, exit_code = EXCLUDED.exit_code,
                      started_at = COALESCE(build_steps.started_at, EXCLUDED.started_at),
                      finished_at = EXCLUDED.finished_at",
-                &[&build, &position, &name, &status, &exit_code, &started],
+                &[&build, &position, &name, &status, &exit_code, &started, &attempt],
             )
             .await?;
         Ok(())
@@ -467,14 +477,15 @@ impl Store {
             .await?
             .query(
                 "SELECT position, name, status, exit_code, started_at, finished_at,
-                        (extract(epoch FROM finished_at - started_at) * 1000)::bigint
-                 FROM build_steps WHERE build_id = $1 ORDER BY position",
+                        (extract(epoch FROM finished_at - started_at) * 1000)::bigint, attempt
+                 FROM build_steps WHERE build_id = $1 ORDER BY attempt, position",
                 &[&build],
             )
             .await?;
         Ok(rows
             .iter()
             .map(|r| StepRecord {
+                attempt: r.get(7),
                 position: r.get(0),
                 name: r.get(1),
                 status: r.get(2),
@@ -486,10 +497,27 @@ impl Store {
             .collect())
     }
 
-    /// Appends chunks of log lines in one statement; the caller numbers the lines, in order.
+    /// The number the next line of `build`'s log gets: a later attempt's lines follow the
+    /// earlier attempts'.
+    pub async fn next_log_line(&self, build: Uuid) -> StoreResult<i64> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT COALESCE(max(first_line + lines), 1)::bigint FROM build_log_chunks WHERE build_id = $1",
+                &[&build],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Appends chunks of log lines of one attempt in one statement; the caller numbers the
+    /// lines, in order. A chunk already stored under its first line is kept as it is, so a
+    /// batch sent again (an agent's retry) adds nothing twice.
     pub async fn append_log_chunks(
         &self,
         build: Uuid,
+        attempt: i32,
         chunks: &[LogChunkRecord],
     ) -> StoreResult<()> {
         if chunks.is_empty() {
@@ -504,10 +532,11 @@ impl Store {
         self.client()
             .await?
             .execute(
-                "INSERT INTO build_log_chunks (build_id, first_line, lines, step, stream, at, data)
-                 SELECT $1, * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[],
-                                          $6::timestamptz[], $7::bytea[])",
-                &[&build, &firsts, &counts, &steps, &streams, &ats, &data],
+                "INSERT INTO build_log_chunks (build_id, attempt, first_line, lines, step, stream, at, data)
+                 SELECT $1, $8, * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[],
+                                              $6::timestamptz[], $7::bytea[])
+                 ON CONFLICT (build_id, first_line) DO NOTHING",
+                &[&build, &firsts, &counts, &steps, &streams, &ats, &data, &attempt],
             )
             .await?;
         Ok(())

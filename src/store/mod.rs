@@ -1,6 +1,7 @@
 //! The state store: PostgreSQL through a tokio-postgres pool, Slipway's schema applied from
 //! `migrations/` at start, and the queries the service needs, grouped by what they are about.
 
+pub mod agents;
 pub mod app_schema;
 pub mod apt;
 pub mod audit;

@@ -342,7 +342,9 @@ impl Store {
                 &format!(
                     "WITH failed AS (UPDATE releases SET status = 'failed', reason = $1
                      FROM builds WHERE builds.id = releases.build_id
-                         AND releases.status = 'packaging' AND NOT {}
+                         AND releases.status = 'packaging'
+                         AND NOT CASE WHEN builds.agent_id IS NULL THEN {}
+                                      ELSE builds.status = 'running' AND builds.lease_expires > now() END
                      RETURNING releases.id)
                      SELECT {COLUMNS} FROM releases r JOIN builds b ON b.id = r.build_id
                      WHERE r.id IN (SELECT id FROM failed)",

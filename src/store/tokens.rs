@@ -27,6 +27,8 @@ pub enum Scope {
     Deploy(Option<String>),
     /// Everything: tokens, rebakes, the audit trail.
     Admin,
+    /// Register build agents, and nothing else (not even reads): what agents' machines hold.
+    Agent,
 }
 
 impl Scope {
@@ -37,13 +39,14 @@ impl Scope {
             "read" => Ok(Scope::Read),
             "build" => Ok(Scope::Build),
             "admin" => Ok(Scope::Admin),
+            "agent" => Ok(Scope::Agent),
             "deploy" | "deploy:*" => Ok(Scope::Deploy(None)),
             _ => match text.strip_prefix("deploy:") {
                 Some(environment) if !environment.is_empty() => {
                     Ok(Scope::Deploy(Some(environment.to_owned())))
                 }
                 _ => Err(format!(
-                    "unknown scope {:?}; scopes: read, build, deploy:<environment>, deploy (every environment), admin",
+                    "unknown scope {:?}; scopes: read, build, deploy:<environment>, deploy (every environment), admin, agent",
                     shorten(text)
                 )),
             },
@@ -53,7 +56,9 @@ impl Scope {
     /// Whether a token with this scope may do what `needed` names.
     pub fn allows(&self, needed: &Scope) -> bool {
         match (self, needed) {
-            (Scope::Admin, _) | (_, Scope::Read) => true,
+            (Scope::Admin, _) => true,
+            (Scope::Agent, needed) => *needed == Scope::Agent,
+            (_, Scope::Read) => true,
             (Scope::Build, Scope::Build) => true,
             (Scope::Deploy(None), Scope::Deploy(_)) => true,
             (Scope::Deploy(Some(mine)), Scope::Deploy(Some(wanted))) => mine == wanted,
@@ -68,6 +73,7 @@ impl fmt::Display for Scope {
             Scope::Read => f.write_str("read"),
             Scope::Build => f.write_str("build"),
             Scope::Admin => f.write_str("admin"),
+            Scope::Agent => f.write_str("agent"),
             Scope::Deploy(None) => f.write_str("deploy:*"),
             Scope::Deploy(Some(environment)) => write!(f, "deploy:{environment}"),
         }
@@ -139,7 +145,7 @@ pub fn generate_token() -> String {
     format!("slw_{}", hex::encode(bytes))
 }
 
-fn digest(token: &str) -> Vec<u8> {
+pub(super) fn digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod agents;
 mod apt_s3;
 mod aws_deploy;
 mod backup;

@@ -9,6 +9,7 @@
 
 mod archive;
 mod control;
+mod inspect;
 mod sources;
 mod validate;
 
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, IoContext, Result};
 
 pub(crate) use archive::gzip;
+pub use inspect::inspect;
 pub use sources::MAX_PACKAGE_FILES;
 pub(crate) use validate::identity as validate_identity;
 
