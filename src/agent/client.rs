@@ -196,8 +196,22 @@ impl ServerClient {
             .map(drop)
     }
 
-    pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatReply, RequestError> {
-        self.post("/heartbeat", heartbeat)
+    /// One heartbeat, given up after `timeout` (the next one is due then).
+    pub async fn heartbeat(
+        &self,
+        heartbeat: &Heartbeat,
+        timeout: Duration,
+    ) -> Result<HeartbeatReply, RequestError> {
+        let response = self
+            .http
+            .post(self.url("/heartbeat"))
+            .bearer_auth(&self.credential)
+            .timeout(timeout)
+            .json(heartbeat)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        optional_answer(response)
             .await?
             .ok_or_else(|| anyhow!("the server gave no heartbeat answer").into())
     }

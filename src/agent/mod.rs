@@ -49,6 +49,8 @@ pub struct Options {
     pub labels: BTreeMap<String, String>,
     pub docker_host: String,
     pub work_dir: PathBuf,
+    /// The machine this agent runs on, as the autoscaler's group names it.
+    pub instance_id: Option<String>,
 }
 
 struct Agent {
@@ -83,6 +85,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         labels: options.labels.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         host: crate::server::host_name(),
+        instance_id: options.instance_id.clone(),
     };
     let (client, registered) = register(&options, &registration).await?;
     tracing::info!(agent = %options.name, server = %options.server, capacity = options.capacity, "registered with the server");
@@ -248,7 +251,11 @@ async fn heartbeat(agent: Arc<Agent>, every: Duration) {
             running,
             draining: *agent.draining.borrow(),
         };
-        match agent.client.heartbeat(&beat).await {
+        match agent
+            .client
+            .heartbeat(&beat, every.max(Duration::from_secs(2)))
+            .await
+        {
             Ok(reply) => {
                 for id in reply.stop {
                     if let Some(build) = agent.running.lock().expect("agent lock").get(&id) {

@@ -17,6 +17,10 @@ pub struct Registration {
     pub labels: BTreeMap<String, String>,
     pub version: String,
     pub host: String,
+    /// The machine the agent runs on (`--instance-id`): the autoscaler finds an instance's
+    /// agent by it.
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 /// The answer to a registration: the agent's own credential for `/agent/v1`, shown once.

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::builds::{git, hello_config, hello_repository, push, wait_for_build};
+use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_for_build};
 use crate::helpers::TestApp;
+use crate::netns::AgentHost;
 
 /// A `slipway agent` process, its stderr kept.
 pub struct AgentProcess {
@@ -48,15 +49,21 @@ impl AgentProcess {
         AgentProcess { child, log }
     }
 
-    /// The arguments of an agent of this name dialing `server`, working in `work_dir`.
-    pub fn command(server: &str, name: &str, work_dir: &Path, docker_host: &str) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    /// Adds to `command` (the slipway binary, run directly or in a network namespace) the
+    /// arguments of an agent of this name dialing `server`, working in `work_dir` on the
+    /// dockerd at `docker_host`; the token comes on stdin.
+    pub fn agent_args(
+        command: &mut Command,
+        server: &str,
+        name: &str,
+        work_dir: &Path,
+        docker_host: &str,
+    ) {
         command
             .args(["agent", "--server", server, "--token", "-", "--name", name])
             .arg("--work-dir")
             .arg(work_dir)
             .args(["--docker-host", docker_host]);
-        command
     }
 
     pub fn log(&self) -> String {
@@ -78,7 +85,7 @@ impl AgentProcess {
     }
 
     /// Waits for the agent to exit, panicking with its log after `limit`.
-    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("agent waited for") {
@@ -89,7 +96,7 @@ impl AgentProcess {
                 "the agent did not exit within {limit:?}:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(200));
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
@@ -177,7 +184,14 @@ async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_upload
 
     let work = tempfile::tempdir().unwrap();
     let docker_host = "unix:///var/run/docker.sock";
-    let mut command = AgentProcess::command(&app.address, "builder-1", work.path(), docker_host);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    AgentProcess::agent_args(
+        &mut command,
+        &app.address,
+        "builder-1",
+        work.path(),
+        docker_host,
+    );
     command.args(["--capacity", "1", "--labels", "arch=amd64,disk=ssd"]);
     let mut agent = AgentProcess::spawn(command, &token);
 
@@ -236,10 +250,222 @@ async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_upload
     // SIGTERM with nothing running: the agent exits at once, recorded as stopped, and leaves
     // nothing behind.
     agent.signal("TERM");
-    let status = agent.wait_exit(Duration::from_secs(60));
+    let status = agent.wait_exit(Duration::from_secs(60)).await;
     assert!(status.success(), "{status:?}\n{}", agent.log());
     assert_eq!(agents(&app).await[0]["state"], "stopped");
     assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
     assert_eq!(agent_objects(docker_host, "builder-1"), 0);
     assert!(!agent.log().contains(&token), "the agent logged its token");
+}
+
+/// The project's builds, newest first.
+async fn builds(app: &TestApp) -> Vec<Value> {
+    app.get_json("/api/v1/projects/hello/builds?limit=100")
+        .await
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+/// The number of a build `agent` runs now with its `slow` step running: mid-build. Waits up
+/// to `limit` for one.
+async fn mid_build_on(app: &TestApp, agent: &str, limit: Duration) -> i64 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        for build in builds(app).await {
+            if build["status"] != "running" || build["agent"] != agent {
+                continue;
+            }
+            let number = build["number"].as_i64().unwrap();
+            let build = app
+                .get_json(&format!("/api/v1/projects/hello/builds/{number}"))
+                .await;
+            let slow = build["steps"].as_array().unwrap().iter().any(|step| {
+                step["name"] == "slow"
+                    && step["status"] == "running"
+                    && step["attempt"] == build["attempt"]
+            });
+            if slow {
+                return number;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{agent} was not mid-build within {limit:?}: {:?}",
+            builds(app).await
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Runs a blocking call on one of the simulated hosts off the runtime's threads.
+async fn on_host<T: Send + 'static>(
+    hosts: &Arc<Vec<AgentHost>>,
+    index: usize,
+    call: impl FnOnce(&AgentHost) -> T + Send + 'static,
+) -> T {
+    let hosts = hosts.clone();
+    tokio::task::spawn_blocking(move || call(&hosts[index]))
+        .await
+        .unwrap()
+}
+
+// Three agents, each with its own dockerd in its own network namespace, reached only through
+// their veth pairs: twelve builds spread over them while one agent is killed mid-build, one
+// drains on SIGTERM mid-build, and one is cut off mid-build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_in_their_own_namespaces_survive_a_kill_a_drain_and_a_cut() {
+    let hosts: Arc<Vec<AgentHost>> = Arc::new(
+        tokio::task::spawn_blocking(|| {
+            std::thread::scope(|scope| {
+                let started: Vec<_> = (1..=3u8)
+                    .map(|index| {
+                        scope.spawn(move || {
+                            let host = AgentHost::start(index);
+                            host.load_images(&["slipway/postgres:15", "slipway/debian:bookworm"]);
+                            host
+                        })
+                    })
+                    .collect();
+                started.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        })
+        .await
+        .unwrap(),
+    );
+    // A step that takes a while, for an agent to be stopped in the middle of a build.
+    let repo = hello_repository();
+    let spec = repo.path().join(".slipway.yml");
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "  - name: test\n",
+        "  - name: slow\n    image: slipway/debian:bookworm\n    commands:\n      - sleep 8\n\n  - name: test\n",
+    );
+    std::fs::write(&spec, text).unwrap();
+    let head = commit_all(repo.path(), "a slow step");
+    let config = format!(
+        "max_concurrent_builds = 0\n[agents]\nlease_seconds = 6\n{}",
+        hello_config(repo.path())
+    );
+    let app = TestApp::spawn_at(&config, "0.0.0.0:0").await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    let token = agent_token(&app).await;
+    let work = tempfile::tempdir().unwrap();
+    let start_agent = |index: usize| {
+        let host = &hosts[index];
+        let name = format!("agent-{}", index + 1);
+        let mut command = host.command(Path::new(env!("CARGO_BIN_EXE_slipway")));
+        AgentProcess::agent_args(
+            &mut command,
+            &format!("http://{}:{port}", host.host_ip()),
+            &name,
+            &work.path().join(&name),
+            &host.docker_host(),
+        );
+        AgentProcess::spawn(command, &token)
+    };
+    let mut agents: Vec<AgentProcess> = (0..3).map(start_agent).collect();
+    for _ in 0..8 {
+        push(&app, "main", &head).await;
+    }
+
+    // kill -9 of an agent mid-build: the build is queued again and passes on another agent.
+    let killed = mid_build_on(&app, "agent-1", Duration::from_secs(180)).await;
+    agents[0].signal("KILL");
+    agents[0].wait_exit(Duration::from_secs(10)).await;
+    let build = wait_for_build(&app, killed, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    assert_eq!(build["attempt"], 2, "{build}");
+    assert_ne!(build["agent"], "agent-1", "{build}");
+    let attempts: Vec<i64> = build["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["attempt"].as_i64().unwrap())
+        .collect();
+    assert!(attempts.contains(&1) && attempts.contains(&2), "{build}");
+    // The agent comes back; at its start it removes what its killed process ran.
+    agents[0] = start_agent(0);
+
+    // SIGTERM mid-build: the build finishes there, the agent exits, and takes no new build.
+    let drained = mid_build_on(&app, "agent-2", Duration::from_secs(180)).await;
+    let asked_to_drain = chrono::Utc::now();
+    agents[1].signal("TERM");
+    let status = agents[1].wait_exit(Duration::from_secs(180)).await;
+    assert!(status.success(), "{status:?}\n{}", agents[1].log());
+    let build = app
+        .get_json(&format!("/api/v1/projects/hello/builds/{drained}"))
+        .await;
+    assert_eq!(build["status"], "passed", "{build}");
+    assert_eq!(
+        (build["agent"].as_str(), build["attempt"].as_i64()),
+        (Some("agent-2"), Some(1))
+    );
+
+    // Cut off mid-build: the lease expires and the build passes on another agent.
+    let cut = mid_build_on(&app, "agent-3", Duration::from_secs(180)).await;
+    on_host(&hosts, 2, AgentHost::cut).await;
+    let build = wait_for_build(&app, cut, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    assert_eq!(
+        (build["agent"].as_str(), build["attempt"].as_i64()),
+        (Some("agent-1"), Some(2))
+    );
+    // Back on the network, it hears that the build is no longer its and stops it.
+    on_host(&hosts, 2, AgentHost::restore).await;
+
+    for _ in 0..4 {
+        push(&app, "main", &head).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let finished = loop {
+        let all = builds(&app).await;
+        if all
+            .iter()
+            .all(|b| !matches!(b["status"].as_str(), Some("queued" | "running")))
+        {
+            break all;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{all:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(finished.len(), 12);
+    for build in &finished {
+        assert_eq!(build["status"], "passed", "{build}");
+    }
+    for name in ["agent-1", "agent-2", "agent-3"] {
+        assert!(
+            finished.iter().any(|b| b["agent"] == name),
+            "{name} ran none of {finished:?}"
+        );
+    }
+    for build in finished.iter().filter(|b| b["agent"] == "agent-2") {
+        let started: chrono::DateTime<chrono::Utc> =
+            build["started_at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            started < asked_to_drain,
+            "agent-2 took {build} after SIGTERM"
+        );
+    }
+
+    // Nothing of those builds remains on any dockerd once the agents are idle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for index in 0..3 {
+        loop {
+            let left = on_host(&hosts, index, AgentHost::build_leftovers).await;
+            if left == (0, 0, 0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "agent-{} left {left:?}",
+                index + 1
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    for index in [0, 2] {
+        agents[index].signal("TERM");
+        let status = agents[index].wait_exit(Duration::from_secs(60)).await;
+        assert!(status.success(), "{}", agents[index].log());
+    }
 }
