@@ -137,6 +137,11 @@ impl BuildQueue {
         &self.inner.sources
     }
 
+    /// Where builds' caches are kept: agents' builds reach them through the server.
+    pub fn caches(&self) -> &Arc<Caches> {
+        &self.inner.caches
+    }
+
     /// Tells the dispatcher that a build was queued.
     pub fn wake(&self) {
         self.inner.wake.notify_one();

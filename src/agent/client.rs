@@ -12,8 +12,8 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::protocol::{
-    Attempt, Finish, Heartbeat, HeartbeatReply, Lease, LogUpdate, Migrations, Registered,
-    Registration, ReleaseSlot, StepUpdate,
+    Attempt, CacheQuery, Finish, Heartbeat, HeartbeatReply, Lease, LogUpdate, Migrations,
+    Registered, Registration, ReleaseSlot, StepUpdate,
 };
 
 /// How long a request may take, but for a lease (which waits for work), the source and
@@ -188,6 +188,77 @@ impl ServerClient {
             .await
             .with_context(|| format!("cannot reach the server at {}", self.base))?;
         check(response).await.map(drop)
+    }
+
+    /// Copies the project's archive of cache `key` into `dest`; `None` when there is none.
+    pub async fn cache_fetch(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        key: &str,
+        dest: &Path,
+        limit_bytes: u64,
+    ) -> anyhow::Result<Option<u64>> {
+        let response = self
+            .http
+            .get(self.url(&format!("/builds/{id}/cache")))
+            .query(&CacheQuery {
+                attempt,
+                key: key.to_owned(),
+            })
+            .bearer_auth(&self.credential)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = check(response).await.map_err(|e| anyhow!("{e}"))?;
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        let mut stream = response.bytes_stream();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.context("the cache download broke off")?;
+            size += chunk.len() as u64;
+            if size > limit_bytes {
+                bail!("the cache archive is over its limit of {limit_bytes} bytes");
+            }
+            file.write_all(&chunk)
+                .await
+                .context("writing the cache archive")?;
+        }
+        file.flush().await.context("writing the cache archive")?;
+        Ok(Some(size))
+    }
+
+    /// Keeps `archive` as the project's archive of cache `key`.
+    pub async fn cache_store(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        key: &str,
+        archive: &Path,
+    ) -> anyhow::Result<()> {
+        let file = tokio::fs::File::open(archive)
+            .await
+            .with_context(|| format!("cannot read {}", archive.display()))?;
+        let response = self
+            .http
+            .put(self.url(&format!("/builds/{id}/cache")))
+            .query(&CacheQuery {
+                attempt,
+                key: key.to_owned(),
+            })
+            .bearer_auth(&self.credential)
+            .body(reqwest::Body::wrap_stream(
+                tokio_util::io::ReaderStream::new(file),
+            ))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        check(response).await.map(drop).map_err(|e| anyhow!("{e}"))
     }
 
     pub async fn finish(&self, id: Uuid, finish: &Finish) -> Result<(), RequestError> {

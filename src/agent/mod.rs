@@ -341,6 +341,7 @@ fn remove_dirs(dir: &Path) {
         dir.to_path_buf(),
         dir.with_extension("built"),
         dir.with_extension("deb"),
+        dir.with_extension("cache"),
     ] {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -424,7 +425,21 @@ async fn run_leased(
                 attempt: lease.attempt,
             },
         ))),
-        cache: None,
+        cache: plan.cache.as_ref().map(|_| {
+            let caches = Arc::new(crate::cache::Caches::remote(
+                Arc::new(recorder::ServerArchives {
+                    client: agent.client.clone(),
+                    build: lease.id,
+                    attempt: lease.attempt,
+                }),
+                lease.cache_limit_bytes,
+            ));
+            let cache = caches.for_build(&lease.project, dir.with_extension("cache"));
+            pipeline::CacheHandle(Arc::new(match &lease.withheld {
+                Some(_) => cache.read_only(runner::WITHHELD_CACHE),
+                None => cache,
+            }))
+        }),
         ..RunOptions::default()
     };
     let secrets: HashMap<String, String> = lease.secrets.clone().into_iter().collect();

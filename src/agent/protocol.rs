@@ -54,6 +54,16 @@ pub struct Lease {
     /// the package and uploads it.
     pub releasable: bool,
     pub step_log_limit_bytes: u64,
+    /// The largest cache archive the server keeps (`[cache] limit_bytes`).
+    pub cache_limit_bytes: u64,
+}
+
+/// `GET` and `PUT /agent/v1/builds/{id}/cache?attempt=N&key=K`: the project's archive of a
+/// cache key, through the server (it keeps them in `[cache]`'s directory or bucket).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheQuery {
+    pub attempt: i32,
+    pub key: String,
 }
 
 /// Which attempt of the build a request is about: a request for an attempt the agent no

@@ -1,5 +1,6 @@
-//! An agent's build reports to the server as it runs: steps and log chunks (the observer's
-//! [`BuildRecorder`], over HTTP), and the application migrations it applied.
+//! An agent's build works through the server as it runs: it reports steps and log chunks
+//! (the observer's [`BuildRecorder`], over HTTP) and the application migrations it applied,
+//! and restores and saves its cache through the server ([`ServerArchives`]).
 
 use std::path::Path;
 
@@ -123,5 +124,51 @@ impl slipway_pipeline::Migrator for ServerMigrator {
             )),
             (Ok(_), Ok(())) => Ok(lines),
         }
+    }
+}
+
+/// The project's cache archives, kept by the server (in `[cache]`'s directory or bucket):
+/// agents need no access of their own to either.
+pub struct ServerArchives {
+    pub client: ServerClient,
+    pub build: Uuid,
+    pub attempt: i32,
+}
+
+impl ServerArchives {
+    fn key(name: &str) -> anyhow::Result<&str> {
+        crate::cache::split_archive_name(name)
+            .map(|(_, key)| key)
+            .ok_or_else(|| anyhow!("{name:?} is not a cache archive's name"))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::cache::RemoteArchives for ServerArchives {
+    fn describe(&self) -> String {
+        "the server's build caches".to_owned()
+    }
+
+    async fn fetch(
+        &self,
+        name: &str,
+        dest: &Path,
+        limit_bytes: u64,
+    ) -> anyhow::Result<Option<u64>> {
+        self.client
+            .cache_fetch(
+                self.build,
+                self.attempt,
+                Self::key(name)?,
+                dest,
+                limit_bytes,
+            )
+            .await
+    }
+
+    async fn store(&self, name: &str, archive: &Path) -> anyhow::Result<()> {
+        self.client
+            .cache_store(self.build, self.attempt, Self::key(name)?, archive)
+            .await
     }
 }

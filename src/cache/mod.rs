@@ -22,6 +22,7 @@ use slipway_pipeline::spec::{CachePlan, KeyError, KeyTemplate};
 use slipway_pipeline::{BuildCache, CacheReport};
 
 use crate::config::{CacheConfig, CacheStorage};
+pub use storage::RemoteArchives;
 use storage::{Storage, SUFFIX};
 
 /// The longest a download or an upload of an archive may take; past it the build goes on
@@ -58,6 +59,40 @@ impl Caches {
             limit_bytes: config.limit_bytes,
             expire_after: config.expire_after,
         }
+    }
+
+    /// Caches kept by `remote` (a build agent's, by the server), archives at most
+    /// `limit_bytes`; they expire where they are kept.
+    pub fn remote(remote: Arc<dyn RemoteArchives>, limit_bytes: u64) -> Caches {
+        Caches {
+            storage: Storage::Remote(remote),
+            limit_bytes,
+            expire_after: Duration::MAX,
+        }
+    }
+
+    /// The largest archive a cache keeps.
+    pub fn limit_bytes(&self) -> u64 {
+        self.limit_bytes
+    }
+
+    /// Copies project `project`'s archive of `key` into `dest` (the server, for an agent's
+    /// build); `None` when there is none.
+    pub async fn fetch(
+        &self,
+        project: &str,
+        key: &str,
+        dest: &Path,
+    ) -> anyhow::Result<Option<u64>> {
+        let name = archive_name(project, key)?;
+        self.storage.fetch(&name, dest, self.limit_bytes).await
+    }
+
+    /// Keeps `archive` as project `project`'s archive of `key` (the server, for an agent's
+    /// build).
+    pub async fn store(&self, project: &str, key: &str, archive: &Path) -> anyhow::Result<()> {
+        let name = archive_name(project, key)?;
+        self.storage.store(&name, archive).await
     }
 
     /// Caches in the directory `dir` (`slipway pipeline exec --cache-dir`).
@@ -460,4 +495,22 @@ mod tests {
         assert_eq!(expiring.expire().await.unwrap(), 2);
         assert!(!store.path().join("hello/deps-main.tar.gz").exists());
     }
+}
+
+/// The name of project `project`'s archive of `key`, for a key that came from outside (an
+/// agent): one name in the project's own namespace, made of the characters keys are made of.
+fn archive_name(project: &str, key: &str) -> anyhow::Result<String> {
+    let fits = !key.is_empty()
+        && key.len() <= 512
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'));
+    anyhow::ensure!(fits, "{key:?} is not a cache key");
+    Ok(format!("{project}/{key}{SUFFIX}"))
+}
+
+/// The project and key an archive's name (`<project>/<key>.tar.gz`) stands for.
+pub fn split_archive_name(name: &str) -> Option<(&str, &str)> {
+    name.strip_suffix(SUFFIX)?.split_once('/')
 }

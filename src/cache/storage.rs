@@ -1,9 +1,11 @@
-//! Where cache archives are kept: a directory (one server's) or an S3 bucket (every server's).
+//! Where cache archives are kept: a directory (one server's) or an S3 bucket (every server's);
+//! for a build agent, the server that leased its build, which keeps them in one of those.
 //! An archive is named `<project>/<key>.tar.gz`; it appears whole or not at all (renamed into
 //! place, or one PutObject), and its time (mtime, or S3's LastModified) is when a build last
 //! used it, which is what expiry goes by.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -24,13 +26,27 @@ const TOUCH_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// A partly written archive of a directory older than this is a dead server's, and removed.
 const PARTIAL_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// A directory or a bucket holding the archives of every project.
+/// A directory or a bucket holding the archives of every project, or the server an agent
+/// reaches them through.
 pub enum Storage {
     Dir(PathBuf),
     Bucket {
         client: aws_sdk_s3::Client,
         settings: S3Bucket,
     },
+    Remote(Arc<dyn RemoteArchives>),
+}
+
+/// Archives kept elsewhere, fetched and stored by name (a build agent's, through the server).
+#[async_trait::async_trait]
+pub trait RemoteArchives: Send + Sync {
+    /// Where the archives are, for logs and messages.
+    fn describe(&self) -> String;
+    /// Copies the archive `name` into the file `dest`; `None` when there is none.
+    async fn fetch(&self, name: &str, dest: &Path, limit_bytes: u64)
+        -> anyhow::Result<Option<u64>>;
+    /// Keeps the file `archive` as `name`.
+    async fn store(&self, name: &str, archive: &Path) -> anyhow::Result<()>;
 }
 
 impl Storage {
@@ -41,6 +57,7 @@ impl Storage {
             Storage::Bucket { settings, .. } => {
                 format!("s3://{}/{}", settings.bucket, settings.prefix)
             }
+            Storage::Remote(remote) => remote.describe(),
         }
     }
 
@@ -57,6 +74,7 @@ impl Storage {
             Storage::Bucket { client, settings } => {
                 fetch_object(client, settings, name, dest, limit_bytes).await
             }
+            Storage::Remote(remote) => remote.fetch(name, dest, limit_bytes).await,
         }
     }
 
@@ -93,6 +111,7 @@ impl Storage {
                     .map_err(|e| failed(settings, &format!("cannot upload {name} to"), e))?;
                 Ok(())
             }
+            Storage::Remote(remote) => remote.store(name, archive).await,
         }
     }
 
@@ -106,6 +125,8 @@ impl Storage {
             Storage::Bucket { client, settings } => {
                 expire_objects(client, settings, unused_for).await
             }
+            // The server keeping them expires them.
+            Storage::Remote(_) => Ok(0),
         }
     }
 }

@@ -167,9 +167,7 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
                 .caches
                 .for_build(&project.name, workspace.cache_dir());
             pipeline::CacheHandle(Arc::new(if withheld {
-                cache.read_only(
-                    "a pull request from a fork reads the cache but never writes it (set trust_forks = true in the project to let it)",
-                )
+                cache.read_only(WITHHELD_CACHE)
             } else {
                 cache
             }))
@@ -248,6 +246,10 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
 /// Why a fork's pull request ran without secrets, said where a step missed one.
 pub const WITHHELD_SECRETS: &str =
     "a pull request from a fork gets no secrets (set trust_forks = true in the project to give them)";
+
+/// Why a fork's pull request restored the cache but saved nothing.
+pub const WITHHELD_CACHE: &str =
+    "a pull request from a fork reads the cache but never writes it (set trust_forks = true in the project to let it)";
 
 /// A build's reason, saying why a secret a step asked for was missing when it was withheld.
 pub(crate) fn explain_withheld(message: Option<String>, withheld: bool) -> Option<String> {

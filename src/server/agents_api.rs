@@ -29,8 +29,8 @@ use uuid::Uuid;
 use super::api::json_body;
 use super::{ApiError, AppState};
 use crate::agent::protocol::{
-    self, Attempt, Finish, Heartbeat, HeartbeatReply, Lease, LogUpdate, Migrations, Registered,
-    Registration, StepUpdate,
+    self, Attempt, CacheQuery, Finish, Heartbeat, HeartbeatReply, Lease, LogUpdate, Migrations,
+    Registered, Registration, StepUpdate,
 };
 use crate::config::Project;
 use crate::runner::{self, Outcome};
@@ -71,10 +71,9 @@ pub fn agent_routes(state: AppState) -> Router<AppState> {
         )
         .route("/builds/{id}/migrations", post(migrations))
         .route("/builds/{id}/release", post(release))
-        .route(
-            "/builds/{id}/package",
-            put(package).layer(DefaultBodyLimit::disable()),
-        )
+        .route("/builds/{id}/package", put(package))
+        // Streamed bodies, bounded by the handlers.
+        .route("/builds/{id}/cache", get(cache_fetch).put(cache_store))
         .route("/builds/{id}/finish", post(finish))
         .layer(middleware::from_fn_with_state(state, require_agent))
         .layer(DefaultBodyLimit::max(super::api::MAX_REQUEST_BYTES))
@@ -133,7 +132,7 @@ async fn register(
     let agent = check_registration(registration)?;
     let credential = tokens::generate_token();
     let id = state.store.register_agent(&agent, &credential).await?;
-    tracing::info!(agent = %agent.name, capacity = agent.capacity, "a build agent registered");
+    tracing::info!(agent = %agent.name, capacity = agent.capacity, instance = agent.instance_id.as_deref().unwrap_or(""), "a build agent registered");
     Ok(Json(Registered {
         id,
         credential,
@@ -169,12 +168,22 @@ fn check_registration(registration: Registration) -> Result<NewAgent, ApiError> 
             "an agent has at most {MAX_LABELS} labels, each key and value 1 to {MAX_LABEL_CHARS} printable characters"
         )));
     }
+    if registration
+        .instance_id
+        .as_deref()
+        .is_some_and(|id| !printable(id))
+    {
+        return Err(ApiError::bad_request(format!(
+            "an agent's instance id is 1 to {MAX_LABEL_CHARS} printable characters"
+        )));
+    }
     Ok(NewAgent {
         name: registration.name,
         capacity: registration.capacity as i32,
         labels: registration.labels,
         version: registration.version.chars().take(MAX_LABEL_CHARS).collect(),
         host: registration.host.chars().take(MAX_LABEL_CHARS).collect(),
+        instance_id: registration.instance_id,
     })
 }
 
@@ -285,6 +294,7 @@ async fn prepare(state: &AppState, build: &Build) -> Result<Lease, Outcome> {
         withheld: withheld.then(|| runner::WITHHELD_SECRETS.to_owned()),
         releasable: runner::releasable(project, build, &plan),
         step_log_limit_bytes: state.config.step_log_limit_bytes,
+        cache_limit_bytes: state.queue.caches().limit_bytes(),
     })
 }
 
@@ -546,7 +556,7 @@ async fn package(
     let staging = tempfile::tempdir_in(state.repository.staging_dir())
         .map_err(|e| ApiError::internal(format!("cannot make a staging directory: {e}")))?;
     let deb = staging.path().join("upload.deb");
-    receive(body, &deb).await?;
+    receive(body, &deb, PACKAGE_LIMIT_BYTES).await?;
     let sources = state.queue.sources();
     let workspace = sources.scratch(build.id).map_err(ApiError::internal)?;
     let checkout = runner::checkout(sources, project, &build, &workspace)
@@ -590,30 +600,95 @@ async fn package(
     ))
 }
 
-/// Writes a request body to `path`, refusing one over [`PACKAGE_LIMIT_BYTES`].
-async fn receive(body: Body, path: &PathBuf) -> Result<(), ApiError> {
+/// The project's archive of a cache key, for an agent's build to restore; 404 when there
+/// is none. A build only ever reads its own project's.
+async fn cache_fetch(
+    State(state): State<AppState>,
+    Extension(agent): Extension<AgentCaller>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<CacheQuery>,
+) -> Result<Response, ApiError> {
+    let build = leased(&state, &agent, id, query.attempt).await?;
+    let file = tempfile::NamedTempFile::new_in(state.repository.staging_dir())
+        .map_err(|e| ApiError::internal(format!("cannot stage a cache archive: {e}")))?;
+    let fetched = state
+        .queue
+        .caches()
+        .fetch(&build.project, &query.key, file.path())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    if fetched.is_none() {
+        return Err(ApiError::not_found(format!(
+            "no cache archive of key {:?}",
+            query.key
+        )));
+    }
+    // Open before the name goes: the open file outlives it.
+    let opened = tokio::fs::File::open(file.path())
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot read a cache archive: {e}")))?;
+    drop(file);
+    let stream = tokio_util::io::ReaderStream::new(opened);
+    Ok((
+        [(header::CONTENT_TYPE, "application/gzip")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Keeps what an agent's build saved under a cache key of its project. A pull request from
+/// a fork never writes the cache unless the project trusts forks (403).
+async fn cache_store(
+    State(state): State<AppState>,
+    Extension(agent): Extension<AgentCaller>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<CacheQuery>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let build = leased(&state, &agent, id, query.attempt).await?;
+    let project = project_of(&state, &build).map_err(outcome_error)?;
+    if runner::withheld(project, &build) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a pull request from a fork never writes the cache",
+        ));
+    }
+    let caches = state.queue.caches();
+    let staging = tempfile::tempdir_in(state.repository.staging_dir())
+        .map_err(|e| ApiError::internal(format!("cannot make a staging directory: {e}")))?;
+    let archive = staging.path().join("cache.tar.gz");
+    receive(body, &archive, caches.limit_bytes()).await?;
+    caches
+        .store(&build.project, &query.key, &archive)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Writes a request body to `path`, refusing one over `limit` bytes.
+async fn receive(body: Body, path: &PathBuf, limit: u64) -> Result<(), ApiError> {
     let mut file = tokio::fs::File::create(path)
         .await
-        .map_err(|e| ApiError::internal(format!("cannot stage the package: {e}")))?;
+        .map_err(|e| ApiError::internal(format!("cannot stage an upload: {e}")))?;
     let mut stream = body.into_data_stream();
     let mut size: u64 = 0;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| ApiError::bad_request("the package upload broke off"))?;
         size += chunk.len() as u64;
-        if size > PACKAGE_LIMIT_BYTES {
+        if size > limit {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("a package is at most {PACKAGE_LIMIT_BYTES} bytes"),
+                format!("the upload is over its limit of {limit} bytes"),
             ));
         }
         file.write_all(&chunk)
             .await
-            .map_err(|e| ApiError::internal(format!("cannot stage the package: {e}")))?;
+            .map_err(|e| ApiError::internal(format!("cannot stage an upload: {e}")))?;
     }
     file.flush()
         .await
         .context("flushing")
-        .map_err(|e| ApiError::internal(format!("cannot stage the package: {e:#}")))?;
+        .map_err(|e| ApiError::internal(format!("cannot stage an upload: {e:#}")))?;
     Ok(())
 }
 

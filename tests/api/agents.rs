@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_for_build};
+use crate::builds::{commit_all, hello_config, hello_repository, push, wait_for_build};
 use crate::helpers::TestApp;
 use crate::netns::AgentHost;
 
@@ -153,10 +153,40 @@ fn agent_objects(docker_host: &str, name: &str) -> usize {
     .sum()
 }
 
+/// A step that "installs" into `deps/` unless the cache brought it, and says which; and one
+/// that waits while the commit holds a file `wait`.
+const CACHED_STEPS: &str = "  - name: install\n    image: slipway/debian:bookworm\n    commands:\n      - if [ -f deps/installed ]; then echo \"warm from build $(cat deps/installed)\"; else echo cold; mkdir -p deps; echo \"$SLIPWAY_BUILD_NUMBER\" > deps/installed; fi\n      - if [ -f wait ]; then sleep 120; fi\n\n";
+
+/// Pushes `commit` and waits for its build to end on an agent; the build and its log's text.
+async fn agent_build(app: &TestApp, commit: &str, agent: &AgentProcess) -> (Value, Vec<String>) {
+    let number = push(app, "main", commit).await;
+    let build = wait_for_build(app, number, Duration::from_secs(300)).await;
+    let logs: Value = app
+        .get_json(&format!("/api/v1/projects/hello/builds/{number}/logs"))
+        .await;
+    let text = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(build["agent"], "builder-1", "{build}\n{}", agent.log());
+    (build, text)
+}
+
 // Multi-threaded: the test waits on the agent process while the server must answer it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_uploads() {
     let repo = hello_repository();
+    let spec = repo.path().join(".slipway.yml");
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "steps:\n",
+        &format!(
+            "cache:\n  paths: [deps]\n  key: \"deps-{{{{ branch }}}}\"\n\nsteps:\n{CACHED_STEPS}"
+        ),
+    );
+    std::fs::write(&spec, text).unwrap();
+    let head = commit_all(repo.path(), "a cache");
     let config = format!(
         "max_concurrent_builds = 0\n[agents]\nlease_seconds = 6\n{}",
         hello_config(repo.path())
@@ -174,7 +204,6 @@ async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_upload
     assert_eq!(read.status(), 403);
 
     // With max_concurrent_builds = 0 the server runs no build itself.
-    let head = git(repo.path(), &["rev-parse", "HEAD"]);
     let number = push(&app, "main", &head).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let waiting = app
@@ -184,16 +213,19 @@ async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_upload
 
     let work = tempfile::tempdir().unwrap();
     let docker_host = "unix:///var/run/docker.sock";
-    let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
-    AgentProcess::agent_args(
-        &mut command,
-        &app.address,
-        "builder-1",
-        work.path(),
-        docker_host,
-    );
-    command.args(["--capacity", "1", "--labels", "arch=amd64,disk=ssd"]);
-    let mut agent = AgentProcess::spawn(command, &token);
+    let spawn_agent = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        AgentProcess::agent_args(
+            &mut command,
+            &app.address,
+            "builder-1",
+            work.path(),
+            docker_host,
+        );
+        command.args(["--capacity", "1", "--labels", "arch=amd64,disk=ssd"]);
+        AgentProcess::spawn(command, &token)
+    };
+    let mut agent = spawn_agent();
 
     let build = wait_for_build(&app, number, Duration::from_secs(300)).await;
     assert_eq!(build["status"], "passed", "{build}\n{}", agent.log());
@@ -216,6 +248,7 @@ async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_upload
         .iter()
         .map(|l| l["line"].as_str().unwrap())
         .collect();
+    assert!(text.contains(&"cold"), "{text:?}");
     assert!(
         text.iter().any(|l| l.starts_with("applying migrations/")),
         "{text:?}"
@@ -239,6 +272,19 @@ async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_upload
     let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     assert_eq!(v1["package"]["sha256"], sha256);
 
+    // The cache the agent saved went to the server's cache directory, and the next build
+    // restores it.
+    assert!(app
+        .data_dir()
+        .join("cache/hello/deps-main.tar.gz")
+        .is_file());
+    let (build, text) = agent_build(&app, &head, &agent).await;
+    assert_eq!(build["status"], "passed", "{build}");
+    assert!(
+        text.contains(&format!("warm from build {number}")),
+        "{text:?}"
+    );
+
     let listed = agents(&app).await;
     let listed = &listed[0];
     assert_eq!(listed["name"], "builder-1", "{listed}");
@@ -247,14 +293,75 @@ async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_upload
     assert_eq!(listed["state"], "idle", "{listed}");
     assert_eq!(listed["version"], env!("CARGO_PKG_VERSION"));
 
-    // SIGTERM with nothing running: the agent exits at once, recorded as stopped, and leaves
-    // nothing behind.
+    // A second SIGTERM cancels the running build: it tears down, and the agent exits.
+    std::fs::write(repo.path().join("wait"), "").unwrap();
+    let waiting = commit_all(repo.path(), "wait");
+    let number = push(&app, "main", &waiting).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let build = app
+            .get_json(&format!("/api/v1/projects/hello/builds/{number}"))
+            .await;
+        let installing = build["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "install" && s["status"] == "running");
+        if installing {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{build}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    agent.signal("TERM");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     agent.signal("TERM");
     let status = agent.wait_exit(Duration::from_secs(60)).await;
     assert!(status.success(), "{status:?}\n{}", agent.log());
+    let build = wait_for_build(&app, number, Duration::from_secs(30)).await;
+    assert_eq!(build["status"], "cancelled", "{build}");
     assert_eq!(agents(&app).await[0]["state"], "stopped");
-    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
-    assert_eq!(agent_objects(docker_host, "builder-1"), 0);
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}\n{}", agent.log());
+    assert_eq!(
+        agent_objects(docker_host, "builder-1"),
+        0,
+        "{}",
+        agent.log()
+    );
+
+    // Started again, it registers under its name; `slipway agent drain` makes it exit.
+    let mut agent = spawn_agent();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while agents(&app).await[0]["state"] != "idle" {
+        assert!(tokio::time::Instant::now() < deadline, "{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let drained = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["agent", "drain", "builder-1", "--server", &app.address])
+        .env("SLIPWAY_TOKEN", &app.token)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&drained.stdout);
+    assert!(drained.status.success(), "{drained:?}");
+    assert!(said.contains("agent builder-1 is draining"), "{said}");
+    let status = agent.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+    assert_eq!(agents(&app).await[0]["state"], "stopped");
+    let unknown = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["agent", "drain", "builder-9", "--server", &app.address])
+        .env("SLIPWAY_TOKEN", &app.token)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success());
+    assert!(
+        said.contains("no agent named \"builder-9\"; agents: builder-1"),
+        "{said}"
+    );
     assert!(!agent.log().contains(&token), "the agent logged its token");
 }
 
