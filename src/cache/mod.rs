@@ -396,9 +396,42 @@ fn hash_files(workspace: &Path, files: &[String]) -> Result<String, KeyError> {
     Ok(hex::encode(all.finalize()))
 }
 
+/// The name of project `project`'s archive of `key`, for a key that came from outside (an
+/// agent): one name in the project's own namespace, made of the characters keys are made of.
+fn archive_name(project: &str, key: &str) -> anyhow::Result<String> {
+    let fits = !key.is_empty()
+        && key.len() <= 512
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'));
+    anyhow::ensure!(fits, "{key:?} is not a cache key");
+    Ok(format!("{project}/{key}{SUFFIX}"))
+}
+
+/// The project and key an archive's name (`<project>/<key>.tar.gz`) stands for.
+pub fn split_archive_name(name: &str) -> Option<(&str, &str)> {
+    name.strip_suffix(SUFFIX)?.split_once('/')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_from_outside_names_one_archive_of_its_project_only() {
+        assert_eq!(
+            archive_name("alpha", "deps-main-%2Fx").unwrap(),
+            "alpha/deps-main-%2Fx.tar.gz"
+        );
+        for bad in ["", "../beta/deps", "beta/deps", ".hidden", "a b", "deps\n"] {
+            assert!(archive_name("alpha", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            split_archive_name("alpha/deps-main.tar.gz"),
+            Some(("alpha", "deps-main"))
+        );
+    }
 
     #[test]
     fn keys_hash_the_commits_files_and_never_follow_a_link_out_of_the_workspace() {
@@ -495,22 +528,4 @@ mod tests {
         assert_eq!(expiring.expire().await.unwrap(), 2);
         assert!(!store.path().join("hello/deps-main.tar.gz").exists());
     }
-}
-
-/// The name of project `project`'s archive of `key`, for a key that came from outside (an
-/// agent): one name in the project's own namespace, made of the characters keys are made of.
-fn archive_name(project: &str, key: &str) -> anyhow::Result<String> {
-    let fits = !key.is_empty()
-        && key.len() <= 512
-        && !key.starts_with('.')
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'));
-    anyhow::ensure!(fits, "{key:?} is not a cache key");
-    Ok(format!("{project}/{key}{SUFFIX}"))
-}
-
-/// The project and key an archive's name (`<project>/<key>.tar.gz`) stands for.
-pub fn split_archive_name(name: &str) -> Option<(&str, &str)> {
-    name.strip_suffix(SUFFIX)?.split_once('/')
 }
