@@ -14,7 +14,10 @@ CREATE TABLE agents (
     heartbeat_at      timestamptz NOT NULL DEFAULT now(),
     -- Asked to take no new work (by itself on SIGTERM, or through the API), then to exit.
     draining          boolean NOT NULL DEFAULT false,
-    stopped_at        timestamptz
+    stopped_at        timestamptz,
+    -- The machine it runs on, as it says (`--instance-id`): the autoscaler matches agents
+    -- with the instances of its group by it.
+    instance_id       text
 );
 
 -- A build an agent runs is held by a lease, not by a server: `lease_expires` moves forward
@@ -32,3 +35,13 @@ ALTER TABLE build_steps ADD COLUMN attempt integer NOT NULL DEFAULT 1;
 ALTER TABLE build_steps DROP CONSTRAINT build_steps_pkey;
 ALTER TABLE build_steps ADD PRIMARY KEY (build_id, attempt, position);
 ALTER TABLE build_log_chunks ADD COLUMN attempt integer NOT NULL DEFAULT 1;
+
+-- Instances the autoscaler detached from its group to terminate: recorded before the
+-- detach, removed once terminated, so an instance a crash left detached is still terminated.
+CREATE TABLE autoscale_detached (
+    instance_id text PRIMARY KEY,
+    detached_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- An agent's builds: what it runs now, and when its last one ended (how long it has idled).
+CREATE INDEX builds_by_agent ON builds (agent_id, finished_at) WHERE agent_id IS NOT NULL;

@@ -317,6 +317,10 @@ pub struct AgentArgs {
     /// Where builds' files are kept while they run (emptied at start).
     #[arg(long, default_value = "/var/lib/slipway-agent")]
     pub work_dir: PathBuf,
+    /// The machine this agent runs on, as the autoscaler's group names it (an EC2 instance
+    /// id): the server scales the group in only through agents it knows the instance of.
+    #[arg(long, env = "SLIPWAY_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

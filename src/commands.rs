@@ -318,6 +318,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         labels,
         docker_host: args.docker_host,
         work_dir: args.work_dir,
+        instance_id: args.instance_id,
     };
     crate::agent::run(options).await?;
     Ok(ExitCode::SUCCESS)

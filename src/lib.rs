@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod app_schema;
 pub mod apt_bucket;
+pub mod autoscale;
 pub mod backup;
 pub mod bake;
 pub mod bitbucket;

@@ -15,6 +15,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 mod ami;
+mod autoscale;
 mod bake;
 pub mod bitbucket;
 mod cache;
@@ -23,6 +24,7 @@ mod docker_host;
 pub mod notify;
 mod registries;
 pub use ami::{AmiSettings, RawAmi, RawSourceAmiFilter, DEFAULT_KEEP_RELEASES};
+pub use autoscale::{AutoscaleConfig, AutoscaleProvider, RawAutoscale};
 pub use bake::{check_relative_path, BakeSettings, PlaybookRepo, PlaybookSource, RawBake};
 pub use bitbucket::Bitbucket;
 pub use cache::{
@@ -102,6 +104,8 @@ pub struct RawConfig {
     pub cache: Option<RawCache>,
     /// `[agents]`: how build agents hold the builds they run.
     pub agents: Option<RawAgents>,
+    /// `[autoscale]`: the autoscaler of build agents (off when absent).
+    pub autoscale: Option<RawAutoscale>,
     #[serde(default)]
     pub projects: Vec<RawProject>,
 }
@@ -338,6 +342,8 @@ pub struct Config {
     /// Seconds a build agent's lease lasts without a heartbeat (`[agents] lease_seconds`);
     /// agents heartbeat three times in that time.
     pub agent_lease_seconds: u64,
+    /// The autoscaler of build agents (`[autoscale]`), when configured.
+    pub autoscale: Option<AutoscaleConfig>,
     pub projects: Vec<Project>,
 }
 
@@ -618,6 +624,10 @@ pub fn resolve(
             format!("expected seconds from 3 to 3600, got {agent_lease_seconds}"),
         ));
     }
+    let autoscale = raw
+        .autoscale
+        .map(|raw| autoscale::resolve(raw, &invalid))
+        .transpose()?;
 
     let mut names = HashSet::new();
     let mut projects = Vec::new();
@@ -666,6 +676,7 @@ pub fn resolve(
         retention,
         cache,
         agent_lease_seconds,
+        autoscale,
         projects,
     })
 }

@@ -179,6 +179,20 @@ impl Application {
             state.store.clone(),
             stop.clone(),
         ));
+        let autoscaler = match &state.config.autoscale {
+            Some(settings) => {
+                let server_url = format!("http://{}", loopback(listener.local_addr()?));
+                let dir = state.config.data_dir.join("autoscale");
+                let provider = crate::autoscale::provider(settings, &server_url, &dir).await;
+                Some(tokio::spawn(crate::autoscale::run(
+                    state.config.clone(),
+                    state.store.clone(),
+                    provider,
+                    stop.clone(),
+                )))
+            }
+            None => None,
+        };
         let stopped = stop.clone();
         let shutdown = async move {
             tokio::select! {
@@ -207,6 +221,9 @@ impl Application {
         let _ = heartbeats.await;
         let _ = reports.await;
         let _ = notifications.await;
+        if let Some(autoscaler) = autoscaler {
+            let _ = autoscaler.await;
+        }
         if let Err(error) = store.stop_server().await {
             tracing::warn!(%error, "cannot record this server's stop; its work is taken over once its heartbeat ages");
         }
@@ -218,6 +235,20 @@ impl Application {
             tracing::info!("embedded PostgreSQL stopped");
         }
         served
+    }
+}
+
+/// `addr`, with a wildcard IP replaced by loopback: where a process of this host reaches the
+/// server (the local autoscaler's agents).
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
     }
 }
 

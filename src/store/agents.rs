@@ -29,6 +29,7 @@ pub struct NewAgent {
     pub labels: BTreeMap<String, String>,
     pub version: String,
     pub host: String,
+    pub instance_id: Option<String>,
 }
 
 /// An agent as the API shows it.
@@ -40,6 +41,8 @@ pub struct AgentRecord {
     pub labels: BTreeMap<String, String>,
     pub version: String,
     pub host: String,
+    /// The machine it runs on, as it said (`--instance-id`).
+    pub instance_id: Option<String>,
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat: DateTime<Utc>,
     pub draining: bool,
@@ -75,7 +78,7 @@ const AGENT_COLUMNS: &str =
     a.heartbeat_at, a.draining, a.stopped_at,
     ARRAY(SELECT b.project || '#' || b.number FROM builds b
           WHERE b.agent_id = a.id AND b.status = 'running' ORDER BY b.started_at),
-    a.heartbeat_at < now() - make_interval(secs => $LEASE)";
+    a.heartbeat_at < now() - make_interval(secs => $LEASE), a.instance_id";
 
 fn agent_from_row(row: &tokio_postgres::Row) -> AgentRecord {
     let Json(labels): Json<BTreeMap<String, String>> = row.get(3);
@@ -101,6 +104,7 @@ fn agent_from_row(row: &tokio_postgres::Row) -> AgentRecord {
         labels,
         version: row.get(4),
         host: row.get(5),
+        instance_id: row.get(12),
         registered_at: row.get(6),
         last_heartbeat: row.get(7),
         draining,
@@ -123,10 +127,12 @@ impl Store {
         let tx = client.transaction().await?;
         let row = tx
             .query_one(
-                "INSERT INTO agents (id, name, capacity, labels, version, host, credential_sha256)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                "INSERT INTO agents (id, name, capacity, labels, version, host, credential_sha256,
+                     instance_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (name) DO UPDATE SET capacity = EXCLUDED.capacity,
                      labels = EXCLUDED.labels, version = EXCLUDED.version, host = EXCLUDED.host,
+                     instance_id = EXCLUDED.instance_id,
                      credential_sha256 = EXCLUDED.credential_sha256, registered_at = now(),
                      heartbeat_at = now(), draining = false, stopped_at = NULL
                  RETURNING id",
@@ -138,6 +144,7 @@ impl Store {
                     &agent.version,
                     &agent.host,
                     &digest(credential),
+                    &agent.instance_id,
                 ],
             )
             .await?;

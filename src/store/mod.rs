@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod app_schema;
 pub mod apt;
+pub mod autoscale;
 pub mod audit;
 pub mod build_reports;
 pub mod builds;

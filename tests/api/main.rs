@@ -5,6 +5,7 @@ mod helpers;
 
 mod agents;
 mod apt_s3;
+mod autoscale;
 mod aws_deploy;
 mod backup;
 mod bake;
