@@ -29,6 +29,9 @@ ALTER TABLE builds ADD COLUMN agent_name text;
 ALTER TABLE builds ADD COLUMN attempt integer NOT NULL DEFAULT 1;
 ALTER TABLE builds ADD COLUMN lease_expires timestamptz;
 ALTER TABLE builds ADD COLUMN lease_confirmed boolean NOT NULL DEFAULT false;
+-- The labels its `.slipway.yml` asks agents to have, once a checkout read them (NULL before):
+-- only an agent with all of them leases the build, and no server runs one that has any.
+ALTER TABLE builds ADD COLUMN labels jsonb;
 
 -- Every attempt keeps its steps and its log lines (numbered on from the last attempt's).
 ALTER TABLE build_steps ADD COLUMN attempt integer NOT NULL DEFAULT 1;

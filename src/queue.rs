@@ -89,7 +89,7 @@ impl BuildQueue {
         caches: Arc<Caches>,
         server_id: Uuid,
     ) -> anyhow::Result<BuildQueue> {
-        end_orphans(&store).await?;
+        end_orphans(&store, config.agent_lease_seconds as i64).await?;
         let engine = DockerEngine::with_client(docker.client());
         let registries = RegistryLogins::new(&config);
         let sources = runner::Sources::open(&config.data_dir)?;
@@ -240,6 +240,7 @@ impl BuildQueue {
                             bakes: &queue.inner.bakes,
                             server_id: queue.inner.server_id,
                             step_log_limit_bytes: queue.inner.config.step_log_limit_bytes,
+                            agent_lease_seconds: queue.inner.config.agent_lease_seconds as i64,
                             live: &live,
                             cancel: &cancel,
                         };
@@ -248,6 +249,13 @@ impl BuildQueue {
                     }
                 };
                 let status = outcome.status;
+                // Queued again for an agent (its labels): not finished.
+                if status == BuildStatus::Queued {
+                    let _ = live.send(LiveEvent::Finished);
+                    queue.inner.running.lock().expect("queue lock").remove(&id);
+                    drop(permit);
+                    return;
+                }
                 if let Err(e) = queue.inner.store.finish_build(id, status, outcome.reason.as_deref()).await {
                     tracing::error!(build = %id, error = %e, "cannot record the end of a build");
                 }
@@ -282,7 +290,7 @@ impl BuildQueue {
     async fn sweep_orphans(&self) {
         let store = &self.inner.store;
         loop {
-            if let Err(e) = end_orphans(store).await {
+            if let Err(e) = end_orphans(store, self.inner.config.agent_lease_seconds as i64).await {
                 tracing::debug!(error = format!("{e:#}"), "cannot look for orphaned builds");
             }
             if self.inner.docker.check().await.is_ok() {
@@ -323,9 +331,9 @@ impl BuildQueue {
 }
 
 /// Errors the builds a server that is no longer live left running, ends the leases of build
-/// agents that stopped answering (see [`crate::store::agents`]), and fails the releases either
-/// left packaging.
-async fn end_orphans(store: &Store) -> anyhow::Result<()> {
+/// agents that stopped answering (see [`crate::store::agents`]), fails the releases either
+/// left packaging, and says again why builds that ask for labels wait.
+async fn end_orphans(store: &Store, lease_seconds: i64) -> anyhow::Result<()> {
     let errored = store.error_orphaned_builds().await?;
     if !errored.is_empty() {
         tracing::warn!(builds = ?errored, "marked builds whose server stopped as errored");
@@ -340,5 +348,6 @@ async fn end_orphans(store: &Store) -> anyhow::Result<()> {
     if !expired.errored.is_empty() {
         tracing::warn!(builds = ?expired.errored, "errored builds whose agent was lost");
     }
+    store.refresh_waiting_reasons(lease_seconds).await?;
     crate::releases::fail_interrupted_releases(store).await
 }

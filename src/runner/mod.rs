@@ -54,6 +54,8 @@ pub struct Context<'a> {
     pub bakes: &'a BakeQueue,
     pub server_id: Uuid,
     pub step_log_limit_bytes: u64,
+    /// `[agents] lease_seconds`: when an agent counts as lost, in what a waiting build says.
+    pub agent_lease_seconds: i64,
     pub live: &'a broadcast::Sender<LiveEvent>,
     pub cancel: &'a CancellationToken,
 }
@@ -99,6 +101,17 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
         Ok(checkout) => checkout,
         Err(outcome) => return outcome,
     };
+    // A server has no labels: a build that asks for some waits for an agent that has them.
+    if !spec.labels.is_empty() {
+        let lease_seconds = context.agent_lease_seconds;
+        return match defer(context.store, build, &spec.labels, lease_seconds).await {
+            Ok(reason) => Outcome {
+                status: BuildStatus::Queued,
+                reason: Some(reason),
+            },
+            Err(e) => Outcome::errored(format!("cannot queue the build for an agent: {e}")),
+        };
+    }
     if let Some((author, message)) = summary {
         if let Err(error) = context
             .store
@@ -246,6 +259,21 @@ pub async fn run(context: &Context<'_>, project: &Project, build: &Build) -> Out
 /// Why a fork's pull request ran without secrets, said where a step missed one.
 pub const WITHHELD_SECRETS: &str =
     "a pull request from a fork gets no secrets (set trust_forks = true in the project to give them)";
+
+/// Puts `build`, taken by a server or an agent that lacks the `labels` its `.slipway.yml`
+/// asks for, back in the queue for an agent that has them, saying which agents there are.
+pub(crate) async fn defer(
+    store: &Store,
+    build: &Build,
+    labels: &BTreeMap<String, String>,
+    lease_seconds: i64,
+) -> Result<String, crate::store::StoreError> {
+    let agents = store.list_agents(lease_seconds).await?;
+    let reason = crate::store::agents::waiting_reason(labels, &agents);
+    store.defer_build(build.id, labels, &reason).await?;
+    tracing::info!(project = %build.project, build = build.number, %reason, "the build waits for an agent");
+    Ok(reason)
+}
 
 /// Why a fork's pull request restored the cache but saved nothing.
 pub const WITHHELD_CACHE: &str =

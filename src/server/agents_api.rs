@@ -7,6 +7,7 @@
 //! that attempt is still leased to the agent asking: an agent whose lease expired (it was
 //! cut off) learns so at its next request or heartbeat, and stops the build.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ use crate::agent::protocol::{
 };
 use crate::config::Project;
 use crate::runner::{self, Outcome};
-use crate::store::agents::NewAgent;
+use crate::store::agents::{labels_match, NewAgent};
 use crate::store::builds::{Build, BuildStatus, LogChunkRecord};
 use crate::store::releases::ReleaseSlot;
 use crate::store::tokens;
@@ -226,10 +227,12 @@ async fn lease(
     Extension(agent): Extension<AgentCaller>,
 ) -> Result<Response, ApiError> {
     let deadline = Instant::now() + LEASE_WAIT;
+    let labels = state.store.agent_labels(agent.id).await?;
     loop {
         if let Some(build) = state.store.lease_build(agent.id).await? {
-            match prepare(&state, &build).await {
-                Ok(lease) => {
+            match prepare(&state, &labels, &build).await {
+                Ok(None) => continue,
+                Ok(Some(lease)) => {
                     tracing::info!(agent = %agent.name, project = %build.project, build = build.number, attempt = build.attempt, "leased a build to an agent");
                     return Ok(Json(lease).into_response());
                 }
@@ -255,12 +258,36 @@ async fn lease(
     }
 }
 
-/// What an agent needs to run `build`, read from a checkout of its commit here.
-async fn prepare(state: &AppState, build: &Build) -> Result<Lease, Outcome> {
+/// What an agent with `labels` needs to run `build`, read from a checkout of its commit
+/// here; `None` when the build's labels ask for another agent (it is queued again, saying so).
+async fn prepare(
+    state: &AppState,
+    labels: &BTreeMap<String, String>,
+    build: &Build,
+) -> Result<Option<Lease>, Outcome> {
     let project = project_of(state, build)?;
     let sources = state.queue.sources();
     let workspace = sources.scratch(build.id).map_err(Outcome::errored)?;
     let checkout = runner::checkout(sources, project, build, &workspace).await?;
+    let stored = |e: crate::store::StoreError| {
+        Outcome::errored(format!("cannot record the build's labels: {e}"))
+    };
+    if !labels_match(&checkout.spec.labels, labels) {
+        runner::defer(
+            &state.store,
+            build,
+            &checkout.spec.labels,
+            lease_seconds(state),
+        )
+        .await
+        .map_err(stored)?;
+        return Ok(None);
+    }
+    state
+        .store
+        .record_build_labels(build.id, &checkout.spec.labels)
+        .await
+        .map_err(stored)?;
     if let Some((author, message)) = &checkout.summary {
         if let Err(error) = state
             .store
@@ -280,7 +307,7 @@ async fn prepare(state: &AppState, build: &Build) -> Result<Lease, Outcome> {
         .await
         .map_err(|e| Outcome::errored(format!("cannot read the build's log: {e}")))?;
     let withheld = runner::withheld(project, build);
-    Ok(Lease {
+    Ok(Some(Lease {
         id: build.id,
         attempt: build.attempt,
         project: build.project.clone(),
@@ -295,7 +322,7 @@ async fn prepare(state: &AppState, build: &Build) -> Result<Lease, Outcome> {
         releasable: runner::releasable(project, build, &plan),
         step_log_limit_bytes: state.config.step_log_limit_bytes,
         cache_limit_bytes: state.queue.caches().limit_bytes(),
-    })
+    }))
 }
 
 fn project_of<'a>(state: &'a AppState, build: &Build) -> Result<&'a Project, Outcome> {

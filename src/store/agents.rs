@@ -262,8 +262,10 @@ impl Store {
                      FROM agents a
                      WHERE a.id = $1 AND NOT a.draining AND a.stopped_at IS NULL
                        AND (SELECT count(*) FROM builds r WHERE r.agent_id = a.id AND r.status = 'running') < a.capacity
-                       AND builds.id = (SELECT id FROM builds WHERE status = 'queued'
-                                        ORDER BY queued_at, number LIMIT 1 FOR UPDATE SKIP LOCKED)
+                       AND builds.id = (SELECT q.id FROM builds q WHERE q.status = 'queued'
+                                          AND (q.labels IS NULL OR q.labels <@ a.labels)
+                                        ORDER BY q.queued_at, q.number LIMIT 1
+                                        FOR UPDATE OF q SKIP LOCKED)
                      RETURNING {}",
                     BUILD_COLUMNS
                         .split(", ")
@@ -411,4 +413,118 @@ impl Store {
             .await?;
         Ok(row.map(|row| (row.get(0), row.get(1))))
     }
+
+    /// The labels of agent `agent`.
+    pub async fn agent_labels(&self, agent: Uuid) -> StoreResult<BTreeMap<String, String>> {
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT labels FROM agents WHERE id = $1", &[&agent])
+            .await?;
+        let Json(labels): Json<BTreeMap<String, String>> = row.get(0);
+        Ok(labels)
+    }
+
+    /// Records the labels a running build's `.slipway.yml` asks for.
+    pub async fn record_build_labels(
+        &self,
+        build: Uuid,
+        labels: &BTreeMap<String, String>,
+    ) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE builds SET labels = $2 WHERE id = $1",
+                &[&build, &Json(labels)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Says again why each queued build that asks for labels waits, from the agents there
+    /// are now (agents come, go and are lost while it waits).
+    pub async fn refresh_waiting_reasons(&self, lease_seconds: i64) -> StoreResult<()> {
+        let waiting = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, labels FROM builds
+                 WHERE status = 'queued' AND labels IS NOT NULL AND labels <> '{}'::jsonb",
+                &[],
+            )
+            .await?;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let agents = self.list_agents(lease_seconds).await?;
+        let client = self.client().await?;
+        for row in waiting {
+            let (id, Json(labels)): (Uuid, Json<BTreeMap<String, String>>) =
+                (row.get(0), row.get(1));
+            client
+                .execute(
+                    "UPDATE builds SET reason = $2 WHERE id = $1 AND status = 'queued'",
+                    &[&id, &waiting_reason(&labels, &agents)],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Puts a running build that its taker cannot run (its labels ask for another agent) back
+    /// in the queue, where it keeps its place, with its labels and why it waits.
+    pub async fn defer_build(
+        &self,
+        build: Uuid,
+        labels: &BTreeMap<String, String>,
+        reason: &str,
+    ) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE builds SET status = 'queued', started_at = NULL, owner = NULL,
+                     agent_id = NULL, agent_name = NULL, lease_expires = NULL,
+                     lease_confirmed = false, labels = $2, reason = $3
+                 WHERE id = $1 AND status = 'running'",
+                &[&build, &Json(labels), &reason],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Why a build with `labels` waits: which agents there are, with their labels.
+pub fn waiting_reason(labels: &BTreeMap<String, String>, agents: &[AgentRecord]) -> String {
+    let wanted = join_labels(labels);
+    let live: Vec<String> = agents
+        .iter()
+        .filter(|agent| agent.stopped_at.is_none())
+        .map(|agent| format!("{} ({})", agent.name, join_labels(&agent.labels)))
+        .collect();
+    if live.is_empty() {
+        format!("waits for an agent labelled {wanted}: no agent is registered")
+    } else {
+        format!(
+            "waits for an agent labelled {wanted}; agents: {}",
+            live.join(", ")
+        )
+    }
+}
+
+fn join_labels(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "nothing".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether an agent with `have` may run a build that asks for `wanted`.
+pub fn labels_match(wanted: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+    wanted
+        .iter()
+        .all(|(key, value)| have.get(key) == Some(value))
 }

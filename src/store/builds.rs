@@ -282,6 +282,7 @@ impl Store {
                 &format!(
                     "UPDATE builds SET status = 'running', started_at = now(), owner = $1
                      WHERE id = (SELECT id FROM builds WHERE status = 'queued'
+                                   AND (labels IS NULL OR labels = '{{}}'::jsonb)
                                  ORDER BY queued_at, number LIMIT 1 FOR UPDATE SKIP LOCKED)
                      RETURNING {BUILD_COLUMNS}"
                 ),

@@ -293,6 +293,25 @@ async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_upload
     assert_eq!(listed["state"], "idle", "{listed}");
     assert_eq!(listed["version"], env!("CARGO_PKG_VERSION"));
 
+    // A build whose labels the agent lacks: it reads them and puts the build back, saying why.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, format!("labels:\n  arch: arm64\n{text}")).unwrap();
+    let arm = push(&app, "main", &commit_all(repo.path(), "arm64 only")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let build = app
+            .get_json(&format!("/api/v1/projects/hello/builds/{arm}"))
+            .await;
+        let reason =
+            "waits for an agent labelled arch=arm64; agents: builder-1 (arch=amd64,disk=ssd)";
+        if build["status"] == "queued" && build["reason"] == reason {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{build}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    std::fs::write(&spec, text).unwrap();
+
     // A second SIGTERM cancels the running build: it tears down, and the agent exits.
     std::fs::write(repo.path().join("wait"), "").unwrap();
     let waiting = commit_all(repo.path(), "wait");
@@ -575,4 +594,70 @@ async fn three_agents_in_their_own_namespaces_survive_a_kill_a_drain_and_a_cut()
         let status = agents[index].wait_exit(Duration::from_secs(60)).await;
         assert!(status.success(), "{}", agents[index].log());
     }
+}
+
+// A build whose .slipway.yml asks for labels waits, saying why, until an agent that has them
+// takes it: the server (which has none) and an agent with others leave it queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_with_labels_waits_for_an_agent_that_has_them() {
+    let repo = hello_repository();
+    let spec = repo.path().join(".slipway.yml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, format!("labels:\n  arch: arm64\n{text}")).unwrap();
+    let head = commit_all(repo.path(), "arm64 only");
+    let app = TestApp::spawn(&hello_config(repo.path())).await;
+    let token = agent_token(&app).await;
+    let number = push(&app, "main", &head).await;
+    let path = format!("/api/v1/projects/hello/builds/{number}");
+    let waits = |build: &Value, reason: &str| {
+        build["status"] == "queued" && build["reason"].as_str() == Some(reason)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let build = app.get_json(&path).await;
+        if waits(
+            &build,
+            "waits for an agent labelled arch=arm64: no agent is registered",
+        ) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{build}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let spawn_agent = |name: &str, labels: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        let dir = work.path().join(name);
+        let docker_host = "unix:///var/run/docker.sock";
+        AgentProcess::agent_args(&mut command, &app.address, name, &dir, docker_host);
+        command.args(["--labels", labels]);
+        AgentProcess::spawn(command, &token)
+    };
+    let _other = spawn_agent("amd64-1", "arch=amd64");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while agents(&app).await.iter().all(|a| a["state"] != "idle") {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // What the build says it waits for names the agents there are now.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let build = app.get_json(&path).await;
+        if waits(
+            &build,
+            "waits for an agent labelled arch=arm64; agents: amd64-1 (arch=amd64)",
+        ) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{build}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.get_json(&path).await["status"], "queued");
+
+    let arm = spawn_agent("arm-1", "arch=arm64,disk=ssd");
+    let build = wait_for_build(&app, number, Duration::from_secs(300)).await;
+    assert_eq!(build["status"], "passed", "{build}\n{}", arm.log());
+    assert_eq!(build["agent"], "arm-1", "{build}");
 }

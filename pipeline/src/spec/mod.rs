@@ -55,6 +55,10 @@ pub struct Spec {
     pub bake: Option<BakeSpec>,
     /// Workspace paths kept between builds of the project; see [`CacheSpec`].
     pub cache: Option<CacheSpec>,
+    /// The labels an agent must have to run the build (`arch: arm64`); a build with labels
+    /// runs on a matching agent only, never on a server.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// How the build's workspace is made from the repository.
@@ -326,5 +330,16 @@ mod tests {
         let error = parse_package(&with_steps).unwrap_err();
         assert!(error.message.contains("unknown field `steps`"), "{error}");
         assert!(parse(&with_steps).unwrap().package.is_some());
+    }
+
+    #[test]
+    fn labels_select_agents_and_a_bad_one_names_its_line() {
+        let steps = "steps:\n  - {name: a, image: x, commands: [true]}\n";
+        let spec = parse(&format!("{steps}labels:\n  arch: arm64\n")).unwrap();
+        assert_eq!(spec.labels.get("arch").map(String::as_str), Some("arm64"));
+        assert!(parse(steps).unwrap().labels.is_empty());
+        let error = parse(&format!("{steps}labels:\n  arch: \"arm,64\"\n")).unwrap_err();
+        assert_eq!(error.line, 4, "{error}");
+        assert!(error.message.contains("`arch: arm,64`"), "{error}");
     }
 }

@@ -55,6 +55,33 @@ pub fn check(spec: &Spec) -> Result<(), Problem> {
     }
     super::migrations::check(spec)?;
     super::cache::check(spec)?;
+    check_labels(spec)
+}
+
+/// The most labels a build may ask for, and the longest key or value.
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_CHARS: usize = 100;
+
+fn check_labels(spec: &Spec) -> Result<(), Problem> {
+    if spec.labels.len() > MAX_LABELS {
+        return Err(problem(
+            vec![key("labels")],
+            format!("expected at most {MAX_LABELS} labels"),
+        ));
+    }
+    for (name, value) in &spec.labels {
+        for text in [name, value] {
+            let fits = !text.is_empty()
+                && text.chars().count() <= MAX_LABEL_CHARS
+                && !text.chars().any(|c| c.is_control() || c == ',' || c == '=');
+            if !fits {
+                return Err(problem(
+                    vec![key("labels")],
+                    format!("`{name}: {value}`: a label's key and value are 1 to {MAX_LABEL_CHARS} characters, without `,`, `=` or control characters"),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
