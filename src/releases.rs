@@ -34,7 +34,7 @@ use crate::store::Store;
 const SIGNER_UID: &str = "Slipway release signing <slipway@localhost>";
 /// The reason of releases that were packaging when their server stopped.
 pub const INTERRUPTED_REASON: &str =
-    "the server stopped while this release was packaging; push again to release the commit";
+    "the server or agent running its build stopped while this release was packaging; push again to release the commit";
 
 /// The installation's apt repository, in `apt_dir` (shared by every server) or in a bucket
 /// (with `apt_dir` this server's working copy, see [`crate::apt_bucket`]), signed with the

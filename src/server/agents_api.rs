@@ -220,8 +220,9 @@ async fn drain(
 }
 
 /// Hands the agent the oldest queued build, waiting up to [`LEASE_WAIT`] for one (204 when
-/// none came). A build whose checkout fails (its `.slipway.yml` is wrong, its commit cannot
-/// be fetched) ends here, as on a server, and the next is tried.
+/// none came, 503 once the server begins to stop). A build whose checkout fails (its
+/// `.slipway.yml` is wrong, its commit cannot be fetched) ends here, as on a server, and the
+/// next is tried.
 async fn lease(
     State(state): State<AppState>,
     Extension(agent): Extension<AgentCaller>,
@@ -254,7 +255,12 @@ async fn lease(
         if Instant::now() >= deadline {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = state.stopping.cancelled() => {
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"));
+            }
+        }
     }
 }
 

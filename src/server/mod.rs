@@ -57,6 +57,8 @@ pub struct AppState {
     pub deploys: DeployManager,
     /// The one client of dockerd the queue, the deployments and the bakes share.
     pub docker: DockerClient,
+    /// Cancelled when the server begins to stop.
+    pub stopping: CancellationToken,
 }
 
 pub struct Application {
@@ -129,6 +131,7 @@ impl Application {
                 bakes,
                 deploys,
                 docker,
+                stopping: CancellationToken::new(),
             },
             caches,
             embedded,
@@ -194,11 +197,14 @@ impl Application {
             None => None,
         };
         let stopped = stop.clone();
+        let stopping = state.stopping.clone();
         let shutdown = async move {
             tokio::select! {
                 _ = shutdown => {},
                 _ = stopped.cancelled() => {},
             }
+            // Requests that wait (agents' leases) end now rather than hold the stop up.
+            stopping.cancel();
         };
         let queue = state.queue.clone();
         let deploys = state.deploys.clone();

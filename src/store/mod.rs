@@ -4,8 +4,8 @@
 pub mod agents;
 pub mod app_schema;
 pub mod apt;
-pub mod autoscale;
 pub mod audit;
+pub mod autoscale;
 pub mod build_reports;
 pub mod builds;
 pub mod deployments;

@@ -292,6 +292,20 @@ async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_upload
     assert_eq!(listed["labels"], json!({"arch": "amd64", "disk": "ssd"}));
     assert_eq!(listed["state"], "idle", "{listed}");
     assert_eq!(listed["version"], env!("CARGO_PKG_VERSION"));
+    let table = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["agents", "--server", &app.address])
+        .env("SLIPWAY_TOKEN", &app.token)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("builder-1"))
+        .unwrap_or("");
+    assert!(
+        row.contains(" idle ") && row.contains("arch=amd64,disk=ssd"),
+        "{table}"
+    );
 
     // A build whose labels the agent lacks: it reads them and puts the build back, saying why.
     let text = std::fs::read_to_string(&spec).unwrap();

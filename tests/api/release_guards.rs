@@ -216,7 +216,7 @@ async fn a_release_killed_while_packaging_is_failed_with_a_reason_by_the_next_st
     assert_eq!(v1["status"], "failed", "{v1}");
     assert_eq!(
         v1["reason"],
-        "the server stopped while this release was packaging; push again to release the commit"
+        "the server or agent running its build stopped while this release was packaging; push again to release the commit"
     );
     assert_eq!(v1["package"], Value::Null, "{v1}");
     let staged: Vec<_> = std::fs::read_dir(data_dir.join("staging"))
