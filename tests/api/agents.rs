@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::builds::{commit_all, hello_config, hello_repository, push, wait_for_build};
+use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_for_build};
 use crate::helpers::TestApp;
 use crate::netns::AgentHost;
 
@@ -674,4 +674,164 @@ async fn a_build_with_labels_waits_for_an_agent_that_has_them() {
     let build = wait_for_build(&app, number, Duration::from_secs(300)).await;
     assert_eq!(build["status"], "passed", "{build}\n{}", arm.log());
     assert_eq!(build["agent"], "arm-1", "{build}");
+}
+
+/// An agent that speaks `/agent/v1` from the test itself, to let leases lapse on purpose.
+struct ProbeAgent {
+    http: reqwest::Client,
+    address: String,
+    credential: String,
+}
+
+impl ProbeAgent {
+    async fn register(app: &TestApp, name: &str) -> ProbeAgent {
+        let registered: Value = app
+            .http
+            .post(format!("{}/api/v1/agents", app.address))
+            .bearer_auth(&app.token)
+            .json(&json!({"name": name, "capacity": 4, "version": "probe", "host": "test"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ProbeAgent {
+            http: app.http.clone(),
+            address: app.address.clone(),
+            credential: registered["credential"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/agent/v1{path}", self.address))
+            .bearer_auth(&self.credential)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Leases a build; its id and attempt.
+    async fn lease(&self) -> (String, i64) {
+        let response = self.post("/lease", json!({})).await;
+        assert_eq!(response.status(), 200);
+        let lease: Value = response.json().await.unwrap();
+        (
+            lease["id"].as_str().unwrap().to_owned(),
+            lease["attempt"].as_i64().unwrap(),
+        )
+    }
+
+    async fn confirm(&self, id: &str, attempt: i64) {
+        let confirmed = self
+            .post(
+                &format!("/builds/{id}/confirm"),
+                json!({"attempt": attempt}),
+            )
+            .await;
+        assert_eq!(confirmed.status(), 204);
+    }
+}
+
+/// Waits until build `number` satisfies `done`; the build.
+async fn build_until(app: &TestApp, number: i64, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let build = app
+            .get_json(&format!("/api/v1/projects/hello/builds/{number}"))
+            .await;
+        if done(&build) {
+            return build;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{build}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+// Leases that lapse: one never confirmed puts the build back as it was; a confirmed one that
+// stops being renewed queues the build again once, as attempt 2, whose own lapse errors it;
+// and a build that reached packaging is errored at once, its release failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapsed_leases_queue_a_build_again_once_then_error_it() {
+    let repo = hello_repository();
+    let head = git(repo.path(), &["rev-parse", "HEAD"]);
+    let config = format!(
+        "max_concurrent_builds = 0\n[agents]\nlease_seconds = 3\n{}",
+        hello_config(repo.path())
+    );
+    let app = TestApp::spawn(&config).await;
+    let probe = ProbeAgent::register(&app, "probe").await;
+    let number = push(&app, "main", &head).await;
+
+    let (id, attempt) = probe.lease().await;
+    assert_eq!(attempt, 1);
+    let leased = app
+        .get_json(&format!("/api/v1/projects/hello/builds/{number}"))
+        .await;
+    assert_eq!(
+        (leased["status"].as_str(), leased["agent"].as_str()),
+        (Some("running"), Some("probe"))
+    );
+    // Never confirmed: back in the queue as it was.
+    let build = build_until(&app, number, |b| b["status"] == "queued").await;
+    assert_eq!(
+        (build["attempt"].as_i64(), build["agent"].as_str()),
+        (Some(1), None)
+    );
+
+    // Confirmed, never renewed: queued again as attempt 2.
+    let (again, attempt) = probe.lease().await;
+    assert_eq!((again.as_str(), attempt), (id.as_str(), 1));
+    probe.confirm(&id, 1).await;
+    let build = build_until(&app, number, |b| b["attempt"] == 2).await;
+    assert_eq!(build["status"], "queued", "{build}");
+    assert_eq!(
+        build["reason"],
+        "attempt 1 was lost with agent probe; queued again"
+    );
+    let (_, attempt) = probe.lease().await;
+    assert_eq!(attempt, 2);
+    probe.confirm(&id, 2).await;
+    // What the lost attempt still sends is refused.
+    let late = probe
+        .post(
+            &format!("/builds/{id}/steps"),
+            json!({"attempt": 1, "position": 0, "name": "migrate", "status": "passed", "exit_code": 0}),
+        )
+        .await;
+    assert_eq!(late.status(), 409);
+    let build = build_until(&app, number, |b| b["status"] != "running").await;
+    assert_eq!(build["status"], "errored", "{build}");
+    assert_eq!(
+        build["reason"],
+        "agent lost: agent probe stopped answering during attempt 2"
+    );
+
+    // Lost while packaging: errored at once, and the release it numbered fails.
+    let number = push(&app, "main", &head).await;
+    let (id, _) = probe.lease().await;
+    probe.confirm(&id, 1).await;
+    let slot: Value = probe
+        .post(&format!("/builds/{id}/release"), json!({"attempt": 1}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(slot["slot"], "numbered", "{slot}");
+    assert_eq!(slot["number"], 1, "{slot}");
+    let build = build_until(&app, number, |b| b["status"] != "running").await;
+    assert_eq!(build["status"], "errored", "{build}");
+    assert_eq!(build["attempt"], 1, "{build}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v1 = app.release("hello", "v1").await;
+        if v1["status"] == "failed" {
+            assert_eq!(v1["reason"], slipway::releases::INTERRUPTED_REASON, "{v1}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v1}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
