@@ -232,11 +232,13 @@ impl Store {
         let attempts: Vec<i32> = running.iter().map(|(_, attempt)| *attempt).collect();
         let kept = client
             .query(
-                "UPDATE builds b SET lease_expires = now() + make_interval(secs => $4)
+                // A lease not confirmed yet (the agent is fetching the source) is kept but
+                // not renewed: only the confirmation starts it.
+                "UPDATE builds b SET lease_expires = CASE WHEN b.lease_confirmed
+                         THEN now() + make_interval(secs => $4) ELSE b.lease_expires END
                  FROM unnest($2::uuid[], $3::int[]) AS r(id, attempt)
                  WHERE b.id = r.id AND b.attempt = r.attempt AND b.agent_id = $1
-                   AND b.status = 'running' AND b.lease_confirmed
-                   AND b.cancel_requested_at IS NULL
+                   AND b.status = 'running' AND b.cancel_requested_at IS NULL
                  RETURNING b.id",
                 &[&agent, &ids, &attempts, &(lease_seconds as f64)],
             )

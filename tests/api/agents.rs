@@ -407,12 +407,24 @@ async fn builds(app: &TestApp) -> Vec<Value> {
         .unwrap()
 }
 
-/// The number of a build `agent` runs now with its `slow` step running: mid-build. Waits up
-/// to `limit` for one.
-async fn mid_build_on(app: &TestApp, agent: &str, limit: Duration) -> i64 {
+/// The number of a build `agent` runs now with its `slow` step running: mid-build. Pushes
+/// `head` whenever nothing is queued, so the agent gets work, counting the pushes in
+/// `pushed`; waits up to `limit`.
+async fn mid_build_on(
+    app: &TestApp,
+    agent: &str,
+    head: &str,
+    pushed: &mut usize,
+    limit: Duration,
+) -> i64 {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        for build in builds(app).await {
+        let all = builds(app).await;
+        if all.iter().all(|build| build["status"] != "queued") {
+            push(app, "main", head).await;
+            *pushed += 1;
+        }
+        for build in all {
             if build["status"] != "running" || build["agent"] != agent {
                 continue;
             }
@@ -504,12 +516,21 @@ async fn three_agents_in_their_own_namespaces_survive_a_kill_a_drain_and_a_cut()
         AgentProcess::spawn(command, &token)
     };
     let mut agents: Vec<AgentProcess> = (0..3).map(start_agent).collect();
-    for _ in 0..8 {
+    let mut pushed = 0;
+    for _ in 0..4 {
         push(&app, "main", &head).await;
+        pushed += 1;
     }
 
     // kill -9 of an agent mid-build: the build is queued again and passes on another agent.
-    let killed = mid_build_on(&app, "agent-1", Duration::from_secs(180)).await;
+    let killed = mid_build_on(
+        &app,
+        "agent-1",
+        &head,
+        &mut pushed,
+        Duration::from_secs(180),
+    )
+    .await;
     agents[0].signal("KILL");
     agents[0].wait_exit(Duration::from_secs(10)).await;
     let build = wait_for_build(&app, killed, Duration::from_secs(300)).await;
@@ -527,7 +548,14 @@ async fn three_agents_in_their_own_namespaces_survive_a_kill_a_drain_and_a_cut()
     agents[0] = start_agent(0);
 
     // SIGTERM mid-build: the build finishes there, the agent exits, and takes no new build.
-    let drained = mid_build_on(&app, "agent-2", Duration::from_secs(180)).await;
+    let drained = mid_build_on(
+        &app,
+        "agent-2",
+        &head,
+        &mut pushed,
+        Duration::from_secs(180),
+    )
+    .await;
     let asked_to_drain = chrono::Utc::now();
     agents[1].signal("TERM");
     let status = agents[1].wait_exit(Duration::from_secs(180)).await;
@@ -542,7 +570,14 @@ async fn three_agents_in_their_own_namespaces_survive_a_kill_a_drain_and_a_cut()
     );
 
     // Cut off mid-build: the lease expires and the build passes on another agent.
-    let cut = mid_build_on(&app, "agent-3", Duration::from_secs(180)).await;
+    let cut = mid_build_on(
+        &app,
+        "agent-3",
+        &head,
+        &mut pushed,
+        Duration::from_secs(180),
+    )
+    .await;
     on_host(&hosts, 2, AgentHost::cut).await;
     let build = wait_for_build(&app, cut, Duration::from_secs(300)).await;
     assert_eq!(build["status"], "passed", "{build}");
@@ -553,8 +588,9 @@ async fn three_agents_in_their_own_namespaces_survive_a_kill_a_drain_and_a_cut()
     // Back on the network, it hears that the build is no longer its and stops it.
     on_host(&hosts, 2, AgentHost::restore).await;
 
-    for _ in 0..4 {
+    while pushed < 12 {
         push(&app, "main", &head).await;
+        pushed += 1;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     let finished = loop {
@@ -568,7 +604,7 @@ async fn three_agents_in_their_own_namespaces_survive_a_kill_a_drain_and_a_cut()
         assert!(tokio::time::Instant::now() < deadline, "{all:?}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    assert_eq!(finished.len(), 12);
+    assert_eq!(finished.len(), pushed);
     for build in &finished {
         assert_eq!(build["status"], "passed", "{build}");
     }
@@ -784,6 +820,17 @@ async fn lapsed_leases_queue_a_build_again_once_then_error_it() {
     // Confirmed, never renewed: queued again as attempt 2.
     let (again, attempt) = probe.lease().await;
     assert_eq!((again.as_str(), attempt), (id.as_str(), 1));
+    // A heartbeat between the lease and its confirmation keeps the build the agent's.
+    let reply: Value = probe
+        .post(
+            "/heartbeat",
+            json!({"running": [{"id": id, "attempt": 1}], "draining": false}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["stop"], json!([]), "{reply}");
     probe.confirm(&id, 1).await;
     let build = build_until(&app, number, |b| b["attempt"] == 2).await;
     assert_eq!(build["status"], "queued", "{build}");
