@@ -381,8 +381,10 @@ async fn source(
         .await
         .map_err(outcome_error)?;
     let dir = workspace.path().to_path_buf();
+    // Beside the workspaces, in the data directory, not in the system's temporary one.
+    let scratch = state.repository.staging_dir().to_path_buf();
     let archive = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-        let mut file = tempfile::tempfile()?;
+        let mut file = tempfile::tempfile_in(&scratch)?;
         {
             let mut tar = tar::Builder::new(&mut file);
             tar.follow_symlinks(false);
