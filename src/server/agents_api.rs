@@ -349,15 +349,18 @@ async fn leased(
         .store
         .leased_build(agent.id, id, attempt)
         .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "attempt {attempt} of build {id} is not leased to agent {}: stop it",
-                    agent.name
-                ),
-            )
-        })
+        .ok_or_else(|| not_leased(agent, id, attempt))
+}
+
+/// 409: `attempt` of build `id` is no longer `agent`'s, which tells it to stop the build.
+fn not_leased(agent: &AgentCaller, id: Uuid, attempt: i32) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "attempt {attempt} of build {id} is not leased to agent {}: stop it",
+            agent.name
+        ),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -430,12 +433,7 @@ async fn confirm(
     {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(leased(&state, &agent, id, attempt)
-            .await
-            .err()
-            .unwrap_or_else(|| {
-                ApiError::new(StatusCode::CONFLICT, "the lease could not be confirmed")
-            }))
+        Err(not_leased(&agent, id, attempt))
     }
 }
 
@@ -758,12 +756,7 @@ async fn finish(
         tracing::info!(agent = %agent.name, build = %id, status = status.as_str(), "an agent's build finished");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(leased(&state, &agent, id, attempt)
-            .await
-            .err()
-            .unwrap_or_else(|| {
-                ApiError::new(StatusCode::CONFLICT, "the build could not be finished")
-            }))
+        Err(not_leased(&agent, id, attempt))
     }
 }
 
