@@ -104,8 +104,12 @@ pub struct RawConfig {
     pub cache: Option<RawCache>,
     /// `[agents]`: how build agents hold the builds they run.
     pub agents: Option<RawAgents>,
+    /// `[metrics]`: who may read `/metrics`.
+    pub metrics: Option<RawMetrics>,
     /// `[autoscale]`: the autoscaler of build agents (off when absent).
     pub autoscale: Option<RawAutoscale>,
+    /// `[ui]`: who may read the web UI, and how long a sign-in lasts.
+    pub ui: Option<RawUi>,
     #[serde(default)]
     pub projects: Vec<RawProject>,
 }
@@ -342,10 +346,35 @@ pub struct Config {
     /// Seconds a build agent's lease lasts without a heartbeat (`[agents] lease_seconds`);
     /// agents heartbeat three times in that time.
     pub agent_lease_seconds: u64,
+    /// Whether `/metrics` answers without a token (`[metrics] anonymous`, default false).
+    pub metrics_anonymous: bool,
     /// The autoscaler of build agents (`[autoscale]`), when configured.
     pub autoscale: Option<AutoscaleConfig>,
+    /// The web UI's sign-in (`[ui]`).
+    pub ui: UiConfig,
     pub projects: Vec<Project>,
 }
+
+/// `[ui]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUi {
+    /// Pages and the API's reads answer without a token or sign-in (default false).
+    pub anonymous_read: Option<bool>,
+    /// How long a sign-in lasts (default 12 hours).
+    pub session_hours: Option<u64>,
+}
+
+/// The web UI's sign-in, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiConfig {
+    /// Whether reads (pages, `GET /api/v1/...` that need only `read`) need no sign-in.
+    pub anonymous_read: bool,
+    pub session_hours: u64,
+}
+
+/// How long a web UI sign-in lasts unless `[ui] session_hours` says otherwise.
+pub const DEFAULT_SESSION_HOURS: u64 = 12;
 
 /// `[agents]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -357,6 +386,14 @@ pub struct RawAgents {
 
 /// How long an agent's lease lasts unless `[agents] lease_seconds` says otherwise.
 pub const DEFAULT_AGENT_LEASE_SECONDS: u64 = 30;
+
+/// `[metrics]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Whether `/metrics` answers without a token (default false: a token of any scope).
+    pub anonymous: Option<bool>,
+}
 
 /// What housekeeping removes (see docs/configuration.md, "Retention"); `None` keeps all.
 /// Whatever is live, warm or taken by an unfinished deployment in an environment is kept.
@@ -628,6 +665,20 @@ pub fn resolve(
         .autoscale
         .map(|raw| autoscale::resolve(raw, &invalid))
         .transpose()?;
+    let raw_ui = raw.ui.unwrap_or_default();
+    let ui = UiConfig {
+        anonymous_read: raw_ui.anonymous_read.unwrap_or(false),
+        session_hours: raw_ui.session_hours.unwrap_or(DEFAULT_SESSION_HOURS),
+    };
+    if !(1..=24 * 30).contains(&ui.session_hours) {
+        return Err(invalid(
+            "ui.session_hours",
+            format!(
+                "expected hours from 1 to 720 (30 days), got {}",
+                ui.session_hours
+            ),
+        ));
+    }
 
     let mut names = HashSet::new();
     let mut projects = Vec::new();
@@ -676,6 +727,8 @@ pub fn resolve(
         retention,
         cache,
         agent_lease_seconds,
+        metrics_anonymous: raw.metrics.and_then(|m| m.anonymous).unwrap_or(false),
+        ui,
         autoscale,
         projects,
     })

@@ -94,12 +94,25 @@ pub struct EnvironmentHandle {
     busy: Mutex<Option<Busy>>,
     /// A recovery loop runs for the environment (at most one does).
     recovering: std::sync::atomic::AtomicBool,
+    /// Operations asked of this server that were refused because the environment was busy
+    /// here or its lock was held by another owner (`/metrics`; this server's, since it started).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl EnvironmentHandle {
     /// What runs on the environment in this server now, if anything.
     pub fn busy(&self) -> Option<Busy> {
         self.busy.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many operations this server refused since it started because the environment was
+    /// busy or locked: what would have waited, had they waited for the lock.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_refusal(&self) {
+        self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// One health check of each instance of the fleet serving the environment.
@@ -231,6 +244,7 @@ impl DeployManager {
                     guard: Arc::default(),
                     busy: Mutex::default(),
                     recovering: Default::default(),
+                    refused: Default::default(),
                 }));
             }
         }
@@ -284,7 +298,10 @@ impl DeployManager {
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(busy) => return Err(busy),
+                Err(busy) => {
+                    environment.count_refusal();
+                    return Err(busy);
+                }
             }
         };
         let (follower, events) = mpsc::unbounded_channel();
@@ -313,6 +330,7 @@ impl DeployManager {
                     heartbeat_at,
                     ..
                 }) => {
+                    environment.count_refusal();
                     let holder = slipway_deployer::LockHolder {
                         owner,
                         acquired_at,

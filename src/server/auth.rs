@@ -1,8 +1,9 @@
-//! Who is asking and whether they may: the bearer token of every `/api/v1` request, and the
-//! scope each route needs (one table, [`needed_scope`], so no route is left without one).
+//! Who is asking and whether they may: the bearer token of every `/api/v1` request (or the
+//! web UI session standing for one, with its CSRF token), and the scope each route needs (one
+//! table, [`needed_scope`], so no route is left without one).
 
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, RequestExt};
@@ -26,62 +27,146 @@ impl Caller {
     }
 }
 
-/// Answers 401 without a valid, unrevoked token and 403 when the token lacks the route's
-/// scope; otherwise passes the request on with its [`Caller`].
+/// The cookie that holds a web UI session's secret.
+pub const SESSION_COOKIE: &str = "slipway_session";
+/// The header in which a signed-in page sends its session's CSRF token with every request
+/// that changes something; a form posted from another site cannot set it.
+pub const CSRF_HEADER: &str = "x-slipway-csrf";
+
+/// Answers 401 without a valid, unrevoked token (as a bearer, or through a web UI session)
+/// and 403 when the token lacks the route's scope; otherwise passes the request on with its
+/// [`Caller`]. With `[ui] anonymous_read`, a request with neither may read what `read` may.
 pub async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token (Authorization: Bearer <token>)",
-        )
-        .into_response();
-    };
-    let caller = match state.store.check_token(token).await {
-        Ok(Presented::Valid(record)) => record,
-        Ok(Presented::Revoked(record)) => {
-            let revoked = record.revoked_at.map(|at| at.to_rfc3339());
-            let message = format!(
-                "this token (id {}) was revoked at {}",
-                record.id,
-                revoked.unwrap_or_default()
-            );
-            return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
-        }
-        Ok(Presented::Unknown) => {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "unknown token").into_response()
-        }
-        Err(e) => return ApiError::from(e).into_response(),
+    let caller = match authenticate(&state, request.method(), request.headers()).await {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal,
     };
     // A path that matched no route has nothing to protect: the fallback answers 404.
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|route| route.as_str().to_owned());
-    if let Some(route) = route {
-        let environment = match request.extract_parts::<RawPathParams>().await {
-            Ok(params) => params
-                .iter()
-                .find(|(key, _)| *key == "environment")
-                .map(|(_, value)| value.to_owned()),
-            Err(rejection) => return rejection.into_response(),
-        };
-        let needed = needed_scope(request.method(), &route, environment);
-        if !caller.scopes.iter().any(|scope| scope.allows(&needed)) {
-            return forbidden(&caller, request.method(), &route, &needed);
+    let needed = match route {
+        Some(route) => {
+            let environment = match request.extract_parts::<RawPathParams>().await {
+                Ok(params) => params
+                    .iter()
+                    .find(|(key, _)| *key == "environment")
+                    .map(|(_, value)| value.to_owned()),
+                Err(rejection) => return rejection.into_response(),
+            };
+            let needed = needed_scope(request.method(), &route, environment);
+            if let Some(caller) = &caller {
+                if !caller.scopes.iter().any(|scope| scope.allows(&needed)) {
+                    return forbidden(caller, request.method(), &route, &needed);
+                }
+            }
+            needed
         }
+        None => Scope::Read,
+    };
+    match caller {
+        Some(caller) => {
+            request.extensions_mut().insert(Caller(caller));
+        }
+        None if needed == Scope::Read && state.config.ui.anonymous_read => {}
+        None => return missing_credentials(),
     }
-    request.extensions_mut().insert(Caller(caller));
     next.run(request).await
+}
+
+/// The token a request presents: its bearer token, else its web UI session's (whose requests
+/// that change something must also carry the session's CSRF token); `None` with neither.
+async fn authenticate(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Option<TokenRecord>, Response> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if let Some(token) = bearer {
+        return match state.store.check_token(token).await {
+            Ok(Presented::Valid(record)) => Ok(Some(record)),
+            Ok(Presented::Revoked(record)) => {
+                let revoked = record.revoked_at.map(|at| at.to_rfc3339());
+                let message = format!(
+                    "this token (id {}) was revoked at {}",
+                    record.id,
+                    revoked.unwrap_or_default()
+                );
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, message).into_response())
+            }
+            Ok(Presented::Unknown) => {
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token").into_response())
+            }
+            Err(e) => Err(ApiError::from(e).into_response()),
+        };
+    }
+    let Some(secret) = session_cookie(headers) else {
+        return Ok(None);
+    };
+    let session =
+        match state.store.session(secret).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this sign-in has ended (signed out, expired, or its token revoked); sign in again",
+            )
+            .into_response()),
+            Err(e) => return Err(ApiError::from(e).into_response()),
+        };
+    if !is_safe(method) && !csrf_matches(headers, &session.csrf) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a signed-in request that changes something must carry its page's CSRF token in the {CSRF_HEADER} header"
+            ),
+        )
+        .into_response());
+    }
+    Ok(Some(session.token))
+}
+
+fn missing_credentials() -> Response {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing bearer token (Authorization: Bearer <token>) or web UI sign-in",
+    )
+    .into_response()
+}
+
+/// Whether `method` only reads.
+pub fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+}
+
+/// The web UI session's secret from the request's cookies.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty() && value.len() <= 128)
+}
+
+/// Whether the request's CSRF header holds `expected`, compared in constant time.
+fn csrf_matches(headers: &HeaderMap, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(given) = headers.get(CSRF_HEADER) else {
+        return false;
+    };
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 /// The scope a request to `route` (the route's pattern, like `/projects/{project}/builds`)

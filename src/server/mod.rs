@@ -16,11 +16,13 @@ mod deploy_api;
 mod error;
 mod health;
 mod hooks;
+mod metrics;
 mod notify_api;
 mod presence;
 pub use presence::host_name;
 mod releases_api;
 mod tokens_api;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -269,6 +271,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api::routes(state.clone()))
         .nest("/agent/v1", agents_api::agent_routes(state.clone()))
         .merge(apt::routes(&state))
+        .merge(ui::routes())
+        .merge(metrics::routes())
         .with_state(state)
 }
 

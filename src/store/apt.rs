@@ -6,7 +6,7 @@ use std::future::Future;
 use super::{Store, StoreResult};
 
 /// The advisory lock a server holds while it changes the repository in the bucket.
-const APT_BUCKET_LOCK: i64 = 4242003;
+pub(crate) const APT_BUCKET_LOCK: i64 = 4242003;
 
 impl Store {
     /// Runs `work` once no other server (nor task of this one) is changing the repository, and

@@ -617,7 +617,7 @@ impl LockStore for PgLocks {
 
 /// SQL true when the lock owner `owner` (an SQL text expression: a server's id, as the deploy
 /// manager names itself in locks) is a live server.
-fn lock_owner_live(owner: &str) -> String {
+pub(super) fn lock_owner_live(owner: &str) -> String {
     super::servers::owner_live(&format!(
         "(CASE WHEN {owner} ~ '^[0-9a-f-]{{36}}$' THEN {owner}::uuid END)"
     ))

@@ -10,12 +10,14 @@ pub mod build_reports;
 pub mod builds;
 pub mod deployments;
 pub mod embedded;
+pub mod metrics;
 pub mod notifications;
 pub mod outbox;
 pub mod release_images;
 pub mod releases;
 pub mod retention;
 pub mod servers;
+pub mod sessions;
 pub mod signing_key;
 pub mod tokens;
 

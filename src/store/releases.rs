@@ -111,7 +111,7 @@ pub enum ReleaseSlot {
 
 /// The advisory lock class under which a project's releases are decided and numbered (the
 /// project's name hashed is the lock's other half).
-const RELEASE_ORDER_LOCK: i32 = 4242009;
+pub(crate) const RELEASE_ORDER_LOCK: i32 = 4242009;
 
 /// Copies a release's Docker bake state (`$1`: the release id) into its `release_images` row.
 const SYNC_DOCKER_IMAGE: &str = "INSERT INTO release_images

@@ -6,7 +6,7 @@ use std::future::Future;
 use super::{Store, StoreResult};
 
 /// The advisory lock under which the first server makes the key while others wait.
-const SIGNING_KEY_LOCK: i64 = 4242002;
+pub(crate) const SIGNING_KEY_LOCK: i64 = 4242002;
 
 /// A signing key as the installation keeps it.
 pub struct StoredKey {

@@ -149,9 +149,9 @@ pub(super) fn digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, last_used_at, revoked_at";
+pub(super) const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, last_used_at, revoked_at";
 
-fn token_from_row(row: &tokio_postgres::Row) -> TokenRecord {
+pub(super) fn token_from_row(row: &tokio_postgres::Row) -> TokenRecord {
     let scopes: Vec<String> = row.get("scopes");
     TokenRecord {
         id: row.get("id"),
