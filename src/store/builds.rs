@@ -164,7 +164,7 @@ impl LogChunkRecord {
 pub const LOG_PAGE_BYTES: usize = 1024 * 1024;
 
 /// Chunks read per query while a page fills.
-const CHUNKS_PER_QUERY: i64 = 4;
+const CHUNKS_PER_QUERY: i64 = 32;
 
 pub(super) const BUILD_COLUMNS: &str = "id, project, number, branch, commit, event, status, reason, queued_at, started_at, finished_at, release_skipped, owner, pull_request, author, message, agent_name, attempt";
 

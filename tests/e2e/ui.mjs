@@ -38,10 +38,11 @@ function check(condition, message) {
 }
 
 const browser = await launch();
+const pageErrors = [];
+let page;
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  const pageErrors = [];
+  page = await context.newPage();
   page.on('pageerror', (error) => pageErrors.push(String(error)));
   const shot = (name) => page.screenshot({ path: path.join(shots, name + '.png'), fullPage: true });
   const lines = () => page.evaluate(() => Number(document.querySelector('.slw-log')?.dataset.lines || 0));
@@ -173,9 +174,11 @@ try {
   seen.screenshots = fs.readdirSync(shots).sort();
   process.stdout.write(JSON.stringify(seen) + '\n');
 } catch (error) {
-  process.stderr.write(`ui check failed: ${error.stack || error}\n`);
+  process.stderr.write(`ui check failed: ${error.stack || error}\npage errors: ${pageErrors.join('; ')}\n`);
   process.stdout.write(JSON.stringify(seen) + '\n');
   process.exitCode = 1;
+  // What the page showed when the check failed.
+  if (page) await page.screenshot({ path: path.join(shots, 'failed.png'), fullPage: true }).catch(() => {});
 } finally {
   await browser.close();
 }

@@ -47,7 +47,7 @@
         el.setAttribute(key, value === true ? '' : String(value));
       }
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       el.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -102,7 +102,12 @@
   }
 
   function show(...children) {
-    main.replaceChildren(...children.flat().filter(Boolean));
+    fill(main, ...children);
+  }
+
+  /** Replaces `el`'s children, skipping the absent ones (which the DOM would show as "null"). */
+  function fill(el, ...children) {
+    el.replaceChildren(...children.flat(Infinity).filter((child) => child !== null && child !== undefined && child !== false));
   }
 
   function showError(message) {
@@ -351,13 +356,14 @@
     const steps = h('div', {});
     const logBox = h('div', { class: 'log-box', id: 'log' });
     show(header, steps, h('h2', {}, 'Log'), logBox);
-    let build = await api(base);
+    // The log loads while the build's record is asked for. It is followed even for a build
+    // that ended: the stream then only says so, and a build that runs is never missed.
     const view = new window.SlipwayLog.LogView(logBox, {});
-    window.slipwayLogView = view;
-    let loader = window.SlipwayLog.loadLog(view, '/api/v1' + base + '/logs', {
-      live: !isFinal(build.status),
-      onError: (message) => showError(message),
+    const loader = window.SlipwayLog.loadLog(view, '/api/v1' + base + '/logs', {
+      live: true,
+      onError: (error) => showError(error.message || String(error)),
     });
+    let build = await api(base);
     let final = isFinal(build.status);
     const render = () => {
       fill(header, 

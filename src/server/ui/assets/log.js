@@ -415,6 +415,41 @@
   };
 
   /**
+   * Adds a page of the log API's `format=text`: `runs` (`{seq, step, stream, at, lines}`, the
+   * run's `lines` count numbered from `seq`) name the page's `texts` in order. Lines at or
+   * before the last seq held are skipped. Returns how many lines were added.
+   */
+  LogView.prototype.appendText = function (runs, texts) {
+    var added = 0;
+    var index = 0;
+    for (var i = 0; i < runs.length; i++) {
+      var run = runs[i];
+      if (!run || typeof run.seq !== 'number' || typeof run.lines !== 'number') { break; }
+      var step = typeof run.step === 'string' ? run.step : '';
+      var name = this._stepNames[step];
+      if (name === undefined) { name = this._stepNames[step] = step; }
+      var stderr = run.stream === 'stderr';
+      var at = typeof run.at === 'string' ? run.at : '';
+      for (var j = 0; j < run.lines && index < texts.length; j++, index++) {
+        var seq = run.seq + j;
+        if (seq <= this.lastSeq) { continue; }
+        this._seqs.push(seq);
+        this._steps.push(name);
+        this._texts.push(texts[index]);
+        this._stderr.push(stderr);
+        this._ats.push(at);
+        this.lastSeq = seq;
+        added++;
+      }
+    }
+    if (added) {
+      this.lineCount = this._seqs.length;
+      this._schedule();
+    }
+    return added;
+  };
+
+  /**
    * Adds lines (`{seq, step, at, stream, line}` objects, in seq order). Lines at or before the
    * last seq already held are skipped, so overlapping pages and a reconnected stream are safe.
    */
@@ -768,16 +803,24 @@
     }
 
     function fetchPage(after) {
-      var url = withQuery(logsUrl, 'after=' + after + '&limit=' + PAGE_LINES);
+      // The text page: its lines as they are, named by runs, rather than an object per line;
+      // several times faster for the server to make and for the browser to read.
+      var url = withQuery(logsUrl, 'after=' + after + '&limit=' + PAGE_LINES + '&format=text');
       return fetch(url, {
         credentials: 'same-origin',
-        headers: { Accept: 'application/json' },
+        headers: { Accept: 'text/plain' },
         signal: abort ? abort.signal : undefined,
       }).then(function (response) {
         if (!response.ok) {
           throw HttpError(response.status, 'log page: HTTP ' + response.status);
         }
-        return response.json();
+        return response.text();
+      }).then(function (body) {
+        var end = body.indexOf('\n');
+        var head = JSON.parse(end < 0 ? body : body.slice(0, end));
+        var texts = end < 0 ? [] : body.slice(end + 1).split('\n');
+        texts.pop(); // every line ends in a newline: nothing follows the last
+        return { runs: Array.isArray(head.runs) ? head.runs : [], texts: texts };
       });
     }
 
@@ -800,13 +843,13 @@
       function next() {
         inFlight.shift().page.then(function (page) {
           if (closed) { return; }
-          if (!Array.isArray(page)) { throw new Error('log page: not a JSON array'); }
           retryDelay = 1000;
           view.setNote('');
-          view.append(page);
+          view.appendText(page.runs, page.texts);
+          var count = page.texts.length;
           // A short page is the end as much as an empty one: spare the extra request. Lines
           // written meanwhile come with the stream, which starts after the last line held.
-          if (page.length < PAGE_LINES) {
+          if (count < PAGE_LINES) {
             inFlight = [];
             then();
             return;
