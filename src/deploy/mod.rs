@@ -112,7 +112,8 @@ impl EnvironmentHandle {
     }
 
     fn count_refusal(&self) {
-        self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// One health check of each instance of the fleet serving the environment.

@@ -100,8 +100,12 @@ async fn sign_in(
     headers: HeaderMap,
     form: Result<Form<SignInForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if let Err(refusal) = same_origin(&state, &headers) {
-        return refusal;
+    if !same_origin(&state, &headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "this form was posted from another site",
+        )
+            .into_response();
     }
     let Ok(Form(form)) = form else {
         return html(
@@ -149,8 +153,12 @@ async fn sign_out(
     headers: HeaderMap,
     form: Result<Form<SignOutForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if let Err(refusal) = same_origin(&state, &headers) {
-        return refusal;
+    if !same_origin(&state, &headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "this form was posted from another site",
+        )
+            .into_response();
     }
     let session = match viewer(&state, &headers).await {
         Ok(Some(session)) => session,
@@ -181,27 +189,18 @@ fn constant_time_eq(given: &str, expected: &str) -> bool {
     given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
-/// Refuses a form posted from another site: its `Origin` (browsers send it with every POST)
-/// must be this server's.
-#[allow(clippy::result_large_err)]
-fn same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// Whether a form was posted from this server's own pages: its `Origin` (browsers send it
+/// with every POST) must be this server's. A client that sends none is no browser page.
+fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return Ok(());
+        return true;
     };
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let public = state.config.public_url.trim_end_matches('/');
     let matches_host = host.is_some_and(|host| {
         origin == format!("http://{host}") || origin == format!("https://{host}")
     });
-    if origin == public || matches_host {
-        Ok(())
-    } else {
-        Err((
-            StatusCode::FORBIDDEN,
-            "this form was posted from another site",
-        )
-            .into_response())
-    }
+    origin == public || matches_host
 }
 
 /// The session cookie: HttpOnly (no script reads it), SameSite=Lax (no other site's form or
