@@ -528,6 +528,7 @@
       h('td', {}, badge(d.state)),
       h('td', {}, when(d.created_at)),
       h('td', {}, duration(between(d.created_at, d.updated_at))),
+      h('td', {}, stepTimings(project, d)),
       h('td', { class: 'reason' }, d.reason || '')));
     const lock = env.lock;
     return h('section', { class: 'card', id: 'env-' + env.name, 'data-environment': env.name },
@@ -544,7 +545,33 @@
       awsFleets(env.aws),
       loadBalancer(env.load_balancer),
       deployActions(project, env, deployable),
-      history.length ? table(['Release', 'Kind', 'State', 'Started', 'Took', 'Reason'], history, 'Deployments') : h('p', { class: 'muted' }, 'No deployments yet.'));
+      history.length ? table(['Release', 'Kind', 'State', 'Started', 'Took', 'Steps', 'Reason'], history, 'Deployments') : h('p', { class: 'muted' }, 'No deployments yet.'));
+  }
+
+  /** Each deployment's steps and their timings, fetched once it is opened (and kept open). */
+  const openTimings = {};
+  function stepTimings(project, d) {
+    const details = h('details', { class: 'timings', open: openTimings[d.id] ? true : null },
+      h('summary', {}, 'timings'));
+    const list = h('ol', { class: 'small' });
+    details.append(list);
+    const load = async () => {
+      try {
+        const full = await api('/projects/' + enc(project) + '/deployments/' + enc(d.id));
+        fill(list, (full.steps || []).map((step) => h('li', {},
+          step.step.replace(/_/g, ' ') + ' ',
+          h('span', { class: 'muted' }, step.finished_at ? duration(step.elapsed_ms) : 'running'),
+          step.error ? h('span', { class: 'reason' }, ' ' + step.error) : null)));
+      } catch (error) {
+        fill(list, h('li', { class: 'reason' }, error.message));
+      }
+    };
+    details.addEventListener('toggle', () => {
+      openTimings[d.id] = details.open;
+      if (details.open) load();
+    });
+    if (openTimings[d.id]) load();
+    return details;
   }
 
   function awsFleets(aws) {
