@@ -426,7 +426,7 @@
         api('/projects/' + enc(project) + '/releases'),
         api('/projects/' + enc(project) + '/environments'),
       ]);
-      fill(list, ...releases.slice().reverse().map((release) => releaseCard(project, release, environments)));
+      fill(list, ...releases.map((release) => releaseCard(project, release, environments)));
       if (!releases.length) fill(list, h('p', {}, 'No releases yet.'));
     }, 5000, () => true);
   }
@@ -512,7 +512,7 @@
       ]);
       // A dialog open on a card, or a release list in use, stays: no re-render meanwhile.
       if (dialog.open || (document.activeElement && document.activeElement.tagName === 'SELECT')) return;
-      const deployable = releases.filter((r) => r.status === 'published').map((r) => r.version).reverse();
+      const deployable = releases.filter((r) => r.status === 'published').map((r) => r.version); // newest first, as the API lists them
       fill(list, ...environments.map((env) => environmentCard(project, env, deployable)));
     }, 3000, () => true);
   }
@@ -607,10 +607,10 @@
       el.value = chosen[id] && deployable.includes(chosen[id]) ? chosen[id] : fallback;
       return el;
     };
-    const older = deployable.filter((v) => v !== live);
-    const previous = older.find((v) => live && Number(v.slice(1)) < Number(live.slice(1)));
-    const promoteSelect = select('promote-' + env.name, deployable[0]);
-    const rollbackSelect = select('rollback-' + env.name, previous || older[0] || deployable[0]);
+    const notLive = deployable.filter((v) => v !== live);
+    const previous = notLive.find((v) => live && Number(v.slice(1)) < Number(live.slice(1)));
+    const promoteSelect = select('promote-' + env.name, notLive[0] || deployable[0]);
+    const rollbackSelect = select('rollback-' + env.name, previous || notLive[0] || deployable[0]);
     const promote = actionButton('Promote', () => promoteConfirmation(project, promoteSelect.value, env),
       () => startDeployment(project, env.name, 'promote', { release: promoteSelect.value }));
     const rollback = actionButton('Roll back', () => ({
