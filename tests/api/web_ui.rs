@@ -278,17 +278,13 @@ async fn signed_out_nothing_shows_and_no_request_or_forged_form_can_act() {
     // A revoked token's session ends with it.
     let (set_cookie, _) = sign_in(&http, &address, &reader).await;
     let cookie = cookie_pair(&set_cookie.unwrap());
-    let tokens: Vec<Value> = app
-        .http
-        .get(format!("{address}/api/v1/tokens"))
-        .bearer_auth(&app.token)
-        .send()
-        .await
+    let tokens = app.get_json("/api/v1/tokens").await;
+    let id = tokens
+        .as_array()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = tokens.iter().find(|t| t["name"] == "reader").unwrap()["id"]
+        .iter()
+        .find(|t| t["name"] == "reader")
+        .unwrap()["id"]
         .as_i64()
         .unwrap();
     let revoked = app
@@ -311,30 +307,14 @@ async fn signed_out_nothing_shows_and_no_request_or_forged_form_can_act() {
         "a revoked token's session still shows pages"
     );
 
-    // Nothing any of it tried happened: no build, no deployment, and the audit trail holds only
-    // the tokens made and revoked here.
-    let builds: Vec<Value> = app
-        .http
-        .get(format!("{address}/api/v1/projects/hello/builds"))
-        .bearer_auth(&app.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(builds.is_empty(), "{builds:?}");
-    let audit: Vec<Value> = app
-        .http
-        .get(format!("{address}/api/v1/audit"))
-        .bearer_auth(&app.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Nothing any of it tried happened: no build was queued, and the audit trail (where every
+    // promote, rollback, cancel, rebuild and rebake is) holds only the tokens made and revoked.
+    let builds = app.get_json("/api/v1/projects/hello/builds").await;
+    assert_eq!(builds, json!([]));
+    let audit = app.get_json("/api/v1/audit").await;
     let done: Vec<&str> = audit
+        .as_array()
+        .unwrap()
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();

@@ -101,11 +101,7 @@ async fn sign_in(
     form: Result<Form<SignInForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     if !same_origin(&state, &headers) {
-        return (
-            StatusCode::FORBIDDEN,
-            "this form was posted from another site",
-        )
-            .into_response();
+        return cross_site();
     }
     let Ok(Form(form)) = form else {
         return html(
@@ -154,11 +150,7 @@ async fn sign_out(
     form: Result<Form<SignOutForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     if !same_origin(&state, &headers) {
-        return (
-            StatusCode::FORBIDDEN,
-            "this form was posted from another site",
-        )
-            .into_response();
+        return cross_site();
     }
     let session = match viewer(&state, &headers).await {
         Ok(Some(session)) => session,
@@ -187,6 +179,14 @@ async fn sign_out(
 fn constant_time_eq(given: &str, expected: &str) -> bool {
     use subtle::ConstantTimeEq;
     given.as_bytes().ct_eq(expected.as_bytes()).into()
+}
+
+fn cross_site() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "this form was posted from another site",
+    )
+        .into_response()
 }
 
 /// Whether a form was posted from this server's own pages: its `Origin` (browsers send it
