@@ -323,11 +323,9 @@
     document.title = project + ' · Builds · Slipway';
     const list = h('div', {});
     show(h('h1', {}, project, ' · Builds'), list);
-    let running = true;
     await poll(async () => {
       const builds = await api('/projects/' + enc(project) + '/builds?limit=50');
       const typical = typicalDuration(builds);
-      running = builds.some((b) => !isFinal(b.status));
       const rows = builds.map((build) => h('tr', { 'data-build': build.number },
         h('td', {}, h('a', { href: '/projects/' + enc(project) + '/builds/' + build.number }, '#' + build.number)),
         h('td', {}, badge(build.status), progressBar(build, typical)),
@@ -341,11 +339,11 @@
         ? table(['Build', 'Status', 'Branch', 'Commit', 'Author', 'Event', 'Duration', 'Queued'], rows)
         : h('p', {}, 'No builds yet.'));
     }, 2000, () => true);
-    return running;
   }
 
+  /** Whether a build's status is its last: anything but queued and running. */
   function isFinal(status) {
-    return ['passed', 'failed', 'errored', 'cancelled', 'skipped', 'superseded'].includes(status);
+    return status !== 'queued' && status !== 'running';
   }
 
   async function buildPage(project, number) {
@@ -359,7 +357,7 @@
     // The log loads while the build's record is asked for. It is followed even for a build
     // that ended: the stream then only says so, and a build that runs is never missed.
     const view = new window.SlipwayLog.LogView(logBox, {});
-    const loader = window.SlipwayLog.loadLog(view, '/api/v1' + base + '/logs', {
+    window.SlipwayLog.loadLog(view, '/api/v1' + base + '/logs', {
       live: true,
       onError: (error) => showError(error.message || String(error)),
     });
@@ -409,7 +407,6 @@
         final = isFinal(build.status);
       }, 2000, () => !final);
     }
-    return loader;
   }
 
   function fact(name, value) {
