@@ -81,7 +81,7 @@ pub async fn require_token(
 
 /// The token a request presents: its bearer token, else its web UI session's (whose requests
 /// that change something must also carry the session's CSRF token); `None` with neither.
-async fn authenticate(
+pub(super) async fn authenticate(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
@@ -134,7 +134,7 @@ async fn authenticate(
     Ok(Some(session.token))
 }
 
-fn missing_credentials() -> Response {
+pub(super) fn missing_credentials() -> Response {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "missing bearer token (Authorization: Bearer <token>) or web UI sign-in",

@@ -7,14 +7,14 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use super::auth::{authenticate, missing_credentials};
 use super::{ApiError, AppState};
 use crate::store::metrics::{Histogram, Sample, BUCKETS, BUILD_STATUSES};
-use crate::store::tokens::Presented;
 use crate::store::StoreResult;
 
 /// The exposition format's content type.
@@ -26,7 +26,7 @@ pub fn routes() -> Router<AppState> {
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(refused) = authorize(&state, &headers).await {
-        return refused.into_response();
+        return refused;
     }
     match render(&state).await {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
@@ -34,30 +34,13 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     }
 }
 
-/// A valid, unrevoked token of any scope as a bearer; or nothing, when the config says so (a
-/// token that is presented is checked all the same).
-async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token else {
-        if state.config.metrics_anonymous {
-            return Ok(());
-        }
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token (Authorization: Bearer <token>); any scope may read /metrics",
-        ));
-    };
-    match state.store.check_token(token).await? {
-        Presented::Valid(_) => Ok(()),
-        Presented::Revoked(record) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            format!("this token (id {}) was revoked", record.id),
-        )),
-        Presented::Unknown => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")),
+/// A valid, unrevoked token of any scope (as a bearer, or a web UI session's); or nothing,
+/// when the config says so (a token that is presented is checked all the same).
+async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    match authenticate(state, &Method::GET, headers).await? {
+        Some(_) => Ok(()),
+        None if state.config.metrics_anonymous => Ok(()),
+        None => Err(missing_credentials()),
     }
 }
 

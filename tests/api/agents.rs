@@ -110,17 +110,7 @@ impl Drop for AgentProcess {
 
 /// A new API token of scope `agent`.
 pub async fn agent_token(app: &TestApp) -> String {
-    let made: Value = app
-        .http
-        .post(format!("{}/api/v1/tokens", app.address))
-        .bearer_auth(&app.token)
-        .json(&json!({"name": "agents", "scopes": ["agent"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made = app.create_token("agents", &["agent"]).await;
     made["token"].as_str().expect("a token").to_owned()
 }
 

@@ -262,6 +262,21 @@ impl TestApp {
         response.json().await.expect("JSON body")
     }
 
+    /// A new API token named `name` with `scopes`, made with the admin token: the API's answer
+    /// (`id`, `name`, `scopes`, `token`, ...).
+    pub async fn create_token(&self, name: &str, scopes: &[&str]) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/tokens", self.address))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({ "name": name, "scopes": scopes }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "POST /api/v1/tokens");
+        response.json().await.expect("JSON body")
+    }
+
     pub async fn post_hook(
         &self,
         event: &str,

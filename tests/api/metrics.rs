@@ -611,17 +611,7 @@ async fn a_session_waiting_for_an_advisory_lock_is_reported_until_it_gets_it() {
 
 /// A new token with `scopes`, made with the admin token; its id and secret.
 async fn make_token(app: &TestApp, name: &str, scopes: &[&str]) -> (i64, String) {
-    let created: Value = app
-        .http
-        .post(format!("{}/api/v1/tokens", app.address))
-        .bearer_auth(&app.token)
-        .json(&json!({ "name": name, "scopes": scopes }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = app.create_token(name, scopes).await;
     let token = created["token"].as_str().expect("a token").to_owned();
     (created["id"].as_i64().unwrap(), token)
 }

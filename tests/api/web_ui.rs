@@ -83,17 +83,7 @@ async fn csrf_of(http: &reqwest::Client, address: &str, cookie: &str) -> String 
 }
 
 async fn make_token(app: &TestApp, name: &str, scopes: &[&str]) -> String {
-    let created: Value = app
-        .http
-        .post(format!("{}/api/v1/tokens", app.address))
-        .bearer_auth(&app.token)
-        .json(&json!({"name": name, "scopes": scopes}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = app.create_token(name, scopes).await;
     created["token"].as_str().expect("a new token").to_owned()
 }
 
