@@ -14,7 +14,9 @@ use slipway::store::embedded::EmbeddedPostgres;
 use tokio_util::sync::CancellationToken;
 
 /// One cluster for the whole test binary; each test gets its own database in it. The cluster
-/// outlives the run (the next one starts faster); the databases of runs over 6 hours old go.
+/// outlives the run (the next one starts faster); the databases of runs whose process has ended
+/// go when the next run starts, so the cluster holds one run's databases rather than every
+/// run's (each is about 10 MB, and a run makes a few hundred).
 fn cluster() -> &'static EmbeddedPostgres {
     static CLUSTER: OnceLock<EmbeddedPostgres> = OnceLock::new();
     CLUSTER.get_or_init(|| {
@@ -25,12 +27,13 @@ fn cluster() -> &'static EmbeddedPostgres {
             .expect("listing the test databases");
         let old = now_secs() - 6 * 3600;
         for database in listed.lines() {
-            let made = database
-                .split('_')
-                .nth(1)
-                .and_then(|secs| secs.parse::<u64>().ok());
-            // Names without a time are from before databases carried one.
-            if made.is_none_or(|made| made < old) {
+            // test_<seconds>_<pid>_<uuid>; names without a pid are from before they carried one.
+            let mut parts = database.split('_').skip(1);
+            let made = parts.next().and_then(|secs| secs.parse::<u64>().ok());
+            let pid = parts.next().and_then(|pid| pid.parse::<u32>().ok());
+            let running = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            // A pid is reused in time: past 6 hours a database goes whoever holds its pid.
+            if !running || made.is_none_or(|made| made < old) {
                 let _ = cluster.psql(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
             }
         }
@@ -374,7 +377,12 @@ impl Drop for TestApp {
 
 /// A fresh database in the shared test cluster; its connection string.
 pub fn test_database() -> String {
-    let database = format!("test_{}_{}", now_secs(), uuid::Uuid::new_v4().simple());
+    let database = format!(
+        "test_{}_{}_{}",
+        now_secs(),
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     let cluster = cluster();
     cluster
         .psql(&format!("CREATE DATABASE {database}"))
