@@ -20,7 +20,8 @@ use tokio_postgres::NoTls;
 
 use crate::bake::Cleanup;
 use crate::builds::{commit_all, git, hello_repository, push_body};
-use crate::deploy::{free_port, Api, Project};
+use crate::deploy::{Api, Project};
+use crate::helpers::free_port;
 use crate::helpers::{read_token, sign, test_database, HeldBakeRecords, BAKE_LIMIT};
 use crate::server_process::{self, Server};
 

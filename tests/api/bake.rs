@@ -4,7 +4,7 @@
 //! a rebake bakes a release again, without its checkout, into a new image.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::bitbucket::Recorder;
 use crate::builds::{commit_all, git, hello_config, hello_repository, push, wait_for_build};
-use crate::helpers::{test_database, ServerChild, TestApp};
+use crate::helpers::{free_port, test_database, ServerChild, TestApp};
 use crate::notify::{slack_env, slack_texts, with_slack};
 
 pub const BUILD_AND_BAKE: Duration = Duration::from_secs(900);
@@ -77,14 +77,6 @@ pub fn docker(args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&output.stderr)
         ),
     )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs `image` as the deployer would (host network, `PORT` set) and returns its `GET /` body.

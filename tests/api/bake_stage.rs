@@ -311,7 +311,7 @@ async fn kill_9_after_the_image_is_committed_but_before_it_is_recorded_then_rest
     .unwrap();
     // The repository's URL (the server's address) is in the bake key: the restarted server
     // listens where the first one did.
-    let listen = format!("127.0.0.1:{}", crate::deploy::free_port());
+    let listen = format!("127.0.0.1:{}", crate::helpers::free_port());
     let first = ServerProcess::start_at(dir.path(), &listen);
     let token = crate::helpers::read_token(&dir.path().join(".slipway"));
     // The database holds the statement that records the image as baked: the server is killed

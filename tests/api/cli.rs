@@ -56,11 +56,7 @@ fn a_typo_in_the_config_names_the_key_and_the_file() {
 #[test]
 fn deployment_commands_against_an_unreachable_server_fail_and_say_where() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let server = format!("http://127.0.0.1:{port}");
     for args in [
         &["promote", "--env", "prod"][..],

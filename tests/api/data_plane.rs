@@ -186,7 +186,7 @@ async fn a_second_installation_on_one_dockerd_deploys_beside_the_first_and_a_tak
     // server started on a fresh data directory beside a running fleet would be.
     let second = Project {
         name: name.clone(),
-        ports: vec![crate::deploy::free_port()],
+        ports: vec![crate::helpers::free_port()],
     };
     let second_app = TestApp::spawn(&second.config("")).await;
     insert_release(&second_app.database_url, &name, 1, &image("v2"), true).await;

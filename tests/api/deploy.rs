@@ -17,7 +17,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 
 use crate::bitbucket::Recorder;
-use crate::helpers::{read_token, test_database, ServerChild, TestApp};
+use crate::helpers::{free_port, read_token, test_database, ServerChild, TestApp};
 use crate::notify::{slack_env, slack_texts, with_slack};
 use crate::tcp_dockerd::TcpDockerd;
 
@@ -48,12 +48,6 @@ pub(crate) async fn build_images() {
             }
         })
         .await;
-}
-
-/// A loopback port nothing listens on now.
-pub(crate) fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// One test's project: a unique name, its environments' ports, and the removal of every

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::builds::{commit_all, git};
-use crate::helpers::{sign, TestApp};
+use crate::helpers::{free_port, sign, TestApp};
 
 const SECRET: &str = "greet-webhook-secret";
 const BUILD_AND_BAKE: Duration = Duration::from_secs(900);
@@ -106,12 +106,6 @@ impl Drop for Project {
             }
         }
     }
-}
-
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// examples/greet as a fresh repository with one commit on `main`.

@@ -702,11 +702,7 @@ async fn a_promotion_refused_for_a_held_lock_is_counted_by_the_server_that_refus
         ))
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let config = format!(
         "docker_host = \"unix:///nonexistent/docker.sock\"\n{CONFIG}[[projects.environments]]\nname = \"prod\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:{port}\"\ninstances = 1\n"
     );

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::deploy::free_port;
+use crate::helpers::free_port;
 use crate::helpers::TestApp;
 
 /// Runs `program` with `args`; its output, and panics with it when it fails.

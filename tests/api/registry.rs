@@ -34,11 +34,7 @@ impl LocalRegistry {
     /// Starts a registry; with `login`, it asks for that user and password (htpasswd, bcrypt).
     fn start(login: Option<(&str, &str)>) -> LocalRegistry {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::free_port();
         let host = format!("127.0.0.1:{port}");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
@@ -475,11 +471,7 @@ struct Moto {
 
 impl Moto {
     fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::free_port();
         let program = std::env::var("SLIPWAY_MOTO_SERVER")
             .unwrap_or("/var/tmp/slipway/venv/bin/moto_server".to_string());
         let child = Command::new(program)

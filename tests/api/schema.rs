@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use tokio_postgres::NoTls;
 
 use crate::builds::{commit_all, hello_repository, push, wait_for_build};
-use crate::deploy::{build_images, events, free_port, image, Api};
+use crate::deploy::{build_images, events, image, Api};
+use crate::helpers::free_port;
 use crate::helpers::{project_config, test_database, TestApp};
 
 /// The hello example's pipeline with `migrations:` in place of its psql loop: the step

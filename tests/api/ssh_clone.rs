@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::builds::{commit_all, git, push_queued};
-use crate::deploy::free_port;
+use crate::helpers::free_port;
 use crate::helpers::TestApp;
 use crate::release_order::wait_for_build;
 use crate::servers::quick_repository;

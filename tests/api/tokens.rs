@@ -29,11 +29,7 @@ impl Project {
             self.name
         );
         for environment in ["dev", "prod"] {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = crate::helpers::free_port();
             text.push_str(&format!(
                 "[[projects.environments]]\nname = \"{environment}\"\ntarget = \"docker\"\nlisten = \"127.0.0.1:{port}\"\ninstances = 1\n"
             ));
