@@ -386,6 +386,8 @@ async fn a_build_runs_on_an_agent_and_the_server_publishes_the_package_it_upload
         "{said}"
     );
     assert!(!agent.log().contains(&token), "the agent logged its token");
+    // The release may still be baking: a stop cancels its bake, and removes an image it made.
+    app.stop().await;
 }
 
 /// The project's builds, newest first.

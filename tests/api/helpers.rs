@@ -94,13 +94,24 @@ pub struct TestApp {
 pub struct Leftovers {
     /// None once a test kills the server on purpose, for its next start to find what it left.
     server_id: Option<String>,
+    /// The server's database, whose releases name the build containers of its bakes.
+    database_url: Option<String>,
 }
 
 impl Leftovers {
     pub fn of(server_id: &str) -> Leftovers {
         Leftovers {
             server_id: Some(server_id.to_string()),
+            database_url: None,
         }
+    }
+
+    /// Also removes the build containers of bakes of the releases in `database_url`: a test
+    /// app dropped mid-bake aborts its server, and Packer with it, before Packer removes its
+    /// container (a later start of the server would reap it; none comes).
+    pub fn with_database(mut self, database_url: &str) -> Leftovers {
+        self.database_url = Some(database_url.to_string());
+        self
     }
 }
 
@@ -121,27 +132,60 @@ impl Drop for Leftovers {
                 })
                 .unwrap_or_default()
         };
-        for key in ["slipway.server", "slipway.deploy-server"] {
-            let label = format!("label={key}={server_id}");
-            let containers = docker(&["ps", "-aq", "--filter", &label]);
-            if !containers.is_empty() {
-                let mut rm = vec!["rm", "-f", "-v"];
-                rm.extend(containers.iter().map(String::as_str));
+        let remove = |command: &[&str], ids: &[String]| {
+            if !ids.is_empty() {
+                let mut rm = command.to_vec();
+                rm.extend(ids.iter().map(String::as_str));
                 docker(&rm);
             }
-            for (list, remove) in [
-                (["network", "ls"], ["network", "rm"]),
-                (["volume", "ls"], ["volume", "rm"]),
-            ] {
-                let ids = docker(&[list[0], list[1], "-q", "--filter", &label]);
-                if !ids.is_empty() {
-                    let mut rm = remove.to_vec();
-                    rm.extend(ids.iter().map(String::as_str));
-                    docker(&rm);
-                }
+        };
+        for key in ["slipway.server", "slipway.deploy-server"] {
+            let label = format!("label={key}={server_id}");
+            remove(
+                &["rm", "-f", "-v"],
+                &docker(&["ps", "-aq", "--filter", &label]),
+            );
+            for list in ["network", "volume"] {
+                remove(
+                    &[list, "rm"],
+                    &docker(&[list, "ls", "-q", "--filter", &label]),
+                );
             }
         }
+        if let Some(url) = &self.database_url {
+            let bakes = release_bake_ids(url);
+            let listed = docker(&[
+                "ps",
+                "-a",
+                "--filter",
+                "label=slipway.bake",
+                "--format",
+                "{{.ID}}={{.Label \"slipway.bake\"}}",
+            ]);
+            let containers: Vec<String> = listed
+                .iter()
+                .filter_map(|line| line.split_once('='))
+                .filter(|(_, bake)| bakes.iter().any(|id| id == bake))
+                .map(|(container, _)| container.to_string())
+                .collect();
+            remove(&["rm", "-f", "-v"], &containers);
+        }
     }
+}
+
+/// The bake ids (release ids as 32 hex digits) of the releases in a test database.
+fn release_bake_ids(database_url: &str) -> Vec<String> {
+    std::process::Command::new(cluster().bin_dir().join("psql"))
+        .arg(database_url)
+        .args(["-XAtqc", "SELECT replace(id::text, '-', '') FROM releases"])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The address and server id of the line a `slipway server` logs when it listens.
@@ -242,7 +286,7 @@ impl TestApp {
         let config: Config =
             config::resolve(raw, "test config", &overrides, &env).expect("test config resolves");
         let app = Application::build(config).await.expect("app builds");
-        let leftovers = Leftovers::of(&app.server_id().to_string());
+        let leftovers = Leftovers::of(&app.server_id().to_string()).with_database(&database_url);
         let server_tag = app.server_id().simple().to_string()[..8].to_string();
         let address = format!("http://{}", app.local_addr());
         let stop = CancellationToken::new();
