@@ -27,6 +27,8 @@ mod netns;
 mod notify;
 mod packaging;
 mod pipeline_cli;
+#[path = "../../deployer/tests/deployer/ports.rs"]
+mod ports;
 mod pull_requests;
 mod registry;
 mod release_guards;

@@ -88,10 +88,7 @@ impl DockerEnv {
             .negotiate_version()
             .await
             .unwrap();
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let listen = SocketAddr::from(([127, 0, 0, 1], crate::ports::free_port()));
         DockerEnv {
             environment: format!("dt-{id}"),
             dir: std::env::temp_dir().join(format!("slipway-deployer-test-{id}")),

@@ -9,5 +9,6 @@ mod balancer;
 mod docker;
 mod docker_env;
 mod moto;
+mod ports;
 mod support;
 mod tcp_dockerd;

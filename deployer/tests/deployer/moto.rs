@@ -22,11 +22,7 @@ pub struct Moto {
 
 impl Moto {
     pub async fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::ports::free_port();
         let program = std::env::var("SLIPWAY_MOTO_SERVER").unwrap_or(MOTO_SERVER.to_owned());
         let server = std::process::Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])

@@ -13,11 +13,7 @@ pub struct TcpDockerd {
 
 impl TcpDockerd {
     pub fn start() -> TcpDockerd {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::ports::free_port();
         let child = Command::new("socat")
             .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
             .arg("UNIX-CONNECT:/var/run/docker.sock")
