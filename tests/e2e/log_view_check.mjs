@@ -15,6 +15,7 @@
  * and checks on stdout; exits 1 when a check failed, 2 on wrong arguments.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { launch } from './browser.mjs';
 
@@ -82,6 +83,7 @@ const SEL = {
   log: '.slw-log',
   viewport: '.slw-log .slw-log-viewport',
   follow: '.slw-log .slw-log-follow',
+  save: '.slw-log .slw-log-save',
 };
 
 /** Runs in the page before its own scripts: records long tasks and animation frame gaps. */
@@ -424,6 +426,34 @@ async function run(browser) {
   figures.long_tasks_after_load = tasks.longtasks.filter((t) => t.start >= afterLoad).length;
   check('no long task after load', figures.longest_task_after_load_ms <= RESPONSIVE_MS,
     `${figures.longest_task_after_load_ms} ms`);
+
+  // --- Save: every line loaded, as the view shows it, without colours ---
+  // After the long tasks are counted: joining the lines is one task, on a click.
+  const [download] = await Promise.all([
+    page.waitForEvent('download', { timeout: 30000 }),
+    page.locator(SEL.save).click(),
+  ]);
+  const savedPath = path.join(os.tmpdir(), `slipway-log-check-${process.pid}.txt`);
+  await download.saveAs(savedPath);
+  const savedText = fs.readFileSync(savedPath, 'utf8');
+  fs.unlinkSync(savedPath);
+  const saved = savedText.split('\n');
+  if (saved[saved.length - 1] === '') saved.pop();
+  figures.saved = { file: download.suggestedFilename(), lines: saved.length, bytes: savedText.length };
+  const held = await page.evaluate(() => Number(document.querySelector('.slw-log').dataset.lines));
+  check('Save writes every line loaded', saved.length === held && held >= expected,
+    `${saved.length} lines saved, ${held} loaded`);
+  check('the saved log has no escape sequence', !savedText.includes('\u001b'));
+  const shownText = await page.evaluate((seq) => {
+    const vp = document.querySelector('.slw-log .slw-log-viewport');
+    vp.scrollTop = 0;
+    return new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(() => {
+      const row = document.querySelector(`.slw-log-row[data-seq="${seq}"] .slw-log-text`);
+      resolve(row ? row.textContent : null);
+    })));
+  }, 1);
+  check('the saved first line is the one shown', shownText !== null && saved[0] === shownText,
+    `${JSON.stringify(saved[0])} saved, ${JSON.stringify(shownText)} shown`);
 
   // --- a link to a line, opened afresh: the view waits for that line instead of following ---
   await page.goto('about:blank');

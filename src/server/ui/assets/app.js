@@ -356,7 +356,7 @@
     show(header, steps, h('h2', {}, 'Log'), logBox);
     // The log loads while the build's record is asked for. It is followed even for a build
     // that ended: the stream then only says so, and a build that runs is never missed.
-    const view = new window.SlipwayLog.LogView(logBox, {});
+    const view = new window.SlipwayLog.LogView(logBox, { fileName: project + '-build-' + number + '.log' });
     window.SlipwayLog.loadLog(view, '/api/v1' + base + '/logs', {
       live: true,
       onError: (error) => showError(error.message || String(error)),

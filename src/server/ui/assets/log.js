@@ -222,6 +222,17 @@
     return { runs: runs, cut: cut };
   }
 
+  /** Characters that `parseAnsi` drops or acts on; a line without any is shown as it is. */
+  var CONTROLS = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f]/;
+
+  /** The text `parseAnsi` shows of a line, uncut and without styles. */
+  function plainLine(line) {
+    var runs = parseAnsi(line, Infinity).runs;
+    var text = '';
+    for (var r = 0; r < runs.length; r++) { text += runs[r].text; }
+    return text;
+  }
+
   function styleClasses(style) {
     var classes = [];
     if (style.bold) { classes.push('slw-bold'); }
@@ -279,6 +290,7 @@
    * @param {number} [options.maxLineChars=4000] Characters shown of a line before it is cut.
    * @param {string} [options.label='Build log'] The accessible name of the scrolling region.
    * @param {boolean} [options.hashLinks=true] Whether `#L<n>` in the address scrolls to line n.
+   * @param {string} [options.fileName='build.log'] The name the Save button gives the file.
    */
   function LogView(container, options) {
     options = options || {};
@@ -288,6 +300,7 @@
     this.maxLineChars = options.maxLineChars || 4000;
     this.onFollowChange = options.onFollowChange || null;
     this.hashLinks = options.hashLinks !== false;
+    this.fileName = options.fileName || 'build.log';
     this.following = options.follow !== false;
 
     // One array per field: 100,000 small objects would cost far more memory and GC time.
@@ -344,11 +357,22 @@
     // No live region: it changes with every frame of a running log, too often to be read out.
     this.followButton = document.createElement('button');
     this.followButton.type = 'button';
-    this.followButton.className = 'slw-log-follow';
+    this.followButton.className = 'slw-log-button slw-log-follow';
     this.followButton.textContent = 'Follow';
     this.followButton.title = 'Keep the newest line in view (End)';
+    // The view holds only the rows in sight, so selecting and copying cannot take a whole log;
+    // Save writes every line loaded as a text file.
+    this.saveButton = document.createElement('button');
+    this.saveButton.type = 'button';
+    this.saveButton.className = 'slw-log-button slw-log-save';
+    this.saveButton.textContent = 'Save';
+    this.saveButton.title = 'Save the lines loaded so far as a text file, without colours';
+    var buttons = document.createElement('span');
+    buttons.className = 'slw-log-buttons';
+    buttons.appendChild(this.saveButton);
+    buttons.appendChild(this.followButton);
     toolbar.appendChild(this.statusEl);
-    toolbar.appendChild(this.followButton);
+    toolbar.appendChild(buttons);
 
     this.viewport = document.createElement('div');
     this.viewport.className = 'slw-log-viewport';
@@ -381,6 +405,7 @@
       }
     };
     this._onButton = function () { self.setFollow(!self.following); };
+    this._onSave = function () { self.save(); };
     this._onHash = function () {
       var seq = hashSeq();
       if (seq !== null) { self.scrollToSeq(seq, { highlight: true, onlyIfHidden: true }); }
@@ -392,6 +417,7 @@
       self.viewport.addEventListener(type, self._onInput, { capture: true, passive: true });
     });
     this.followButton.addEventListener('click', this._onButton);
+    this.saveButton.addEventListener('click', this._onSave);
     if (this.hashLinks) { window.addEventListener('hashchange', this._onHash); }
     if (typeof ResizeObserver === 'function') {
       this._resizeObserver = new ResizeObserver(function () { self._schedule(); });
@@ -409,6 +435,7 @@
       self.viewport.removeEventListener(type, self._onInput, { capture: true });
     });
     this.followButton.removeEventListener('click', this._onButton);
+    this.saveButton.removeEventListener('click', this._onSave);
     window.removeEventListener('hashchange', this._onHash);
     if (this._resizeObserver) { this._resizeObserver.disconnect(); }
     if (this._frame) { cancelAnimationFrame(this._frame); }
@@ -475,6 +502,34 @@
       this._schedule();
     }
     return added;
+  };
+
+  /**
+   * The lines loaded so far as plain text, one per line, each as the view shows it uncut:
+   * escape sequences and control characters dropped, a line redrawn after a carriage return
+   * as it last stood.
+   */
+  LogView.prototype.plainText = function () {
+    var out = new Array(this._texts.length);
+    for (var i = 0; i < this._texts.length; i++) {
+      var line = this._texts[i];
+      out[i] = CONTROLS.test(line) ? plainLine(line) : line;
+    }
+    return out.length ? out.join('\n') + '\n' : '';
+  };
+
+  /** Offers the lines loaded so far as a download named `fileName`. */
+  LogView.prototype.save = function () {
+    var url = URL.createObjectURL(new Blob([this.plainText()], { type: 'text/plain;charset=utf-8' }));
+    var link = document.createElement('a');
+    link.href = url;
+    link.download = this.fileName;
+    link.hidden = true;
+    document.body.appendChild(link);
+    link.click();
+    document.body.removeChild(link);
+    // The browser has read the object by the time this runs.
+    setTimeout(function () { URL.revokeObjectURL(url); }, 60000);
   };
 
   /** Starts or stops following; while following, new lines keep the view at the bottom. */
