@@ -80,7 +80,8 @@ pub async fn require_token(
 }
 
 /// The token a request presents: its bearer token, else its web UI session's (whose requests
-/// that change something must also carry the session's CSRF token); `None` with neither.
+/// that change something must also carry the session's CSRF token); `None` with neither, or
+/// for a read with an ended session under `[ui] anonymous_read`.
 pub(super) async fn authenticate(
     state: &AppState,
     method: &Method,
@@ -115,6 +116,8 @@ pub(super) async fn authenticate(
     let session =
         match state.store.session(secret).await {
             Ok(Some(session)) => session,
+            // Where anyone may read, a browser whose sign-in ended reads as anyone does.
+            Ok(None) if is_safe(method) && state.config.ui.anonymous_read => return Ok(None),
             Ok(None) => return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "this sign-in has ended (signed out, expired, or its token revoked); sign in again",

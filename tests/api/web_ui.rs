@@ -348,6 +348,38 @@ async fn with_anonymous_read_pages_and_reads_open_and_actions_stay_closed() {
             .unwrap();
         assert_eq!(plain.status(), 401, "{path}");
     }
+    // A browser whose sign-in ended (signed out elsewhere, expired, or revoked) still reads as
+    // anyone does; it cannot act.
+    let deployer = app.create_token("deployer", &["deploy"]).await;
+    let (set_cookie, _) = sign_in(&http, &address, deployer["token"].as_str().unwrap()).await;
+    let ended = cookie_pair(&set_cookie.expect("a session cookie"));
+    let revoked = app
+        .http
+        .delete(format!("{address}/api/v1/tokens/{}", deployer["id"]))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    for path in ["/projects/hello", "/api/v1/projects/hello/builds"] {
+        let read = http
+            .get(format!("{address}{path}"))
+            .header(COOKIE, &ended)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200, "{path} with an ended sign-in");
+    }
+    for (path, body) in actions("hello") {
+        let acted = http
+            .post(format!("{address}{path}"))
+            .header(COOKIE, &ended)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(acted.status(), 401, "{path} with an ended sign-in");
+    }
     app.stop().await;
 }
 
